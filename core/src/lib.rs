@@ -1,0 +1,27 @@
+//! Pure domain logic of the DANM successor: no I/O, no async, no Kubernetes client.
+//!
+//! * [`addr`]: IPv4/IPv6 CIDRs as offsets (`u128`) from the network base address.
+//! * [`network`]: a network spec (DANM's `cidr`, `allocation_pool`, `net6`,
+//!   `allocation_pool_v6`, `routes`, `routes6`) validated and defaulted into a
+//!   [`network::NetworkPlan`]: per family, the pool and the reserved addresses.
+//! * [`layout`]: how a family's address space splits into fixed-size `AllocationShard`s, and
+//!   their object names.
+//! * [`codec`]: one shard's state (a roaring bitmap of allocated offsets plus one owner
+//!   fingerprint per allocation) to and from its base64 payload with CRC32.
+//! * [`policy`]: `dynamic` / static / `none` requests and the search for a free address.
+//! * [`owner`]: the owner key (container id + interface name) of an allocation.
+//! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
+
+pub mod addr;
+pub mod codec;
+pub mod interfaces;
+pub mod layout;
+pub mod network;
+pub mod owner;
+pub mod policy;
+
+pub use addr::{Cidr, Family};
+pub use codec::{CodecError, ShardBits};
+pub use network::{FamilyPlan, NetworkError, NetworkKey, NetworkKind, NetworkPlan};
+pub use owner::OwnerKey;
+pub use policy::{AddressRequest, AllocError};

@@ -1,0 +1,716 @@
+//! A network spec validated and defaulted into a [`NetworkPlan`].
+//!
+//! Follows DANM: the IPv4 pool defaults to the CIDR minus its network and broadcast
+//! addresses; the IPv6 pool defaults to the first /106 of `net6` minus its first and last
+//! address (DANM's `allocation_pool_v6` default). Gateways named in `routes`/`routes6` are
+//! reserved. Unlike DANM there is no size limit: a pool may be as wide as its CIDR.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use danm_crds::NetworkSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::addr::{Cidr, Family, parse_addr_lenient};
+
+/// The three network kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum NetworkKind {
+    /// Namespaced, lightweight API.
+    DanmNet,
+    /// Namespaced, production API.
+    TenantNetwork,
+    /// Cluster scoped, production API.
+    ClusterNetwork,
+}
+
+impl NetworkKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkKind::DanmNet => "DanmNet",
+            NetworkKind::TenantNetwork => "TenantNetwork",
+            NetworkKind::ClusterNetwork => "ClusterNetwork",
+        }
+    }
+    /// Short tag used in object names.
+    pub fn tag(self) -> &'static str {
+        match self {
+            NetworkKind::DanmNet => "dn",
+            NetworkKind::TenantNetwork => "tn",
+            NetworkKind::ClusterNetwork => "cn",
+        }
+    }
+    /// Parses a kind name.
+    pub fn parse(s: &str) -> Option<NetworkKind> {
+        match s {
+            "DanmNet" => Some(NetworkKind::DanmNet),
+            "TenantNetwork" => Some(NetworkKind::TenantNetwork),
+            "ClusterNetwork" => Some(NetworkKind::ClusterNetwork),
+            _ => None,
+        }
+    }
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, NetworkKind::ClusterNetwork)
+    }
+}
+
+impl fmt::Display for NetworkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a network: kind, namespace (empty for a ClusterNetwork) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkKey {
+    /// Kind.
+    pub kind: NetworkKind,
+    /// Namespace; empty for a ClusterNetwork.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl NetworkKey {
+    /// Builds a key; the namespace is dropped for a ClusterNetwork.
+    pub fn new(kind: NetworkKind, namespace: &str, name: &str) -> NetworkKey {
+        let namespace = if kind.namespaced() { namespace } else { "" };
+        NetworkKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for NetworkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind.namespaced() {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        } else {
+            write!(f, "{} {}", self.kind, self.name)
+        }
+    }
+}
+
+/// Why an address of a network is never handed out dynamically.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// The IPv4 network base address.
+    NetworkAddress,
+    /// The IPv4 broadcast address.
+    Broadcast,
+    /// The IPv6 subnet-router anycast address (the base of `net6`).
+    SubnetRouterAnycast,
+    /// The gateway of a route to the given destination.
+    Gateway(String),
+}
+
+impl fmt::Display for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reservation::NetworkAddress => f.write_str("network base address"),
+            Reservation::Broadcast => f.write_str("broadcast address"),
+            Reservation::SubnetRouterAnycast => f.write_str("subnet-router anycast address"),
+            Reservation::Gateway(dest) => write!(f, "gateway of route {dest}"),
+        }
+    }
+}
+
+/// One family of a network: its CIDR, dynamic pool and reserved addresses.
+///
+/// Offsets are counted from the CIDR's base address; shards are laid out over the whole
+/// CIDR, so static addresses outside the pool are tracked too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyPlan {
+    /// The family.
+    pub family: Family,
+    /// The network's CIDR (`cidr` or `net6`).
+    pub cidr: Cidr,
+    /// First and last offset of the dynamic pool; `None` when the pool is empty.
+    pub pool: Option<(u128, u128)>,
+    /// Offsets never handed out dynamically, and why.
+    pub reserved: BTreeMap<u128, Reservation>,
+}
+
+impl FamilyPlan {
+    /// First address of the pool.
+    pub fn pool_start(&self) -> Option<IpAddr> {
+        self.pool.and_then(|(first, _)| self.cidr.addr_at(first))
+    }
+    /// Last address of the pool.
+    pub fn pool_end(&self) -> Option<IpAddr> {
+        self.pool.and_then(|(_, last)| self.cidr.addr_at(last))
+    }
+    /// Whether an offset is inside the dynamic pool.
+    pub fn in_pool(&self, offset: u128) -> bool {
+        self.pool
+            .is_some_and(|(first, last)| (first..=last).contains(&offset))
+    }
+}
+
+/// A validated network, ready for allocation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkPlan {
+    /// Identity.
+    pub key: NetworkKey,
+    /// The spec it was built from.
+    pub spec: NetworkSpec,
+    /// IPv4 part, when `cidr` is set.
+    pub v4: Option<FamilyPlan>,
+    /// IPv6 part, when `net6` is set.
+    pub v6: Option<FamilyPlan>,
+}
+
+impl NetworkPlan {
+    /// The plan of one family.
+    pub fn family(&self, family: Family) -> Option<&FamilyPlan> {
+        match family {
+            Family::V4 => self.v4.as_ref(),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+    /// The NetworkType, defaulted to `ipvlan` as DANM does.
+    pub fn network_type(&self) -> &str {
+        if self.spec.network_type.is_empty() {
+            "ipvlan"
+        } else {
+            &self.spec.network_type
+        }
+    }
+    /// Whether a pod of `namespace` may connect (ClusterNetwork `AllowedTenants`).
+    pub fn tenant_allowed(&self, namespace: &str) -> bool {
+        match &self.spec.allowed_tenants {
+            Some(list) if !list.is_empty() => list.iter().any(|t| t == namespace),
+            _ => true,
+        }
+    }
+}
+
+/// One problem with one field of a network spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// The field, as a path (`spec.Options.cidr`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a network cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    /// The spec breaks one or more validation rules.
+    #[error("{network} is invalid: {}", problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        /// The network.
+        network: String,
+        /// Every problem found.
+        problems: Vec<FieldProblem>,
+    },
+}
+
+/// NetworkTypes DANM builds itself (NetworkID limited to 10 characters for them).
+pub fn is_dynamic_backend(network_type: &str) -> bool {
+    matches!(network_type, "" | "ipvlan" | "macvlan" | "sriov")
+}
+
+/// Prefix length of DANM's default IPv6 allocation CIDR.
+pub const DEFAULT_V6_POOL_PREFIX: u8 = 106;
+
+/// Validates and defaults a network spec.
+pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        problems.push(FieldProblem {
+            field: field.to_owned(),
+            message,
+        })
+    };
+    let opts = &spec.options;
+
+    if spec.network_id.chars().count() > 10 && is_dynamic_backend(&spec.network_type) {
+        problem(
+            "spec.NetworkID",
+            format!(
+                "{:?} is longer than 10 characters, the limit for NetworkType {:?}",
+                spec.network_id,
+                if spec.network_type.is_empty() {
+                    "ipvlan"
+                } else {
+                    &spec.network_type
+                }
+            ),
+        );
+    }
+    if key.kind != NetworkKind::ClusterNetwork && spec.allowed_tenants.is_some() {
+        problem(
+            "spec.AllowedTenants",
+            format!(
+                "only valid for the ClusterNetwork API, not for {}",
+                key.kind
+            ),
+        );
+    }
+    if opts.vlan.is_some() && opts.vxlan.is_some() {
+        problem(
+            "spec.Options.vlan",
+            "vlan and vxlan cannot be provided together".into(),
+        );
+    }
+    if let Some(vlan) = opts.vlan
+        && !(1..=4094).contains(&vlan)
+    {
+        problem("spec.Options.vlan", format!("{vlan} is outside 1-4094"));
+    }
+    if let Some(vxlan) = opts.vxlan
+        && !(1..=16_777_214).contains(&vxlan)
+    {
+        problem(
+            "spec.Options.vxlan",
+            format!("{vxlan} is outside 1-16777214"),
+        );
+    }
+    if let Some(table) = opts.rt_tables
+        && !(0..=255).contains(&table)
+    {
+        problem(
+            "spec.Options.rt_tables",
+            format!("{table} is outside 0-255"),
+        );
+    }
+
+    let v4 = plan_v4(spec, &mut problem);
+    let v6 = plan_v6(spec, &mut problem);
+
+    if !problems.is_empty() {
+        return Err(NetworkError::Invalid {
+            network: key.to_string(),
+            problems,
+        });
+    }
+    Ok(NetworkPlan {
+        key,
+        spec: spec.clone(),
+        v4,
+        v6,
+    })
+}
+
+fn nonempty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_in(
+    text: &str,
+    cidr: &Cidr,
+    field: &str,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<u128> {
+    match parse_addr_lenient(text) {
+        Ok(ip) => match cidr.offset_of(ip) {
+            Some(offset) => Some(offset),
+            None => {
+                problem(field, format!("{text:?} is not inside {cidr}"));
+                None
+            }
+        },
+        Err(e) => {
+            problem(field, e.to_string());
+            None
+        }
+    }
+}
+
+fn reserve_gateways(
+    routes: &Option<BTreeMap<String, String>>,
+    cidr: &Cidr,
+    field: &str,
+    reserved: &mut BTreeMap<u128, Reservation>,
+    problem: &mut impl FnMut(&str, String),
+) {
+    for (dest, gw) in routes.iter().flatten() {
+        let path = format!("{field}[{dest}]");
+        if let Err(e) = Cidr::parse_family(dest, cidr.family()) {
+            problem(&path, format!("route destination: {e}"));
+        }
+        if let Some(offset) = parse_in(gw, cidr, &path, problem) {
+            reserved.insert(offset, Reservation::Gateway(dest.clone()));
+        }
+    }
+}
+
+fn pool_bounds(
+    start: Option<&str>,
+    end: Option<&str>,
+    range: &Cidr,
+    within: &Cidr,
+    field: &str,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<(u128, u128)> {
+    // Default bounds: the range minus its first and last address.
+    let range_first = within.offset_of(range.base())?;
+    let range_last = range_first + range.last_offset();
+    let start = match start {
+        Some(text) => {
+            parse_in(text, range, &format!("{field}.start"), problem).map(|o| o + range_first)
+        }
+        None => Some(range_first + 1),
+    };
+    let end = match end {
+        Some(text) => {
+            parse_in(text, range, &format!("{field}.end"), problem).map(|o| o + range_first)
+        }
+        None => range_last.checked_sub(1),
+    };
+    let (start, end) = (start?, end?);
+    if start > end {
+        return None;
+    }
+    Some((start, end))
+}
+
+fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option<FamilyPlan> {
+    let opts = &spec.options;
+    let pool = opts.allocation_pool.as_ref();
+    let pool_start = pool.and_then(|p| nonempty(&p.start));
+    let pool_end = pool.and_then(|p| nonempty(&p.end));
+    let Some(cidr_text) = nonempty(&opts.cidr) else {
+        if pool_start.is_some() || pool_end.is_some() {
+            problem(
+                "spec.Options.allocation_pool",
+                "cannot be defined without spec.Options.cidr".into(),
+            );
+        }
+        if opts.routes.as_ref().is_some_and(|r| !r.is_empty()) {
+            problem(
+                "spec.Options.routes",
+                "cannot be defined without spec.Options.cidr".into(),
+            );
+        }
+        return None;
+    };
+    let cidr = match Cidr::parse_family(cidr_text, Family::V4) {
+        Ok(c) => c,
+        Err(e) => {
+            problem("spec.Options.cidr", e.to_string());
+            return None;
+        }
+    };
+    let mut reserved = BTreeMap::new();
+    if cidr.prefix() <= 30 {
+        reserved.insert(0, Reservation::NetworkAddress);
+        reserved.insert(cidr.last_offset(), Reservation::Broadcast);
+    }
+    reserve_gateways(
+        &opts.routes,
+        &cidr,
+        "spec.Options.routes",
+        &mut reserved,
+        problem,
+    );
+    let explicit = pool_start.is_some() || pool_end.is_some();
+    let bounds = pool_bounds(
+        pool_start,
+        pool_end,
+        &cidr,
+        &cidr,
+        "spec.Options.allocation_pool",
+        problem,
+    );
+    if explicit && bounds.is_none() {
+        if let (Some(s), Some(e)) = (pool_start, pool_end)
+            && cidr.contains(parse_addr_lenient(s).ok()?)
+            && cidr.contains(parse_addr_lenient(e).ok()?)
+        {
+            problem(
+                "spec.Options.allocation_pool",
+                format!("end {e} is before start {s}"),
+            );
+        }
+        return None;
+    }
+    Some(FamilyPlan {
+        family: Family::V4,
+        cidr,
+        pool: bounds,
+        reserved,
+    })
+}
+
+fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option<FamilyPlan> {
+    let opts = &spec.options;
+    let pool = opts.allocation_pool_v6.as_ref();
+    let pool_cidr = pool.and_then(|p| nonempty(&p.cidr));
+    let pool_start = pool.and_then(|p| nonempty(&p.start));
+    let pool_end = pool.and_then(|p| nonempty(&p.end));
+    let Some(net6_text) = nonempty(&opts.net6) else {
+        if pool_cidr.is_some() || pool_start.is_some() || pool_end.is_some() {
+            problem(
+                "spec.Options.allocation_pool_v6",
+                "cannot be defined without spec.Options.net6".into(),
+            );
+        }
+        if opts.routes6.as_ref().is_some_and(|r| !r.is_empty()) {
+            problem(
+                "spec.Options.routes6",
+                "cannot be defined without spec.Options.net6".into(),
+            );
+        }
+        return None;
+    };
+    let net6 = match Cidr::parse_family(net6_text, Family::V6) {
+        Ok(c) => c,
+        Err(e) => {
+            problem("spec.Options.net6", e.to_string());
+            return None;
+        }
+    };
+    let range = match pool_cidr {
+        Some(text) => match Cidr::parse_family(text, Family::V6) {
+            Ok(c) if net6.contains_cidr(&c) => c,
+            Ok(c) => {
+                problem(
+                    "spec.Options.allocation_pool_v6.cidr",
+                    format!("{c} is not inside net6 {net6}"),
+                );
+                return None;
+            }
+            Err(e) => {
+                problem("spec.Options.allocation_pool_v6.cidr", e.to_string());
+                return None;
+            }
+        },
+        None => Cidr::new(net6.base(), net6.prefix().max(DEFAULT_V6_POOL_PREFIX))
+            .expect("prefix within 0..=128"),
+    };
+    let mut reserved = BTreeMap::new();
+    if net6.prefix() < 127 {
+        reserved.insert(0, Reservation::SubnetRouterAnycast);
+    }
+    reserve_gateways(
+        &opts.routes6,
+        &net6,
+        "spec.Options.routes6",
+        &mut reserved,
+        problem,
+    );
+    let explicit = pool_start.is_some() || pool_end.is_some();
+    let bounds = pool_bounds(
+        pool_start,
+        pool_end,
+        &range,
+        &net6,
+        "spec.Options.allocation_pool_v6",
+        problem,
+    );
+    if explicit && bounds.is_none() {
+        if let (Some(s), Some(e)) = (pool_start, pool_end)
+            && range.contains(parse_addr_lenient(s).ok()?)
+            && range.contains(parse_addr_lenient(e).ok()?)
+        {
+            problem(
+                "spec.Options.allocation_pool_v6",
+                format!("end {e} is before start {s}"),
+            );
+        }
+        return None;
+    }
+    Some(FamilyPlan {
+        family: Family::V6,
+        cidr: net6,
+        pool: bounds,
+        reserved,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danm_crds::{IpPool, IpPoolV6, NetworkOptions};
+
+    fn key() -> NetworkKey {
+        NetworkKey::new(NetworkKind::DanmNet, "default", "test")
+    }
+
+    fn spec(opts: NetworkOptions) -> NetworkSpec {
+        NetworkSpec {
+            network_id: "test".into(),
+            network_type: "macvlan".into(),
+            allowed_tenants: None,
+            options: opts,
+        }
+    }
+
+    #[test]
+    fn v4_defaults_to_cidr_minus_network_and_broadcast() {
+        let p = plan(
+            key(),
+            &spec(NetworkOptions {
+                cidr: Some("10.0.0.0/24".into()),
+                routes: Some([("10.1.0.0/16".to_string(), "10.0.0.65".to_string())].into()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let v4 = p.v4.unwrap();
+        assert_eq!(v4.pool, Some((1, 254)));
+        assert_eq!(v4.reserved.get(&0), Some(&Reservation::NetworkAddress));
+        assert_eq!(v4.reserved.get(&255), Some(&Reservation::Broadcast));
+        assert_eq!(
+            v4.reserved.get(&65),
+            Some(&Reservation::Gateway("10.1.0.0/16".into()))
+        );
+        assert!(p.v6.is_none());
+    }
+
+    #[test]
+    fn explicit_pool() {
+        let p = plan(
+            key(),
+            &spec(NetworkOptions {
+                cidr: Some("10.240.1.0/24".into()),
+                allocation_pool: Some(IpPool {
+                    start: Some("10.240.1.100".into()),
+                    end: Some("10.240.1.200".into()),
+                    last_ip: None,
+                }),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(p.v4.unwrap().pool, Some((100, 200)));
+    }
+
+    #[test]
+    fn v6_defaults_to_first_106() {
+        let p = plan(
+            key(),
+            &spec(NetworkOptions {
+                net6: Some("2001:db8::/64".into()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let v6 = p.v6.unwrap();
+        assert_eq!(v6.pool, Some((1, (1 << 22) - 2)));
+        let wide = plan(
+            key(),
+            &spec(NetworkOptions {
+                net6: Some("2001:db8::/64".into()),
+                allocation_pool_v6: Some(IpPoolV6 {
+                    cidr: Some("2001:db8::/64".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(wide.v6.unwrap().pool, Some((1, (1u128 << 64) - 2)));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let err = plan(
+            key(),
+            &NetworkSpec {
+                network_id: "waytoolongid".into(),
+                network_type: "ipvlan".into(),
+                allowed_tenants: Some(vec!["a".into()]),
+                options: NetworkOptions {
+                    cidr: Some("10.0.0/24".into()),
+                    net6: Some("2001:db8::/64".into()),
+                    allocation_pool_v6: Some(IpPoolV6 {
+                        cidr: Some("2001:db9::/80".into()),
+                        ..Default::default()
+                    }),
+                    vlan: Some(5),
+                    vxlan: Some(6),
+                    ..Default::default()
+                },
+            },
+        )
+        .unwrap_err();
+        let NetworkError::Invalid { problems, network } = &err;
+        assert_eq!(network, "DanmNet default/test");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "spec.NetworkID",
+            "spec.AllowedTenants",
+            "spec.Options.vlan",
+            "spec.Options.cidr",
+            "spec.Options.allocation_pool_v6.cidr",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn pool_problems() {
+        let bad = |pool: IpPool, routes: Option<BTreeMap<String, String>>| {
+            plan(
+                key(),
+                &spec(NetworkOptions {
+                    cidr: Some("10.0.0.0/24".into()),
+                    allocation_pool: Some(pool),
+                    routes,
+                    ..Default::default()
+                }),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let e = bad(
+            IpPool {
+                start: Some("10.0.1.1".into()),
+                end: Some("10.0.0.9".into()),
+                last_ip: None,
+            },
+            None,
+        );
+        assert!(e.contains("spec.Options.allocation_pool.start"), "{e}");
+        let e = bad(
+            IpPool {
+                start: Some("10.0.0.9".into()),
+                end: Some("10.0.0.1".into()),
+                last_ip: None,
+            },
+            None,
+        );
+        assert!(e.contains("end 10.0.0.1 is before start 10.0.0.9"), "{e}");
+        let e = bad(
+            IpPool::default(),
+            Some([("10.9.0.0/16".to_string(), "192.168.0.1".to_string())].into()),
+        );
+        assert!(e.contains("spec.Options.routes[10.9.0.0/16]"), "{e}");
+        let e = plan(
+            key(),
+            &spec(NetworkOptions {
+                allocation_pool: Some(IpPool {
+                    start: Some("10.0.0.1".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("without spec.Options.cidr"), "{e}");
+    }
+
+    #[test]
+    fn allowed_tenants() {
+        let mut s = spec(NetworkOptions::default());
+        s.allowed_tenants = Some(vec!["default".into()]);
+        let p = plan(
+            NetworkKey::new(NetworkKind::ClusterNetwork, "x", "default"),
+            &s,
+        )
+        .unwrap();
+        assert_eq!(p.key.namespace, "");
+        assert!(p.tenant_allowed("default"));
+        assert!(!p.tenant_allowed("kube-system"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Allocation requests (`dynamic`, a static address, `none`) and the search for a free
+//! address.
+//!
+//! The search is DANM's (next free address after a cursor, wrapping around the pool), run
+//! over shards: a shard that does not exist yet is wholly free, a full or unusable shard is
+//! skipped. Its cost depends on the runs of allocated addresses it crosses, not on the pool
+//! size, so a /8 and a /64 cost the same as a /24.
+
+use std::net::IpAddr;
+
+use crate::addr::{Family, parse_addr_lenient};
+use crate::codec::ShardBits;
+use crate::layout::{SHARD_SIZE, local_offset, shard_first, shard_index};
+use crate::network::FamilyPlan;
+
+/// What a pod asked for one family of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressRequest {
+    /// Nothing asked (empty field): no address of this family.
+    Skip,
+    /// `none`: explicitly no address (an L2-only interface).
+    None,
+    /// `dynamic`: the next free address of the pool.
+    Dynamic,
+    /// A static address (DANM also accepted it with a `/prefix`, which is ignored).
+    Static(IpAddr),
+}
+
+impl AddressRequest {
+    /// Parses the `ip` (`family` V4) or `ip6` (V6) field of a request.
+    pub fn parse(field: &str, text: &str, family: Family) -> Result<AddressRequest, AllocError> {
+        let text = text.trim();
+        match text {
+            "" => Ok(AddressRequest::Skip),
+            "none" => Ok(AddressRequest::None),
+            "dynamic" => Ok(AddressRequest::Dynamic),
+            _ => {
+                let ip = parse_addr_lenient(text).map_err(|e| AllocError::BadRequest {
+                    field: field.to_owned(),
+                    message: format!("{e}; expected \"dynamic\", \"none\" or an address"),
+                })?;
+                if Family::of(&ip) != family {
+                    return Err(AllocError::BadRequest {
+                        field: field.to_owned(),
+                        message: format!("{text:?} is not an {family} address"),
+                    });
+                }
+                Ok(AddressRequest::Static(ip))
+            }
+        }
+    }
+
+    /// Whether an address must be taken from the network.
+    pub fn needs_address(&self) -> bool {
+        matches!(self, AddressRequest::Dynamic | AddressRequest::Static(_))
+    }
+}
+
+/// Why an allocation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// A request field is malformed.
+    #[error("{field}: {message}")]
+    BadRequest {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The network has no CIDR of the family asked for.
+    #[error("{network} has no {family} subnet: an {family} address cannot be allocated on it")]
+    NoSubnet {
+        /// The network.
+        network: String,
+        /// The family.
+        family: Family,
+    },
+    /// A static address outside the network's CIDR.
+    #[error("static address {address} is outside the CIDR {cidr} of {network}")]
+    OutsideCidr {
+        /// The network.
+        network: String,
+        /// The address.
+        address: IpAddr,
+        /// The CIDR.
+        cidr: String,
+    },
+    /// A static address that is reserved.
+    #[error("static address {address} of {network} is reserved ({why})")]
+    Reserved {
+        /// The network.
+        network: String,
+        /// The address.
+        address: IpAddr,
+        /// Why.
+        why: String,
+    },
+    /// A static address already allocated to another owner.
+    #[error("static address {address} of {network} is already in use")]
+    InUse {
+        /// The network.
+        network: String,
+        /// The address.
+        address: IpAddr,
+    },
+    /// No free address is left in the pool.
+    #[error("{network}: the {family} pool {pool} is exhausted, no free address left")]
+    Exhausted {
+        /// The network.
+        network: String,
+        /// The family.
+        family: Family,
+        /// The pool, as `start-end` (or `empty`).
+        pool: String,
+    },
+    /// The shard holding the address cannot be used (for instance its CRC does not match).
+    #[error("{network}: shard {shard} cannot be used: {reason}")]
+    ShardUnusable {
+        /// The network.
+        network: String,
+        /// The shard's object name.
+        shard: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the search sees of one shard.
+#[derive(Clone, Copy, Debug)]
+pub enum ShardView<'a> {
+    /// No shard object yet: every address of it is free.
+    Absent,
+    /// A decoded shard.
+    Present(&'a ShardBits),
+    /// A shard that must not be used (corrupt): skipped.
+    Unusable,
+}
+
+/// The pool, as `start-end`, for messages.
+pub fn describe_pool(plan: &FamilyPlan) -> String {
+    match (plan.pool_start(), plan.pool_end()) {
+        (Some(s), Some(e)) => format!("{s}-{e}"),
+        _ => "(empty)".to_owned(),
+    }
+}
+
+/// The first free, unreserved offset of the pool at or after `cursor`, wrapping around to
+/// the pool's start.
+pub fn find_free<'a>(
+    plan: &FamilyPlan,
+    cursor: u128,
+    shard: impl Fn(u128) -> ShardView<'a>,
+) -> Option<u128> {
+    let (first, last) = plan.pool?;
+    let cursor = if (first..=last).contains(&cursor) {
+        cursor
+    } else {
+        first
+    };
+    search(plan, cursor, last, &shard).or_else(|| {
+        if cursor > first {
+            search(plan, first, cursor - 1, &shard)
+        } else {
+            None
+        }
+    })
+}
+
+fn search<'a>(
+    plan: &FamilyPlan,
+    lo: u128,
+    hi: u128,
+    shard: &impl Fn(u128) -> ShardView<'a>,
+) -> Option<u128> {
+    let last_index = shard_index(hi);
+    let mut index = shard_index(lo);
+    loop {
+        let base = shard_first(index);
+        let from = local_offset(lo.max(base));
+        let to = local_offset(hi.min(base + u128::from(SHARD_SIZE - 1)));
+        let usable = |local: u32| !plan.reserved.contains_key(&(base + u128::from(local)));
+        let found = match shard(index) {
+            ShardView::Absent => (from..=to).find(|l| usable(*l)),
+            ShardView::Present(bits) => bits.first_free(from, to, usable),
+            ShardView::Unusable => None,
+        };
+        if let Some(local) = found {
+            return Some(base + u128::from(local));
+        }
+        if index >= last_index {
+            return None;
+        }
+        index += 1;
+    }
+}
+
+/// Checks a static address against the network: inside the CIDR and not reserved. Returns
+/// its offset. Whether it is free is the shard's to say.
+pub fn check_static(network: &str, plan: &FamilyPlan, address: IpAddr) -> Result<u128, AllocError> {
+    let offset = plan
+        .cidr
+        .offset_of(address)
+        .ok_or_else(|| AllocError::OutsideCidr {
+            network: network.to_owned(),
+            address,
+            cidr: plan.cidr.to_string(),
+        })?;
+    if let Some(why) = plan.reserved.get(&offset) {
+        return Err(AllocError::Reserved {
+            network: network.to_owned(),
+            address,
+            why: why.to_string(),
+        });
+    }
+    Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::addr::Cidr;
+    use crate::network::Reservation;
+
+    fn plan(cidr: &str, pool: (u128, u128)) -> FamilyPlan {
+        let cidr: Cidr = cidr.parse().unwrap();
+        FamilyPlan {
+            family: cidr.family(),
+            cidr,
+            pool: Some(pool),
+            reserved: BTreeMap::from([(5, Reservation::Gateway("x".into()))]),
+        }
+    }
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!(
+            AddressRequest::parse("ip", "", Family::V4),
+            Ok(AddressRequest::Skip)
+        );
+        assert_eq!(
+            AddressRequest::parse("ip", "none", Family::V4),
+            Ok(AddressRequest::None)
+        );
+        assert_eq!(
+            AddressRequest::parse("ip", "10.0.0.1/24", Family::V4),
+            Ok(AddressRequest::Static("10.0.0.1".parse().unwrap()))
+        );
+        let e = AddressRequest::parse("interfaces[1].ip6", "10.0.0.1", Family::V6).unwrap_err();
+        assert!(e.to_string().starts_with("interfaces[1].ip6: "), "{e}");
+        assert!(AddressRequest::parse("ip", "dynamc", Family::V4).is_err());
+    }
+
+    #[test]
+    fn finds_after_cursor_and_wraps() {
+        let p = plan("10.0.0.0/16", (1, 3000));
+        let mut shards: BTreeMap<u128, ShardBits> = BTreeMap::new();
+        fn view(s: &BTreeMap<u128, ShardBits>, i: u128) -> ShardView<'_> {
+            s.get(&i).map_or(ShardView::Absent, ShardView::Present)
+        }
+        assert_eq!(find_free(&p, 0, |i| view(&shards, i)), Some(1));
+        assert_eq!(find_free(&p, 4, |i| view(&shards, i)), Some(4));
+        assert_eq!(
+            find_free(&p, 5, |i| view(&shards, i)),
+            Some(6),
+            "gateway skipped"
+        );
+        let mut s0 = ShardBits::new();
+        for l in 1..1024 {
+            if l != 5 {
+                s0.insert(l, 1).unwrap();
+            }
+        }
+        shards.insert(0, s0);
+        assert_eq!(find_free(&p, 1, |i| view(&shards, i)), Some(1024));
+        assert_eq!(find_free(&p, 2999, |i| view(&shards, i)), Some(2999));
+        assert_eq!(
+            find_free(&p, 3001, |i| view(&shards, i)),
+            Some(1024),
+            "cursor outside pool restarts"
+        );
+        assert_eq!(find_free(&p, 1500, |_| ShardView::Unusable), None);
+    }
+
+    #[test]
+    fn static_checks() {
+        let p = plan("10.0.0.0/24", (1, 254));
+        assert_eq!(check_static("n", &p, "10.0.0.9".parse().unwrap()), Ok(9));
+        assert!(matches!(
+            check_static("n", &p, "10.0.1.9".parse().unwrap()),
+            Err(AllocError::OutsideCidr { .. })
+        ));
+        assert!(matches!(
+            check_static("n", &p, "10.0.0.5".parse().unwrap()),
+            Err(AllocError::Reserved { .. })
+        ));
+    }
+}

@@ -1,0 +1,126 @@
+//! TenantConfig: DANM keeps its fields at the top level of the object (no `spec`), so the
+//! kube derive does not fit; the `Resource` impl and the CRD are written out here.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionNames, CustomResourceDefinitionSpec,
+    CustomResourceDefinitionVersion, CustomResourceValidation, JSONSchemaProps,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Interface profiles and NetworkType→NetworkID mappings for tenant networks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantConfig {
+    /// `danm.io/v1`.
+    #[serde(rename = "apiVersion", default)]
+    pub api_version: String,
+    /// `TenantConfig`.
+    #[serde(default)]
+    pub kind: String,
+    /// Standard object metadata.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub metadata: ObjectMeta,
+    /// Host devices tenants may use, with their VNI ranges.
+    #[serde(rename = "hostDevices", default, skip_serializing_if = "Vec::is_empty")]
+    pub host_devices: Vec<IfaceProfile>,
+    /// NetworkType → NetworkID overrides for static delegates.
+    #[serde(
+        rename = "networkIds",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub network_ids: BTreeMap<String, String>,
+}
+
+/// One host device a tenant may use.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct IfaceProfile {
+    /// Host device name.
+    pub name: String,
+    /// `vlan` or `vxlan`.
+    #[serde(rename = "vniType", default, skip_serializing_if = "String::is_empty")]
+    pub vni_type: String,
+    /// VNI range, e.g. `700-710,900`.
+    #[serde(rename = "vniRange", default, skip_serializing_if = "String::is_empty")]
+    pub vni_range: String,
+    /// DANM's VNI allocation bit array.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub alloc: String,
+}
+
+impl kube::Resource for TenantConfig {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "TenantConfig".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        crate::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        crate::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "tenantconfigs".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The TenantConfig CRD, built from the [`TenantConfig`] type's schema.
+pub fn tenant_config_crd() -> CustomResourceDefinition {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    let schema = generator.into_root_schema_for::<TenantConfig>();
+    let mut value = serde_json::to_value(&schema).expect("schema serializes");
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("$schema");
+        obj.remove("title");
+        obj.remove("required");
+        if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            props.insert("metadata".into(), serde_json::json!({"type": "object"}));
+        }
+    }
+    let props: JSONSchemaProps =
+        serde_json::from_value(value).expect("schemars output is a valid JSONSchemaProps");
+    CustomResourceDefinition {
+        metadata: ObjectMeta {
+            name: Some("tenantconfigs.danm.io".into()),
+            ..Default::default()
+        },
+        spec: CustomResourceDefinitionSpec {
+            group: crate::GROUP.into(),
+            names: CustomResourceDefinitionNames {
+                kind: "TenantConfig".into(),
+                list_kind: Some("TenantConfigList".into()),
+                plural: "tenantconfigs".into(),
+                singular: Some("tenantconfig".into()),
+                short_names: Some(vec!["tc".into(), "tconf".into()]),
+                ..Default::default()
+            },
+            scope: "Cluster".into(),
+            versions: vec![CustomResourceDefinitionVersion {
+                name: crate::VERSION.into(),
+                served: true,
+                storage: true,
+                schema: Some(CustomResourceValidation {
+                    open_api_v3_schema: Some(props),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        status: None,
+    }
+}

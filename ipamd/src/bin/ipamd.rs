@@ -1,0 +1,90 @@
+//! ipamd: serves the danm.ipam.v1 gRPC API on a store.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use danm_ipamd::engine::Engine;
+use danm_ipamd::worker::WorkerConfig;
+use danm_ipamd::{networks, server, store};
+
+/// The cluster-wide IP address management service of DANM.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Where state lives: `file:PATH` (embedded redb database), `memory` (lost on exit,
+    /// for tests) or `kube` (Kubernetes API; not in this build yet).
+    #[arg(
+        long,
+        env = "IPAMD_STORE",
+        default_value = "file:/var/lib/danm/ipamd.redb"
+    )]
+    store: String,
+    /// Folder of network manifests (DanmNet, TenantNetwork, ClusterNetwork YAML, as for
+    /// kubectl) loaded into the store at start. Networks already in the store but not in
+    /// the folder are kept.
+    #[arg(long, env = "IPAMD_NETWORKS")]
+    networks: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "IPAMD_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "IPAMD_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// Where this replica starts dynamic allocation in each pool, 0-65535 (a fraction of
+    /// the pool): give replicas different values so they rarely touch the same shard.
+    #[arg(long, env = "IPAMD_START_HINT", default_value_t = 0)]
+    start_hint: u16,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match args.log_format.as_str() {
+        "json" => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        "text" => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        other => anyhow::bail!("--log-format {other:?} is not one of: text, json"),
+    }
+
+    let store = store::open(&args.store)?;
+    if let Some(dir) = &args.networks {
+        let nets = networks::load_dir(dir)?;
+        tracing::info!(count = nets.len(), dir = %dir.display(), "loading networks");
+        for net in nets {
+            store.put_network(net).await?;
+        }
+    }
+    let engine = Engine::start(
+        store.clone(),
+        WorkerConfig {
+            start_hint: args.start_hint,
+            ..WorkerConfig::default()
+        },
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        store = %store.describe(),
+        networks = engine.networks().len(),
+        "ipamd serving"
+    );
+    server::serve(engine, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

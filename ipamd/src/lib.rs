@@ -1,0 +1,19 @@
+//! ipamd: the service that owns every IP allocation of the cluster.
+//!
+//! * [`store`]: the [`store::Store`] trait (networks, AllocationShards with
+//!   compare-and-swap, endpoint records, change events) and its backends.
+//! * [`worker`]: one task per network that caches its shards, picks addresses and commits
+//!   every round of concurrent requests with one write per touched shard (group commit).
+//! * [`engine`]: owners, idempotency, endpoint records, Attach/Detach/Gc/Check.
+//! * [`networks`]: networks from YAML manifests (the embedded store's `--networks DIR`).
+//! * [`service`]: the `danm.ipam.v1.Ipam` gRPC service and its status codes;
+//!   [`server`] serves it with gRPC health and reflection.
+//! * [`showalloc`]: the showalloc CLI's rendering, in DANM's format.
+
+pub mod engine;
+pub mod networks;
+pub mod server;
+pub mod service;
+pub mod showalloc;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,365 @@
+//! The `danm.ipam.v1.Ipam` gRPC service: request decoding, engine calls, status codes.
+//!
+//! Status codes are chosen here and only here:
+//! `INVALID_ARGUMENT` for malformed requests (bad owner, bad address, unknown field, address
+//! outside the network), `NOT_FOUND` for an unknown network or owner, `ALREADY_EXISTS` for a
+//! static address in use, `RESOURCE_EXHAUSTED` for a full pool, `FAILED_PRECONDITION` for a
+//! state that forbids the call (invalid network spec, corrupt shard, tenant not allowed),
+//! `UNAVAILABLE` when the store fails (retry).
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use danm_core::interfaces::NamingScheme;
+use danm_core::{AllocError, NetworkKey, NetworkKind, OwnerKey};
+use danm_proto::v1 as pb;
+use danm_proto::v1::ipam_server::Ipam;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{AttachInput, Engine, EngineError, OwnerInfo};
+
+/// The gRPC service over an engine.
+#[derive(Debug, Clone)]
+pub struct IpamService {
+    engine: Arc<Engine>,
+}
+
+impl IpamService {
+    /// Wraps an engine.
+    pub fn new(engine: Arc<Engine>) -> IpamService {
+        IpamService { engine }
+    }
+}
+
+/// The gRPC status of an engine error.
+pub fn status(error: &EngineError) -> Status {
+    use tonic::Code;
+    let code = match error {
+        EngineError::NetworkNotFound(_) | EngineError::NotAllocated(_) => Code::NotFound,
+        EngineError::NetworkInvalid(_)
+        | EngineError::TenantNotAllowed { .. }
+        | EngineError::OwnerElsewhere { .. }
+        | EngineError::CheckFailed(_)
+        | EngineError::NoDefaultNetwork(_) => Code::FailedPrecondition,
+        EngineError::Owner(_) | EngineError::Interfaces(_) => Code::InvalidArgument,
+        EngineError::Alloc(a) => match a {
+            AllocError::BadRequest { .. }
+            | AllocError::NoSubnet { .. }
+            | AllocError::OutsideCidr { .. }
+            | AllocError::Reserved { .. } => Code::InvalidArgument,
+            AllocError::InUse { .. } => Code::AlreadyExists,
+            AllocError::Exhausted { .. } => Code::ResourceExhausted,
+            AllocError::ShardUnusable { .. } => Code::FailedPrecondition,
+        },
+        EngineError::Attach { source, .. } => status(source).code(),
+        EngineError::Store(_) | EngineError::Contention { .. } | EngineError::ShuttingDown => {
+            Code::Unavailable
+        }
+    };
+    Status::new(code, error.to_string())
+}
+
+fn invalid(field: &str, message: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// Decodes a network reference; `field` names it in errors.
+pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey, Status> {
+    let r = r.ok_or_else(|| invalid(field, "is required"))?;
+    let kind = match pb::NetworkKind::try_from(r.kind) {
+        Ok(pb::NetworkKind::DanmNet) => NetworkKind::DanmNet,
+        Ok(pb::NetworkKind::TenantNetwork) => NetworkKind::TenantNetwork,
+        Ok(pb::NetworkKind::ClusterNetwork) => NetworkKind::ClusterNetwork,
+        _ => {
+            return Err(invalid(
+                &format!("{field}.kind"),
+                "must be DANM_NET, TENANT_NETWORK or CLUSTER_NETWORK",
+            ));
+        }
+    };
+    if r.name.is_empty() {
+        return Err(invalid(&format!("{field}.name"), "must not be empty"));
+    }
+    if kind.namespaced() && r.namespace.is_empty() {
+        return Err(invalid(
+            &format!("{field}.namespace"),
+            &format!("is required for a {kind}"),
+        ));
+    }
+    Ok(NetworkKey::new(kind, &r.namespace, &r.name))
+}
+
+/// Encodes a network key.
+pub fn network_ref(key: &NetworkKey) -> pb::NetworkRef {
+    pb::NetworkRef {
+        kind: match key.kind {
+            NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
+            NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
+            NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
+        } as i32,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+fn owner_info(o: Option<&pb::Owner>) -> Result<OwnerInfo, Status> {
+    let o = o.ok_or_else(|| invalid("owner", "is required"))?;
+    Ok(OwnerInfo {
+        container_id: o.container_id.clone(),
+        ifname: o.ifname.clone(),
+        pod_namespace: o.pod_namespace.clone(),
+        pod_name: o.pod_name.clone(),
+        pod_uid: o.pod_uid.clone(),
+        netns: o.netns.clone(),
+        host: o.host.clone(),
+    })
+}
+
+fn owner_key(o: Option<&pb::Owner>) -> Result<OwnerKey, Status> {
+    let o = o.ok_or_else(|| invalid("owner", "is required"))?;
+    OwnerKey::new(&o.container_id, &o.ifname).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn routes(map: Option<&std::collections::BTreeMap<String, String>>) -> Vec<pb::Route> {
+    map.into_iter()
+        .flatten()
+        .map(|(d, g)| pb::Route {
+            destination: d.clone(),
+            gateway: g.clone(),
+        })
+        .collect()
+}
+
+fn fail(e: EngineError) -> Status {
+    let s = status(&e);
+    tracing::debug!(code = ?s.code(), message = s.message(), "request refused");
+    s
+}
+
+type AllocationStream = Pin<Box<dyn Stream<Item = Result<pb::Allocation, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ipam for IpamService {
+    async fn attach(
+        &self,
+        request: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::AttachResponse>, Status> {
+        let r = request.into_inner();
+        if r.pod_namespace.is_empty() {
+            return Err(invalid("pod_namespace", "must not be empty"));
+        }
+        let input = AttachInput {
+            pod: OwnerInfo {
+                container_id: r.container_id,
+                ifname: String::new(),
+                pod_namespace: r.pod_namespace,
+                pod_name: r.pod_name,
+                pod_uid: r.pod_uid,
+                netns: r.netns,
+                host: r.host,
+            },
+            interfaces_json: r.interfaces_json,
+            naming: NamingScheme::parse(&r.naming_scheme),
+        };
+        let planned = self.engine.attach(&input).await.map_err(fail)?;
+        let interfaces = planned
+            .into_iter()
+            .map(|p| {
+                let o = &p.network.spec.options;
+                pb::InterfacePlan {
+                    ifname: p.ifname,
+                    network: Some(network_ref(&p.network.key)),
+                    network_type: p.network.network_type().to_owned(),
+                    network_id: p.network.spec.network_id.clone(),
+                    host_device: o.host_device.clone().unwrap_or_default(),
+                    device_pool: o.device_pool.clone().unwrap_or_default(),
+                    vlan: o.vlan.unwrap_or(0) as u32,
+                    vxlan: o.vxlan.unwrap_or(0) as u32,
+                    ip: p.addresses.ip,
+                    ip6: p.addresses.ip6,
+                    routes: routes(o.routes.as_ref()),
+                    routes6: routes(o.routes6.as_ref()),
+                    proutes: routes(Some(&p.connection.proutes)),
+                    proutes6: routes(Some(&p.connection.proutes6)),
+                    rt_tables: o.rt_tables.unwrap_or(0) as u32,
+                    sequence: p.sequence as u32,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::AttachResponse { interfaces }))
+    }
+
+    async fn detach(
+        &self,
+        request: Request<pb::DetachRequest>,
+    ) -> Result<Response<pb::DetachResponse>, Status> {
+        let r = request.into_inner();
+        let released = self.engine.detach(&r.container_id).await.map_err(fail)?;
+        Ok(Response::new(pb::DetachResponse { released }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let r = request.into_inner();
+        let network = network_key(r.network.as_ref(), "network")?;
+        let owner = owner_info(r.owner.as_ref())?;
+        let addresses = self
+            .engine
+            .allocate(&network, &owner, &r.ip, &r.ip6)
+            .await
+            .map_err(fail)?;
+        let plan = self.engine.network(&network).map_err(fail)?;
+        Ok(Response::new(pb::AllocateResponse {
+            ip: addresses.ip,
+            ip6: addresses.ip6,
+            routes: routes(plan.spec.options.routes.as_ref()),
+            routes6: routes(plan.spec.options.routes6.as_ref()),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let network = network_key(r.network.as_ref(), "network")?;
+        let owner = owner_key(r.owner.as_ref())?;
+        self.engine.network(&network).map_err(fail)?;
+        let released = self.engine.release(&network, &owner).await.map_err(fail)?;
+        Ok(Response::new(pb::ReleaseResponse { released }))
+    }
+
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let r = request.into_inner();
+        let network = network_key(r.network.as_ref(), "network")?;
+        let owner = owner_key(r.owner.as_ref())?;
+        let a = self
+            .engine
+            .check(&network, &owner, &r.ip, &r.ip6)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::CheckResponse {
+            ip: a.ip,
+            ip6: a.ip6,
+        }))
+    }
+
+    async fn gc(
+        &self,
+        request: Request<pb::GcRequest>,
+    ) -> Result<Response<pb::GcResponse>, Status> {
+        let r = request.into_inner();
+        let network = match r.network.as_ref() {
+            Some(n) => Some(network_key(Some(n), "network")?),
+            None => None,
+        };
+        let mut valid = HashSet::new();
+        for (i, a) in r.valid.iter().enumerate() {
+            valid.insert(
+                OwnerKey::new(&a.container_id, &a.ifname)
+                    .map_err(|e| Status::invalid_argument(format!("valid[{i}]: {e}")))?,
+            );
+        }
+        let released = self
+            .engine
+            .gc(&valid, network.as_ref())
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::GcResponse { released }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pb::StatusResponse {
+            ready: true,
+            store: self.engine.store().describe(),
+            networks: self.engine.networks().len() as u32,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn get_network(
+        &self,
+        request: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::NetworkInfo>, Status> {
+        let network = network_key(request.get_ref().network.as_ref(), "network")?;
+        let plan = self.engine.network(&network).map_err(fail)?;
+        let listed = self
+            .engine
+            .list_allocations(Some(&network))
+            .await
+            .map_err(fail)?;
+        let family = |family: danm_core::Family| {
+            plan.family(family).map(|fp| pb::FamilyInfo {
+                cidr: fp.cidr.to_string(),
+                pool_start: fp.pool_start().map(|a| a.to_string()).unwrap_or_default(),
+                pool_end: fp.pool_end().map(|a| a.to_string()).unwrap_or_default(),
+                reserved: fp
+                    .reserved
+                    .iter()
+                    .filter_map(|(o, why)| {
+                        fp.cidr.addr_at(*o).map(|a| pb::Reserved {
+                            address: a.to_string(),
+                            reason: why.to_string(),
+                        })
+                    })
+                    .collect(),
+                allocated: listed
+                    .iter()
+                    .filter(|l| danm_core::Family::of(&l.address) == family)
+                    .count() as u64,
+            })
+        };
+        Ok(Response::new(pb::NetworkInfo {
+            network: Some(network_ref(&plan.key)),
+            network_type: plan.network_type().to_owned(),
+            network_id: plan.spec.network_id.clone(),
+            v4: family(danm_core::Family::V4),
+            v6: family(danm_core::Family::V6),
+        }))
+    }
+
+    type ListAllocationsStream = AllocationStream;
+
+    async fn list_allocations(
+        &self,
+        request: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<Self::ListAllocationsStream>, Status> {
+        let network = match request.get_ref().network.as_ref() {
+            Some(n) => Some(network_key(Some(n), "network")?),
+            None => None,
+        };
+        let listed = self
+            .engine
+            .list_allocations(network.as_ref())
+            .await
+            .map_err(fail)?;
+        let items = listed.into_iter().map(|l| {
+            let owner = l.endpoint.map(|e| pb::Owner {
+                container_id: e.owner.container_id,
+                ifname: e.owner.ifname,
+                pod_namespace: e.namespace,
+                pod_name: e.spec.pod,
+                pod_uid: e.spec.pod_uid,
+                netns: e.spec.netns,
+                host: e.spec.host,
+            });
+            Ok(pb::Allocation {
+                network: Some(network_ref(&l.network)),
+                address: l.address.to_string(),
+                owner,
+                fingerprint: format!("{:016x}", l.fingerprint),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(items))))
+    }
+}

@@ -1,0 +1,175 @@
+//! showalloc's output, in DANM's format:
+//!
+//! ```text
+//! DANM network Kind: DanmNet
+//! IP version: IPv4
+//! CIDR: 10.100.100.0/24
+//! Pool start: 10.100.100.1
+//! Pool end: 10.100.100.254
+//! --------------------------------------------------------------
+//! 10.100.100.0 : reserved (network base address)
+//! 10.100.100.1 : allocated (Pod: default/web-0, CID: 3f2a9c1b7d4e, if: eth0)
+//! 10.100.100.255 : reserved (broadcast address)
+//! ```
+//!
+//! With `-a` free and out-of-pool addresses are listed too (at most [`MAX_LISTED`] of
+//! them: narrow a large network down with `--show-cidr`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use danm_core::Cidr;
+use danm_core::addr::ip_to_u128;
+use danm_proto::v1 as pb;
+
+/// Most addresses `-a` lists in one run.
+pub const MAX_LISTED: u128 = 1 << 16;
+
+/// Renders one family of one network.
+pub fn render(
+    kind: &str,
+    info: &pb::FamilyInfo,
+    v6: bool,
+    allocations: &[pb::Allocation],
+    show_all: bool,
+    sub_cidr: Option<&str>,
+) -> Result<String, String> {
+    let cidr: Cidr = info
+        .cidr
+        .parse()
+        .map_err(|e| format!("network CIDR {:?}: {e}", info.cidr))?;
+    let range = match sub_cidr {
+        Some(text) => {
+            let sub: Cidr = text.parse().map_err(|e| format!("--show-cidr: {e}"))?;
+            if !cidr.contains_cidr(&sub) {
+                return Err(format!(
+                    "--show-cidr: {sub} is not inside the network's CIDR {cidr}"
+                ));
+            }
+            sub
+        }
+        None => cidr,
+    };
+    let mut out = format!(
+        "DANM network Kind: {kind}\nIP version: {}\nCIDR: {}\nPool start: {}\nPool end: {}\n{}\n",
+        if v6 { "IPv6" } else { "IPv4" },
+        info.cidr,
+        info.pool_start,
+        info.pool_end,
+        "-".repeat(62)
+    );
+    let mut lines: BTreeMap<u128, String> = BTreeMap::new();
+    for r in &info.reserved {
+        if let Ok(ip) = r.address.parse::<IpAddr>()
+            && range.contains(ip)
+        {
+            lines.insert(ip_to_u128(ip), format!("{ip} : reserved ({})", r.reason));
+        }
+    }
+    for a in allocations {
+        let Ok(ip) = a.address.parse::<IpAddr>() else {
+            continue;
+        };
+        if !range.contains(ip) {
+            continue;
+        }
+        let owner = match &a.owner {
+            Some(o) => format!(
+                "Pod: {}/{}, CID: {}, if: {}",
+                o.pod_namespace,
+                o.pod_name,
+                &o.container_id[..o.container_id.len().min(12)],
+                o.ifname
+            ),
+            None => format!("no endpoint record, owner fingerprint {}", a.fingerprint),
+        };
+        lines.insert(ip_to_u128(ip), format!("{ip} : allocated ({owner})"));
+    }
+    if show_all {
+        if range.last_offset() >= MAX_LISTED {
+            return Err(format!(
+                "-a would list {} addresses of {range}: narrow it with --show-cidr (at most {MAX_LISTED} addresses)",
+                range.last_offset().saturating_add(1)
+            ));
+        }
+        let pool = match (
+            info.pool_start.parse::<IpAddr>(),
+            info.pool_end.parse::<IpAddr>(),
+        ) {
+            (Ok(s), Ok(e)) => Some((ip_to_u128(s), ip_to_u128(e))),
+            _ => None,
+        };
+        for offset in 0..=range.last_offset() {
+            let ip = range.addr_at(offset).expect("offset in range");
+            let raw = ip_to_u128(ip);
+            lines.entry(raw).or_insert_with(|| {
+                if pool.is_some_and(|(s, e)| (s..=e).contains(&raw)) {
+                    format!("{ip} : free")
+                } else {
+                    format!("{ip} : out of pool range")
+                }
+            });
+        }
+    }
+    for line in lines.values() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> pb::FamilyInfo {
+        pb::FamilyInfo {
+            cidr: "10.100.100.0/24".into(),
+            pool_start: "10.100.100.1".into(),
+            pool_end: "10.100.100.254".into(),
+            reserved: vec![
+                pb::Reserved {
+                    address: "10.100.100.0".into(),
+                    reason: "network base address".into(),
+                },
+                pb::Reserved {
+                    address: "10.100.100.255".into(),
+                    reason: "broadcast address".into(),
+                },
+            ],
+            allocated: 1,
+        }
+    }
+
+    #[test]
+    fn danm_format() {
+        let alloc = pb::Allocation {
+            network: None,
+            address: "10.100.100.1".into(),
+            owner: Some(pb::Owner {
+                container_id: "0123456789abcdef".into(),
+                ifname: "eth0".into(),
+                pod_namespace: "kube-system".into(),
+                pod_name: "danmtest-1".into(),
+                ..Default::default()
+            }),
+            fingerprint: "00".into(),
+        };
+        let text = render("DanmNet", &info(), false, &[alloc], false, None).unwrap();
+        assert_eq!(
+            text,
+            "DANM network Kind: DanmNet\nIP version: IPv4\nCIDR: 10.100.100.0/24\nPool start: 10.100.100.1\nPool end: 10.100.100.254\n--------------------------------------------------------------\n10.100.100.0 : reserved (network base address)\n10.100.100.1 : allocated (Pod: kube-system/danmtest-1, CID: 0123456789ab, if: eth0)\n10.100.100.255 : reserved (broadcast address)\n"
+        );
+        let all = render(
+            "DanmNet",
+            &info(),
+            false,
+            &[],
+            true,
+            Some("10.100.100.0/30"),
+        )
+        .unwrap();
+        assert!(all.ends_with("10.100.100.0 : reserved (network base address)\n10.100.100.1 : free\n10.100.100.2 : free\n10.100.100.3 : free\n"), "{all}");
+        assert!(render("DanmNet", &info(), false, &[], true, Some("10.0.0.0/8")).is_err());
+    }
+}

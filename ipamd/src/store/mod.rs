@@ -1,0 +1,217 @@
+//! Where ipamd keeps its state: networks, AllocationShards and endpoint records.
+//!
+//! The [`Store`] trait offers single-object operations only, with compare-and-swap on a
+//! version for shards: exactly what the Kubernetes API offers (resourceVersion), so the
+//! allocation engine runs unchanged on every backend. Backends: [`memory`] (tests) and
+//! [`file`] (an embedded redb database), both built on the key-value core in [`kv`]. Every
+//! backend must pass the conformance suite in `tests/store_conformance.rs`.
+
+pub mod file;
+pub mod kv;
+pub mod memory;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use danm_core::layout::shard_name;
+use danm_core::{Family, NetworkKey, NetworkKind, OwnerKey};
+use danm_crds::{AllocationShardSpec, DanmEpSpec, NetworkSpec};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Opaque version of a stored object (a resourceVersion).
+pub type Version = String;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The object changed since the version the caller read (compare-and-swap lost).
+    #[error("{0} was modified concurrently (version conflict)")]
+    Conflict(String),
+    /// The object to create exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The object to update does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The backend failed or cannot be reached; the outcome of a write is unknown.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read.
+    #[error("stored record {key} is unreadable: {reason}")]
+    Unreadable {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A network as stored: identity, UID and spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkObject {
+    /// Identity.
+    pub key: NetworkKey,
+    /// UID of the object (for owner references).
+    #[serde(default)]
+    pub uid: String,
+    /// The spec.
+    pub spec: NetworkSpec,
+}
+
+/// Identity of one shard: network, family and index in the layout.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardKey {
+    /// The network.
+    pub network: NetworkKey,
+    /// The family.
+    pub family: Family,
+    /// The index (see `danm_core::layout`).
+    pub index: u128,
+}
+
+impl ShardKey {
+    /// The AllocationShard object name.
+    pub fn name(&self) -> String {
+        shard_name(&self.network, self.family, self.index)
+    }
+}
+
+impl fmt::Display for ShardKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AllocationShard {} of {}", self.name(), self.network)
+    }
+}
+
+/// A stored shard with its version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredShard {
+    /// Identity.
+    pub key: ShardKey,
+    /// Version for compare-and-swap.
+    pub version: Version,
+    /// The object's spec.
+    pub spec: AllocationShardSpec,
+}
+
+/// One pod interface: who holds which addresses on which network (a DanmEp).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    /// The owner key.
+    pub owner: OwnerKey,
+    /// The network.
+    pub network: NetworkKey,
+    /// Namespace of the pod (where the DanmEp lives).
+    pub namespace: String,
+    /// The DanmEp spec (addresses with prefix in `Interface.Address`/`AddressIPv6`).
+    pub spec: DanmEpSpec,
+}
+
+/// What changed in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A network was created, changed or deleted.
+    Network(NetworkKey),
+    /// A shard was written.
+    Shard(ShardKey),
+    /// An endpoint was written or deleted.
+    Endpoint(OwnerKey),
+}
+
+/// The state ipamd keeps. Single-object operations; shards are compare-and-swap.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Human-readable description (`memory`, `file:/var/lib/danm/ipam.redb`).
+    fn describe(&self) -> String;
+
+    /// Every network.
+    async fn list_networks(&self) -> StoreResult<Vec<NetworkObject>>;
+    /// One network.
+    async fn get_network(&self, key: &NetworkKey) -> StoreResult<Option<NetworkObject>>;
+    /// Creates or replaces a network.
+    async fn put_network(&self, network: NetworkObject) -> StoreResult<()>;
+    /// Deletes a network and its shards; false when it did not exist.
+    async fn delete_network(&self, key: &NetworkKey) -> StoreResult<bool>;
+
+    /// One shard.
+    async fn get_shard(&self, key: &ShardKey) -> StoreResult<Option<StoredShard>>;
+    /// Every shard of a network.
+    async fn list_shards(&self, network: &NetworkKey) -> StoreResult<Vec<StoredShard>>;
+    /// Creates a shard; [`StoreError::AlreadyExists`] when it exists.
+    async fn create_shard(&self, key: &ShardKey, spec: AllocationShardSpec)
+    -> StoreResult<Version>;
+    /// Replaces a shard if its version is still `expected`; [`StoreError::Conflict`] if not.
+    async fn update_shard(
+        &self,
+        key: &ShardKey,
+        spec: AllocationShardSpec,
+        expected: &Version,
+    ) -> StoreResult<Version>;
+
+    /// Creates an endpoint record; [`StoreError::AlreadyExists`] when the owner has one.
+    async fn create_endpoint(&self, record: EndpointRecord) -> StoreResult<()>;
+    /// The endpoint record of an owner.
+    async fn get_endpoint(&self, owner: &OwnerKey) -> StoreResult<Option<EndpointRecord>>;
+    /// Deletes an owner's endpoint record; false when there was none.
+    async fn delete_endpoint(&self, owner: &OwnerKey) -> StoreResult<bool>;
+    /// Every endpoint record.
+    async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>>;
+
+    /// Change notifications (best effort: a lagging receiver must re-list).
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+}
+
+/// The storage key of a network: `kind/namespace/name`.
+pub fn network_storage_key(key: &NetworkKey) -> String {
+    format!("{}/{}/{}", key.kind.as_str(), key.namespace, key.name)
+}
+
+/// The storage key of a shard: `kind/namespace/name/family/index` (index as 32 hex digits,
+/// so keys sort by index).
+pub fn shard_storage_key(key: &ShardKey) -> String {
+    format!(
+        "{}/{}/{:032x}",
+        network_storage_key(&key.network),
+        key.family.tag(),
+        key.index
+    )
+}
+
+/// Parses a shard storage key back.
+pub fn parse_shard_storage_key(text: &str) -> Option<ShardKey> {
+    let mut parts = text.split('/');
+    let kind = NetworkKind::parse(parts.next()?)?;
+    let namespace = parts.next()?;
+    let name = parts.next()?;
+    let family = match parts.next()? {
+        "v4" => Family::V4,
+        "v6" => Family::V6,
+        _ => return None,
+    };
+    let index = u128::from_str_radix(parts.next()?, 16).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(ShardKey {
+        network: NetworkKey::new(kind, namespace, name),
+        family,
+        index,
+    })
+}
+
+/// Opens a store from its command-line form: `memory` or `file:PATH`.
+pub fn open(spec: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    match spec.split_once(':') {
+        _ if spec == "memory" => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
+        Some(("file", path)) if !path.is_empty() => {
+            Ok(std::sync::Arc::new(file::FileStore::open(path)?))
+        }
+        Some(("kube", _)) | None if spec == "kube" => anyhow::bail!(
+            "--store kube is not available in this build yet: use memory or file:PATH"
+        ),
+        _ => anyhow::bail!("--store {spec:?} is not one of: memory, file:PATH"),
+    }
+}

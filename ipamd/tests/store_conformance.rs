@@ -1,0 +1,231 @@
+//! The Store conformance suite: every backend must pass every check here.
+
+use std::sync::Arc;
+
+use danm_core::{Family, NetworkKey, NetworkKind, OwnerKey};
+use danm_crds::{AllocationShardSpec, DanmEpSpec, NetworkSpec};
+use danm_ipamd::store::file::FileStore;
+use danm_ipamd::store::memory::MemoryStore;
+use danm_ipamd::store::{EndpointRecord, NetworkObject, ShardKey, Store, StoreError, StoreEvent};
+
+fn net(name: &str) -> NetworkKey {
+    NetworkKey::new(NetworkKind::DanmNet, "default", name)
+}
+
+fn shard(name: &str, index: u128) -> ShardKey {
+    ShardKey {
+        network: net(name),
+        family: Family::V4,
+        index,
+    }
+}
+
+fn spec(payload: &str) -> AllocationShardSpec {
+    AllocationShardSpec {
+        family: "IPv4".into(),
+        payload: payload.into(),
+        ..Default::default()
+    }
+}
+
+fn endpoint(cid: &str, network: &str) -> EndpointRecord {
+    EndpointRecord {
+        owner: OwnerKey::new(cid, "eth0").unwrap(),
+        network: net(network),
+        namespace: "default".into(),
+        spec: DanmEpSpec {
+            pod: format!("pod-{cid}"),
+            ..Default::default()
+        },
+    }
+}
+
+async fn networks(store: &dyn Store) {
+    assert!(store.list_networks().await.unwrap().is_empty());
+    let mut events = store.subscribe();
+    let obj = NetworkObject {
+        key: net("a"),
+        uid: "u1".into(),
+        spec: NetworkSpec {
+            network_id: "a".into(),
+            ..Default::default()
+        },
+    };
+    store.put_network(obj.clone()).await.unwrap();
+    assert_eq!(events.recv().await.unwrap(), StoreEvent::Network(net("a")));
+    assert_eq!(
+        store.get_network(&net("a")).await.unwrap(),
+        Some(obj.clone())
+    );
+    let mut changed = obj.clone();
+    changed.spec.network_id = "b".into();
+    store.put_network(changed.clone()).await.unwrap();
+    assert_eq!(store.get_network(&net("a")).await.unwrap(), Some(changed));
+    assert_eq!(store.list_networks().await.unwrap().len(), 1);
+    assert_eq!(store.get_network(&net("zz")).await.unwrap(), None);
+}
+
+async fn shard_compare_and_swap(store: &dyn Store) {
+    let k = shard("cas", 0);
+    assert_eq!(store.get_shard(&k).await.unwrap(), None);
+    let v1 = store.create_shard(&k, spec("one")).await.unwrap();
+    assert!(matches!(
+        store.create_shard(&k, spec("again")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let got = store.get_shard(&k).await.unwrap().unwrap();
+    assert_eq!(
+        (got.version.clone(), got.spec.payload.as_str()),
+        (v1.clone(), "one")
+    );
+    assert_eq!(got.key, k);
+    let v2 = store.update_shard(&k, spec("two"), &v1).await.unwrap();
+    assert_ne!(v1, v2, "a write changes the version");
+    // A writer holding the old version loses.
+    assert!(matches!(
+        store.update_shard(&k, spec("stale"), &v1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.get_shard(&k).await.unwrap().unwrap().spec.payload,
+        "two"
+    );
+    // Updating a shard that does not exist is NotFound.
+    assert!(matches!(
+        store.update_shard(&shard("cas", 9), spec("x"), &v2).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn concurrent_cas_has_one_winner(store: Arc<dyn Store>) {
+    let k = shard("race", 0);
+    let v = store.create_shard(&k, spec("0")).await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let k = k.clone();
+            let v = v.clone();
+            tokio::spawn(async move { store.update_shard(&k, spec(&i.to_string()), &v).await })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one compare-and-swap wins");
+}
+
+async fn shards_listed_per_network(store: &dyn Store) {
+    for i in [3u128, 1, 2, 0x1_0000_0000_0000] {
+        store
+            .create_shard(&shard("list", i), spec("x"))
+            .await
+            .unwrap();
+    }
+    store
+        .create_shard(&shard("list2", 0), spec("x"))
+        .await
+        .unwrap();
+    store
+        .create_shard(&shard("lis", 0), spec("x"))
+        .await
+        .unwrap();
+    let listed: Vec<u128> = store
+        .list_shards(&net("list"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key.index)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![1, 2, 3, 0x1_0000_0000_0000],
+        "sorted, only this network's"
+    );
+    // Deleting a network deletes its shards, and only its shards.
+    store
+        .put_network(NetworkObject {
+            key: net("list"),
+            uid: String::new(),
+            spec: NetworkSpec::default(),
+        })
+        .await
+        .unwrap();
+    assert!(store.delete_network(&net("list")).await.unwrap());
+    assert!(store.list_shards(&net("list")).await.unwrap().is_empty());
+    assert_eq!(store.list_shards(&net("list2")).await.unwrap().len(), 1);
+    assert!(!store.delete_network(&net("list")).await.unwrap());
+}
+
+async fn endpoints(store: &dyn Store) {
+    let e = endpoint("c1", "a");
+    store.create_endpoint(e.clone()).await.unwrap();
+    assert!(matches!(
+        store.create_endpoint(endpoint("c1", "b")).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(store.get_endpoint(&e.owner).await.unwrap(), Some(e.clone()));
+    store.create_endpoint(endpoint("c2", "a")).await.unwrap();
+    assert_eq!(store.list_endpoints().await.unwrap().len(), 2);
+    assert!(store.delete_endpoint(&e.owner).await.unwrap());
+    assert!(
+        !store.delete_endpoint(&e.owner).await.unwrap(),
+        "delete is idempotent"
+    );
+    assert_eq!(store.get_endpoint(&e.owner).await.unwrap(), None);
+    assert_eq!(store.list_endpoints().await.unwrap().len(), 1);
+}
+
+async fn suite(make: impl Fn() -> Arc<dyn Store>) {
+    networks(make().as_ref()).await;
+    shard_compare_and_swap(make().as_ref()).await;
+    concurrent_cas_has_one_winner(make()).await;
+    shards_listed_per_network(make().as_ref()).await;
+    endpoints(make().as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_conforms() {
+    suite(|| Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    suite(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(FileStore::open(dir.path().join(format!("s{n}.redb"))).unwrap())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn file_store_keeps_state_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let v = {
+        let store = FileStore::open(&path).unwrap();
+        store.create_endpoint(endpoint("c1", "a")).await.unwrap();
+        store
+            .create_shard(&shard("p", 0), spec("kept"))
+            .await
+            .unwrap()
+    };
+    let store = FileStore::open(&path).unwrap();
+    let s = store.get_shard(&shard("p", 0)).await.unwrap().unwrap();
+    assert_eq!((s.version, s.spec.payload.as_str()), (v.clone(), "kept"));
+    assert_eq!(store.list_endpoints().await.unwrap().len(), 1);
+    let v2 = store
+        .update_shard(&shard("p", 0), spec("new"), &v)
+        .await
+        .unwrap();
+    assert!(
+        v2.parse::<u64>().unwrap() > v.parse::<u64>().unwrap(),
+        "versions never go back after reopen"
+    );
+}
