@@ -192,15 +192,15 @@ impl Worker {
             if queue.is_empty() {
                 continue;
             }
-            if !self.loaded {
-                if let Err(e) = self.load().await {
-                    tracing::warn!(network = %self.plan.key, error = %e, "cannot load shards");
-                    for p in queue.drain(..) {
-                        p.abandon(EngineError::Store(e.clone()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+            if !self.loaded
+                && let Err(e) = self.load().await
+            {
+                tracing::warn!(network = %self.plan.key, error = %e, "cannot load shards");
+                for p in queue.drain(..) {
+                    p.abandon(EngineError::Store(e.clone()));
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
             queue = self.round(queue).await;
@@ -299,8 +299,8 @@ impl Worker {
     async fn round(&mut self, mut pending: Vec<Pending>) -> Vec<Pending> {
         let mut work: BTreeMap<(Family, u128), ShardBits> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
-        for index in 0..pending.len() {
-            self.plan_one(index, &mut pending[index], &mut work, &mut ops);
+        for (index, p) in pending.iter_mut().enumerate() {
+            self.plan_one(index, p, &mut work, &mut ops);
         }
 
         // Write each touched shard once, all in parallel.
@@ -531,15 +531,17 @@ impl Worker {
         index: u128,
         work: &'w mut BTreeMap<(Family, u128), ShardBits>,
     ) -> Option<&'w mut ShardBits> {
-        if !work.contains_key(&(family, index)) {
-            let bits = match self.shards.get(&(family, index)) {
-                Some(Cached::Good { bits, .. }) => bits.clone(),
-                Some(Cached::Corrupt { .. }) => return None,
-                None => ShardBits::new(),
-            };
-            work.insert((family, index), bits);
+        match work.entry((family, index)) {
+            std::collections::btree_map::Entry::Occupied(e) => Some(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let bits = match self.shards.get(&(family, index)) {
+                    Some(Cached::Good { bits, .. }) => bits.clone(),
+                    Some(Cached::Corrupt { .. }) => return None,
+                    None => ShardBits::new(),
+                };
+                Some(e.insert(bits))
+            }
         }
-        work.get_mut(&(family, index))
     }
 
     fn pick(

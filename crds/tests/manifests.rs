@@ -1,0 +1,162 @@
+//! Every danm.io manifest of DANM's reference material deserializes into our types, and the
+//! checked-in CRD YAML matches the types.
+
+use std::path::{Path, PathBuf};
+
+use danm_crds::{ClusterNetwork, DanmEp, DanmNet, TenantConfig, TenantNetwork};
+use serde::Deserialize;
+
+fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/danm")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_danm_reference_manifest_deserializes() {
+    let dir = reference_dir();
+    if !dir.exists() {
+        panic!(
+            "DANM reference manifests not found at {} (shared/ must sit beside the repository)",
+            dir.display()
+        );
+    }
+    let mut files = Vec::new();
+    for sub in ["example", "schema"] {
+        yaml_files(&dir.join(sub), &mut files);
+    }
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let Ok(value) = serde_yaml::Value::deserialize(doc) else {
+                // schema/*.yaml are annotated templates, not always valid YAML documents.
+                // (After an error serde_yaml's document iterator does not advance: stop.)
+                assert!(
+                    file.to_string_lossy().contains("/schema/"),
+                    "{} is not YAML",
+                    file.display()
+                );
+                break;
+            };
+            if value.get("apiVersion").and_then(|v| v.as_str()) != Some("danm.io/v1") {
+                continue;
+            }
+            if file.to_string_lossy().contains("/schema/") {
+                continue; // templates with placeholder values
+            }
+            let kind = value
+                .get("kind")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let result = match kind.as_str() {
+                "DanmNet" => serde_yaml::from_value::<DanmNet>(value).map(drop),
+                "TenantNetwork" => serde_yaml::from_value::<TenantNetwork>(value).map(drop),
+                "ClusterNetwork" => serde_yaml::from_value::<ClusterNetwork>(value).map(drop),
+                "TenantConfig" => serde_yaml::from_value::<TenantConfig>(value).map(drop),
+                "DanmEp" => serde_yaml::from_value::<DanmEp>(value).map(drop),
+                other => panic!("{}: unexpected danm.io kind {other}", file.display()),
+            };
+            if let Err(e) = result {
+                panic!("{}: {kind} does not deserialize: {e}", file.display());
+            }
+            *counts.entry(kind).or_default() += 1;
+        }
+    }
+    println!("deserialized: {counts:?}");
+    for kind in ["DanmNet", "TenantNetwork", "ClusterNetwork", "TenantConfig"] {
+        assert!(
+            counts.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} fixture was read"
+        );
+    }
+}
+
+#[test]
+fn field_names_are_danms() {
+    let net: TenantNetwork = serde_yaml::from_str(
+        "apiVersion: danm.io/v1\nkind: TenantNetwork\nmetadata: {name: internal, namespace: default}\nspec:\n  NetworkID: internal\n  NetworkType: ipvlan\n  Options:\n    host_device: ens4\n    container_prefix: int\n    rt_tables: 200\n    vlan: 700\n    cidr: 10.240.1.0/24\n    allocation_pool: {start: 10.240.1.100, end: 10.240.1.200}\n",
+    )
+    .unwrap();
+    let o = &net.spec.network.options;
+    assert_eq!(net.spec.network.network_id, "internal");
+    assert_eq!(o.host_device.as_deref(), Some("ens4"));
+    assert_eq!(o.vlan, Some(700));
+    assert_eq!(
+        o.allocation_pool.as_ref().unwrap().end.as_deref(),
+        Some("10.240.1.200")
+    );
+    let back = serde_json::to_value(&net).unwrap();
+    assert_eq!(
+        back["spec"]["Options"]["allocation_pool"]["start"],
+        "10.240.1.100"
+    );
+    assert_eq!(back["spec"]["NetworkType"], "ipvlan");
+    let tc: TenantConfig = serde_yaml::from_str(
+        "apiVersion: danm.io/v1\nkind: TenantConfig\nmetadata: {name: t}\nhostDevices:\n- {name: ens4, vniType: vlan, vniRange: 700-710}\nnetworkIds: {flannel: flannel}\n",
+    )
+    .unwrap();
+    assert_eq!(tc.host_devices[0].vni_range, "700-710");
+    assert_eq!(tc.network_ids["flannel"], "flannel");
+}
+
+#[test]
+fn checked_in_crds_match_the_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    for (file, crd) in danm_crds::all_crds() {
+        let expected = danm_crds::render_crd(&crd);
+        let actual = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "crds/manifests/{file} is out of date: run `cargo run -p danm-crds --bin crdgen`"
+        );
+    }
+}
+
+#[test]
+fn crds_have_danms_names_and_short_names() {
+    let crds = danm_crds::all_crds();
+    let names: Vec<(String, Vec<String>, String)> = crds
+        .iter()
+        .map(|(_, c)| {
+            (
+                c.metadata.name.clone().unwrap(),
+                c.spec.names.short_names.clone().unwrap_or_default(),
+                c.spec.scope.clone(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("danmnets.danm.io", vec!["dn", "dnet"], "Namespaced"),
+        ("tenantnetworks.danm.io", vec!["tn", "tnet"], "Namespaced"),
+        ("clusternetworks.danm.io", vec!["cn", "cnet"], "Cluster"),
+        ("tenantconfigs.danm.io", vec!["tc", "tconf"], "Cluster"),
+        ("danmeps.danm.io", vec!["de", "dep"], "Namespaced"),
+        (
+            "allocationshards.danm.io",
+            vec!["ashard", "ash"],
+            "Namespaced",
+        ),
+    ];
+    for (name, short, scope) in expect {
+        let found = names
+            .iter()
+            .find(|(n, ..)| n == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(found.1, short, "{name}");
+        assert_eq!(found.2, scope, "{name}");
+    }
+}

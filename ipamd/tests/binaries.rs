@@ -1,0 +1,233 @@
+//! The shipped binaries, as a newcomer runs them: ipamd on the embedded store with the
+//! example networks, ipamctl allocating, showalloc showing, gRPC health and reflection.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipamd_with_example_networks_serves_ipamctl_and_showalloc() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let store = format!("file:{}", dir.path().join("ipamd.redb").display());
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_ipamd"))
+            .args([
+                "--store",
+                &store,
+                "--networks",
+                examples.to_str().unwrap(),
+                "--listen",
+                &addr,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ctl = env!("CARGO_BIN_EXE_ipamctl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, text) = run(ctl, &["--ipamd", &addr, "status"]);
+        if ok {
+            assert!(text.contains("networks: 3"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ipamd did not come up: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (ok, text) = run(
+        ctl,
+        &[
+            "--ipamd",
+            &addr,
+            "attach",
+            "-n",
+            "default",
+            "--pod",
+            "web-0",
+            "--container-id",
+            "3f2a9c1b7d4e",
+            "--interfaces",
+            r#"[{"network":"internal","ip":"dynamic"},{"clusterNetwork":"external","ip":"dynamic","ip6":"dynamic"}]"#,
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("eth0 on internal (macvlan): ip=10.240.1.100/24"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ext1 on external (macvlan): ip=10.100.0.2/16 ip6=2001:db8:100::2/64"),
+        "{text}"
+    );
+
+    // No annotation in namespace default: the default ClusterNetwork; kube-system is not allowed.
+    let (ok, text) = run(
+        ctl,
+        &[
+            "--ipamd",
+            &addr,
+            "attach",
+            "-n",
+            "default",
+            "--pod",
+            "p",
+            "--container-id",
+            "c2",
+        ],
+    );
+    assert!(ok && text.contains("eth0 on default"), "{text}");
+    let (ok, text) = run(
+        ctl,
+        &[
+            "--ipamd",
+            &addr,
+            "attach",
+            "-n",
+            "kube-system",
+            "--pod",
+            "p",
+            "--container-id",
+            "c3",
+        ],
+    );
+    assert!(!ok && text.contains("not in the AllowedTenants"), "{text}");
+
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_showalloc"),
+        &["--ipamd", &addr, "-dnet", "internal", "-n", "default"],
+    );
+    assert!(ok, "{text}");
+    assert!(text.starts_with("DANM network Kind: DanmNet\nIP version: IPv4\nCIDR: 10.240.1.0/24\nPool start: 10.240.1.100\nPool end: 10.240.1.200\n"), "{text}");
+    assert!(
+        text.contains("10.240.1.100 : allocated (Pod: default/web-0, CID: 3f2a9c1b7d4e, if: eth0)"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_showalloc"),
+        &["--ipamd", &addr, "--cnet", "external", "-6"],
+    );
+    assert!(
+        ok && text.contains("2001:db8:100::2 : allocated (Pod: default/web-0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2001:db8:100::1 : reserved (gateway of route 2001:db8:200::/64)"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_showalloc"),
+        &["--ipamd", &addr, "--dnet", "nope"],
+    );
+    assert!(
+        !ok && text.contains("DanmNet default/nope not found"),
+        "{text}"
+    );
+
+    // Standard gRPC health and reflection.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "danm.ipam.v1.Ipam".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_request::MessageRequest,
+        server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"danm.ipam.v1.Ipam".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    drop(daemon);
+}
+
+#[test]
+fn ipamd_refuses_bad_flags_with_clear_errors() {
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_ipamd"),
+        &["--store", "etcd:x", "--listen", "127.0.0.1:0"],
+    );
+    assert!(
+        !ok && text.contains("--store \"etcd:x\" is not one of: memory, file:PATH"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {name: x}\nspec: {Options: {vlan: nope}}\n").unwrap();
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_ipamd"),
+        &[
+            "--store",
+            "memory",
+            "--networks",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(
+        !ok && text.contains("bad.yaml: document 0: DanmNet"),
+        "{text}"
+    );
+    let (ok, text) = run(env!("CARGO_BIN_EXE_ipamd"), &["--help"]);
+    assert!(ok && text.contains("--networks"), "{text}");
+}
