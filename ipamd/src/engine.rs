@@ -401,14 +401,19 @@ impl Engine {
                 Ok(addresses)
             }
             Err(StoreError::AlreadyExists(_)) => {
-                // A concurrent retry of this owner won: keep its addresses, give back ours.
-                self.give_back(&plan.key, key, &held).await;
+                // Either our own create landed and its answer was lost (the client retried
+                // it), or a concurrent retry of this owner won. Keep what the record names;
+                // give back what we hold only if the record names something else.
                 let existing = self
                     .store
                     .get_endpoint(key)
                     .await?
                     .ok_or_else(|| EngineError::NotAllocated(key.to_string()))?;
-                existing_addresses(&existing, &plan.key, key)
+                let theirs = existing_addresses(&existing, &plan.key, key)?;
+                if theirs != addresses {
+                    self.give_back(&plan.key, key, &held).await;
+                }
+                Ok(theirs)
             }
             Err(e) => {
                 self.give_back(&plan.key, key, &held).await;

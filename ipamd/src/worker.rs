@@ -105,6 +105,8 @@ pub fn spawn(
         metrics,
         config,
         shards: HashMap::new(),
+        stale: Default::default(),
+        fresh: Default::default(),
         loaded: false,
     };
     tokio::spawn(async move { worker.run(rx).await });
@@ -137,6 +139,11 @@ struct Worker {
     metrics: Arc<Metrics>,
     config: WorkerConfig,
     shards: HashMap<(Family, u128), Cached>,
+    /// Shards whose state is unknown (a write and the re-read after it failed): read again
+    /// before they are used.
+    stale: std::collections::BTreeSet<(Family, u128)>,
+    /// Shards read from the store at the start of this round: their "not held" is final.
+    fresh: std::collections::BTreeSet<(Family, u128)>,
     cursors: [u128; 2],
     loaded: bool,
 }
@@ -297,6 +304,22 @@ impl Worker {
     /// One round: plan every pending request, write every touched shard once, settle.
     /// Returns the requests that must go on to the next round.
     async fn round(&mut self, mut pending: Vec<Pending>) -> Vec<Pending> {
+        self.fresh.clear();
+        for (family, index) in std::mem::take(&mut self.stale) {
+            match self.store.get_shard(&self.shard_key(family, index)).await {
+                Ok(Some(shard)) => {
+                    self.cache(shard);
+                    self.fresh.insert((family, index));
+                }
+                Ok(None) => {
+                    self.shards.remove(&(family, index));
+                    self.fresh.insert((family, index));
+                }
+                Err(_) => {
+                    self.stale.insert((family, index));
+                }
+            }
+        }
         let mut work: BTreeMap<(Family, u128), ShardBits> = BTreeMap::new();
         let mut ops: Vec<Op> = Vec::new();
         for (index, p) in pending.iter_mut().enumerate() {
@@ -361,13 +384,15 @@ impl Worker {
                         }
                         Err(e) => {
                             store_trouble = Some(e);
-                            // Outcome unknown and unreadable: forget the cache entry so the
-                            // next round reads it again.
-                            self.loaded = false;
+                            // Outcome unknown and unreadable: read it again before use.
+                            self.stale.insert((family, index));
                             self.shards.remove(&(family, index));
                         }
                     }
                     for op in shard_ops {
+                        if self.stale.contains(&(family, index)) {
+                            continue; // unknown: decided after the next read
+                        }
                         let landed = match self.shards.get(&(family, index)) {
                             Some(Cached::Good { bits, .. }) => {
                                 let owner = bits.owner_of(local_offset(op.offset));
@@ -418,13 +443,15 @@ impl Worker {
     ) {
         let fingerprint = p.fingerprint;
         let mut nothing_to_write: Vec<Op> = Vec::new();
-        let mut remove = |this: &Self,
+        let mut remove = |this: &mut Self,
                           family: Family,
                           offset: u128,
                           work: &mut BTreeMap<(Family, u128), ShardBits>,
                           ops: &mut Vec<Op>| {
             match this.plan_remove(index, fingerprint, family, offset, work) {
                 Some(op) => ops.push(op),
+                // Unknown state: try again next round.
+                None if this.stale.contains(&(family, shard_index(offset))) => {}
                 None => nothing_to_write.push(Op {
                     pending: index,
                     family,
@@ -456,6 +483,7 @@ impl Worker {
                     }
                     match self.pick(fingerprint, family, requests[fi], work) {
                         Ok(Pick::Already(offset)) => held[fi] = Some(offset),
+                        Ok(Pick::Deferred) => {}
                         Ok(Pick::New(offset)) => ops.push(Op {
                             pending: index,
                             family,
@@ -498,9 +526,12 @@ impl Worker {
     }
 
     /// Plans freeing `offset` if `fingerprint` holds it. Returns the op when that changes
-    /// the shard; `None` when the owner does not hold it (nothing to write).
+    /// the shard; `None` when the owner does not hold it (nothing to write) or when that is
+    /// not known yet: the cache may predate an allocation made by another replica, so "not
+    /// held" is only believed from a shard read this round (else it is marked stale and the
+    /// release waits a round).
     fn plan_remove(
-        &self,
+        &mut self,
         index: usize,
         fingerprint: u64,
         family: Family,
@@ -508,9 +539,24 @@ impl Worker {
         work: &mut BTreeMap<(Family, u128), ShardBits>,
     ) -> Option<Op> {
         let si = shard_index(offset);
-        if !matches!(self.shards.get(&(family, si)), Some(Cached::Good { .. }))
-            && !work.contains_key(&(family, si))
-        {
+        if self.stale.contains(&(family, si)) {
+            return None;
+        }
+        let holds = match work.get(&(family, si)) {
+            Some(bits) => bits.owner_of(local_offset(offset)) == Some(fingerprint),
+            None => match self.shards.get(&(family, si)) {
+                Some(Cached::Good { bits, .. }) => {
+                    bits.owner_of(local_offset(offset)) == Some(fingerprint)
+                }
+                _ => false,
+            },
+        };
+        if !holds {
+            if !self.fresh.contains(&(family, si))
+                && !matches!(self.shards.get(&(family, si)), Some(Cached::Corrupt { .. }))
+            {
+                self.stale.insert((family, si));
+            }
             return None;
         }
         let bits = self.working_copy(family, si, work)?;
@@ -565,6 +611,9 @@ impl Worker {
                 if let Some(Cached::Corrupt { reason }) = self.shards.get(&(family, si)) {
                     return Err(self.unusable(family, si, &reason.clone()));
                 }
+                if self.stale.contains(&(family, si)) {
+                    return Ok(Pick::Deferred);
+                }
                 let bits = self.working_copy(family, si, work).expect("not corrupt");
                 return match bits.insert(local_offset(offset), fingerprint) {
                     Ok(()) => Ok(Pick::New(offset)),
@@ -580,7 +629,9 @@ impl Worker {
             AddressRequest::Dynamic => {
                 let cursor = self.cursors[family_index(family)];
                 let shards = &self.shards;
+                let stale = &self.stale;
                 let view = |index: u128| match work.get(&(family, index)) {
+                    _ if stale.contains(&(family, index)) => ShardView::Unusable,
                     Some(bits) => ShardView::Present(bits),
                     None => match shards.get(&(family, index)) {
                         Some(Cached::Good { bits, .. }) => ShardView::Present(bits),
@@ -640,6 +691,8 @@ enum Pick {
     New(u128),
     /// The owner already holds this static address.
     Already(u128),
+    /// The shard's state is unknown: try again next round.
+    Deferred,
 }
 
 /// Decodes a stored shard, refusing a bad CRC or a shard of another layout.

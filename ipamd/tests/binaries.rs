@@ -208,7 +208,7 @@ fn ipamd_refuses_bad_flags_with_clear_errors() {
         &["--store", "etcd:x", "--listen", "127.0.0.1:0"],
     );
     assert!(
-        !ok && text.contains("--store \"etcd:x\" is not one of: memory, file:PATH"),
+        !ok && text.contains("--store \"etcd:x\" is not one of: memory, file:PATH, kube"),
         "{text}"
     );
     let dir = tempfile::tempdir().unwrap();

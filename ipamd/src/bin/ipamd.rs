@@ -13,7 +13,7 @@ use danm_ipamd::{networks, server, store};
 #[command(version, about, long_about = None)]
 struct Args {
     /// Where state lives: `file:PATH` (embedded redb database), `memory` (lost on exit,
-    /// for tests) or `kube` (Kubernetes API; not in this build yet).
+    /// for tests) or `kube` (the Kubernetes API: in-cluster config or KUBECONFIG).
     #[arg(
         long,
         env = "IPAMD_STORE",
@@ -25,6 +25,9 @@ struct Args {
     /// the folder are kept.
     #[arg(long, env = "IPAMD_NETWORKS")]
     networks: Option<PathBuf>,
+    /// ipamd's own namespace (with --store kube, ClusterNetwork shards live here).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
     /// gRPC listen address.
     #[arg(long, env = "IPAMD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
@@ -51,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("--log-format {other:?} is not one of: text, json"),
     }
 
-    let store = store::open(&args.store)?;
+    let store = store::open(&args.store, &args.namespace).await?;
     if let Some(dir) = &args.networks {
         let nets = networks::load_dir(dir)?;
         tracing::info!(count = nets.len(), dir = %dir.display(), "loading networks");

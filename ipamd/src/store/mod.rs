@@ -7,6 +7,7 @@
 //! backend must pass the conformance suite in `tests/store_conformance.rs`.
 
 pub mod file;
+pub mod kube;
 pub mod kv;
 pub mod memory;
 
@@ -97,7 +98,8 @@ pub struct StoredShard {
     pub spec: AllocationShardSpec,
 }
 
-/// One pod interface: who holds which addresses on which network (a DanmEp).
+/// One pod interface: who holds which addresses on which network (a DanmEp). Its spec
+/// agrees with `owner` and `network` (`CID`, `Interface.Name`, `NetworkName`, `apiType`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     /// The owner key.
@@ -202,16 +204,22 @@ pub fn parse_shard_storage_key(text: &str) -> Option<ShardKey> {
     })
 }
 
-/// Opens a store from its command-line form: `memory` or `file:PATH`.
-pub fn open(spec: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+/// Opens a store from its command-line form: `memory`, `file:PATH` or `kube` (the
+/// in-cluster or `KUBECONFIG` client; `namespace` is ipamd's own).
+pub async fn open(spec: &str, namespace: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     match spec.split_once(':') {
         _ if spec == "memory" => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
+        _ if spec == "kube" => {
+            let client = ::kube::Client::try_default().await.map_err(|e| {
+                anyhow::anyhow!("--store kube: no Kubernetes client configuration: {e}")
+            })?;
+            Ok(std::sync::Arc::new(
+                kube::KubeStore::new(client, namespace).await,
+            ))
+        }
         Some(("file", path)) if !path.is_empty() => {
             Ok(std::sync::Arc::new(file::FileStore::open(path)?))
         }
-        Some(("kube", _)) | None if spec == "kube" => anyhow::bail!(
-            "--store kube is not available in this build yet: use memory or file:PATH"
-        ),
-        _ => anyhow::bail!("--store {spec:?} is not one of: memory, file:PATH"),
+        _ => anyhow::bail!("--store {spec:?} is not one of: memory, file:PATH, kube"),
     }
 }

@@ -395,11 +395,10 @@ async fn handle(
         }
         None => {
             let state = app.state.lock().expect("state lock");
-            let items: Vec<Value> = state
-                .list(&target.resource, target.namespace.as_deref())
-                .into_iter()
-                .filter(|o| labels.matches_labels(o) && fields.matches_fields(o))
-                .collect();
+            let items: Vec<Value> =
+                state.list_where(&target.resource, target.namespace.as_deref(), |o| {
+                    labels.matches_labels(o) && fields.matches_fields(o)
+                });
             let kind = items
                 .first()
                 .and_then(|o| o.get("kind"))

@@ -152,9 +152,21 @@ impl State {
 
     /// Objects of a resource (one namespace, or all when `namespace` is None).
     pub fn list(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        self.list_where(resource, namespace, |_| true)
+    }
+
+    /// Objects of a resource that `keep` accepts (tested before anything is copied).
+    pub fn list_where(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         self.objects
             .iter()
-            .filter(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns))
+            .filter(|(k, v)| {
+                k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns) && keep(v)
+            })
             .map(|(_, v)| v.clone())
             .collect()
     }

@@ -1,0 +1,282 @@
+//! Three ipamd processes share one (stand-in) Kubernetes API with no leader: 3×32 callers
+//! allocate 5,000 addresses from one /16, release half, allocate 2,500 again. No address is
+//! ever given twice, counts are exact, every live allocation has its DanmEp, and no
+//! AllocationShard comes near 64 KiB. Then the same with faults injected.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use danm_crds::{AllocationShard, DanmEp, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
+use danm_proto::v1 as pb;
+use danm_proto::v1::ipam_client::IpamClient;
+use danm_testkit::apiserver::{ApiServer, Options};
+use kube::api::{Api, ListParams, PostParams};
+use tokio::sync::Mutex;
+use tonic::Code;
+
+struct Replica(Child);
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn net() -> Option<pb::NetworkRef> {
+    Some(pb::NetworkRef {
+        kind: pb::NetworkKind::DanmNet as i32,
+        namespace: "default".into(),
+        name: "big".into(),
+    })
+}
+
+fn owner(cid: &str) -> Option<pb::Owner> {
+    Some(pb::Owner {
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        pod_namespace: "default".into(),
+        pod_name: format!("pod-{cid}"),
+        ..Default::default()
+    })
+}
+
+/// Calls until the answer is not UNAVAILABLE (as kubelet retries a failed CNI call).
+async fn allocate(c: &mut IpamClient<tonic::transport::Channel>, cid: &str) -> String {
+    for _ in 0..200 {
+        let request = pb::AllocateRequest {
+            network: net(),
+            owner: owner(cid),
+            ip: "dynamic".into(),
+            ip6: String::new(),
+        };
+        match c.allocate(request).await {
+            Ok(r) => return r.into_inner().ip,
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(s) => panic!("allocate {cid}: {s:?}"),
+        }
+    }
+    panic!("allocate {cid}: still unavailable after 200 tries");
+}
+
+async fn release(c: &mut IpamClient<tonic::transport::Channel>, cid: &str) {
+    for _ in 0..200 {
+        match c
+            .release(pb::ReleaseRequest {
+                network: net(),
+                owner: owner(cid),
+            })
+            .await
+        {
+            Ok(_) => return,
+            Err(s) if s.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(s) => panic!("release {cid}: {s:?}"),
+        }
+    }
+    panic!("release {cid}: still unavailable after 200 tries");
+}
+
+async fn run(fault_ppm: u32) {
+    let server = ApiServer::start(Options::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+    let client = server.client();
+    let spec = NetworkSpec {
+        network_id: "big".into(),
+        options: NetworkOptions {
+            cidr: Some("10.64.0.0/16".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<DanmNet>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &DanmNet::new("big", DanmNetSpec { network: spec }),
+        )
+        .await
+        .unwrap();
+
+    let mut replicas = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..3u32 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_ipamd"))
+            .args([
+                "--store",
+                "kube",
+                "--namespace",
+                "danm-system",
+                "--listen",
+                &addr,
+                "--start-hint",
+                &(i * 21_845).to_string(),
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        replicas.push(Replica(child));
+        addrs.push(addr);
+    }
+    let mut clients = Vec::new();
+    for addr in &addrs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = IpamClient::connect(format!("http://{addr}")).await
+                && let Ok(s) = c.status(pb::StatusRequest {}).await
+                && s.get_ref().networks == 1
+            {
+                clients.push(c);
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {addr} did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    server
+        .faults()
+        .timeout_delay_ms
+        .store(50, Ordering::Relaxed);
+    server.faults().set_all(fault_ppm);
+
+    let held: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let phase = |count: usize, prefix: &'static str| {
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for caller in 0..96 {
+            let mut c = clients[caller % 3].clone();
+            let next = Arc::clone(&next);
+            let held = Arc::clone(&held);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        return;
+                    }
+                    let cid = format!("{prefix}{n}");
+                    let ip = allocate(&mut c, &cid).await;
+                    held.lock().await.insert(cid, ip);
+                }
+            }));
+        }
+        tasks
+    };
+    for t in phase(5000, "a") {
+        t.await.unwrap();
+    }
+    // Release every other owner, from all replicas at once.
+    let to_release: Vec<String> = held
+        .lock()
+        .await
+        .keys()
+        .filter(|c| c[1..].parse::<usize>().unwrap() % 2 == 0)
+        .cloned()
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, chunk) in to_release.chunks(to_release.len().div_ceil(96)).enumerate() {
+        let mut c = clients[i % 3].clone();
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for cid in chunk {
+                release(&mut c, &cid).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    {
+        let mut h = held.lock().await;
+        for cid in &to_release {
+            h.remove(cid);
+        }
+        assert_eq!(h.len(), 2500);
+    }
+    for t in phase(2500, "b") {
+        t.await.unwrap();
+    }
+    server.faults().set_all(0);
+
+    // No duplicates among live owners.
+    let held = held.lock().await.clone();
+    assert_eq!(held.len(), 5000);
+    let distinct: HashSet<&String> = held.values().collect();
+    assert_eq!(distinct.len(), 5000, "an address was given twice");
+
+    // Every live allocation has its DanmEp, naming the same address.
+    let eps = Api::<DanmEp>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let by_cid: HashMap<&str, &str> = eps
+        .iter()
+        .map(|e| (e.spec.cid.as_str(), e.spec.interface.address.as_str()))
+        .collect();
+    for (cid, ip) in &held {
+        assert_eq!(
+            by_cid.get(cid.as_str()).copied(),
+            Some(ip.as_str()),
+            "{cid} has no DanmEp naming {ip}"
+        );
+    }
+    assert_eq!(eps.len(), 5000, "no DanmEp left for a released owner");
+
+    // The shards hold exactly the live allocations (under faults: at least them).
+    let shards = Api::<AllocationShard>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let allocated: u64 = shards.iter().map(|s| u64::from(s.spec.allocated)).sum();
+    let largest = shards
+        .iter()
+        .map(|s| serde_json::to_vec(s).unwrap().len())
+        .max()
+        .unwrap();
+    let (requests, writes, largest_write) = server.counters();
+    println!(
+        "faults {fault_ppm} ppm: {} shards, {allocated} addresses allocated for 5000 live owners, largest shard object {largest} bytes (largest write {largest_write}); stand-in served {requests} requests, {writes} writes; {} faults injected",
+        shards.len(),
+        server.faults().injected.load(Ordering::Relaxed)
+    );
+    assert!(largest < 64 * 1024);
+    if fault_ppm == 0 {
+        assert_eq!(allocated, 5000, "exact count");
+    } else {
+        assert!(
+            allocated >= 5000,
+            "a live allocation is missing from the shards"
+        );
+    }
+    drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_api_without_duplicates() {
+    run(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_injected_faults_give_no_address_twice() {
+    run(20_000).await;
+}
