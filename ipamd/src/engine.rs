@@ -56,6 +56,9 @@ pub enum EngineError {
         /// The network.
         network: String,
     },
+    /// The pod to attach does not exist (Kubernetes store).
+    #[error("{0} not found")]
+    PodNotFound(String),
     /// No default network exists for a pod without an interface list.
     #[error(
         "pod in namespace {0} asks for no network and no default network exists (DanmNet or TenantNetwork \"default\" in its namespace, or ClusterNetwork \"default\")"
@@ -198,7 +201,10 @@ pub struct Engine {
     store: Arc<dyn Store>,
     networks: RwLock<HashMap<NetworkKey, NetworkRuntime>>,
     invalid: RwLock<HashMap<NetworkKey, NetworkError>>,
-    owner_locks: Mutex<HashMap<OwnerKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per-owner locks, by owner fingerprint (what the orphan reclaimer knows).
+    owner_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Orphans seen (network, family, offset, fingerprint) and when first seen.
+    orphans_seen: Mutex<HashMap<(NetworkKey, Family, u128, u64), std::time::Instant>>,
     config: WorkerConfig,
     /// Counters.
     pub metrics: Arc<Metrics>,
@@ -223,6 +229,7 @@ impl Engine {
             networks: RwLock::default(),
             invalid: RwLock::default(),
             owner_locks: Mutex::default(),
+            orphans_seen: Mutex::default(),
             config,
             metrics: Arc::default(),
         });
@@ -338,11 +345,81 @@ impl Engine {
     }
 
     fn owner_lock(&self, owner: &OwnerKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.fingerprint_lock(owner.fingerprint())
+    }
+
+    fn fingerprint_lock(&self, fingerprint: u64) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.owner_locks.lock().expect("lock");
         if locks.len() > 4096 {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
-        Arc::clone(locks.entry(owner.clone()).or_default())
+        Arc::clone(locks.entry(fingerprint).or_default())
+    }
+
+    /// Frees addresses held by a fingerprint that no endpoint record names, once they have
+    /// been seen so for at least `grace` (an allocation between its shard write and its
+    /// record write looks the same for a moment). This is what a crash between those two
+    /// writes leaves behind; the fingerprint check keeps it from ever freeing an address of
+    /// another owner. Returns what was freed.
+    pub async fn reclaim_orphans(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, EngineError> {
+        let listed = self.list_allocations(None).await?;
+        let now = std::time::Instant::now();
+        let mut due = Vec::new();
+        {
+            let mut seen = self.orphans_seen.lock().expect("lock");
+            let mut current = HashMap::new();
+            for l in listed.iter().filter(|l| l.endpoint.is_none()) {
+                let Ok(plan) = self.network(&l.network) else {
+                    continue;
+                };
+                let family = Family::of(&l.address);
+                let Some(offset) = plan
+                    .family(family)
+                    .and_then(|f| f.cidr.offset_of(l.address))
+                else {
+                    continue;
+                };
+                let key = (l.network.clone(), family, offset, l.fingerprint);
+                let first = seen.get(&key).copied().unwrap_or(now);
+                if now.duration_since(first) >= grace {
+                    due.push(key.clone());
+                }
+                current.insert(key, first);
+            }
+            *seen = current;
+        }
+        let mut freed = Vec::new();
+        for (network, family, offset, fingerprint) in due {
+            let lock = self.fingerprint_lock(fingerprint);
+            let _guard = lock.lock().await;
+            // Under the owner's lock: a record written since the scan wins.
+            let named = self.store.list_endpoints().await?.into_iter().any(|r| {
+                r.network == network
+                    && r.owner.fingerprint() == fingerprint
+                    && recorded_offsets(self, &r).contains(&(family, offset))
+            });
+            if named {
+                continue;
+            }
+            let done = self
+                .submit_release(&network, fingerprint, vec![(family, offset)])
+                .await?;
+            let plan = self.network(&network)?;
+            for (f, o) in done {
+                if let Some(a) = plan.family(f).and_then(|fp| fp.cidr.addr_at(o)) {
+                    tracing::warn!(network = %network, address = %a, fingerprint = format!("{fingerprint:016x}"), "reclaimed an address no endpoint record names");
+                    freed.push(a.to_string());
+                }
+            }
+            self.orphans_seen
+                .lock()
+                .expect("lock")
+                .remove(&(network, family, offset, fingerprint));
+        }
+        Ok(freed)
     }
 
     /// Allocates on one network for one owner. Idempotent on the owner key.
@@ -527,7 +604,23 @@ impl Engine {
         if pod.container_id.is_empty() {
             return Err(OwnerError::Empty("container_id").into());
         }
-        let mut connections = parse_annotation(&input.interfaces_json, &pod.pod_namespace)?;
+        // With an API server, the pod's own annotation is the truth; without one, the
+        // caller sends the interface list.
+        let (interfaces, pod_uid) = match self.store.pod(&pod.pod_namespace, &pod.pod_name).await {
+            Ok(Some(info)) => (info.interfaces.unwrap_or_default(), info.uid),
+            Ok(None) => (input.interfaces_json.clone(), pod.pod_uid.clone()),
+            Err(StoreError::NotFound(what)) => return Err(EngineError::PodNotFound(what)),
+            Err(e) => return Err(e.into()),
+        };
+        let pod = &OwnerInfo {
+            pod_uid: if pod_uid.is_empty() {
+                pod.pod_uid.clone()
+            } else {
+                pod_uid
+            },
+            ..pod.clone()
+        };
+        let mut connections = parse_annotation(&interfaces, &pod.pod_namespace)?;
         if connections.is_empty() {
             let default = self.default_network(&pod.pod_namespace)?;
             connections.push(Connection {

@@ -37,7 +37,9 @@ impl IpamService {
 pub fn status(error: &EngineError) -> Status {
     use tonic::Code;
     let code = match error {
-        EngineError::NetworkNotFound(_) | EngineError::NotAllocated(_) => Code::NotFound,
+        EngineError::NetworkNotFound(_)
+        | EngineError::NotAllocated(_)
+        | EngineError::PodNotFound(_) => Code::NotFound,
         EngineError::NetworkInvalid(_)
         | EngineError::TenantNotAllowed { .. }
         | EngineError::OwnerElsewhere { .. }

@@ -490,3 +490,52 @@ async fn concurrent_retries_of_one_owner_get_one_address() {
     assert_eq!(listed.len(), 1, "and nothing else is held");
     ipamd.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_shard_and_record_is_reclaimed_after_the_grace_period() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ipamd = start(Arc::clone(&store)).await;
+    let mut c = ipamd.client().await;
+    c.allocate(alloc("net24", "kept", "10.20.0.10", ""))
+        .await
+        .unwrap();
+    c.allocate(alloc("net24", "crashed", "10.20.0.11", ""))
+        .await
+        .unwrap();
+    // The crash: the shard write landed, the record write did not.
+    let crashed = danm_core::OwnerKey::new("crashed", "eth0").unwrap();
+    assert!(store.delete_endpoint(&crashed).await.unwrap());
+    let engine = &ipamd.engine;
+    let grace = std::time::Duration::from_millis(300);
+    // First sight starts the grace period: nothing is freed yet.
+    assert!(engine.reclaim_orphans(grace).await.unwrap().is_empty());
+    let e = c
+        .allocate(alloc("net24", "other", "10.20.0.11", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::AlreadyExists,
+        "still held during the grace period"
+    );
+    tokio::time::sleep(grace).await;
+    assert_eq!(
+        engine.reclaim_orphans(grace).await.unwrap(),
+        vec!["10.20.0.11"]
+    );
+    // Freed, and only that: the recorded allocation stays.
+    c.allocate(alloc("net24", "other", "10.20.0.11", ""))
+        .await
+        .unwrap();
+    let e = c
+        .allocate(alloc("net24", "third", "10.20.0.10", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    tokio::time::sleep(grace).await;
+    assert!(
+        engine.reclaim_orphans(grace).await.unwrap().is_empty(),
+        "recorded allocations are never reclaimed"
+    );
+    ipamd.stop().await;
+}

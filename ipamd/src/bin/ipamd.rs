@@ -34,6 +34,10 @@ struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "IPAMD_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Addresses held with no endpoint record (left by a crash between the shard write and
+    /// the record write) are freed once seen so for this many seconds; 0 disables.
+    #[arg(long, env = "IPAMD_ORPHAN_GRACE_SECONDS", default_value_t = 600)]
+    orphan_grace_seconds: u64,
     /// Where this replica starts dynamic allocation in each pool, 0-65535 (a fraction of
     /// the pool): give replicas different values so they rarely touch the same shard.
     #[arg(long, env = "IPAMD_START_HINT", default_value_t = 0)]
@@ -70,6 +74,19 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
+    if args.orphan_grace_seconds > 0 {
+        let grace = std::time::Duration::from_secs(args.orphan_grace_seconds);
+        let engine = std::sync::Arc::clone(&engine);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(grace / 2);
+            loop {
+                tick.tick().await;
+                if let Err(e) = engine.reclaim_orphans(grace).await {
+                    tracing::warn!(error = %e, "orphan scan failed; next scan retries");
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

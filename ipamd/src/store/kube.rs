@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::broadcast;
 
 use super::{
-    EndpointRecord, NetworkObject, ShardKey, Store, StoreError, StoreEvent, StoreResult,
+    EndpointRecord, NetworkObject, PodInfo, ShardKey, Store, StoreError, StoreEvent, StoreResult,
     StoredShard, Version,
 };
 
@@ -571,5 +571,21 @@ impl Store for KubeStore {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> StoreResult<Option<PodInfo>> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let pod = api
+            .get(name)
+            .await
+            .map_err(map_err(|| format!("pod {namespace}/{name}")))?;
+        Ok(Some(PodInfo {
+            uid: pod.uid().unwrap_or_default(),
+            interfaces: pod
+                .annotations()
+                .get(danm_crds::INTERFACES_ANNOTATION)
+                .cloned(),
+        }))
     }
 }

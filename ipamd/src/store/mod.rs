@@ -112,6 +112,15 @@ pub struct EndpointRecord {
     pub spec: DanmEpSpec,
 }
 
+/// What the API says of a pod: its UID and its `danm.io/interfaces` annotation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    /// UID.
+    pub uid: String,
+    /// The annotation, if the pod has one.
+    pub interfaces: Option<String>,
+}
+
 /// What changed in the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreEvent {
@@ -164,6 +173,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Change notifications (best effort: a lagging receiver must re-list).
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+
+    /// A pod, for stores that can read pods (the Kubernetes API): `Ok(None)` when the store
+    /// has no pods (the embedded stores: the caller supplies the interface list),
+    /// [`StoreError::NotFound`] when it has pods but not this one.
+    async fn pod(&self, namespace: &str, name: &str) -> StoreResult<Option<PodInfo>> {
+        let _ = (namespace, name);
+        Ok(None)
+    }
 }
 
 /// The storage key of a network: `kind/namespace/name`.
