@@ -11,11 +11,13 @@
 //! * [`policy`]: `dynamic` / static / `none` requests and the search for a free address.
 //! * [`owner`]: the owner key (container id + interface name) of an allocation.
 //! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
+//! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
 pub mod codec;
 pub mod interfaces;
 pub mod layout;
+pub mod migrate;
 pub mod network;
 pub mod owner;
 pub mod policy;

@@ -102,6 +102,12 @@ pub enum EngineError {
         /// The last store error seen.
         last: Option<String>,
     },
+    /// The network is being migrated from DANM's bit arrays; retry shortly.
+    #[error("{0} is being migrated from DANM's allocation bit arrays into shards; retry shortly")]
+    Migrating(String),
+    /// Migrating the network from DANM's bit arrays failed.
+    #[error("migration from DANM failed: {0}")]
+    Migration(String),
     /// The engine is shutting down.
     #[error("ipamd is shutting down")]
     ShuttingDown,
@@ -205,6 +211,10 @@ pub struct Engine {
     owner_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Orphans seen (network, family, offset, fingerprint) and when first seen.
     orphans_seen: Mutex<HashMap<(NetworkKey, Family, u128, u64), std::time::Instant>>,
+    /// Networks whose DANM bit arrays are being moved into shards.
+    migrating: Mutex<HashSet<NetworkKey>>,
+    /// Networks whose migration failed, with why.
+    migration_failed: Mutex<HashMap<NetworkKey, String>>,
     config: WorkerConfig,
     /// Counters.
     pub metrics: Arc<Metrics>,
@@ -230,6 +240,8 @@ impl Engine {
             invalid: RwLock::default(),
             owner_locks: Mutex::default(),
             orphans_seen: Mutex::default(),
+            migrating: Mutex::default(),
+            migration_failed: Mutex::default(),
             config,
             metrics: Arc::default(),
         });
@@ -271,12 +283,21 @@ impl Engine {
         &self.store
     }
 
-    fn apply_network(&self, net: Option<NetworkObject>) {
+    fn apply_network(self: &Arc<Self>, net: Option<NetworkObject>) {
         let Some(net) = net else { return };
         match plan(net.key.clone(), &net.spec) {
+            Ok(p) if has_legacy_arrays(&p) => {
+                // Not served until its DANM allocations are in shards.
+                self.networks.write().expect("lock").remove(&net.key);
+                if self.migrating.lock().expect("lock").insert(net.key.clone()) {
+                    let engine = Arc::clone(self);
+                    tokio::spawn(async move { engine.migrate(net, Arc::new(p)).await });
+                }
+            }
             Ok(p) => {
                 let p = Arc::new(p);
                 self.invalid.write().expect("lock").remove(&net.key);
+                self.migration_failed.lock().expect("lock").remove(&net.key);
                 let mut nets = self.networks.write().expect("lock");
                 match nets.get_mut(&net.key) {
                     Some(rt) if *rt.plan == *p => {}
@@ -311,10 +332,101 @@ impl Engine {
         self.invalid.write().expect("lock").remove(key);
     }
 
+    /// Moves a DANM network's `alloc`/`alloc6` allocations into shards, then clears those
+    /// fields (only after every shard write landed). Each address goes to the owner whose
+    /// endpoint record names it, else to a deterministic legacy owner, so a re-run after a
+    /// crash, or by another replica, finds them already in place.
+    async fn migrate(self: Arc<Self>, net: NetworkObject, plan: Arc<NetworkPlan>) {
+        let key = net.key.clone();
+        let result = self.migrate_once(&net, &plan).await;
+        self.migrating.lock().expect("lock").remove(&key);
+        match result {
+            Ok(count) => {
+                tracing::info!(network = %key, count, "DANM allocations migrated into shards");
+            }
+            Err(e) => {
+                tracing::error!(network = %key, error = %e, "migration from DANM failed; the network stays unserved");
+                self.migration_failed
+                    .lock()
+                    .expect("lock")
+                    .insert(key, e.to_string());
+            }
+        }
+    }
+
+    async fn migrate_once(
+        &self,
+        net: &NetworkObject,
+        plan: &Arc<NetworkPlan>,
+    ) -> Result<usize, EngineError> {
+        let legacy = danm_core::migrate::legacy_allocations(plan)
+            .map_err(|e| EngineError::Migration(e.to_string()))?;
+        let mut owners: HashMap<(Family, u128), u64> = HashMap::new();
+        for record in self.store.list_endpoints().await? {
+            if record.network == plan.key {
+                for at in offsets_in(plan, &record) {
+                    owners.insert(at, record.owner.fingerprint());
+                }
+            }
+        }
+        let queue = worker::spawn(
+            Arc::clone(plan),
+            net.uid.clone(),
+            Arc::clone(&self.store),
+            Arc::clone(&self.metrics),
+            self.config.clone(),
+        );
+        let mut answers = Vec::new();
+        for &(family, offset) in &legacy {
+            let fp = plan
+                .family(family)
+                .expect("legacy_allocations checked the family");
+            let ip = fp.cidr.addr_at(offset).expect("offset in cidr");
+            let fingerprint = owners.get(&(family, offset)).copied().unwrap_or_else(|| {
+                OwnerKey::new(&format!("danm-migrated-{ip}"), "legacy")
+                    .expect("valid key")
+                    .fingerprint()
+            });
+            let mut requests = [AddressRequest::Skip, AddressRequest::Skip];
+            requests[if family == Family::V4 { 0 } else { 1 }] = AddressRequest::Static(ip);
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Job::Allocate {
+                    fingerprint,
+                    requests,
+                    reply,
+                })
+                .map_err(|_| EngineError::ShuttingDown)?;
+            answers.push((ip, answer));
+        }
+        for (ip, answer) in answers {
+            match answer.await.map_err(|_| EngineError::ShuttingDown)? {
+                Ok(_) => {}
+                // Already held by another owner in the shards: the shards win, say so.
+                Err(EngineError::Alloc(AllocError::InUse { .. })) => {
+                    tracing::warn!(network = %plan.key, address = %ip, "DANM marks this address allocated but the shards give it to another owner; kept as the shards say");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        drop(queue);
+        let mut cleared = net.clone();
+        cleared.spec.options.alloc = None;
+        cleared.spec.options.alloc6 = None;
+        self.store.put_network(cleared).await?;
+        Ok(legacy.len())
+    }
+
     /// The plan of a network.
     pub fn network(&self, key: &NetworkKey) -> Result<Arc<NetworkPlan>, EngineError> {
         if let Some(rt) = self.networks.read().expect("lock").get(key) {
             return Ok(Arc::clone(&rt.plan));
+        }
+        if self.migrating.lock().expect("lock").contains(key) {
+            return Err(EngineError::Migrating(key.to_string()));
+        }
+        if let Some(e) = self.migration_failed.lock().expect("lock").get(key) {
+            return Err(EngineError::Migration(format!("{key}: {e}")));
         }
         if let Some(e) = self.invalid.read().expect("lock").get(key) {
             return Err(EngineError::NetworkInvalid(e.clone()));
@@ -883,6 +995,13 @@ impl Engine {
 
 /// What the annotation asks, adjusted as DANM does: a delegated (static) backend on a
 /// network without a subnet of a family keeps its own IPAM for that family.
+fn has_legacy_arrays(plan: &NetworkPlan) -> bool {
+    let o = &plan.spec.options;
+    [&o.alloc, &o.alloc6]
+        .iter()
+        .any(|a| a.as_deref().is_some_and(|t| !t.trim().is_empty()))
+}
+
 fn effective_requests(plan: &NetworkPlan, c: &Connection) -> [AddressRequest; 2] {
     let adjust = |family: Family, request: AddressRequest| {
         if plan.family(family).is_none()
@@ -975,9 +1094,14 @@ fn recorded_address_matches(record: &EndpointRecord, address: IpAddr) -> bool {
 
 /// The offsets a record names, in its network's current plan.
 fn recorded_offsets(engine: &Engine, record: &EndpointRecord) -> Vec<(Family, u128)> {
-    let Ok(plan) = engine.network(&record.network) else {
-        return Vec::new();
-    };
+    match engine.network(&record.network) {
+        Ok(plan) => offsets_in(&plan, record),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The offsets a record names in `plan`.
+fn offsets_in(plan: &NetworkPlan, record: &EndpointRecord) -> Vec<(Family, u128)> {
     [
         (Family::V4, &record.spec.interface.address),
         (Family::V6, &record.spec.interface.address_ipv6),

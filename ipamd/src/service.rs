@@ -56,9 +56,11 @@ pub fn status(error: &EngineError) -> Status {
             AllocError::ShardUnusable { .. } => Code::FailedPrecondition,
         },
         EngineError::Attach { source, .. } => status(source).code(),
-        EngineError::Store(_) | EngineError::Contention { .. } | EngineError::ShuttingDown => {
-            Code::Unavailable
-        }
+        EngineError::Store(_)
+        | EngineError::Contention { .. }
+        | EngineError::ShuttingDown
+        | EngineError::Migrating(_) => Code::Unavailable,
+        EngineError::Migration(_) => Code::FailedPrecondition,
     };
     Status::new(code, error.to_string())
 }

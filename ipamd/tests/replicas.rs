@@ -278,5 +278,5 @@ async fn three_replicas_share_one_api_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_under_injected_faults_give_no_address_twice() {
-    run(20_000).await;
+    run(50_000).await;
 }
