@@ -605,7 +605,22 @@ impl Engine {
                 Ok(theirs)
             }
             Err(e) => {
-                self.give_back(&plan.key, key, &held).await;
+                // The outcome is unknown (a timeout may have landed): look before giving
+                // back, or a retry would find a record naming freed addresses.
+                match self.store.get_endpoint(key).await {
+                    Ok(Some(existing)) => {
+                        let theirs = existing_addresses(&existing, &plan.key, key)?;
+                        if theirs == addresses {
+                            return Ok(addresses);
+                        }
+                        self.give_back(&plan.key, key, &held).await;
+                    }
+                    Ok(None) => self.give_back(&plan.key, key, &held).await,
+                    Err(read) => tracing::warn!(
+                        owner = %key, error = %read,
+                        "cannot tell whether the endpoint record was written: addresses kept for the orphan reclaimer to judge"
+                    ),
+                }
                 Err(e.into())
             }
         }
