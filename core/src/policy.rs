@@ -194,6 +194,19 @@ fn search<'a>(
     }
 }
 
+/// The offset `fraction / 65536` of the way through the pool `first..=last`: where a
+/// replica starts its dynamic search (replicas start in different places), and where it
+/// moves to after losing a shard to another replica.
+pub fn pool_point(first: u128, last: u128, fraction: u16) -> u128 {
+    let span = last.saturating_sub(first);
+    let fraction = u128::from(fraction);
+    let at = match span.checked_mul(fraction) {
+        Some(product) => product / 65_536,
+        None => (span / 65_536) * fraction,
+    };
+    first + at
+}
+
 /// Checks a static address against the network: inside the CIDR and not reserved. Returns
 /// its offset. Whether it is free is the shard's to say.
 pub fn check_static(network: &str, plan: &FamilyPlan, address: IpAddr) -> Result<u128, AllocError> {
@@ -281,6 +294,19 @@ mod tests {
             "cursor outside pool restarts"
         );
         assert_eq!(find_free(&p, 1500, |_| ShardView::Unusable), None);
+    }
+
+    #[test]
+    fn pool_points_spread_over_small_and_huge_pools() {
+        // A /16 pool is smaller than 65536 steps: the point must still move.
+        assert_eq!(pool_point(1, 65534, 0), 1);
+        assert_eq!(pool_point(1, 65534, 21_845), 1 + 65533 * 21_845 / 65_536);
+        assert_eq!(pool_point(1, 254, 32_768), 1 + 253 / 2);
+        assert_eq!(pool_point(5, 5, 65_535), 5, "single-address pool");
+        // A pool so large that span * fraction overflows u128.
+        let last = u128::MAX - 1;
+        let half = pool_point(0, last, 32_768);
+        assert!(half > u128::MAX / 2 - u128::MAX / 65_536 && half <= u128::MAX / 2);
     }
 
     #[test]

@@ -570,9 +570,10 @@ impl Engine {
                 danm_core::policy::check_static(&plan.key.to_string(), fp, ip)?;
             }
         }
+        let namespace = Some(owner.pod_namespace.as_str()).filter(|n| !n.is_empty());
         let lock = self.owner_lock(key);
         let _guard = lock.lock().await;
-        if let Some(existing) = self.store.get_endpoint(key).await? {
+        if let Some(existing) = self.store.get_endpoint(key, namespace).await? {
             return existing_addresses(&existing, &plan.key, key);
         }
         let held = self
@@ -595,7 +596,7 @@ impl Engine {
                 // give back what we hold only if the record names something else.
                 let existing = self
                     .store
-                    .get_endpoint(key)
+                    .get_endpoint(key, namespace)
                     .await?
                     .ok_or_else(|| EngineError::NotAllocated(key.to_string()))?;
                 let theirs = existing_addresses(&existing, &plan.key, key)?;
@@ -607,7 +608,7 @@ impl Engine {
             Err(e) => {
                 // The outcome is unknown (a timeout may have landed): look before giving
                 // back, or a retry would find a record naming freed addresses.
-                match self.store.get_endpoint(key).await {
+                match self.store.get_endpoint(key, namespace).await {
                     Ok(Some(existing)) => {
                         let theirs = existing_addresses(&existing, &plan.key, key)?;
                         if theirs == addresses {
@@ -681,14 +682,16 @@ impl Engine {
     }
 
     /// Releases what an owner holds on a network. Idempotent; returns what was freed.
+    /// `namespace` is the pod's, when known (see [`Store::get_endpoint`]).
     pub async fn release(
         &self,
         network: &NetworkKey,
         owner: &OwnerKey,
+        namespace: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
         let lock = self.owner_lock(owner);
         let _guard = lock.lock().await;
-        let Some(record) = self.store.get_endpoint(owner).await? else {
+        let Some(record) = self.store.get_endpoint(owner, namespace).await? else {
             return Ok(Vec::new());
         };
         if &record.network != network {
@@ -719,7 +722,9 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
-        self.store.delete_endpoint(&record.owner).await?;
+        self.store
+            .delete_endpoint(&record.owner, Some(&record.namespace))
+            .await?;
         tracing::info!(network = %record.network, owner = %record.owner, ?freed, "released");
         Ok(freed)
     }
@@ -823,7 +828,9 @@ impl Engine {
         if let Some(index) = failed {
             for ((_, plan, _, owner, _), result) in planned.iter().zip(&results) {
                 if result.is_ok()
-                    && let Err(e) = self.release(&plan.key, owner).await
+                    && let Err(e) = self
+                        .release(&plan.key, owner, Some(&pod.pod_namespace))
+                        .await
                 {
                     tracing::error!(owner = %owner, error = %e, "rollback of attach failed");
                 }
@@ -877,7 +884,10 @@ impl Engine {
         let mut freed = Vec::new();
         for record in self.store.list_endpoints().await? {
             if record.owner.container_id == container_id {
-                freed.extend(self.release(&record.network.clone(), &record.owner).await?);
+                freed.extend(
+                    self.release(&record.network, &record.owner, Some(&record.namespace))
+                        .await?,
+                );
             }
         }
         Ok(freed)
@@ -894,7 +904,10 @@ impl Engine {
             if valid.contains(&record.owner) || network.is_some_and(|n| *n != record.network) {
                 continue;
             }
-            freed.extend(self.release(&record.network.clone(), &record.owner).await?);
+            freed.extend(
+                self.release(&record.network, &record.owner, Some(&record.namespace))
+                    .await?,
+            );
         }
         Ok(freed)
     }
@@ -904,13 +917,14 @@ impl Engine {
         &self,
         network: &NetworkKey,
         owner: &OwnerKey,
+        namespace: Option<&str>,
         expect_ip: &str,
         expect_ip6: &str,
     ) -> Result<Addresses, EngineError> {
         let plan = self.network(network)?;
         let record = self
             .store
-            .get_endpoint(owner)
+            .get_endpoint(owner, namespace)
             .await?
             .ok_or_else(|| EngineError::NotAllocated(owner.to_string()))?;
         let addresses = existing_addresses(&record, network, owner)?;

@@ -233,7 +233,11 @@ impl Ipam for IpamService {
         let network = network_key(r.network.as_ref(), "network")?;
         let owner = owner_key(r.owner.as_ref())?;
         self.engine.network(&network).map_err(fail)?;
-        let released = self.engine.release(&network, &owner).await.map_err(fail)?;
+        let released = self
+            .engine
+            .release(&network, &owner, pod_namespace(r.owner.as_ref()))
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::ReleaseResponse { released }))
     }
 
@@ -246,7 +250,13 @@ impl Ipam for IpamService {
         let owner = owner_key(r.owner.as_ref())?;
         let a = self
             .engine
-            .check(&network, &owner, &r.ip, &r.ip6)
+            .check(
+                &network,
+                &owner,
+                pod_namespace(r.owner.as_ref()),
+                &r.ip,
+                &r.ip6,
+            )
             .await
             .map_err(fail)?;
         Ok(Response::new(pb::CheckResponse {
@@ -288,6 +298,7 @@ impl Ipam for IpamService {
             store: self.engine.store().describe(),
             networks: self.engine.networks().len() as u32,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            counters: Some(counters(&self.engine.metrics)),
         }))
     }
 
@@ -366,4 +377,25 @@ impl Ipam for IpamService {
         });
         Ok(Response::new(Box::pin(futures::stream::iter(items))))
     }
+}
+
+/// The engine's counters as the Status RPC reports them.
+fn counters(metrics: &crate::engine::Metrics) -> pb::Counters {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    pb::Counters {
+        allocations: get(&metrics.allocations),
+        rounds: get(&metrics.rounds),
+        shard_writes: get(&metrics.shard_writes),
+        shard_conflicts: get(&metrics.conflicts),
+        retries: get(&metrics.retries),
+        corrupt_shards: get(&metrics.corrupt_shards),
+    }
+}
+
+/// The pod namespace a request's owner names, if any.
+fn pod_namespace(owner: Option<&pb::Owner>) -> Option<&str> {
+    owner
+        .map(|o| o.pod_namespace.as_str())
+        .filter(|n| !n.is_empty())
 }

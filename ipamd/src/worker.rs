@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use danm_core::codec::{BitsError, CodecError};
 use danm_core::layout::{local_offset, shard_first, shard_index, shard_len};
-use danm_core::policy::{ShardView, check_static, describe_pool, find_free};
+use danm_core::policy::{ShardView, check_static, describe_pool, find_free, pool_point};
 use danm_core::{AddressRequest, AllocError, Family, NetworkPlan, ShardBits};
 use danm_crds::{AllocationShardSpec, ShardNetworkRef};
 use futures::future::join_all;
@@ -94,6 +94,9 @@ pub fn spawn(
     config: WorkerConfig,
 ) -> mpsc::UnboundedSender<Job> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let hop_state = 0x9e37_79b9_7f4a_7c15
+        ^ u64::from(config.start_hint)
+        ^ u64::from(std::process::id()).rotate_left(32);
     let mut worker = Worker {
         cursors: [
             start_cursor(&plan, Family::V4, config.start_hint),
@@ -107,6 +110,7 @@ pub fn spawn(
         shards: HashMap::new(),
         stale: Default::default(),
         fresh: Default::default(),
+        hop_state,
         loaded: false,
     };
     tokio::spawn(async move { worker.run(rx).await });
@@ -115,10 +119,7 @@ pub fn spawn(
 
 fn start_cursor(plan: &NetworkPlan, family: Family, hint: u16) -> u128 {
     match plan.family(family).and_then(|f| f.pool) {
-        Some((first, last)) => {
-            let span = last - first;
-            first + (span / 65536) * u128::from(hint)
-        }
+        Some((first, last)) => pool_point(first, last, hint),
         None => 0,
     }
 }
@@ -145,6 +146,8 @@ struct Worker {
     /// Shards read from the store at the start of this round: their "not held" is final.
     fresh: std::collections::BTreeSet<(Family, u128)>,
     cursors: [u128; 2],
+    /// State of the generator that picks where to move after losing a shard.
+    hop_state: u64,
     loaded: bool,
 }
 
@@ -371,6 +374,13 @@ impl Worker {
                 Err(e) => {
                     if matches!(e, StoreError::Conflict(_) | StoreError::AlreadyExists(_)) {
                         self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                        // Another replica writes this shard: take new addresses elsewhere,
+                        // or the replica that re-reads first keeps winning it.
+                        if ops.iter().any(|op| {
+                            op.insert && op.family == family && shard_index(op.offset) == index
+                        }) {
+                            self.hop(family);
+                        }
                     } else {
                         tracing::warn!(shard = %self.shard_key(family, index).name(), error = %e, "shard write failed, re-reading it");
                         store_trouble = Some(e.clone());
@@ -431,6 +441,20 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         next
+    }
+
+    /// Moves the dynamic search of `family` to a pseudo-random point of the pool.
+    fn hop(&mut self, family: Family) {
+        // xorshift64: cheap, and different in every replica (seeded with the start hint
+        // and the process id).
+        let mut x = self.hop_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.hop_state = x;
+        if let Some((first, last)) = self.plan.family(family).and_then(|f| f.pool) {
+            self.cursors[family_index(family)] = pool_point(first, last, (x >> 48) as u16);
+        }
     }
 
     /// Plans one request on the working copies.

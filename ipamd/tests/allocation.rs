@@ -504,7 +504,7 @@ async fn a_crash_between_shard_and_record_is_reclaimed_after_the_grace_period() 
         .unwrap();
     // The crash: the shard write landed, the record write did not.
     let crashed = danm_core::OwnerKey::new("crashed", "eth0").unwrap();
-    assert!(store.delete_endpoint(&crashed).await.unwrap());
+    assert!(store.delete_endpoint(&crashed, None).await.unwrap());
     let engine = &ipamd.engine;
     let grace = std::time::Duration::from_millis(300);
     // First sight starts the grace period: nothing is freed yet.

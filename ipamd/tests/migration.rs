@@ -135,7 +135,7 @@ async fn danm_network_migrates_with_every_allocation_kept() {
 
     // The migrated address belongs to the pod named by the DanmEp: its DEL frees it.
     assert_eq!(
-        engine.release(&key, &pod_owner).await.unwrap(),
+        engine.release(&key, &pod_owner, None).await.unwrap(),
         vec!["10.9.0.5"]
     );
     engine

@@ -178,15 +178,40 @@ async fn endpoints(store: &dyn Store) {
         store.create_endpoint(endpoint("c1", "b")).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    assert_eq!(store.get_endpoint(&e.owner).await.unwrap(), Some(e.clone()));
+    assert_eq!(
+        store
+            .get_endpoint(&e.owner, Some(&e.namespace))
+            .await
+            .unwrap(),
+        Some(e.clone())
+    );
+    assert_eq!(
+        store.get_endpoint(&e.owner, None).await.unwrap(),
+        Some(e.clone()),
+        "found without the namespace too"
+    );
     store.create_endpoint(endpoint("c2", "a")).await.unwrap();
     assert_eq!(store.list_endpoints().await.unwrap().len(), 2);
-    assert!(store.delete_endpoint(&e.owner).await.unwrap());
     assert!(
-        !store.delete_endpoint(&e.owner).await.unwrap(),
+        store
+            .delete_endpoint(&e.owner, Some(&e.namespace))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_endpoint(&e.owner, Some(&e.namespace))
+            .await
+            .unwrap(),
         "delete is idempotent"
     );
-    assert_eq!(store.get_endpoint(&e.owner).await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_endpoint(&e.owner, Some(&e.namespace))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(store.list_endpoints().await.unwrap().len(), 1);
 }
 

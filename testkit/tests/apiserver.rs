@@ -78,7 +78,34 @@ async fn crud_already_exists_not_found_and_stale_conflict() {
         )
         .await
         .unwrap();
-    assert_eq!(patched.data.unwrap()["p"], "1");
+    assert_eq!(patched.data.as_ref().unwrap()["p"], "1");
+
+    // A merge patch naming a resourceVersion is conditional on it, as on the real server
+    // (the AllocationShard writes rely on this).
+    let stale = v2.resource_version().unwrap();
+    let e = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"resourceVersion": stale}, "data": {"p": "2"}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(e), (409, "Conflict".into()));
+    let current = patched.resource_version().unwrap();
+    let conditional = api
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"resourceVersion": current}, "data": {"p": "2"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(conditional.data.unwrap()["p"], "2");
 
     let e = api.get("missing").await.unwrap_err();
     assert_eq!(api_code(e), (404, "NotFound".into()));

@@ -9,7 +9,8 @@
 //!   compare-and-swap version is `metadata.resourceVersion`: a replace with a stale one is the
 //!   API server's 409 Conflict.
 //! * Endpoint records are `DanmEp` objects in the pod's namespace, named after the owner key,
-//!   so a retry finds its record with a field selector on the name.
+//!   so a retry finds its record with one GET when the pod's namespace is known (every
+//!   Allocate and a Release that names the pod), else with a field selector on the name.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +22,7 @@ use danm_crds::{
 };
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::broadcast;
@@ -206,7 +207,22 @@ impl KubeStore {
         })
     }
 
-    async fn find_endpoint(&self, owner: &OwnerKey) -> StoreResult<Option<DanmEp>> {
+    async fn find_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<Option<DanmEp>> {
+        let is_owners = |ep: &DanmEp| {
+            ep.spec.cid == owner.container_id && ep.spec.interface.name == owner.ifname
+        };
+        if let Some(namespace) = namespace.filter(|n| !n.is_empty()) {
+            let api: Api<DanmEp> = Api::namespaced(self.client.clone(), namespace);
+            let found = api
+                .get_opt(&owner.endpoint_name())
+                .await
+                .map_err(map_err(|| format!("endpoint of owner {owner}")))?;
+            return Ok(found.filter(is_owners));
+        }
         let api: Api<DanmEp> = Api::all(self.client.clone());
         let list = api
             .list(
@@ -214,10 +230,7 @@ impl KubeStore {
             )
             .await
             .map_err(map_err(|| format!("endpoint of owner {owner}")))?;
-        Ok(list
-            .items
-            .into_iter()
-            .find(|ep| ep.spec.cid == owner.container_id && ep.spec.interface.name == owner.ifname))
+        Ok(list.items.into_iter().find(is_owners))
     }
 
     fn to_record(ep: DanmEp) -> StoreResult<EndpointRecord> {
@@ -498,19 +511,18 @@ impl Store for KubeStore {
         expected: &Version,
     ) -> StoreResult<Version> {
         let api = self.shards(&key.network);
-        let err = map_err(|| key.to_string());
-        // Keep the object's metadata (labels, owner references); replace only the spec, and
-        // only if the object is still at `expected`.
-        let mut current = api.get(&key.name()).await.map_err(&err)?;
-        if current.resource_version().as_deref() != Some(expected.as_str()) {
-            return Err(StoreError::Conflict(key.to_string()));
-        }
-        current.spec = spec;
-        let replaced = api
-            .replace(&key.name(), &PostParams::default(), &current)
+        // One request: a merge patch of the spec (labels and owner references stay) that
+        // names the expected resourceVersion, so the API server refuses it with 409 Conflict
+        // if the shard changed since.
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": expected},
+            "spec": spec,
+        });
+        let patched = api
+            .patch(&key.name(), &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(&err)?;
-        Ok(replaced.resource_version().unwrap_or_default())
+            .map_err(map_err(|| key.to_string()))?;
+        Ok(patched.resource_version().unwrap_or_default())
     }
 
     async fn create_endpoint(&self, mut record: EndpointRecord) -> StoreResult<()> {
@@ -541,15 +553,23 @@ impl Store for KubeStore {
         Ok(())
     }
 
-    async fn get_endpoint(&self, owner: &OwnerKey) -> StoreResult<Option<EndpointRecord>> {
-        self.find_endpoint(owner)
+    async fn get_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<Option<EndpointRecord>> {
+        self.find_endpoint(owner, namespace)
             .await?
             .map(KubeStore::to_record)
             .transpose()
     }
 
-    async fn delete_endpoint(&self, owner: &OwnerKey) -> StoreResult<bool> {
-        let Some(ep) = self.find_endpoint(owner).await? else {
+    async fn delete_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<bool> {
+        let Some(ep) = self.find_endpoint(owner, namespace).await? else {
             return Ok(false);
         };
         let api: Api<DanmEp> =

@@ -258,7 +258,11 @@ impl<B: KvBackend> Store for KvStore<B> {
         Ok(())
     }
 
-    async fn get_endpoint(&self, owner: &OwnerKey) -> StoreResult<Option<EndpointRecord>> {
+    async fn get_endpoint(
+        &self,
+        owner: &OwnerKey,
+        _namespace: Option<&str>,
+    ) -> StoreResult<Option<EndpointRecord>> {
         let k = owner.endpoint_name();
         let k2 = k.clone();
         let row = self
@@ -270,7 +274,11 @@ impl<B: KvBackend> Store for KvStore<B> {
         Ok(record.filter(|r| &r.owner == owner))
     }
 
-    async fn delete_endpoint(&self, owner: &OwnerKey) -> StoreResult<bool> {
+    async fn delete_endpoint(
+        &self,
+        owner: &OwnerKey,
+        _namespace: Option<&str>,
+    ) -> StoreResult<bool> {
         let k = owner.endpoint_name();
         let existed = self
             .run(move |b| {

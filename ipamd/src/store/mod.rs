@@ -164,10 +164,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates an endpoint record; [`StoreError::AlreadyExists`] when the owner has one.
     async fn create_endpoint(&self, record: EndpointRecord) -> StoreResult<()>;
-    /// The endpoint record of an owner.
-    async fn get_endpoint(&self, owner: &OwnerKey) -> StoreResult<Option<EndpointRecord>>;
-    /// Deletes an owner's endpoint record; false when there was none.
-    async fn delete_endpoint(&self, owner: &OwnerKey) -> StoreResult<bool>;
+    /// The endpoint record of an owner. `namespace` is the pod's namespace when the caller
+    /// knows it: a store that keeps records per namespace (the Kubernetes API) then reads one
+    /// object instead of searching every namespace.
+    async fn get_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<Option<EndpointRecord>>;
+    /// Deletes an owner's endpoint record; false when there was none. `namespace` as for
+    /// [`Store::get_endpoint`].
+    async fn delete_endpoint(&self, owner: &OwnerKey, namespace: Option<&str>)
+    -> StoreResult<bool>;
     /// Every endpoint record.
     async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>>;
 

@@ -109,6 +109,7 @@ struct App {
     faults: Arc<Faults>,
     requests: AtomicU64,
     writes: AtomicU64,
+    conflicts: AtomicU64,
     largest_object: AtomicU64,
 }
 
@@ -144,6 +145,7 @@ impl ApiServer {
             faults: Arc::default(),
             requests: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
             largest_object: AtomicU64::new(0),
         });
         let router = Router::new().fallback(handle).with_state(Arc::clone(&app));
@@ -197,6 +199,11 @@ impl ApiServer {
     /// The fault switches.
     pub fn faults(&self) -> &Faults {
         &self.app.faults
+    }
+
+    /// Writes answered 409 Conflict (a stale resourceVersion, or injected).
+    pub fn conflicts(&self) -> u64 {
+        self.app.conflicts.load(Ordering::Relaxed)
     }
 
     /// Forgets the watch history: watches from an older resourceVersion get 410 Gone.
@@ -342,6 +349,7 @@ async fn handle(
         if matches!(method, Method::PUT | Method::PATCH)
             && app.faults.roll(&app.faults.conflict_ppm)
         {
+            app.conflicts.fetch_add(1, Ordering::Relaxed);
             return error(ApiError::new(
                 409,
                 "Conflict",
@@ -354,7 +362,12 @@ async fn handle(
         }
         return match serve_write(&app, &method, &target, &query, &headers, &body) {
             Ok((code, v)) => respond(code, &v),
-            Err(e) => error(e),
+            Err(e) => {
+                if e.reason == "Conflict" {
+                    app.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                error(e)
+            }
         };
     }
     if method != Method::GET {

@@ -1,6 +1,6 @@
 //! The objects, the resourceVersion counter and the event history of the stand-in.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{Value, json};
 
@@ -70,6 +70,8 @@ impl ApiError {
 pub struct State {
     rv: u64,
     objects: BTreeMap<ObjectKey, Value>,
+    /// Owner uid -> the objects whose ownerReferences name it (for cascading deletes).
+    dependents: HashMap<String, BTreeSet<ObjectKey>>,
     history: VecDeque<Event>,
     history_limit: usize,
     /// Events older than this resourceVersion are forgotten (410 Gone).
@@ -100,6 +102,7 @@ impl State {
         State {
             rv: 1,
             objects: BTreeMap::new(),
+            dependents: HashMap::new(),
             history: VecDeque::new(),
             history_limit,
             compacted_before: 0,
@@ -162,13 +165,43 @@ impl State {
         namespace: Option<&str>,
         keep: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        // Keys sort by resource, then namespace: read only the matching range.
+        let from = ObjectKey {
+            resource: resource.to_owned(),
+            namespace: namespace.unwrap_or_default().to_owned(),
+            name: String::new(),
+        };
         self.objects
-            .iter()
-            .filter(|(k, v)| {
-                k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns) && keep(v)
+            .range(from..)
+            .take_while(|(k, _)| {
+                k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns)
             })
+            .filter(|(_, v)| keep(v))
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Stores an object, keeping the ownerReferences index current.
+    fn store(&mut self, key: &ObjectKey, object: Value) {
+        self.unstore(key);
+        for uid in owner_uids(&object) {
+            self.dependents.entry(uid).or_default().insert(key.clone());
+        }
+        self.objects.insert(key.clone(), object);
+    }
+
+    /// Removes an object and its entries in the ownerReferences index.
+    fn unstore(&mut self, key: &ObjectKey) -> Option<Value> {
+        let object = self.objects.remove(key)?;
+        for uid in owner_uids(&object) {
+            if let Some(set) = self.dependents.get_mut(&uid) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.dependents.remove(&uid);
+                }
+            }
+        }
+        Some(object)
     }
 
     /// Events after `since` (for a watch), or None when they are no longer retained.
@@ -213,7 +246,7 @@ impl State {
         meta["resourceVersion"] = json!(rv.to_string());
         meta["generation"] = json!(1);
         meta["creationTimestamp"] = json!(timestamp());
-        self.objects.insert(key.clone(), object.clone());
+        self.store(key, object.clone());
         let event = self.record(key, "ADDED", object.clone());
         Ok((object, event))
     }
@@ -252,7 +285,7 @@ impl State {
             generation
         });
         meta["resourceVersion"] = json!(rv.to_string());
-        self.objects.insert(key.clone(), object.clone());
+        self.store(key, object.clone());
         let event = self.record(key, "MODIFIED", object.clone());
         Ok((object, event))
     }
@@ -273,7 +306,7 @@ impl State {
         let mut events = Vec::new();
         let mut doomed = vec![key.clone()];
         while let Some(k) = doomed.pop() {
-            let Some(object) = self.objects.remove(&k) else {
+            let Some(object) = self.unstore(&k) else {
                 continue;
             };
             let uid = object.pointer("/metadata/uid").cloned();
@@ -281,17 +314,12 @@ impl State {
             let mut gone = object;
             gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
             events.push(self.record(&k, "DELETED", gone));
-            if let Some(uid) = uid {
-                doomed.extend(
-                    self.objects
-                        .iter()
-                        .filter(|(_, o)| {
-                            o.pointer("/metadata/ownerReferences")
-                                .and_then(Value::as_array)
-                                .is_some_and(|refs| refs.iter().any(|r| r.get("uid") == Some(&uid)))
-                        })
-                        .map(|(k, _)| k.clone()),
-                );
+            if let Some(dependents) = uid
+                .as_ref()
+                .and_then(Value::as_str)
+                .and_then(|uid| self.dependents.get(uid))
+            {
+                doomed.extend(dependents.iter().cloned());
             }
         }
         Ok((current, events))
@@ -357,4 +385,17 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
         }
         other => *target = other.clone(),
     }
+}
+
+/// The uids an object's ownerReferences name.
+fn owner_uids(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
