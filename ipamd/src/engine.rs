@@ -876,6 +876,30 @@ impl Engine {
         Err(EngineError::NoDefaultNetwork(namespace.to_owned()))
     }
 
+    /// The endpoint records of a container, with their networks' plans (None for a network
+    /// that no longer exists), in interface-name order.
+    pub async fn interfaces(
+        &self,
+        container_id: &str,
+    ) -> Result<Vec<(EndpointRecord, Option<Arc<NetworkPlan>>)>, EngineError> {
+        if container_id.is_empty() {
+            return Err(OwnerError::Empty("container_id").into());
+        }
+        let mut records: Vec<_> = self
+            .store
+            .list_endpoints()
+            .await?
+            .into_iter()
+            .filter(|r| r.owner.container_id == container_id)
+            .map(|r| {
+                let plan = self.network(&r.network).ok();
+                (r, plan)
+            })
+            .collect();
+        records.sort_by(|a, b| a.0.owner.ifname.cmp(&b.0.owner.ifname));
+        Ok(records)
+    }
+
     /// Releases every interface of a container.
     pub async fn detach(&self, container_id: &str) -> Result<Vec<String>, EngineError> {
         if container_id.is_empty() {

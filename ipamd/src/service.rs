@@ -126,6 +126,38 @@ fn owner_key(o: Option<&pb::Owner>) -> Result<OwnerKey, Status> {
     OwnerKey::new(&o.container_id, &o.ifname).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// What an interface plan says of its network; `recorded_type` when the network is gone.
+fn network_part(
+    ifname: &str,
+    key: &NetworkKey,
+    plan: Option<&danm_core::NetworkPlan>,
+    recorded_type: &str,
+) -> pb::InterfacePlan {
+    let Some(plan) = plan else {
+        return pb::InterfacePlan {
+            ifname: ifname.to_owned(),
+            network: Some(network_ref(key)),
+            network_type: recorded_type.to_owned(),
+            ..Default::default()
+        };
+    };
+    let o = &plan.spec.options;
+    pb::InterfacePlan {
+        ifname: ifname.to_owned(),
+        network: Some(network_ref(key)),
+        network_type: plan.network_type().to_owned(),
+        network_id: plan.spec.network_id.clone(),
+        host_device: o.host_device.clone().unwrap_or_default(),
+        device_pool: o.device_pool.clone().unwrap_or_default(),
+        vlan: o.vlan.unwrap_or(0) as u32,
+        vxlan: o.vxlan.unwrap_or(0) as u32,
+        routes: routes(o.routes.as_ref()),
+        routes6: routes(o.routes6.as_ref()),
+        rt_tables: o.rt_tables.unwrap_or(0) as u32,
+        ..Default::default()
+    }
+}
+
 fn routes(map: Option<&std::collections::BTreeMap<String, String>>) -> Vec<pb::Route> {
     map.into_iter()
         .flatten()
@@ -170,25 +202,45 @@ impl Ipam for IpamService {
         let planned = self.engine.attach(&input).await.map_err(fail)?;
         let interfaces = planned
             .into_iter()
-            .map(|p| {
-                let o = &p.network.spec.options;
+            .map(|p| pb::InterfacePlan {
+                ip: p.addresses.ip,
+                ip6: p.addresses.ip6,
+                proutes: routes(Some(&p.connection.proutes)),
+                proutes6: routes(Some(&p.connection.proutes6)),
+                sequence: p.sequence as u32,
+                ..network_part(&p.ifname, &p.network.key, Some(&p.network), "")
+            })
+            .collect();
+        Ok(Response::new(pb::AttachResponse { interfaces }))
+    }
+
+    async fn interfaces(
+        &self,
+        request: Request<pb::InterfacesRequest>,
+    ) -> Result<Response<pb::AttachResponse>, Status> {
+        let r = request.into_inner();
+        let records = self
+            .engine
+            .interfaces(&r.container_id)
+            .await
+            .map_err(fail)?;
+        let interfaces = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (record, plan))| {
+                let iface = &record.spec.interface;
                 pb::InterfacePlan {
-                    ifname: p.ifname,
-                    network: Some(network_ref(&p.network.key)),
-                    network_type: p.network.network_type().to_owned(),
-                    network_id: p.network.spec.network_id.clone(),
-                    host_device: o.host_device.clone().unwrap_or_default(),
-                    device_pool: o.device_pool.clone().unwrap_or_default(),
-                    vlan: o.vlan.unwrap_or(0) as u32,
-                    vxlan: o.vxlan.unwrap_or(0) as u32,
-                    ip: p.addresses.ip,
-                    ip6: p.addresses.ip6,
-                    routes: routes(o.routes.as_ref()),
-                    routes6: routes(o.routes6.as_ref()),
-                    proutes: routes(Some(&p.connection.proutes)),
-                    proutes6: routes(Some(&p.connection.proutes6)),
-                    rt_tables: o.rt_tables.unwrap_or(0) as u32,
-                    sequence: p.sequence as u32,
+                    ip: iface.address.clone(),
+                    ip6: iface.address_ipv6.clone(),
+                    proutes: routes(Some(&iface.proutes)),
+                    proutes6: routes(Some(&iface.proutes6)),
+                    sequence: i as u32,
+                    ..network_part(
+                        &record.owner.ifname,
+                        &record.network,
+                        plan.as_deref(),
+                        &record.spec.network_type,
+                    )
                 }
             })
             .collect();

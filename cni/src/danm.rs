@@ -1,0 +1,751 @@
+//! `danm`, the metaplugin kubelet calls: one Attach to ipamd per ADD (which resolves the
+//! pod's `danm.io/interfaces`, allocates every address and names every interface), then
+//! every interface in parallel within DANM's overall limit of 10 s: `ipvlan` (L2) and
+//! `macvlan` (bridge) are built here with netlink, anything else is delegated. One result
+//! for the runtime; if any interface fails, what this ADD did is undone and every error is
+//! reported.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use danm_proto::v1 as pb;
+use futures::future::join_all;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::delegate::{self, Delegation};
+use crate::exec::Plugin;
+use crate::ipam_plugin;
+use crate::ipamd::{self, DEFAULT_IPAMD};
+use crate::netlink::{self, Backend, Netlink};
+use crate::protocol::{CniError, CniResult, ErrorCode, Interface, IpConfig, Request, Route};
+
+/// DANM's limit for a whole ADD.
+pub const ADD_LIMIT: Duration = Duration::from_secs(10);
+
+/// The keys of `00-danm.conf` (besides the standard `cniVersion`, `name`, `type`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DanmConfig {
+    /// `ipamd`: ipamd's address (`http://127.0.0.1:50051` by default).
+    pub ipamd: String,
+    /// `cniDir`: where delegated networks' configurations are (`/etc/cni/net.d`).
+    pub cni_dir: PathBuf,
+    /// `namingScheme`: empty (DANM's default) or `legacy`.
+    pub naming_scheme: String,
+    /// `kubeletCheckpoint`: kubelet's device-manager checkpoint, for SR-IOV device ids.
+    pub kubelet_checkpoint: PathBuf,
+    /// `args["danm.io/interfaces"]`: the interface list when no API server can tell it
+    /// (ipamd on its embedded store): the annotation's JSON, as a list or as a string.
+    pub interfaces: String,
+}
+
+impl DanmConfig {
+    /// Reads the configuration, naming the field that is wrong.
+    pub fn parse(config: &Value) -> Result<DanmConfig, CniError> {
+        let text = |key: &str, default: &str| -> Result<String, CniError> {
+            match config.get(key) {
+                None | Some(Value::Null) => Ok(default.to_owned()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("{key}: must be a string, not {other}"),
+                    String::new(),
+                )),
+            }
+        };
+        if config.get("ipamdTLS").is_some() {
+            return Err(CniError::new(
+                ErrorCode::UnsupportedField,
+                "ipamdTLS: TLS to ipamd is not supported by this build",
+                "use a plain http:// address on the node (ipamd listens on loopback by default)",
+            ));
+        }
+        let naming_scheme = text("namingScheme", "")?;
+        if !["", "legacy"].contains(&naming_scheme.as_str()) {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("namingScheme: {naming_scheme:?} is neither empty nor \"legacy\""),
+                String::new(),
+            ));
+        }
+        let interfaces = match config.pointer("/args/danm.io~1interfaces") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(list @ Value::Array(_)) => list.to_string(),
+            Some(other) => {
+                return Err(CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "args.danm.io/interfaces: must be a list or a JSON string, not {other}"
+                    ),
+                    String::new(),
+                ));
+            }
+        };
+        Ok(DanmConfig {
+            ipamd: text("ipamd", DEFAULT_IPAMD)?,
+            cni_dir: text("cniDir", "/etc/cni/net.d")?.into(),
+            naming_scheme,
+            kubelet_checkpoint: text(
+                "kubeletCheckpoint",
+                "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint",
+            )?
+            .into(),
+            interfaces,
+        })
+    }
+}
+
+/// The plugin.
+#[derive(Debug, Default)]
+pub struct Danm;
+
+/// How an interface is built.
+fn backend(network_type: &str) -> Option<Backend> {
+    match network_type {
+        "" | "ipvlan" => Some(Backend::Ipvlan),
+        "macvlan" => Some(Backend::Macvlan),
+        _ => None,
+    }
+}
+
+/// The host link a built-in interface hangs off: netwatcher's VxLAN or VLAN link, or the
+/// network's host device (DANM's names).
+pub fn parent_device(plan: &pb::InterfacePlan) -> String {
+    if plan.vxlan > 0 {
+        format!("vx_{}", plan.network_id)
+    } else if plan.vlan > 0 {
+        format!("{}.{}", plan.network_id, plan.vlan)
+    } else {
+        plan.host_device.clone()
+    }
+}
+
+/// What one interface of an ADD did, so it can be undone.
+enum Built {
+    Link {
+        ifname: String,
+        table: u32,
+    },
+    Delegated {
+        delegation: Delegation,
+        ifname: String,
+    },
+}
+
+fn failed(plan: &pb::InterfacePlan, code: ErrorCode, e: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        code,
+        format!(
+            "interface {} on network {}",
+            plan.ifname,
+            network_name(plan)
+        ),
+        e.to_string(),
+    )
+}
+
+fn network_name(plan: &pb::InterfacePlan) -> String {
+    plan.network
+        .as_ref()
+        .map(|n| n.name.clone())
+        .unwrap_or_default()
+}
+
+fn parse_net(text: &str, what: &str, plan: &pb::InterfacePlan) -> Result<Option<IpNet>, CniError> {
+    if text.is_empty() || text == "none" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| failed(plan, ErrorCode::Refused, format!("{what} {text:?}: {e}")))
+}
+
+fn parse_routes(
+    routes: &[pb::Route],
+    field: &str,
+    plan: &pb::InterfacePlan,
+) -> Result<Vec<Route>, CniError> {
+    routes
+        .iter()
+        .map(|r| {
+            let dst = r.destination.parse().map_err(|e| {
+                failed(
+                    plan,
+                    ErrorCode::InvalidConfig,
+                    format!("{field}: destination {:?}: {e}", r.destination),
+                )
+            })?;
+            let gw = if r.gateway.is_empty() {
+                None
+            } else {
+                Some(r.gateway.parse::<IpAddr>().map_err(|e| {
+                    failed(
+                        plan,
+                        ErrorCode::InvalidConfig,
+                        format!("{field}: gateway {:?}: {e}", r.gateway),
+                    )
+                })?)
+            };
+            Ok(Route { dst, gw })
+        })
+        .collect()
+}
+
+impl Danm {
+    async fn build_link(
+        &self,
+        request: &Request,
+        plan: &pb::InterfacePlan,
+        backend: Backend,
+    ) -> Result<(Built, CniResult), (Option<Built>, CniError)> {
+        let fail = |code, e: String| (None, failed(plan, code, e));
+        let parent = parent_device(plan);
+        let host = Netlink::host().map_err(|e| fail(ErrorCode::InterfaceFailed, e.to_string()))?;
+        let Some((parent_index, _)) = host
+            .find(&parent)
+            .await
+            .map_err(|e| fail(ErrorCode::InterfaceFailed, e.to_string()))?
+        else {
+            return Err(fail(
+                ErrorCode::InterfaceFailed,
+                format!("host device {parent:?} does not exist on this node"),
+            ));
+        };
+        let netns = std::fs::File::open(&request.netns).map_err(|e| {
+            (
+                None,
+                CniError::new(
+                    ErrorCode::UnknownContainer,
+                    format!("network namespace {}", request.netns),
+                    e.to_string(),
+                ),
+            )
+        })?;
+        let message =
+            netlink::link_request(backend, &plan.ifname, parent_index, netlink::raw_fd(&netns));
+        host.create(
+            message,
+            &format!("creating {backend:?} link {} on {parent}", plan.ifname),
+        )
+        .await
+        .map_err(|e| fail(ErrorCode::InterfaceFailed, e.to_string()))?;
+        let built = Built::Link {
+            ifname: plan.ifname.clone(),
+            table: plan.rt_tables,
+        };
+        match configure(request, plan).await {
+            Ok(result) => Ok((built, result)),
+            Err(e) => Err((Some(built), e)),
+        }
+    }
+
+    async fn delegate(
+        &self,
+        request: &Request,
+        config: &DanmConfig,
+        plan: &pb::InterfacePlan,
+        used_devices: &[String],
+    ) -> Result<(Built, CniResult), (Option<Built>, CniError)> {
+        let fail = |e: CniError| {
+            (
+                None,
+                CniError::new(
+                    e.code,
+                    format!(
+                        "interface {} on network {}: {}",
+                        plan.ifname,
+                        network_name(plan),
+                        e.msg
+                    ),
+                    e.details,
+                ),
+            )
+        };
+        let mut delegation =
+            Delegation::load(&config.cni_dir, &plan.network_id, &plan.network_type)
+                .map_err(fail)?;
+        if !plan.ip.is_empty() || !plan.ip6.is_empty() {
+            let network = plan.network.clone().unwrap_or_default();
+            delegation.set_ipam(json!({
+                "type": "danm-ipam",
+                "ipamd": config.ipamd,
+                "network": network.name,
+                "kind": ipamd::kind_name(&network),
+                "namespace": network.namespace,
+                "ip": plan.ip,
+                "ip6": plan.ip6,
+            }));
+        }
+        if !plan.device_pool.is_empty() {
+            let device =
+                sriov_device(config, request, &plan.device_pool, used_devices).map_err(fail)?;
+            delegation.set_device_id(&device);
+        }
+        match delegation.add(request, &plan.ifname).await {
+            Ok(result) => Ok((
+                Built::Delegated {
+                    delegation,
+                    ifname: plan.ifname.clone(),
+                },
+                result,
+            )),
+            // The delegate failed half-way: its DEL cleans what it did.
+            Err(e) => Err((
+                Some(Built::Delegated {
+                    delegation,
+                    ifname: plan.ifname.clone(),
+                }),
+                fail(e).1,
+            )),
+        }
+    }
+
+    async fn undo(&self, request: &Request, built: Built) -> Result<(), String> {
+        match built {
+            Built::Link { ifname, table } => {
+                let pod =
+                    Netlink::in_netns(Path::new(&request.netns)).map_err(|e| e.to_string())?;
+                // The link takes its routes along; policy rules stay unless removed.
+                if table > 0 {
+                    pod.delete_rules(table).await.map_err(|e| e.to_string())?;
+                }
+                pod.delete(&ifname)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Built::Delegated { delegation, ifname } => delegation
+                .del(request, &ifname)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Addresses, link up, routes, policy routes, inside the pod's namespace.
+async fn configure(request: &Request, plan: &pb::InterfacePlan) -> Result<CniResult, CniError> {
+    let nl = |e: netlink::NetError| failed(plan, ErrorCode::InterfaceFailed, e);
+    let pod = Netlink::in_netns(Path::new(&request.netns)).map_err(nl)?;
+    let (index, mac) = pod.find(&plan.ifname).await.map_err(nl)?.ok_or_else(|| {
+        failed(
+            plan,
+            ErrorCode::InterfaceFailed,
+            "the link vanished after its creation",
+        )
+    })?;
+    let v4 = parse_net(&plan.ip, "ip", plan)?;
+    let v6 = parse_net(&plan.ip6, "ip6", plan)?;
+    let mut result = CniResult {
+        interfaces: vec![Interface {
+            name: plan.ifname.clone(),
+            mac,
+            sandbox: request.netns.clone(),
+        }],
+        ..Default::default()
+    };
+    for address in [v4, v6].into_iter().flatten() {
+        pod.add_address(index, address).await.map_err(nl)?;
+        result.ips.push(IpConfig {
+            address,
+            gateway: None,
+            interface: Some(0),
+        });
+    }
+    for (field, routes) in [("routes", &plan.routes), ("routes6", &plan.routes6)] {
+        for route in parse_routes(routes, field, plan)? {
+            pod.add_route(index, route.dst, route.gw, None)
+                .await
+                .map_err(nl)?;
+            result.routes.push(route);
+        }
+    }
+    for (field, routes, source) in [
+        ("proutes", &plan.proutes, v4),
+        ("proutes6", &plan.proutes6, v6),
+    ] {
+        if routes.is_empty() {
+            continue;
+        }
+        if plan.rt_tables == 0 {
+            return Err(failed(
+                plan,
+                ErrorCode::InvalidConfig,
+                format!("{field} asked but the network has no rt_tables for policy routes"),
+            ));
+        }
+        let source = source.ok_or_else(|| {
+            failed(
+                plan,
+                ErrorCode::InvalidConfig,
+                format!("{field} asked but the interface has no address of that family"),
+            )
+        })?;
+        for route in parse_routes(routes, field, plan)? {
+            pod.add_route(index, route.dst, route.gw, Some(plan.rt_tables))
+                .await
+                .map_err(nl)?;
+        }
+        pod.add_source_rule(source.addr(), plan.rt_tables)
+            .await
+            .map_err(nl)?;
+    }
+    Ok(result)
+}
+
+fn sriov_device(
+    config: &DanmConfig,
+    request: &Request,
+    pool: &str,
+    used: &[String],
+) -> Result<String, CniError> {
+    let pod_uid = request.arg("K8S_POD_UID").ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidEnvironment,
+            "K8S_POD_UID is needed in CNI_ARGS for a device-pool network",
+            String::new(),
+        )
+    })?;
+    let text = std::fs::read(&config.kubelet_checkpoint).map_err(|e| {
+        CniError::new(
+            ErrorCode::IoFailure,
+            format!("cannot read {}", config.kubelet_checkpoint.display()),
+            e.to_string(),
+        )
+    })?;
+    let checkpoint: Value = serde_json::from_slice(&text).map_err(|e| {
+        CniError::new(
+            ErrorCode::DecodeFailure,
+            format!("{} is not JSON", config.kubelet_checkpoint.display()),
+            e.to_string(),
+        )
+    })?;
+    delegate::device_id(&checkpoint, pod_uid, pool, used).ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("no device of {pool} is allocated to pod {pod_uid}"),
+            "the pod must request the device pool's resource".to_owned(),
+        )
+    })
+}
+
+/// One CNI error out of several, keeping the first one's code.
+fn combine(what: &str, errors: Vec<CniError>) -> CniError {
+    let code = errors
+        .first()
+        .map_or(ErrorCode::InterfaceFailed, |e| e.code);
+    let details = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    CniError::new(code, what, details)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Plugin for Danm {
+    async fn add(&self, request: &Request) -> Result<CniResult, CniError> {
+        let started = tokio::time::Instant::now();
+        let config = DanmConfig::parse(&request.config)?;
+        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+        let plans = client
+            .attach(pb::AttachRequest {
+                pod_namespace: request.pod_namespace().to_owned(),
+                pod_name: request.arg("K8S_POD_NAME").unwrap_or_default().to_owned(),
+                pod_uid: request.arg("K8S_POD_UID").unwrap_or_default().to_owned(),
+                container_id: request.container_id.clone(),
+                netns: request.netns.clone(),
+                host: hostname(),
+                interfaces_json: config.interfaces.clone(),
+                naming_scheme: config.naming_scheme.clone(),
+            })
+            .await
+            .map_err(|s| ipamd::cni_error("attach", &s))?
+            .into_inner()
+            .interfaces;
+
+        // SR-IOV device ids are handed out in interface order.
+        let mut used_devices: Vec<Vec<String>> = Vec::new();
+        let mut taken = Vec::new();
+        for plan in &plans {
+            used_devices.push(taken.clone());
+            if !plan.device_pool.is_empty()
+                && let Ok(d) = sriov_device(&config, request, &plan.device_pool, &taken)
+            {
+                taken.push(d);
+            }
+        }
+        let work = join_all(plans.iter().zip(&used_devices).map(|(plan, used)| {
+            let config = &config;
+            async move {
+                match backend(&plan.network_type) {
+                    Some(b) => self.build_link(request, plan, b).await,
+                    None => self.delegate(request, config, plan, used).await,
+                }
+            }
+        }));
+        let remaining = ADD_LIMIT.saturating_sub(started.elapsed());
+        let outcomes = match tokio::time::timeout(remaining, work).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                // Whatever was half-built is in the pod's namespace: remove every planned
+                // link of the built-in kinds, release everything.
+                let mut errors = vec![CniError::new(
+                    ErrorCode::TryAgainLater,
+                    format!(
+                        "ADD did not finish within DANM's limit of {} s",
+                        ADD_LIMIT.as_secs()
+                    ),
+                    String::new(),
+                )];
+                for plan in plans.iter().filter(|p| backend(&p.network_type).is_some()) {
+                    let built = Built::Link {
+                        ifname: plan.ifname.clone(),
+                        table: plan.rt_tables,
+                    };
+                    if let Err(e) = self.undo(request, built).await {
+                        errors.push(CniError::new(ErrorCode::InterfaceFailed, "rollback", e));
+                    }
+                }
+                self.release_all(&config, request, &mut errors).await;
+                return Err(combine("ADD failed and was rolled back", errors));
+            }
+        };
+        let mut result = CniResult::default();
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok((built, r)) => {
+                    result.merge(r);
+                    done.push(built);
+                }
+                Err((built, e)) => {
+                    errors.push(e);
+                    done.extend(built);
+                }
+            }
+        }
+        if errors.is_empty() {
+            return Ok(result);
+        }
+        for built in done {
+            if let Err(e) = self.undo(request, built).await {
+                errors.push(CniError::new(ErrorCode::InterfaceFailed, "rollback", e));
+            }
+        }
+        self.release_all(&config, request, &mut errors).await;
+        Err(combine("ADD failed and was rolled back", errors))
+    }
+
+    async fn del(&self, request: &Request) -> Result<(), CniError> {
+        let config = DanmConfig::parse(&request.config)?;
+        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+        let plans = client
+            .interfaces(pb::InterfacesRequest {
+                container_id: request.container_id.clone(),
+            })
+            .await
+            .map_err(|s| ipamd::cni_error("looking up the container's interfaces", &s))?
+            .into_inner()
+            .interfaces;
+        let netns_alive = !request.netns.is_empty() && Path::new(&request.netns).exists();
+        let mut errors = Vec::new();
+        for plan in &plans {
+            let outcome = match backend(&plan.network_type) {
+                // Without the namespace the kernel has removed its links already.
+                Some(_) if !netns_alive => Ok(()),
+                Some(_) => {
+                    let built = Built::Link {
+                        ifname: plan.ifname.clone(),
+                        table: plan.rt_tables,
+                    };
+                    self.undo(request, built).await
+                }
+                None => {
+                    match Delegation::load(&config.cni_dir, &plan.network_id, &plan.network_type) {
+                        Ok(delegation) => {
+                            self.undo(
+                                request,
+                                Built::Delegated {
+                                    delegation,
+                                    ifname: plan.ifname.clone(),
+                                },
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            if let Err(e) = outcome {
+                errors.push(failed(plan, ErrorCode::InterfaceFailed, e));
+            }
+        }
+        self.release_all(&config, request, &mut errors).await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(combine("DEL did not complete", errors))
+        }
+    }
+
+    async fn check(&self, request: &Request) -> Result<(), CniError> {
+        let config = DanmConfig::parse(&request.config)?;
+        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+        let plans = client
+            .interfaces(pb::InterfacesRequest {
+                container_id: request.container_id.clone(),
+            })
+            .await
+            .map_err(|s| ipamd::cni_error("looking up the container's interfaces", &s))?
+            .into_inner()
+            .interfaces;
+        if plans.is_empty() {
+            return Err(CniError::new(
+                ErrorCode::UnknownContainer,
+                format!("container {} holds no interface", request.container_id),
+                String::new(),
+            ));
+        }
+        let pod = Netlink::in_netns(Path::new(&request.netns)).map_err(|e| {
+            CniError::new(
+                ErrorCode::UnknownContainer,
+                "network namespace",
+                e.to_string(),
+            )
+        })?;
+        for plan in &plans {
+            let owner = pb::Owner {
+                container_id: request.container_id.clone(),
+                ifname: plan.ifname.clone(),
+                pod_namespace: request.pod_namespace().to_owned(),
+                ..Default::default()
+            };
+            client
+                .check(pb::CheckRequest {
+                    network: plan.network.clone(),
+                    owner: Some(owner),
+                    ip: plan.ip.clone(),
+                    ip6: plan.ip6.clone(),
+                })
+                .await
+                .map_err(|s| ipamd::cni_error(&format!("check of {}", plan.ifname), &s))?;
+            if backend(&plan.network_type).is_some()
+                && pod
+                    .find(&plan.ifname)
+                    .await
+                    .map_err(|e| failed(plan, ErrorCode::InterfaceFailed, e))?
+                    .is_none()
+            {
+                return Err(failed(
+                    plan,
+                    ErrorCode::InterfaceFailed,
+                    "the link is missing from the pod's namespace",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn status(&self, request: &Request) -> Result<(), CniError> {
+        let config = DanmConfig::parse(&request.config)?;
+        ipam_plugin::status(&config.ipamd).await
+    }
+
+    async fn gc(&self, request: &Request) -> Result<(), CniError> {
+        let config = DanmConfig::parse(&request.config)?;
+        let valid = ipam_plugin::valid_attachments(&request.config)?;
+        ipam_plugin::gc(&config.ipamd, valid, None).await
+    }
+}
+
+impl Danm {
+    /// Detach: every address of the container back to ipamd.
+    async fn release_all(
+        &self,
+        config: &DanmConfig,
+        request: &Request,
+        errors: &mut Vec<CniError>,
+    ) {
+        let outcome = async {
+            let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+            client
+                .detach(pb::DetachRequest {
+                    container_id: request.container_id.clone(),
+                    pod_namespace: request.pod_namespace().to_owned(),
+                    pod_name: request.arg("K8S_POD_NAME").unwrap_or_default().to_owned(),
+                })
+                .await
+                .map_err(|s| ipamd::cni_error("releasing the container's addresses", &s))?;
+            Ok::<(), CniError>(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            errors.push(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_00_danm_conf() {
+        let c = DanmConfig::parse(&json!({
+            "cniVersion": "1.0.0", "name": "danm", "type": "danm",
+            "ipamd": "http://10.0.0.1:50051", "cniDir": "/etc/cni/danm", "namingScheme": "legacy",
+            "args": {"danm.io/interfaces": [{"network": "internal", "ip": "dynamic"}]}
+        }))
+        .unwrap();
+        assert_eq!(c.ipamd, "http://10.0.0.1:50051");
+        assert_eq!(c.cni_dir, PathBuf::from("/etc/cni/danm"));
+        assert_eq!(c.naming_scheme, "legacy");
+        assert_eq!(c.interfaces, r#"[{"ip":"dynamic","network":"internal"}]"#);
+        let d = DanmConfig::parse(&json!({})).unwrap();
+        assert_eq!(d.ipamd, DEFAULT_IPAMD);
+        assert_eq!(d.interfaces, "");
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        for (config, field) in [
+            (json!({"ipamd": 5}), "ipamd"),
+            (json!({"namingScheme": "new"}), "namingScheme"),
+            (
+                json!({"args": {"danm.io/interfaces": 3}}),
+                "args.danm.io/interfaces",
+            ),
+            (json!({"ipamdTLS": {"ca": "x"}}), "ipamdTLS"),
+        ] {
+            let e = DanmConfig::parse(&config).unwrap_err();
+            assert!(e.msg.starts_with(field), "{config}: {e}");
+        }
+    }
+
+    #[test]
+    fn parents_follow_danms_names() {
+        let mut p = pb::InterfacePlan {
+            network_id: "internal".into(),
+            host_device: "ens3".into(),
+            ..Default::default()
+        };
+        assert_eq!(parent_device(&p), "ens3");
+        p.vlan = 500;
+        assert_eq!(parent_device(&p), "internal.500");
+        p.vxlan = 600;
+        assert_eq!(parent_device(&p), "vx_internal");
+        assert_eq!(backend(""), Some(Backend::Ipvlan));
+        assert_eq!(backend("macvlan"), Some(Backend::Macvlan));
+        assert_eq!(backend("sriov"), None);
+    }
+}

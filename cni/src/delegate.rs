@@ -1,0 +1,329 @@
+//! Delegation to other CNI plugins, as DANM does for every NetworkType it does not build
+//! itself: the network's configuration is `<cniDir>/<NetworkID>.conf` (one plugin, run as
+//! `<CNI_PATH>/<NetworkType>`) or `<cniDir>/<NetworkID>.conflist` (a chain, each plugin by its
+//! own `type`). When the pod asked for addresses on a network with a subnet, the `ipam`
+//! section is replaced by `danm-ipam`, so the addresses come from ipamd.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::protocol::{CniError, CniResult, ErrorCode, Request};
+
+/// The plugins one delegated network runs, in order, with their configurations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delegation {
+    /// (plugin binary name, its configuration) in chain order.
+    pub plugins: Vec<(String, Value)>,
+}
+
+impl Delegation {
+    /// Loads the configuration of network `network_id` of type `network_type` from `cni_dir`.
+    pub fn load(
+        cni_dir: &Path,
+        network_id: &str,
+        network_type: &str,
+    ) -> Result<Delegation, CniError> {
+        let single = cni_dir.join(format!("{network_id}.conf"));
+        let chain = cni_dir.join(format!("{network_id}.conflist"));
+        let read = |path: &PathBuf| -> Result<Value, CniError> {
+            let text = std::fs::read(path).map_err(|e| {
+                CniError::new(
+                    ErrorCode::IoFailure,
+                    format!("cannot read {}", path.display()),
+                    e.to_string(),
+                )
+            })?;
+            serde_json::from_slice(&text).map_err(|e| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("{} is not valid JSON", path.display()),
+                    e.to_string(),
+                )
+            })
+        };
+        if single.is_file() {
+            let config = read(&single)?;
+            return Ok(Delegation {
+                plugins: vec![(network_type.to_owned(), config)],
+            });
+        }
+        if chain.is_file() {
+            let list = read(&chain)?;
+            let version = list.get("cniVersion").cloned().unwrap_or(json!("1.0.0"));
+            let name = list.get("name").cloned().unwrap_or(json!(network_id));
+            let plugins = list
+                .get("plugins")
+                .and_then(Value::as_array)
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| {
+                    CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!("{}: plugins must be a non-empty list", chain.display()),
+                        String::new(),
+                    )
+                })?
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let kind = p.get("type").and_then(Value::as_str).ok_or_else(|| {
+                        CniError::new(
+                            ErrorCode::InvalidConfig,
+                            format!("{}: plugins[{i}].type is missing", chain.display()),
+                            String::new(),
+                        )
+                    })?;
+                    let mut config = p.clone();
+                    config["cniVersion"] = version.clone();
+                    config["name"] = name.clone();
+                    Ok((kind.to_owned(), config))
+                })
+                .collect::<Result<_, CniError>>()?;
+            return Ok(Delegation { plugins });
+        }
+        Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "network {network_id} is delegated to {network_type:?} but it has no configuration"
+            ),
+            format!("expected {} or {}", single.display(), chain.display()),
+        ))
+    }
+
+    /// Replaces the `ipam` section of the first plugin.
+    pub fn set_ipam(&mut self, ipam: Value) {
+        if let Some((_, config)) = self.plugins.first_mut() {
+            config["ipam"] = ipam;
+        }
+    }
+
+    /// Sets `deviceID` (an SR-IOV virtual function) on the first plugin.
+    pub fn set_device_id(&mut self, device: &str) {
+        if let Some((_, config)) = self.plugins.first_mut() {
+            config["deviceID"] = json!(device);
+        }
+    }
+
+    /// ADD through the chain for interface `ifname`; the last plugin's result.
+    pub async fn add(&self, request: &Request, ifname: &str) -> Result<CniResult, CniError> {
+        let mut previous: Option<Value> = None;
+        for (kind, config) in &self.plugins {
+            let mut config = config.clone();
+            if let Some(prev) = &previous {
+                config["prevResult"] = prev.clone();
+            }
+            let out = call(request, kind, "ADD", ifname, &config).await?;
+            previous = Some(out.unwrap_or(json!({})));
+        }
+        Ok(previous
+            .map(|v| CniResult::from_json(&v))
+            .unwrap_or_default())
+    }
+
+    /// DEL through the chain, last plugin first; every failure is reported.
+    pub async fn del(&self, request: &Request, ifname: &str) -> Result<(), CniError> {
+        let mut errors = Vec::new();
+        for (kind, config) in self.plugins.iter().rev() {
+            if let Err(e) = call(request, kind, "DEL", ifname, config).await {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                ErrorCode::DelegateFailed,
+                "delegated DEL failed",
+                errors.join("; "),
+            ))
+        }
+    }
+}
+
+/// Runs one plugin from `CNI_PATH` with `command`; its stdout as JSON (None when empty).
+pub async fn call(
+    request: &Request,
+    kind: &str,
+    command: &str,
+    ifname: &str,
+    config: &Value,
+) -> Result<Option<Value>, CniError> {
+    let binary = request
+        .path
+        .iter()
+        .map(|dir| dir.join(kind))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("plugin {kind:?} not found in CNI_PATH"),
+                format!("CNI_PATH={}", join_paths(&request.path)),
+            )
+        })?;
+    let mut child = tokio::process::Command::new(&binary)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &request.container_id)
+        .env("CNI_NETNS", &request.netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_ARGS", args_text(request))
+        .env("CNI_PATH", join_paths(&request.path))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            CniError::new(
+                ErrorCode::IoFailure,
+                format!("cannot run {}", binary.display()),
+                e.to_string(),
+            )
+        })?;
+    let input = serde_json::to_vec(config).expect("JSON value serializes");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&input).await.map_err(|e| {
+            CniError::new(
+                ErrorCode::IoFailure,
+                format!("cannot write to {}", binary.display()),
+                e.to_string(),
+            )
+        })?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| {
+        CniError::new(
+            ErrorCode::IoFailure,
+            format!("{} did not finish", binary.display()),
+            e.to_string(),
+        )
+    })?;
+    let stdout: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+    if !out.status.success() {
+        let (msg, details) = match &stdout {
+            Some(v) => (
+                v.get("msg")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                v.get("details")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            None => (
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                String::new(),
+            ),
+        };
+        return Err(CniError::new(
+            ErrorCode::DelegateFailed,
+            format!("{kind} {command} for {ifname} failed: {msg}"),
+            details,
+        ));
+    }
+    Ok(stdout)
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn args_text(request: &Request) -> String {
+    request
+        .args
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The device id kubelet's device manager gave pod `pod_uid` from `resource` (its
+/// `kubelet_internal_checkpoint`), skipping those already used by earlier interfaces.
+pub fn device_id(
+    checkpoint: &Value,
+    pod_uid: &str,
+    resource: &str,
+    used: &[String],
+) -> Option<String> {
+    let entries = checkpoint.pointer("/Data/PodDeviceEntries")?.as_array()?;
+    entries
+        .iter()
+        .filter(|e| {
+            e.get("PodUID").and_then(Value::as_str) == Some(pod_uid)
+                && e.get("ResourceName").and_then(Value::as_str) == Some(resource)
+        })
+        .flat_map(|e| match e.get("DeviceIDs") {
+            // Older kubelets: a list; newer: NUMA node -> list.
+            Some(Value::Array(ids)) => ids.clone(),
+            Some(Value::Object(by_numa)) => by_numa
+                .values()
+                .filter_map(Value::as_array)
+                .flatten()
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        })
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .find(|id| !used.contains(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_come_from_the_kubelet_checkpoint_in_order() {
+        let checkpoint = json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": "u1", "ContainerName": "c", "ResourceName": "nokia.k8s.io/sriov_ens1f0",
+             "DeviceIDs": {"0": ["0000:03:02.1", "0000:03:02.2"]}},
+            {"PodUID": "u2", "ContainerName": "c", "ResourceName": "nokia.k8s.io/sriov_ens1f0",
+             "DeviceIDs": ["0000:03:02.3"]}
+        ]}, "Checksum": 1});
+        let r = "nokia.k8s.io/sriov_ens1f0";
+        assert_eq!(
+            device_id(&checkpoint, "u1", r, &[]).as_deref(),
+            Some("0000:03:02.1")
+        );
+        assert_eq!(
+            device_id(&checkpoint, "u1", r, &["0000:03:02.1".into()]).as_deref(),
+            Some("0000:03:02.2")
+        );
+        assert_eq!(
+            device_id(&checkpoint, "u2", r, &[]).as_deref(),
+            Some("0000:03:02.3")
+        );
+        assert_eq!(device_id(&checkpoint, "u3", r, &[]), None);
+    }
+
+    #[test]
+    fn loads_a_conf_or_a_conflist() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("br.conf"),
+            r#"{"cniVersion":"1.0.0","name":"br","type":"bridge","ipam":{"type":"host-local"}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("chain.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"chain","plugins":[{"type":"macvlan"},{"type":"tuning"}]}"#,
+        )
+        .unwrap();
+        let mut d = Delegation::load(dir.path(), "br", "bridge").unwrap();
+        d.set_ipam(json!({"type": "danm-ipam"}));
+        assert_eq!(d.plugins[0].0, "bridge");
+        assert_eq!(d.plugins[0].1["ipam"]["type"], "danm-ipam");
+        let c = Delegation::load(dir.path(), "chain", "macvlan").unwrap();
+        assert_eq!(c.plugins.len(), 2);
+        assert_eq!(c.plugins[1].1["name"], "chain");
+        let e = Delegation::load(dir.path(), "nope", "flannel").unwrap_err();
+        assert!(
+            e.msg.contains("nope") && e.details.contains("nope.conf"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,660 @@
+//! The `danm` and `danm-ipam` binaries as a runtime calls them, in real network namespaces
+//! over veth parents, against an in-process ipamd (memory store). Needs root and `ip`
+//! (iproute2); the delegation tests need Debian's containernetworking-plugins in
+//! /usr/lib/cni (`.ci/run` installs both).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use danm_ipamd::engine::Engine;
+use danm_ipamd::store::Store;
+use danm_ipamd::store::memory::MemoryStore;
+use danm_ipamd::worker::WorkerConfig;
+use serde_json::{Value, json};
+
+const PLUGINS: &str = "/usr/lib/cni";
+
+/// A name unique to this process and call (interface names are at most 15 bytes).
+fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}{}",
+        std::process::id() % 10_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|v| v.split_whitespace().next().unwrap().to_owned())
+        })
+        .unwrap();
+    assert_eq!(
+        uid, "0",
+        "these tests build interfaces in network namespaces: run them as root (CI does)"
+    );
+}
+
+/// A network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        require_root();
+        let name = unique("danmt");
+        sh(&["netns", "add", &name]);
+        Netns { name }
+    }
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+    fn links(&self) -> Vec<String> {
+        let v: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair in the host namespace, both ends up; `name` is the parent to use.
+struct Veth {
+    name: String,
+}
+
+impl Veth {
+    fn new() -> Veth {
+        require_root();
+        let name = unique("dv");
+        let peer = format!("{name}p");
+        sh(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+        sh(&["link", "set", &name, "up"]);
+        sh(&["link", "set", &peer, "up"]);
+        Veth { name }
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+/// ipamd in this process, on a memory store with `yaml`'s networks.
+struct Ipamd {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+}
+
+impl Ipamd {
+    async fn start(yaml: &str) -> Ipamd {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        for net in danm_ipamd::networks::parse_manifests(yaml).unwrap() {
+            store.put_network(net).await.unwrap();
+        }
+        let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(danm_ipamd::server::serve(
+            Arc::clone(&engine),
+            listener,
+            std::future::pending(),
+        ));
+        Ipamd { addr, engine }
+    }
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// Addresses held by anyone.
+    async fn allocated(&self) -> usize {
+        self.engine.list_allocations(None).await.unwrap().len()
+    }
+}
+
+/// What a plugin call printed and how it ended.
+struct Outcome {
+    ok: bool,
+    stdout: Value,
+    stderr: String,
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_danm-ipam"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Runs `plugin` as a runtime would (blocking: call from spawn_blocking).
+fn cni(
+    plugin: &Path,
+    command: &str,
+    cid: &str,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+) -> Outcome {
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        // As kubelet (through the CRI runtime) sends them: IgnoreUnknown=1 included.
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{cid};K8S_POD_INFRA_CONTAINER_ID={cid}"
+            ),
+        )
+        .env("CNI_PATH", format!("{}:{PLUGINS}", bin_dir().display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Outcome {
+        ok: out.status.success(),
+        stdout: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn danm(command: &str, cid: &str, netns: &str, config: &Value) -> Outcome {
+    let (command, cid, netns, config) = (
+        command.to_owned(),
+        cid.to_owned(),
+        netns.to_owned(),
+        config.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        cni(
+            Path::new(env!("CARGO_BIN_EXE_danm")),
+            &command,
+            &cid,
+            &netns,
+            "eth0",
+            &config,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn networks(dual_parent: &str, pr_parent: &str) -> String {
+    format!(
+        r#"
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: dual, namespace: default}}
+spec:
+  NetworkID: dual
+  NetworkType: macvlan
+  Options:
+    host_device: {dual_parent}
+    cidr: 10.50.0.0/24
+    net6: 2001:db8:50::/64
+    routes: {{"10.60.0.0/16": "10.50.0.1"}}
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: pr, namespace: default}}
+spec:
+  NetworkID: pr
+  NetworkType: macvlan
+  Options:
+    host_device: {pr_parent}
+    container_prefix: ext
+    rt_tables: 200
+    cidr: 10.51.0.0/24
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: missing, namespace: default}}
+spec:
+  NetworkID: missing
+  NetworkType: macvlan
+  Options:
+    host_device: nosuchdev0
+    cidr: 10.54.0.0/24
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: tiny, namespace: default}}
+spec:
+  NetworkID: tiny
+  NetworkType: macvlan
+  Options:
+    host_device: {dual_parent}
+    cidr: 10.53.0.0/30
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: br, namespace: default}}
+spec:
+  NetworkID: br
+  NetworkType: bridge
+  Options:
+    cidr: 10.52.0.0/24
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: direct, namespace: default}}
+spec:
+  NetworkID: direct
+  NetworkType: macvlan
+  Options:
+    cidr: 10.55.0.0/24
+"#
+    )
+}
+
+fn danm_conf(ipamd: &str, cni_dir: &Path, interfaces: Value) -> Value {
+    json!({
+        "cniVersion": "1.1.0", "name": "danm", "type": "danm",
+        "ipamd": ipamd, "cniDir": cni_dir,
+        "args": {"danm.io/interfaces": interfaces}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_macvlan_interfaces_add_check_del() {
+    let (a, b) = (Veth::new(), Veth::new());
+    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([
+            {"network": "dual", "ip": "dynamic", "ip6": "dynamic"},
+            {"network": "pr", "ip": "dynamic", "proutes": {"10.70.0.0/16": "10.51.0.254"}}
+        ]),
+    );
+    let add = danm("ADD", "c-two", &ns.path(), &conf).await;
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let r = &add.stdout;
+    assert_eq!(r["cniVersion"], "1.1.0");
+    let names: Vec<&str> = r["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eth0", "ext1"]);
+    assert_eq!(r["interfaces"][0]["sandbox"], ns.path().as_str());
+    let ips: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips.len(), 3, "{r}");
+    let (v4, v6, pr) = (ips[0], ips[1], ips[2]);
+    assert!(v4.starts_with("10.50.0.") && v4.ends_with("/24"), "{v4}");
+    assert!(
+        v6.starts_with("2001:db8:50::") && v6.ends_with("/64"),
+        "{v6}"
+    );
+    assert!(pr.starts_with("10.51.0."), "{pr}");
+    assert_eq!(r["ips"][2]["interface"], 1);
+
+    // Inside the namespace, as asked.
+    let eth0 = ns.ip(&["addr", "show", "eth0"]);
+    assert!(eth0.contains(v4) && eth0.contains(v6), "{eth0}");
+    assert!(ns.ip(&["addr", "show", "ext1"]).contains(pr));
+    let main = ns.ip(&["route", "show"]);
+    assert!(
+        main.contains("10.60.0.0/16 via 10.50.0.1 dev eth0"),
+        "{main}"
+    );
+    let table = ns.ip(&["route", "show", "table", "200"]);
+    assert!(
+        table.contains("10.70.0.0/16 via 10.51.0.254 dev ext1"),
+        "{table}"
+    );
+    let pr_ip = pr.split('/').next().unwrap();
+    let rules = ns.ip(&["rule", "show"]);
+    assert!(
+        rules.contains(&format!("from {pr_ip} lookup 200")),
+        "{rules}"
+    );
+    assert_eq!(ipamd.allocated().await, 3);
+
+    let check = danm("CHECK", "c-two", &ns.path(), &conf).await;
+    assert!(check.ok, "CHECK failed: {} {}", check.stdout, check.stderr);
+
+    let del = danm("DEL", "c-two", &ns.path(), &conf).await;
+    assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
+    assert_eq!(ns.links(), ["lo"], "links removed");
+    assert!(
+        !ns.ip(&["rule", "show"]).contains("lookup 200"),
+        "rule removed"
+    );
+    assert_eq!(ipamd.allocated().await, 0, "addresses released");
+    let again = danm("DEL", "c-two", &ns.path(), &conf).await;
+    assert!(again.ok, "a second DEL succeeds: {}", again.stdout);
+    // CHECK of a container that holds nothing: code 3.
+    let check = danm("CHECK", "c-two", &ns.path(), &conf).await;
+    assert!(!check.ok);
+    assert_eq!(check.stdout["code"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_whose_second_interface_fails_leaves_nothing() {
+    let (a, b) = (Veth::new(), Veth::new());
+    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "dual", "ip": "dynamic"}, {"network": "missing", "ip": "dynamic"}]),
+    );
+    let add = danm("ADD", "c-fail", &ns.path(), &conf).await;
+    assert!(!add.ok);
+    assert_eq!(add.stdout["code"], 102, "{}", add.stdout);
+    let details = add.stdout["details"].as_str().unwrap();
+    assert!(
+        details.contains("nosuchdev0") && details.contains("network missing"),
+        "{details}"
+    );
+    assert_eq!(ns.links(), ["lo"], "no link left behind");
+    assert_eq!(ipamd.allocated().await, 0, "no allocation left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_nothing() {
+    let (a, b) = (Veth::new(), Veth::new());
+    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Malformed stdin.
+    let out = tokio::task::spawn_blocking({
+        let path = ns.path();
+        move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_danm"))
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", "c-bad")
+                .env("CNI_NETNS", path)
+                .env("CNI_IFNAME", "eth0")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"{\"cniVersion\": \"1.0.0\",")
+                .unwrap();
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], 6, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("not valid JSON"));
+
+    // Unknown network.
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "nosuchnet", "ip": "dynamic"}]),
+    );
+    let out = danm("ADD", "c-unknown", &ns.path(), &conf).await;
+    assert!(!out.ok);
+    assert_eq!(out.stdout["code"], 7, "{}", out.stdout);
+    assert!(
+        out.stdout["msg"].as_str().unwrap().contains("nosuchnet"),
+        "{}",
+        out.stdout
+    );
+
+    // Full pool: tiny (a /30) has two addresses.
+    let tiny = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "tiny", "ip": "dynamic"}]),
+    );
+    let ns2 = Netns::new();
+    let ns3 = Netns::new();
+    // Results come in the version the configuration asks for.
+    let mut old = tiny.clone();
+    old["cniVersion"] = json!("0.4.0");
+    let t1 = danm("ADD", "c-t1", &ns2.path(), &old).await;
+    assert!(t1.ok, "{}", t1.stdout);
+    assert_eq!(t1.stdout["cniVersion"], "0.4.0");
+    assert_eq!(
+        t1.stdout["ips"][0]["version"], "4",
+        "0.4.0 results carry the address version"
+    );
+    let mut several = tiny.clone();
+    several["cniVersions"] = json!(["0.3.1", "1.0.0"]);
+    let t2 = danm("ADD", "c-t2", &ns3.path(), &several).await;
+    assert!(t2.ok, "{}", t2.stdout);
+    assert_eq!(
+        t2.stdout["cniVersion"], "1.0.0",
+        "highest common version of cniVersions"
+    );
+    assert!(t2.stdout["ips"][0].get("version").is_none());
+    let out = danm("ADD", "c-t3", &ns.path(), &tiny).await;
+    assert!(!out.ok);
+    assert_eq!(out.stdout["code"], 100, "{}", out.stdout);
+    assert!(
+        out.stdout["msg"].as_str().unwrap().contains("exhausted"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(ipamd.allocated().await, 2);
+
+    // ipamd unreachable.
+    let gone = danm_conf(
+        "http://127.0.0.1:1",
+        dir.path(),
+        json!([{"network": "dual", "ip": "dynamic"}]),
+    );
+    let out = danm("ADD", "c-gone", &ns.path(), &gone).await;
+    assert!(!out.ok);
+    assert_eq!(out.stdout["code"], 11, "{}", out.stdout);
+    assert!(
+        out.stdout["msg"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{}",
+        out.stdout
+    );
+
+    // None of these changed anything in the namespace.
+    assert_eq!(ns.links(), ["lo"]);
+    assert_eq!(ipamd.allocated().await, 2);
+
+    // DEL after the namespace is gone (the runtime removed it first) still releases.
+    let ns2_path = ns2.path();
+    drop(ns2);
+    let del = danm("DEL", "c-t1", &ns2_path, &tiny).await;
+    assert!(del.ok, "{} {}", del.stdout, del.stderr);
+    assert_eq!(ipamd.allocated().await, 1);
+
+    // VERSION and STATUS.
+    let version = danm("VERSION", "", "", &json!({"cniVersion": "1.1.0"})).await;
+    assert!(
+        version.stdout["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("0.4.0"))
+    );
+    assert!(danm("STATUS", "", "", &tiny).await.ok);
+    let status = danm("STATUS", "", "", &gone).await;
+    assert_eq!(status.stdout["code"], 50, "{}", status.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegation_to_the_bridge_plugin_takes_its_address_from_ipamd() {
+    assert!(
+        Path::new(PLUGINS).join("bridge").is_file(),
+        "{PLUGINS}/bridge missing: apt-get install containernetworking-plugins"
+    );
+    let (a, b) = (Veth::new(), Veth::new());
+    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = unique("dbr");
+    std::fs::write(
+        dir.path().join("br.conf"),
+        json!({"cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": bridge,
+               "ipam": {"type": "host-local", "subnet": "192.168.99.0/24"}})
+        .to_string(),
+    )
+    .unwrap();
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "br", "ip": "dynamic"}]),
+    );
+    let add = danm("ADD", "c-br", &ns.path(), &conf).await;
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let address = ns.ip(&["addr", "show", "eth0"]);
+    assert!(
+        address.contains("10.52.0."),
+        "the bridge got its address from ipamd: {address}"
+    );
+    assert!(
+        !address.contains("192.168.99."),
+        "host-local was replaced: {address}"
+    );
+    assert_eq!(ipamd.allocated().await, 1);
+    let del = danm("DEL", "c-br", &ns.path(), &conf).await;
+    assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
+    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(ns.links(), ["lo"]);
+    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_macvlan_plugin_uses_danm_ipam_directly() {
+    let macvlan = Path::new(PLUGINS).join("macvlan");
+    assert!(
+        macvlan.is_file(),
+        "{} missing: apt-get install containernetworking-plugins",
+        macvlan.display()
+    );
+    let (a, b) = (Veth::new(), Veth::new());
+    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
+    let ns = Netns::new();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "direct", "type": "macvlan", "master": a.name,
+        "ipam": {"type": "danm-ipam", "ipamd": ipamd.url(), "network": "direct"}
+    });
+    let run = |command: &'static str, conf: Value, path: String| {
+        let macvlan = macvlan.clone();
+        tokio::task::spawn_blocking(move || {
+            cni(&macvlan, command, "c-direct", &path, "net1", &conf)
+        })
+    };
+    let add = run("ADD", conf.clone(), ns.path()).await.unwrap();
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let ip = add.stdout["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(ip.starts_with("10.55.0."), "{ip}");
+    assert!(ns.ip(&["addr", "show", "net1"]).contains(&ip));
+    let listed = ipamd.engine.list_allocations(None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(format!("{}/24", listed[0].address), ip);
+    // danm-ipam on its own: a repeated ADD of the same attachment gets the same address,
+    // CHECK confirms it, GC keeps what is in the valid set.
+    let ipam = bin_dir().join("danm-ipam");
+    let again = {
+        let (ipam, conf, path) = (ipam.clone(), conf.clone(), ns.path());
+        tokio::task::spawn_blocking(move || cni(&ipam, "ADD", "c-direct", &path, "net1", &conf))
+            .await
+            .unwrap()
+    };
+    assert!(again.ok, "{}", again.stdout);
+    assert_eq!(again.stdout["ips"][0]["address"], ip.as_str());
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = add.stdout.clone();
+    let mut keep = conf.clone();
+    keep["cni.dev/valid-attachments"] = json!([{"containerID": "c-direct", "ifname": "net1"}]);
+    for (command, config) in [("CHECK", with_prev), ("GC", keep)] {
+        let (ipam, path) = (ipam.clone(), ns.path());
+        let out = tokio::task::spawn_blocking(move || {
+            cni(&ipam, command, "c-direct", &path, "net1", &config)
+        })
+        .await
+        .unwrap();
+        assert!(out.ok, "{command}: {} {}", out.stdout, out.stderr);
+    }
+    assert_eq!(ipamd.allocated().await, 1, "GC kept the valid attachment");
+    let del = run("DEL", conf.clone(), ns.path()).await.unwrap();
+    assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
+    assert_eq!(ipamd.allocated().await, 0);
+    assert!(
+        run("DEL", conf, ns.path()).await.unwrap().ok,
+        "a second DEL succeeds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "kernel without ipvlan: this machine's kernel has no ipvlan links (the request itself is unit-tested in danm_cni::netlink)"]
+async fn an_ipvlan_interface_is_built_in_the_pod_namespace() {
+    let (a, b) = (Veth::new(), Veth::new());
+    let yaml = networks(&a.name, &b.name).replace("NetworkType: macvlan", "NetworkType: ipvlan");
+    let ipamd = Ipamd::start(&yaml).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "dual", "ip": "dynamic"}]),
+    );
+    let add = danm("ADD", "c-ipvlan", &ns.path(), &conf).await;
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    assert!(ns.ip(&["-d", "link", "show", "eth0"]).contains("ipvlan"));
+    assert!(danm("DEL", "c-ipvlan", &ns.path(), &conf).await.ok);
+    assert_eq!(ipamd.allocated().await, 0);
+}
