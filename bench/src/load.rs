@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+pub use danm_bench::stats::{Latencies, round2};
 
 /// An IP address manager under test.
 #[async_trait]
@@ -17,39 +17,6 @@ pub trait Ipam: Send + Sync {
     async fn allocate(&self, caller: usize, cid: &str) -> anyhow::Result<String>;
     /// Releases the address `ip` of `cid`.
     async fn release(&self, caller: usize, cid: &str, ip: &str) -> anyhow::Result<()>;
-}
-
-/// Latencies of one kind of call.
-#[derive(Debug, Default)]
-pub struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn extend(&mut self, other: Latencies) {
-        self.0.extend(other.0);
-    }
-
-    /// p50, p99 and max in milliseconds.
-    pub fn summary(&mut self) -> Value {
-        self.0.sort_unstable();
-        let at = |q: f64| {
-            if self.0.is_empty() {
-                return 0.0;
-            }
-            let i = ((self.0.len() as f64 * q).ceil() as usize).clamp(1, self.0.len()) - 1;
-            round2(self.0[i].as_secs_f64() * 1000.0)
-        };
-        json!({"p50": at(0.50), "p99": at(0.99), "max": at(1.0)})
-    }
-
-    /// How many calls.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-/// Rounds to two decimals (for readable JSON).
-pub fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 /// What one phase measured.
@@ -127,12 +94,12 @@ async fn phase(
                     if churn && let Some((cid, ip)) = mine.pop_front() {
                         let t = Instant::now();
                         ipam.release(caller, &cid, &ip).await?;
-                        release.0.push(t.elapsed());
+                        release.push(t.elapsed());
                     }
                     let cid = format!("{prefix}{n}");
                     let t = Instant::now();
                     let ip = ipam.allocate(caller, &cid).await?;
-                    allocate.0.push(t.elapsed());
+                    allocate.push(t.elapsed());
                     mine.push_back((cid, ip));
                 }
             })

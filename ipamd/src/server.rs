@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use danm_proto::v1::ipam_server::IpamServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
 use crate::service::IpamService;
@@ -27,7 +27,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(IpamServer::new(IpamService::new(engine)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // No Nagle: small answers must not wait for the client's delayed ACK (40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

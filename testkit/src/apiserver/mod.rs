@@ -151,6 +151,10 @@ impl ApiServer {
         let router = Router::new().fallback(handle).with_state(Arc::clone(&app));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
+            // TCP_NODELAY on every connection, as Go's net/http (the real API server) does.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
