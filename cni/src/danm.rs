@@ -39,6 +39,8 @@ pub struct DanmConfig {
     /// `args["danm.io/interfaces"]`: the interface list when no API server can tell it
     /// (ipamd on its embedded store): the annotation's JSON, as a list or as a string.
     pub interfaces: String,
+    /// `ipamdTLS`: TLS to ipamd (`ca`, and `cert`/`key` for mutual TLS, `serverName`).
+    pub tls: Option<ipamd::ClientTls>,
 }
 
 impl DanmConfig {
@@ -55,13 +57,6 @@ impl DanmConfig {
                 )),
             }
         };
-        if config.get("ipamdTLS").is_some() {
-            return Err(CniError::new(
-                ErrorCode::UnsupportedField,
-                "ipamdTLS: TLS to ipamd is not supported by this build",
-                "use a plain http:// address on the node (ipamd listens on loopback by default)",
-            ));
-        }
         let naming_scheme = text("namingScheme", "")?;
         if !["", "legacy"].contains(&naming_scheme.as_str()) {
             return Err(CniError::new(
@@ -94,6 +89,7 @@ impl DanmConfig {
             )?
             .into(),
             interfaces,
+            tls: ipamd::ClientTls::parse(config, "ipamdTLS")?,
         })
     }
 }
@@ -269,7 +265,7 @@ impl Danm {
                 .map_err(fail)?;
         if !plan.ip.is_empty() || !plan.ip6.is_empty() {
             let network = plan.network.clone().unwrap_or_default();
-            delegation.set_ipam(json!({
+            let mut ipam = json!({
                 "type": "danm-ipam",
                 "ipamd": config.ipamd,
                 "network": network.name,
@@ -277,7 +273,11 @@ impl Danm {
                 "namespace": network.namespace,
                 "ip": plan.ip,
                 "ip6": plan.ip6,
-            }));
+            });
+            if let Some(tls) = &config.tls {
+                ipam["ipamdTLS"] = tls.to_json();
+            }
+            delegation.set_ipam(ipam);
         }
         if !plan.device_pool.is_empty() {
             let device =
@@ -455,7 +455,7 @@ impl Plugin for Danm {
     async fn add(&self, request: &Request) -> Result<CniResult, CniError> {
         let started = tokio::time::Instant::now();
         let config = DanmConfig::parse(&request.config)?;
-        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
         let plans = client
             .attach(pb::AttachRequest {
                 pod_namespace: request.pod_namespace().to_owned(),
@@ -548,7 +548,7 @@ impl Plugin for Danm {
 
     async fn del(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
-        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
         let plans = client
             .interfaces(pb::InterfacesRequest {
                 container_id: request.container_id.clone(),
@@ -600,7 +600,7 @@ impl Plugin for Danm {
 
     async fn check(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
-        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
         let plans = client
             .interfaces(pb::InterfacesRequest {
                 container_id: request.container_id.clone(),
@@ -658,13 +658,13 @@ impl Plugin for Danm {
 
     async fn status(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
-        ipam_plugin::status(&config.ipamd).await
+        ipam_plugin::status(&config.ipamd, config.tls.as_ref()).await
     }
 
     async fn gc(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
         let valid = ipam_plugin::valid_attachments(&request.config)?;
-        ipam_plugin::gc(&config.ipamd, valid, None).await
+        ipam_plugin::gc(&config.ipamd, config.tls.as_ref(), valid, None).await
     }
 }
 
@@ -677,7 +677,7 @@ impl Danm {
         errors: &mut Vec<CniError>,
     ) {
         let outcome = async {
-            let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT).await?;
+            let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
             client
                 .detach(pb::DetachRequest {
                     container_id: request.container_id.clone(),
@@ -725,7 +725,9 @@ mod tests {
                 json!({"args": {"danm.io/interfaces": 3}}),
                 "args.danm.io/interfaces",
             ),
-            (json!({"ipamdTLS": {"ca": "x"}}), "ipamdTLS"),
+            (json!({"ipamdTLS": {"cert": "x"}}), "ipamdTLS.ca"),
+            (json!({"ipamdTLS": {"ca": "c", "cert": "x"}}), "ipamdTLS"),
+            (json!({"ipamdTLS": {"ca": "c", "pin": "x"}}), "ipamdTLS.pin"),
         ] {
             let e = DanmConfig::parse(&config).unwrap_err();
             assert!(e.msg.starts_with(field), "{config}: {e}");

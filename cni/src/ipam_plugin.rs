@@ -33,6 +33,8 @@ pub struct IpamConfig {
     pub ip: String,
     /// IPv6 request.
     pub ip6: String,
+    /// `ipamdTLS`: TLS to ipamd.
+    pub tls: Option<ipamd::ClientTls>,
 }
 
 impl IpamConfig {
@@ -60,13 +62,23 @@ impl IpamConfig {
             }
         };
         for key in ipam.keys() {
-            if !["type", "ipamd", "network", "kind", "namespace", "ip", "ip6"]
-                .contains(&key.as_str())
+            if ![
+                "type",
+                "ipamd",
+                "ipamdTLS",
+                "network",
+                "kind",
+                "namespace",
+                "ip",
+                "ip6",
+            ]
+            .contains(&key.as_str())
             {
                 return Err(CniError::new(
                     ErrorCode::UnsupportedField,
                     format!("ipam.{key}: unknown field"),
-                    "danm-ipam knows type, ipamd, network, kind, namespace, ip, ip6".to_owned(),
+                    "danm-ipam knows type, ipamd, ipamdTLS, network, kind, namespace, ip, ip6"
+                        .to_owned(),
                 ));
             }
         }
@@ -97,6 +109,8 @@ impl IpamConfig {
             network: ipamd::network_ref(&kind, &namespace, &name)?,
             ip,
             ip6,
+            tls: ipamd::ClientTls::parse(&Value::Object(ipam.clone()), "ipamdTLS")
+                .map_err(|e| CniError::new(e.code, format!("ipam.{}", e.msg), e.details))?,
         })
     }
 }
@@ -139,7 +153,7 @@ fn ip_config(address: &str) -> Result<Option<IpConfig>, CniError> {
 impl Plugin for DanmIpam {
     async fn add(&self, request: &Request) -> Result<CniResult, CniError> {
         let config = IpamConfig::parse(&request.config, request.pod_namespace())?;
-        let mut client = ipamd::connect(&config.ipamd, CALL_TIMEOUT).await?;
+        let mut client = ipamd::connect(&config.ipamd, CALL_TIMEOUT, config.tls.as_ref()).await?;
         let reply = client
             .allocate(pb::AllocateRequest {
                 network: Some(config.network.clone()),
@@ -160,7 +174,7 @@ impl Plugin for DanmIpam {
 
     async fn del(&self, request: &Request) -> Result<(), CniError> {
         let config = IpamConfig::parse(&request.config, request.pod_namespace())?;
-        let mut client = ipamd::connect(&config.ipamd, CALL_TIMEOUT).await?;
+        let mut client = ipamd::connect(&config.ipamd, CALL_TIMEOUT, config.tls.as_ref()).await?;
         client
             .release(pb::ReleaseRequest {
                 network: Some(config.network.clone()),
@@ -181,7 +195,7 @@ impl Plugin for DanmIpam {
                 .map(|ip| ip.address.to_string())
                 .unwrap_or_default()
         };
-        let mut client = ipamd::connect(&config.ipamd, CALL_TIMEOUT).await?;
+        let mut client = ipamd::connect(&config.ipamd, CALL_TIMEOUT, config.tls.as_ref()).await?;
         client
             .check(pb::CheckRequest {
                 network: Some(config.network.clone()),
@@ -196,18 +210,24 @@ impl Plugin for DanmIpam {
 
     async fn status(&self, request: &Request) -> Result<(), CniError> {
         let config = IpamConfig::parse(&request.config, "default")?;
-        status(&config.ipamd).await
+        status(&config.ipamd, config.tls.as_ref()).await
     }
 
     async fn gc(&self, request: &Request) -> Result<(), CniError> {
         let config = IpamConfig::parse(&request.config, "default")?;
         let valid = valid_attachments(&request.config)?;
-        gc(&config.ipamd, valid, Some(config.network)).await
+        gc(
+            &config.ipamd,
+            config.tls.as_ref(),
+            valid,
+            Some(config.network),
+        )
+        .await
     }
 }
 
 /// STATUS against ipamd: code 50 when it cannot be reached or is not ready.
-pub async fn status(address: &str) -> Result<(), CniError> {
+pub async fn status(address: &str, tls: Option<&ipamd::ClientTls>) -> Result<(), CniError> {
     let not_available = |details: String| {
         CniError::new(
             ErrorCode::NotAvailable,
@@ -215,7 +235,7 @@ pub async fn status(address: &str) -> Result<(), CniError> {
             details,
         )
     };
-    let mut client = ipamd::connect(address, CALL_TIMEOUT)
+    let mut client = ipamd::connect(address, CALL_TIMEOUT, tls)
         .await
         .map_err(|e| not_available(e.to_string()))?;
     let status = client
@@ -269,10 +289,11 @@ pub fn valid_attachments(config: &Value) -> Result<Vec<pb::Attachment>, CniError
 /// GC against ipamd: everything (on `network`, if given) not in `valid` is released.
 pub async fn gc(
     address: &str,
+    tls: Option<&ipamd::ClientTls>,
     valid: Vec<pb::Attachment>,
     network: Option<pb::NetworkRef>,
 ) -> Result<(), CniError> {
-    let mut client = ipamd::connect(address, CALL_TIMEOUT).await?;
+    let mut client = ipamd::connect(address, CALL_TIMEOUT, tls).await?;
     client
         .gc(pb::GcRequest { valid, network })
         .await

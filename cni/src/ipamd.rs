@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::protocol::{CniError, ErrorCode, Route};
@@ -16,9 +19,107 @@ pub const DEFAULT_IPAMD: &str = "http://127.0.0.1:50051";
 /// How long connecting to ipamd may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connects to ipamd at `address` (`http://host:port`), with `timeout` on every call.
-pub async fn connect(address: &str, timeout: Duration) -> Result<IpamClient<Channel>, CniError> {
-    let endpoint = Endpoint::from_shared(address.to_owned())
+/// TLS to ipamd (`ipamdTLS` in a configuration): the CA that signed ipamd's certificate,
+/// and the plugin's own certificate and key when ipamd requires client certificates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// `ca`: PEM CA certificate(s) to verify ipamd with.
+    pub ca: PathBuf,
+    /// `cert`: PEM client certificate (mutual TLS).
+    pub cert: Option<PathBuf>,
+    /// `key`: its PEM private key.
+    pub key: Option<PathBuf>,
+    /// `serverName`: the name ipamd's certificate is checked against (default: the host
+    /// of the address).
+    pub server_name: Option<String>,
+}
+
+impl ClientTls {
+    /// Reads `field` (for instance `ipamdTLS`) of a configuration; None when absent.
+    pub fn parse(config: &Value, field: &str) -> Result<Option<ClientTls>, CniError> {
+        let Some(v) = config.get(field).filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let bad = |what: String| CniError::new(ErrorCode::InvalidConfig, what, String::new());
+        let o = v.as_object().ok_or_else(|| {
+            bad(format!(
+                "{field}: must be an object with ca, cert, key, serverName"
+            ))
+        })?;
+        let text = |k: &str| -> Result<Option<String>, CniError> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(other) => Err(bad(format!(
+                    "{field}.{k}: must be a non-empty string, not {other}"
+                ))),
+            }
+        };
+        for k in o.keys() {
+            if !["ca", "cert", "key", "serverName"].contains(&k.as_str()) {
+                return Err(CniError::new(
+                    ErrorCode::UnsupportedField,
+                    format!("{field}.{k}: unknown field"),
+                    "known: ca, cert, key, serverName".to_owned(),
+                ));
+            }
+        }
+        let ca = text("ca")?.ok_or_else(|| bad(format!("{field}.ca: the CA file is required")))?;
+        let (cert, key) = (text("cert")?, text("key")?);
+        if cert.is_some() != key.is_some() {
+            return Err(bad(format!("{field}: cert and key go together")));
+        }
+        Ok(Some(ClientTls {
+            ca: ca.into(),
+            cert: cert.map(PathBuf::from),
+            key: key.map(PathBuf::from),
+            server_name: text("serverName")?,
+        }))
+    }
+
+    /// As written in a configuration.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({"ca": self.ca});
+        if let (Some(c), Some(k)) = (&self.cert, &self.key) {
+            v["cert"] = json!(c);
+            v["key"] = json!(k);
+        }
+        if let Some(n) = &self.server_name {
+            v["serverName"] = json!(n);
+        }
+        v
+    }
+
+    fn load(&self) -> Result<ClientTlsConfig, CniError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| {
+                CniError::new(
+                    ErrorCode::IoFailure,
+                    format!("cannot read TLS file {}", p.display()),
+                    e.to_string(),
+                )
+            })
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// Connects to ipamd at `address` (`http://host:port`, or `https://` with `tls`), with
+/// `timeout` on every call.
+pub async fn connect(
+    address: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<IpamClient<Channel>, CniError> {
+    let mut endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| {
             CniError::new(
                 ErrorCode::InvalidConfig,
@@ -28,6 +129,15 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<IpamClient<Chan
         })?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.load()?).map_err(|e| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                "ipamdTLS: unusable TLS settings",
+                source_chain(&e),
+            )
+        })?;
+    }
     let channel = endpoint.connect().await.map_err(|e| {
         CniError::new(
             ErrorCode::TryAgainLater,

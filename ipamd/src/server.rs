@@ -9,10 +9,49 @@ use tonic::transport::server::TcpIncoming;
 use crate::engine::Engine;
 use crate::service::IpamService;
 
-/// Serves the engine on `listener` until `shutdown` completes.
+/// Serves the engine on `listener` (plain HTTP/2) until `shutdown` completes.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_with_tls(engine, listener, None, shutdown).await
+}
+
+/// The server's TLS material, as PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Private key.
+    pub key: std::path::PathBuf,
+    /// CA that client certificates must chain to; None: clients are not asked for one.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files into tonic's configuration, naming the file that cannot be read.
+    pub fn load(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        use anyhow::Context as _;
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read TLS file {}", p.display()))
+        };
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(config)
+    }
+}
+
+/// Serves the engine on `listener`, over TLS when `tls` is given (with client
+/// certificates required when it has a client CA), until `shutdown` completes.
+pub async fn serve_with_tls(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -23,7 +62,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(danm_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(IpamServer::new(IpamService::new(engine)))

@@ -228,6 +228,34 @@ fn ipamd_refuses_bad_flags_with_clear_errors() {
         !ok && text.contains("bad.yaml: document 0: DanmNet"),
         "{text}"
     );
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_ipamd"),
+        &["--store", "memory", "--tls-cert", "/x.pem"],
+    );
+    assert!(
+        !ok && text.contains("--tls-key"),
+        "a certificate needs its key: {text}"
+    );
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_ipamd"),
+        &[
+            "--store",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ],
+    );
+    assert!(
+        !ok && text.contains("cannot read TLS file /nonexistent/cert.pem"),
+        "{text}"
+    );
     let (ok, text) = run(env!("CARGO_BIN_EXE_ipamd"), &["--help"]);
-    assert!(ok && text.contains("--networks"), "{text}");
+    assert!(
+        ok && text.contains("--networks") && text.contains("--tls-client-ca"),
+        "{text}"
+    );
 }

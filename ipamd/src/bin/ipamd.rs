@@ -42,6 +42,15 @@ struct Args {
     /// the pool): give replicas different values so they rarely touch the same shard.
     #[arg(long, env = "IPAMD_START_HINT", default_value_t = 0)]
     start_hint: u16,
+    /// Serve gRPC over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "IPAMD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "IPAMD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "IPAMD_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -58,6 +67,17 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("--log-format {other:?} is not one of: text, json"),
     }
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }
+            .load()?,
+        ),
+        _ => None,
+    };
     let store = store::open(&args.store, &args.namespace).await?;
     if let Some(dir) = &args.networks {
         let nets = networks::load_dir(dir)?;
@@ -94,9 +114,11 @@ async fn main() -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         store = %store.describe(),
         networks = engine.networks().len(),
+        tls = tls.is_some(),
+        mutual_tls = args.tls_client_ca.is_some(),
         "ipamd serving"
     );
-    server::serve(engine, listener, shutdown_signal()).await
+    server::serve_with_tls(engine, listener, tls, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,197 @@
+//! TLS between the plugins and ipamd: ipamd serves with a certificate and requires client
+//! certificates from a CA (mutual TLS); `danm-ipam` (and `danm`, through the same client)
+//! connects with `ipamdTLS`. Without a client certificate, with an untrusted server, or in
+//! plain text, nothing is allocated.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use danm_ipamd::engine::Engine;
+use danm_ipamd::server::TlsFiles;
+use danm_ipamd::store::Store;
+use danm_ipamd::store::memory::MemoryStore;
+use danm_ipamd::worker::WorkerConfig;
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::{Value, json};
+
+const NETWORK: &str = "
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {name: tls, namespace: default}
+spec:
+  NetworkID: tls
+  NetworkType: macvlan
+  Options:
+    cidr: 10.56.0.0/24
+";
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA, a server certificate for `localhost`, a client certificate; and a second,
+    /// unrelated CA.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let key = KeyPair::generate().unwrap();
+            write(name, params.self_signed(&key).unwrap().pem());
+            Issuer::new(params, key)
+        };
+        let issuer = ca("ca.pem");
+        let _other = ca("other-ca.pem");
+        for (name, san, usage) in [
+            ("server", "localhost", ExtendedKeyUsagePurpose::ServerAuth),
+            ("client", "danm-cni", ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            write(
+                &format!("{name}.pem"),
+                params.signed_by(&key, &issuer).unwrap().pem(),
+            );
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+async fn ipamd_with_mutual_tls(pki: &Pki) -> (u16, Arc<Engine>) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    for net in danm_ipamd::networks::parse_manifests(NETWORK).unwrap() {
+        store.put_network(net).await.unwrap();
+    }
+    let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
+    let tls = TlsFiles {
+        cert: pki.path("server.pem"),
+        key: pki.path("server-key.pem"),
+        client_ca: Some(pki.path("ca.pem")),
+    }
+    .load()
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(danm_ipamd::server::serve_with_tls(
+        Arc::clone(&engine),
+        listener,
+        Some(tls),
+        std::future::pending(),
+    ));
+    (port, engine)
+}
+
+fn danm_ipam(cid: &str, ipam: Value) -> (bool, Value) {
+    let config = json!({"cniVersion": "1.0.0", "name": "tls", "type": "macvlan", "ipam": ipam});
+    let mut child = Command::new(env!("CARGO_BIN_EXE_danm-ipam"))
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/var/run/netns/none")
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
+}
+
+async fn run(cid: &str, ipam: Value) -> (bool, Value) {
+    let cid = cid.to_owned();
+    tokio::task::spawn_blocking(move || danm_ipam(&cid, ipam))
+        .await
+        .unwrap()
+}
+
+fn tls(pki: &Pki, ca: &str, client: bool) -> Value {
+    let p = |n: &str| pki.path(n).display().to_string();
+    let mut v = json!({"ca": p(ca), "serverName": "localhost"});
+    if client {
+        v["cert"] = json!(p("client.pem"));
+        v["key"] = json!(p("client-key.pem"));
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn danm_ipam_allocates_over_mutual_tls_and_nothing_else_gets_in() {
+    let pki = Pki::new();
+    let (port, engine) = ipamd_with_mutual_tls(&pki).await;
+    let https = format!("https://127.0.0.1:{port}");
+    let allocated = || async { engine.list_allocations(None).await.unwrap().len() };
+
+    let ipam = |ipamd: &str, tls: Value| json!({"type": "danm-ipam", "ipamd": ipamd, "network": "tls", "ipamdTLS": tls});
+    let (ok, out) = run("c-tls", ipam(&https, tls(&pki, "ca.pem", true))).await;
+    assert!(ok, "{out}");
+    assert!(
+        out["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.56.0."),
+        "{out}"
+    );
+    assert_eq!(allocated().await, 1);
+
+    for (cid, config, why) in [
+        (
+            "c-nocert",
+            ipam(&https, tls(&pki, "ca.pem", false)),
+            "no client certificate",
+        ),
+        (
+            "c-untrusted",
+            ipam(&https, tls(&pki, "other-ca.pem", true)),
+            "server not trusted",
+        ),
+    ] {
+        let (ok, out) = run(cid, config).await;
+        assert!(!ok, "{why}: {out}");
+        assert_eq!(out["code"], 11, "{why}: {out}");
+    }
+    let plain =
+        json!({"type": "danm-ipam", "ipamd": format!("http://127.0.0.1:{port}"), "network": "tls"});
+    let (ok, out) = run("c-plain", plain).await;
+    assert!(!ok, "plain text to a TLS ipamd: {out}");
+
+    // A TLS file that does not exist is named, with the I/O code.
+    let mut missing = tls(&pki, "ca.pem", true);
+    missing["ca"] = json!("/nonexistent/ca.pem");
+    let (ok, out) = run("c-missing", ipam(&https, missing)).await;
+    assert!(!ok);
+    assert_eq!(out["code"], 5, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap().contains("/nonexistent/ca.pem"),
+        "{out}"
+    );
+
+    assert_eq!(allocated().await, 1, "only the mutual-TLS call allocated");
+    assert!(Path::new(env!("CARGO_BIN_EXE_danm")).is_file());
+}
