@@ -115,6 +115,15 @@ impl Drop for Veth {
     }
 }
 
+/// A host link deleted on drop.
+struct HostLink(&'static str);
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).status();
+    }
+}
+
 /// ipamd in this process, on a memory store with `yaml`'s networks.
 struct Ipamd {
     addr: SocketAddr,
@@ -656,5 +665,56 @@ async fn an_ipvlan_interface_is_built_in_the_pod_namespace() {
     assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
     assert!(ns.ip(&["-d", "link", "show", "eth0"]).contains("ipvlan"));
     assert!(danm("DEL", "c-ipvlan", &ns.path(), &conf).await.ok);
+    assert_eq!(ipamd.allocated().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vxlan_network_hangs_its_interface_off_netwatchers_vx_link() {
+    let veth = Veth::new();
+    // netwatcher's link for NetworkID "vxn", VNI 42 (created here as netwatcher would).
+    let vx = "vx_vxn";
+    let _ = Command::new("ip").args(["link", "del", vx]).status();
+    let _cleanup = HostLink(vx);
+    sh(&[
+        "link", "add", vx, "type", "vxlan", "id", "42", "dstport", "4789", "dev", &veth.name,
+    ]);
+    sh(&["link", "set", vx, "up"]);
+    let yaml = format!(
+        r#"
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: vxn, namespace: default}}
+spec:
+  NetworkID: vxn
+  NetworkType: macvlan
+  Options:
+    host_device: {}
+    vxlan: 42
+    cidr: 10.57.0.0/24
+"#,
+        veth.name
+    );
+    let ipamd = Ipamd::start(&yaml).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "vxn", "ip": "dynamic"}]),
+    );
+    let add = danm("ADD", "c-vx", &ns.path(), &conf).await;
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let details = ns.ip(&["-d", "link", "show", "eth0"]);
+    assert!(details.contains("macvlan"), "{details}");
+    // eth0@ifN: N is the parent's index in the host namespace, which must be vx_vxn's.
+    let host: Value = serde_json::from_str(&sh(&["-j", "link", "show", vx])).unwrap();
+    let parent = host[0]["ifindex"].as_u64().unwrap();
+    assert!(
+        details.contains(&format!("eth0@if{parent}:")),
+        "parent is {vx} ({parent}): {details}"
+    );
+    assert!(ns.ip(&["addr", "show", "eth0"]).contains("10.57.0."));
+    let del = danm("DEL", "c-vx", &ns.path(), &conf).await;
+    assert!(del.ok, "DEL failed: {}", del.stdout);
     assert_eq!(ipamd.allocated().await, 0);
 }
