@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use danm_proto::v1 as pb;
+use danm_proto::v1::ipam_client::IpamClient;
 use futures::future::join_all;
 use ipnet::IpNet;
 use serde_json::{Value, json};
+use tonic::transport::Channel;
 
 use crate::delegate::{self, Delegation};
 use crate::exec::Plugin;
@@ -431,6 +433,23 @@ fn sriov_device(
     })
 }
 
+/// The interfaces the container holds, as ipamd recorded them (and the connection).
+async fn container_interfaces(
+    config: &DanmConfig,
+    request: &Request,
+) -> Result<(IpamClient<Channel>, Vec<pb::InterfacePlan>), CniError> {
+    let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
+    let plans = client
+        .interfaces(pb::InterfacesRequest {
+            container_id: request.container_id.clone(),
+        })
+        .await
+        .map_err(|s| ipamd::cni_error("looking up the container's interfaces", &s))?
+        .into_inner()
+        .interfaces;
+    Ok((client, plans))
+}
+
 /// One CNI error out of several, keeping the first one's code.
 fn combine(what: &str, errors: Vec<CniError>) -> CniError {
     let code = errors
@@ -548,15 +567,7 @@ impl Plugin for Danm {
 
     async fn del(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
-        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
-        let plans = client
-            .interfaces(pb::InterfacesRequest {
-                container_id: request.container_id.clone(),
-            })
-            .await
-            .map_err(|s| ipamd::cni_error("looking up the container's interfaces", &s))?
-            .into_inner()
-            .interfaces;
+        let (_, plans) = container_interfaces(&config, request).await?;
         let netns_alive = !request.netns.is_empty() && Path::new(&request.netns).exists();
         let mut errors = Vec::new();
         for plan in &plans {
@@ -600,15 +611,7 @@ impl Plugin for Danm {
 
     async fn check(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
-        let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
-        let plans = client
-            .interfaces(pb::InterfacesRequest {
-                container_id: request.container_id.clone(),
-            })
-            .await
-            .map_err(|s| ipamd::cni_error("looking up the container's interfaces", &s))?
-            .into_inner()
-            .interfaces;
+        let (mut client, plans) = container_interfaces(&config, request).await?;
         if plans.is_empty() {
             return Err(CniError::new(
                 ErrorCode::UnknownContainer,

@@ -162,6 +162,14 @@ struct Outcome {
     stderr: String,
 }
 
+/// The call failed with CNI error `code` and a message containing `needle`.
+fn expect_error(out: &Outcome, code: u64, needle: &str) {
+    assert!(!out.ok, "expected code {code}, got success: {}", out.stdout);
+    assert_eq!(out.stdout["code"], code, "{}", out.stdout);
+    let msg = out.stdout["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains(needle), "{needle:?} not in {}", out.stdout);
+}
+
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_danm-ipam"))
         .parent()
@@ -458,13 +466,10 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         dir.path(),
         json!([{"network": "nosuchnet", "ip": "dynamic"}]),
     );
-    let out = danm("ADD", "c-unknown", &ns.path(), &conf).await;
-    assert!(!out.ok);
-    assert_eq!(out.stdout["code"], 7, "{}", out.stdout);
-    assert!(
-        out.stdout["msg"].as_str().unwrap().contains("nosuchnet"),
-        "{}",
-        out.stdout
+    expect_error(
+        &danm("ADD", "c-unknown", &ns.path(), &conf).await,
+        7,
+        "nosuchnet",
     );
 
     // Full pool: tiny (a /30) has two addresses.
@@ -494,13 +499,10 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         "highest common version of cniVersions"
     );
     assert!(t2.stdout["ips"][0].get("version").is_none());
-    let out = danm("ADD", "c-t3", &ns.path(), &tiny).await;
-    assert!(!out.ok);
-    assert_eq!(out.stdout["code"], 100, "{}", out.stdout);
-    assert!(
-        out.stdout["msg"].as_str().unwrap().contains("exhausted"),
-        "{}",
-        out.stdout
+    expect_error(
+        &danm("ADD", "c-t3", &ns.path(), &tiny).await,
+        100,
+        "exhausted",
     );
     assert_eq!(ipamd.allocated().await, 2);
 
@@ -510,13 +512,10 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         dir.path(),
         json!([{"network": "dual", "ip": "dynamic"}]),
     );
-    let out = danm("ADD", "c-gone", &ns.path(), &gone).await;
-    assert!(!out.ok);
-    assert_eq!(out.stdout["code"], 11, "{}", out.stdout);
-    assert!(
-        out.stdout["msg"].as_str().unwrap().contains("127.0.0.1:1"),
-        "{}",
-        out.stdout
+    expect_error(
+        &danm("ADD", "c-gone", &ns.path(), &gone).await,
+        11,
+        "127.0.0.1:1",
     );
 
     // None of these changed anything in the namespace.

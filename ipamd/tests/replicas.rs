@@ -101,6 +101,17 @@ async fn release(clients: &[Client], first: usize, cid: &str) {
     panic!("release {cid}: still unavailable after 400 tries");
 }
 
+/// The network's shards and how many addresses they hold.
+async fn shards_and_count(client: &kube::Client) -> (Vec<AllocationShard>, u64) {
+    let shards = Api::<AllocationShard>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let allocated = shards.iter().map(|s| u64::from(s.spec.allocated)).sum();
+    (shards, allocated)
+}
+
 /// What happens to the replicas during the run.
 #[derive(Clone, Copy, PartialEq)]
 enum Trouble {
@@ -259,12 +270,7 @@ async fn run(trouble: Trouble) {
         // this file run at once). Wait for the count to settle, up to 60 s.
         let started = Instant::now();
         loop {
-            let shards = Api::<AllocationShard>::namespaced(client.clone(), "default")
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items;
-            let allocated: u64 = shards.iter().map(|s| u64::from(s.spec.allocated)).sum();
+            let (_, allocated) = shards_and_count(&client).await;
             if allocated == 5000 || started.elapsed() > Duration::from_secs(60) {
                 println!("leftovers reclaimed within {:?}", started.elapsed());
                 break;
@@ -299,12 +305,7 @@ async fn run(trouble: Trouble) {
     assert_eq!(eps.len(), 5000, "no DanmEp left for a released owner");
 
     // The shards hold exactly the live allocations.
-    let shards = Api::<AllocationShard>::namespaced(client.clone(), "default")
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let allocated: u64 = shards.iter().map(|s| u64::from(s.spec.allocated)).sum();
+    let (shards, allocated) = shards_and_count(&client).await;
     let largest = shards
         .iter()
         .map(|s| serde_json::to_vec(s).unwrap().len())
