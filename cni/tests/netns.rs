@@ -116,11 +116,11 @@ impl Drop for Veth {
 }
 
 /// A host link deleted on drop.
-struct HostLink(&'static str);
+struct HostLink(String);
 
 impl Drop for HostLink {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", self.0]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
     }
 }
 
@@ -267,6 +267,7 @@ spec:
     container_prefix: ext
     rt_tables: 200
     cidr: 10.51.0.0/24
+    net6: 2001:db8:51::/64
 ---
 apiVersion: danm.io/v1
 kind: DanmNet
@@ -299,6 +300,15 @@ spec:
 ---
 apiVersion: danm.io/v1
 kind: DanmNet
+metadata: {{name: chain, namespace: default}}
+spec:
+  NetworkID: chain
+  NetworkType: bridge
+  Options:
+    cidr: 10.58.0.0/24
+---
+apiVersion: danm.io/v1
+kind: DanmNet
 metadata: {{name: direct, namespace: default}}
 spec:
   NetworkID: direct
@@ -328,7 +338,9 @@ async fn two_macvlan_interfaces_add_check_del() {
         dir.path(),
         json!([
             {"network": "dual", "ip": "dynamic", "ip6": "dynamic"},
-            {"network": "pr", "ip": "dynamic", "proutes": {"10.70.0.0/16": "10.51.0.254"}}
+            {"network": "pr", "ip": "dynamic", "ip6": "dynamic",
+             "proutes": {"10.70.0.0/16": "10.51.0.254"},
+             "proutes6": {"2001:db8:70::/48": "2001:db8:51::fe"}}
         ]),
     );
     let add = danm("ADD", "c-two", &ns.path(), &conf).await;
@@ -349,8 +361,9 @@ async fn two_macvlan_interfaces_add_check_del() {
         .iter()
         .map(|i| i["address"].as_str().unwrap())
         .collect();
-    assert_eq!(ips.len(), 3, "{r}");
-    let (v4, v6, pr) = (ips[0], ips[1], ips[2]);
+    assert_eq!(ips.len(), 4, "{r}");
+    let (v4, v6, pr, pr6) = (ips[0], ips[1], ips[2], ips[3]);
+    assert!(pr6.starts_with("2001:db8:51::"), "{pr6}");
     assert!(v4.starts_with("10.50.0.") && v4.ends_with("/24"), "{v4}");
     assert!(
         v6.starts_with("2001:db8:50::") && v6.ends_with("/64"),
@@ -379,7 +392,18 @@ async fn two_macvlan_interfaces_add_check_del() {
         rules.contains(&format!("from {pr_ip} lookup 200")),
         "{rules}"
     );
-    assert_eq!(ipamd.allocated().await, 3);
+    let table6 = ns.ip(&["-6", "route", "show", "table", "200"]);
+    assert!(
+        table6.contains("2001:db8:70::/48 via 2001:db8:51::fe dev ext1"),
+        "{table6}"
+    );
+    let pr6_ip = pr6.split('/').next().unwrap();
+    let rules6 = ns.ip(&["-6", "rule", "show"]);
+    assert!(
+        rules6.contains(&format!("from {pr6_ip} lookup 200")),
+        "{rules6}"
+    );
+    assert_eq!(ipamd.allocated().await, 4);
 
     let check = danm("CHECK", "c-two", &ns.path(), &conf).await;
     assert!(check.ok, "CHECK failed: {} {}", check.stdout, check.stderr);
@@ -387,10 +411,12 @@ async fn two_macvlan_interfaces_add_check_del() {
     let del = danm("DEL", "c-two", &ns.path(), &conf).await;
     assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
     assert_eq!(ns.links(), ["lo"], "links removed");
-    assert!(
-        !ns.ip(&["rule", "show"]).contains("lookup 200"),
-        "rule removed"
-    );
+    for family in ["-4", "-6"] {
+        assert!(
+            !ns.ip(&[family, "rule", "show"]).contains("lookup 200"),
+            "{family} rule removed"
+        );
+    }
     assert_eq!(ipamd.allocated().await, 0, "addresses released");
     let again = danm("DEL", "c-two", &ns.path(), &conf).await;
     assert!(again.ok, "a second DEL succeeds: {}", again.stdout);
@@ -553,6 +579,7 @@ async fn delegation_to_the_bridge_plugin_takes_its_address_from_ipamd() {
     let ns = Netns::new();
     let dir = tempfile::tempdir().unwrap();
     let bridge = unique("dbr");
+    let _cleanup = HostLink(bridge.clone());
     std::fs::write(
         dir.path().join("br.conf"),
         json!({"cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": bridge,
@@ -581,7 +608,6 @@ async fn delegation_to_the_bridge_plugin_takes_its_address_from_ipamd() {
     assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
     assert_eq!(ipamd.allocated().await, 0);
     assert_eq!(ns.links(), ["lo"]);
-    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,7 +699,7 @@ async fn a_vxlan_network_hangs_its_interface_off_netwatchers_vx_link() {
     // netwatcher's link for NetworkID "vxn", VNI 42 (created here as netwatcher would).
     let vx = "vx_vxn";
     let _ = Command::new("ip").args(["link", "del", vx]).status();
-    let _cleanup = HostLink(vx);
+    let _cleanup = HostLink(vx.to_owned());
     sh(&[
         "link", "add", vx, "type", "vxlan", "id", "42", "dstport", "4789", "dev", &veth.name,
     ]);
@@ -716,4 +742,46 @@ spec:
     let del = danm("DEL", "c-vx", &ns.path(), &conf).await;
     assert!(del.ok, "DEL failed: {}", del.stdout);
     assert_eq!(ipamd.allocated().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflist_chain_runs_in_order_with_danm_ipam_in_its_first_plugin() {
+    for plugin in ["bridge", "tuning"] {
+        assert!(
+            Path::new(PLUGINS).join(plugin).is_file(),
+            "{PLUGINS}/{plugin} missing: apt-get install containernetworking-plugins"
+        );
+    }
+    let (a, b) = (Veth::new(), Veth::new());
+    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = unique("dbr");
+    let _cleanup = HostLink(bridge.clone());
+    std::fs::write(
+        dir.path().join("chain.conflist"),
+        json!({"cniVersion": "1.0.0", "name": "chain", "plugins": [
+            {"type": "bridge", "bridge": bridge, "ipam": {"type": "host-local", "subnet": "192.168.98.0/24"}},
+            {"type": "tuning", "mac": "c2:b0:57:49:47:f1"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let conf = danm_conf(
+        &ipamd.url(),
+        dir.path(),
+        json!([{"network": "chain", "ip": "dynamic"}]),
+    );
+    let add = danm("ADD", "c-chain", &ns.path(), &conf).await;
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let eth0 = ns.ip(&["addr", "show", "eth0"]);
+    assert!(eth0.contains("10.58.0."), "address from ipamd: {eth0}");
+    assert!(
+        eth0.contains("c2:b0:57:49:47:f1"),
+        "tuning ran after bridge: {eth0}"
+    );
+    let del = danm("DEL", "c-chain", &ns.path(), &conf).await;
+    assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
+    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(ns.links(), ["lo"]);
 }
