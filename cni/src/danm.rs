@@ -262,9 +262,13 @@ impl Danm {
                 ),
             )
         };
+        let device = if plan.device_pool.is_empty() {
+            None
+        } else {
+            Some(sriov_device(config, request, &plan.device_pool, used_devices).map_err(fail)?)
+        };
         let mut delegation =
-            Delegation::load(&config.cni_dir, &plan.network_id, &plan.network_type)
-                .map_err(fail)?;
+            delegation_for(config, request, plan, device.as_deref()).map_err(fail)?;
         if !plan.ip.is_empty() || !plan.ip6.is_empty() {
             let network = plan.network.clone().unwrap_or_default();
             let mut ipam = json!({
@@ -281,10 +285,8 @@ impl Danm {
             }
             delegation.set_ipam(ipam);
         }
-        if !plan.device_pool.is_empty() {
-            let device =
-                sriov_device(config, request, &plan.device_pool, used_devices).map_err(fail)?;
-            delegation.set_device_id(&device);
+        if let Some(device) = &device {
+            delegation.set_device_id(device);
         }
         match delegation.add(request, &plan.ifname).await {
             Ok(result) => Ok((
@@ -395,6 +397,34 @@ async fn configure(request: &Request, plan: &pb::InterfacePlan) -> Result<CniRes
             .map_err(nl)?;
     }
     Ok(result)
+}
+
+/// How a delegated interface is built: its configuration file, or for an `sriov` network
+/// without one, DANM's generated sriov configuration on the pod's virtual function.
+fn delegation_for(
+    config: &DanmConfig,
+    request: &Request,
+    plan: &pb::InterfacePlan,
+    device: Option<&str>,
+) -> Result<Delegation, CniError> {
+    if plan.network_type != "sriov" || Delegation::has_file(&config.cni_dir, &plan.network_id) {
+        return Delegation::load(&config.cni_dir, &plan.network_id, &plan.network_type);
+    }
+    let device = device.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            "an sriov network needs Options.device_pool (the device plugin's resource)",
+            String::new(),
+        )
+    })?;
+    let master = delegate::pf_name(Path::new("/sys"), device)?;
+    Ok(Delegation::sriov(
+        &request.version,
+        &plan.network_id,
+        &master,
+        plan.vlan,
+        device,
+    ))
 }
 
 fn sriov_device(
@@ -570,6 +600,8 @@ impl Plugin for Danm {
         let (_, plans) = container_interfaces(&config, request).await?;
         let netns_alive = !request.netns.is_empty() && Path::new(&request.netns).exists();
         let mut errors = Vec::new();
+        // SR-IOV devices, handed out in interface order as at ADD.
+        let mut taken: Vec<String> = Vec::new();
         for plan in &plans {
             let outcome = match backend(&plan.network_type) {
                 // Without the namespace the kernel has removed its links already.
@@ -582,8 +614,17 @@ impl Plugin for Danm {
                     self.undo(request, built).await
                 }
                 None => {
-                    match Delegation::load(&config.cni_dir, &plan.network_id, &plan.network_type) {
-                        Ok(delegation) => {
+                    let device = if plan.device_pool.is_empty() {
+                        None
+                    } else {
+                        sriov_device(&config, request, &plan.device_pool, &taken).ok()
+                    };
+                    taken.extend(device.clone());
+                    match delegation_for(&config, request, plan, device.as_deref()) {
+                        Ok(mut delegation) => {
+                            if let Some(d) = &device {
+                                delegation.set_device_id(d);
+                            }
                             self.undo(
                                 request,
                                 Built::Delegated {

@@ -92,6 +92,38 @@ impl Delegation {
         ))
     }
 
+    /// DANM's generated configuration of an `sriov` network that has no configuration file:
+    /// the sriov plugin on the virtual function `device` of the physical function `master`,
+    /// tagged with the network's VLAN.
+    pub fn sriov(
+        version: &str,
+        network_id: &str,
+        master: &str,
+        vlan: u32,
+        device: &str,
+    ) -> Delegation {
+        let mut config = json!({
+            "cniVersion": version,
+            "name": network_id,
+            "type": "sriov",
+            "master": master,
+            "deviceID": device,
+        });
+        if vlan > 0 {
+            config["vlan"] = json!(vlan);
+        }
+        Delegation {
+            plugins: vec![("sriov".to_owned(), config)],
+        }
+    }
+
+    /// Whether `network_id` has a configuration file in `cni_dir`.
+    pub fn has_file(cni_dir: &Path, network_id: &str) -> bool {
+        ["conf", "conflist"]
+            .iter()
+            .any(|ext| cni_dir.join(format!("{network_id}.{ext}")).is_file())
+    }
+
     /// Replaces the `ipam` section of the first plugin.
     pub fn set_ipam(&mut self, ipam: Value) {
         if let Some((_, config)) = self.plugins.first_mut() {
@@ -242,6 +274,31 @@ fn args_text(request: &Request) -> String {
         .join(";")
 }
 
+/// The physical function (its netdev name) of the virtual function `device` (a PCI
+/// address), from sysfs under `sys_root` (`/sys` on a node).
+pub fn pf_name(sys_root: &Path, device: &str) -> Result<String, CniError> {
+    let dir = sys_root
+        .join("bus/pci/devices")
+        .join(device)
+        .join("physfn/net");
+    let unreadable = |e: String| {
+        CniError::new(
+            ErrorCode::IoFailure,
+            format!("cannot find the physical function of SR-IOV device {device}"),
+            format!("{}: {e}", dir.display()),
+        )
+    };
+    let mut names = std::fs::read_dir(&dir)
+        .map_err(|e| unreadable(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Vec<_>>();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .ok_or_else(|| unreadable("no netdev".to_owned()))
+}
+
 /// The device id kubelet's device manager gave pod `pod_uid` from `resource` (its
 /// `kubelet_internal_checkpoint`), skipping those already used by earlier interfaces.
 pub fn device_id(
@@ -298,6 +355,25 @@ mod tests {
             Some("0000:03:02.3")
         );
         assert_eq!(device_id(&checkpoint, "u3", r, &[]), None);
+    }
+
+    #[test]
+    fn sriov_configuration_is_generated_as_danm_does() {
+        let sys = tempfile::tempdir().unwrap();
+        let pf = sys
+            .path()
+            .join("bus/pci/devices/0000:03:02.1/physfn/net/ens1f0");
+        std::fs::create_dir_all(&pf).unwrap();
+        assert_eq!(pf_name(sys.path(), "0000:03:02.1").unwrap(), "ens1f0");
+        let e = pf_name(sys.path(), "0000:09:00.0").unwrap_err();
+        assert!(e.msg.contains("0000:09:00.0"), "{e}");
+        let d = Delegation::sriov("1.0.0", "sriov_a", "ens1f0", 500, "0000:03:02.1");
+        let (kind, config) = &d.plugins[0];
+        assert_eq!(kind, "sriov");
+        assert_eq!(config["master"], "ens1f0");
+        assert_eq!(config["deviceID"], "0000:03:02.1");
+        assert_eq!(config["vlan"], 500);
+        assert_eq!(config["name"], "sriov_a");
     }
 
     #[test]
