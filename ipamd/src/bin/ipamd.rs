@@ -1,6 +1,8 @@
 //! ipamd: serves the danm.ipam.v1 gRPC API on a store.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -78,22 +80,26 @@ async fn main() -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let store = store::open(&args.store, &args.namespace).await?;
-    if let Some(dir) = &args.networks {
-        let nets = networks::load_dir(dir)?;
-        tracing::info!(count = nets.len(), dir = %dir.display(), "loading networks");
-        for net in nets {
-            store.put_network(net).await?;
+    // Mistakes no retry can fix end ipamd at once; an unreachable store is waited for.
+    store::check_spec(&args.store)?;
+    let manifests = match &args.networks {
+        Some(dir) => networks::load_dir(dir)?,
+        None => Vec::new(),
+    };
+    let mut pause = Duration::from_secs(1);
+    let (store, engine) = loop {
+        match start(&args, &manifests).await {
+            Ok(started) => break started,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?pause, "cannot start on the store yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown_signal() => anyhow::bail!("stopped before the store could be used: {e:#}"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
         }
-    }
-    let engine = Engine::start(
-        store.clone(),
-        WorkerConfig {
-            start_hint: args.start_hint,
-            ..WorkerConfig::default()
-        },
-    )
-    .await?;
+    };
     if args.orphan_grace_seconds > 0 {
         let grace = std::time::Duration::from_secs(args.orphan_grace_seconds);
         let engine = std::sync::Arc::clone(&engine);
@@ -119,6 +125,29 @@ async fn main() -> anyhow::Result<()> {
         "ipamd serving"
     );
     server::serve_with_tls(engine, listener, tls, shutdown_signal()).await
+}
+
+/// Opens the store, puts the `--networks` manifests in it and starts the engine.
+async fn start(
+    args: &Args,
+    manifests: &[store::NetworkObject],
+) -> anyhow::Result<(Arc<dyn store::Store>, Arc<Engine>)> {
+    let store = store::open(&args.store, &args.namespace).await?;
+    if let Some(dir) = &args.networks {
+        tracing::info!(count = manifests.len(), dir = %dir.display(), "loading networks");
+    }
+    for net in manifests {
+        store.put_network(net.clone()).await?;
+    }
+    let engine = Engine::start(
+        store.clone(),
+        WorkerConfig {
+            start_hint: args.start_hint,
+            ..WorkerConfig::default()
+        },
+    )
+    .await?;
+    Ok((store, engine))
 }
 
 async fn shutdown_signal() {

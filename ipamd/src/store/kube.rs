@@ -23,7 +23,7 @@ use danm_crds::{
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::broadcast;
 
@@ -46,6 +46,16 @@ pub struct KubeStore {
     /// Namespace of ipamd (shards of ClusterNetworks live here).
     namespace: String,
     events: broadcast::Sender<StoreEvent>,
+    /// The network watches: they end with the store.
+    watches: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        for watch in &self.watches {
+            watch.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -92,18 +102,23 @@ fn network_selector(key: &NetworkKey) -> String {
 impl KubeStore {
     /// A store over `client`; `namespace` is ipamd's own. Starts the network watches.
     pub async fn new(client: Client, namespace: &str) -> KubeStore {
-        let store = KubeStore {
+        let mut store = KubeStore {
             client,
             namespace: namespace.to_owned(),
             events: broadcast::channel(4096).0,
+            watches: Vec::new(),
         };
-        store.follow::<DanmNet>(NetworkKind::DanmNet);
-        store.follow::<TenantNetwork>(NetworkKind::TenantNetwork);
-        store.follow::<ClusterNetwork>(NetworkKind::ClusterNetwork);
+        store.watches = vec![
+            store.follow::<DanmNet>(NetworkKind::DanmNet),
+            store.follow::<TenantNetwork>(NetworkKind::TenantNetwork),
+            store.follow::<ClusterNetwork>(NetworkKind::ClusterNetwork),
+        ];
         store
     }
 
-    fn follow<K>(&self, kind: NetworkKind)
+    /// Follows one network kind; a failing watch is retried with kube-runtime's backoff
+    /// (up to about 30 s apart), never in a busy loop.
+    fn follow<K>(&self, kind: NetworkKind) -> tokio::task::AbortHandle
     where
         K: Resource<DynamicType = ()>
             + Clone
@@ -116,7 +131,9 @@ impl KubeStore {
         let api: Api<K> = Api::all(self.client.clone());
         let events = self.events.clone();
         tokio::spawn(async move {
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             while let Some(event) = stream.next().await {
                 let objects = match event {
                     Ok(
@@ -136,7 +153,8 @@ impl KubeStore {
                     let _ = events.send(StoreEvent::Network(key));
                 }
             }
-        });
+        })
+        .abort_handle()
     }
 
     fn shard_namespace(&self, network: &NetworkKey) -> String {

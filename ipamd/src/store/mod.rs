@@ -232,6 +232,7 @@ pub fn parse_shard_storage_key(text: &str) -> Option<ShardKey> {
 /// Opens a store from its command-line form: `memory`, `file:PATH` or `kube` (the
 /// in-cluster or `KUBECONFIG` client; `namespace` is ipamd's own).
 pub async fn open(spec: &str, namespace: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    check_spec(spec)?;
     match spec.split_once(':') {
         _ if spec == "memory" => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
         _ if spec == "kube" => {
@@ -245,6 +246,15 @@ pub async fn open(spec: &str, namespace: &str) -> anyhow::Result<std::sync::Arc<
         Some(("file", path)) if !path.is_empty() => {
             Ok(std::sync::Arc::new(file::FileStore::open(path)?))
         }
+        _ => anyhow::bail!("--store {spec:?} is not one of: memory, file:PATH, kube"),
+    }
+}
+
+/// Whether `spec` names a store at all (a mistake no retry can fix).
+pub fn check_spec(spec: &str) -> anyhow::Result<()> {
+    match spec.split_once(':') {
+        _ if spec == "memory" || spec == "kube" => Ok(()),
+        Some(("file", path)) if !path.is_empty() => Ok(()),
         _ => anyhow::bail!("--store {spec:?} is not one of: memory, file:PATH, kube"),
     }
 }

@@ -1,0 +1,117 @@
+//! ipamd started before its store can be reached (the API server still coming up) waits
+//! and retries with a growing pause instead of exiting, then serves.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use danm_crds::{DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
+use danm_proto::v1 as pb;
+use danm_proto::v1::ipam_client::IpamClient;
+use danm_testkit::apiserver::{ApiServer, Options};
+use kube::api::{Api, PostParams};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
+    let api_addr = format!("127.0.0.1:{}", free_port());
+    // The kubeconfig of a stand-in on that address, which is then stopped.
+    let first = ApiServer::start_on(&api_addr, Options::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, first.kubeconfig()).unwrap();
+    first.stop();
+    while std::net::TcpStream::connect(&api_addr).is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let mut ipamd = Command::new(env!("CARGO_BIN_EXE_ipamd"))
+        .args([
+            "--store",
+            "kube",
+            "--namespace",
+            "danm-system",
+            "--listen",
+            &grpc,
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        ipamd.try_wait().unwrap().is_none(),
+        "ipamd exited instead of waiting for the API server"
+    );
+
+    // The API server comes up (on the same address) with a network.
+    let server = loop {
+        match ApiServer::start_on(&api_addr, Options::default()).await {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let spec = NetworkSpec {
+        network_id: "late".into(),
+        options: NetworkOptions {
+            cidr: Some("10.66.0.0/24".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<DanmNet>::namespaced(server.client(), "default")
+        .create(
+            &PostParams::default(),
+            &DanmNet::new("late", DanmNetSpec { network: spec }),
+        )
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        if let Ok(mut c) = IpamClient::connect(format!("http://{grpc}")).await
+            && let Ok(s) = c.status(pb::StatusRequest {}).await
+            && s.get_ref().networks == 1
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = ipamd.kill();
+            let mut log = String::new();
+            ipamd
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut log)
+                .unwrap();
+            panic!("ipamd did not come up once the API server did: {log}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = ipamd.kill();
+    let _ = ipamd.wait();
+    let mut log = String::new();
+    ipamd
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("cannot start on the store yet; retrying"),
+        "{log}"
+    );
+}
