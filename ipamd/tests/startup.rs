@@ -11,6 +11,16 @@ use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::apiserver::{ApiServer, Options};
 use kube::api::{Api, PostParams};
 
+/// The ipamd process, killed however the test ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -35,25 +45,27 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
     }
 
     let grpc = format!("127.0.0.1:{}", free_port());
-    let mut ipamd = Command::new(env!("CARGO_BIN_EXE_ipamd"))
-        .args([
-            "--store",
-            "kube",
-            "--namespace",
-            "danm-system",
-            "--listen",
-            &grpc,
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ipamd = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_ipamd"))
+            .args([
+                "--store",
+                "kube",
+                "--namespace",
+                "danm-system",
+                "--listen",
+                &grpc,
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
-        ipamd.try_wait().unwrap().is_none(),
+        ipamd.0.try_wait().unwrap().is_none(),
         "ipamd exited instead of waiting for the API server"
     );
 
@@ -89,9 +101,10 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
             break;
         }
         if Instant::now() > deadline {
-            let _ = ipamd.kill();
+            let _ = ipamd.0.kill();
             let mut log = String::new();
             ipamd
+                .0
                 .stdout
                 .take()
                 .unwrap()
@@ -101,10 +114,11 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = ipamd.kill();
-    let _ = ipamd.wait();
+    let _ = ipamd.0.kill();
+    let _ = ipamd.0.wait();
     let mut log = String::new();
     ipamd
+        .0
         .stdout
         .take()
         .unwrap()
