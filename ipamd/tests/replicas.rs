@@ -4,12 +4,15 @@
 //! AllocationShard comes near 64 KiB. Then the same with faults injected, and with one
 //! replica killed (SIGKILL) mid-load.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use danm_crds::{AllocationShard, DanmEp, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
@@ -28,14 +31,6 @@ impl Drop for Replica {
 }
 
 type Client = IpamClient<tonic::transport::Channel>;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn net() -> Option<pb::NetworkRef> {
     Some(pb::NetworkRef {

@@ -1,33 +1,18 @@
 //! ipamd started before its store can be reached (the API server still coming up) waits
 //! and retries with a growing pause instead of exiting, then serves.
 
+mod common;
+
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Daemon, free_port};
 use danm_crds::{DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::apiserver::{ApiServer, Options};
 use kube::api::{Api, PostParams};
-
-/// The ipamd process, killed however the test ends.
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
