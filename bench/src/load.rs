@@ -51,11 +51,11 @@ pub async fn run(
     clients: usize,
     fill: usize,
     churn: usize,
-    mut between: impl FnMut(),
+    mut between: impl AsyncFnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<LoadResult> {
     let mut held: Vec<Held> = vec![VecDeque::new(); clients];
     let fill_phase = phase(&ipam, &mut held, fill, false).await?;
-    between();
+    between().await?;
     let churn_phase = phase(&ipam, &mut held, churn, true).await?;
     let addresses: Vec<&String> = held.iter().flatten().map(|(_, ip)| ip).collect();
     let distinct: HashSet<&&String> = addresses.iter().collect();

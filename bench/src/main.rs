@@ -1,12 +1,15 @@
-//! `bench`: ipamd against DANM's algorithm, side by side, on the same Kubernetes API
-//! stand-in with the same write latency and the same clients.
+//! `bench`: ipamd against DANM's algorithm, side by side, on the same Kubernetes API server
+//! and the same clients.
 //!
-//! One run starts the stand-in in this process (real HTTP on loopback), `--replicas` real
-//! ipamd processes on it (`--store kube`), and `--clients` concurrent callers on one DanmNet
-//! of `--cidr`: they fill it with `--fill` allocations, then churn (release the oldest,
-//! allocate a new one) `--churn` times. Then the same load runs against DANM's algorithm
-//! ([`danm_baseline`]) on a fresh stand-in with the same settings. One JSON object is printed.
+//! One run starts an API server (`--api stand-in`: testkit's stand-in in this process, real
+//! HTTP on loopback, `--write-latency-ms` on every write; `--api real`: a real etcd and
+//! kube-apiserver, see [`api`]), `--replicas` real ipamd processes on it (`--store kube`),
+//! and `--clients` concurrent callers on one DanmNet of `--cidr`: they fill it with `--fill`
+//! allocations, then churn (release the oldest, allocate a new one) `--churn` times. Then
+//! the same load runs against DANM's algorithm ([`danm_baseline`]) on a fresh API server of
+//! the same kind. One JSON object is printed.
 
+mod api;
 mod danm_baseline;
 mod load;
 mod replicas;
@@ -18,11 +21,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use danm_crds::{AllocationShard, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
-use danm_testkit::apiserver::{ApiServer, Options};
 use ipnet::Ipv4Net;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
+use crate::api::{ApiKind, Target};
 use crate::load::{LoadResult, round2};
 
 /// Measures ipamd (sharded, batched, replicated) against DANM's single-object algorithm.
@@ -38,7 +41,12 @@ struct Args {
     /// The network's IPv4 CIDR (the pool is all of it).
     #[arg(long, default_value = "10.64.0.0/16")]
     cidr: Ipv4Net,
-    /// Delay the API stand-in adds to every write, in milliseconds (an etcd commit).
+    /// The API server: `stand-in` (testkit's, in this process, with --write-latency-ms) or
+    /// `real` (etcd and kube-apiserver built by testkit/k8s/build.sh; needs Go the first time).
+    #[arg(long, value_enum, default_value = "stand-in")]
+    api: ApiKind,
+    /// Delay the API stand-in adds to every write, in milliseconds (an etcd commit); not
+    /// used with --api real, where etcd's own commit latency applies.
     #[arg(long, default_value_t = 5)]
     write_latency_ms: u64,
     /// Allocations of the fill phase.
@@ -80,7 +88,11 @@ async fn main() -> anyhow::Result<()> {
             "replicas": args.replicas,
             "clients": args.clients,
             "cidr": args.cidr.to_string(),
-            "write_latency_ms": args.write_latency_ms,
+            "api": match args.api {
+                ApiKind::StandIn => "stand-in",
+                ApiKind::Real => "real kube-apiserver and etcd (fsync on)",
+            },
+            "write_latency_ms": (args.api == ApiKind::StandIn).then_some(args.write_latency_ms),
             "fill": args.fill,
             "churn": args.churn,
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
@@ -107,20 +119,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stand_in(args: &Args) -> anyhow::Result<ApiServer> {
-    ApiServer::start(Options {
-        write_latency: Duration::from_millis(args.write_latency_ms),
-        ..Options::default()
-    })
-    .await
+async fn api_server(args: &Args) -> anyhow::Result<Target> {
+    Target::start(args.api, Duration::from_millis(args.write_latency_ms)).await
 }
 
 async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
     let ipamd = replicas::locate_ipamd(args.ipamd.as_deref())?;
-    let server = stand_in(args).await?;
+    let server = api_server(args).await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig())?;
+    server.write_kubeconfig(&kubeconfig)?;
     let spec = NetworkSpec {
         network_id: NETWORK.into(),
         options: NetworkOptions {
@@ -129,7 +137,7 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
         },
         ..Default::default()
     };
-    Api::<DanmNet>::namespaced(server.client(), NAMESPACE)
+    Api::<DanmNet>::namespaced(server.client().await, NAMESPACE)
         .create(
             &PostParams::default(),
             &DanmNet::new(NETWORK, DanmNetSpec { network: spec }),
@@ -137,14 +145,15 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
         .await?;
     let replicas = replicas::start(&ipamd, &kubeconfig, args.replicas, 1).await?;
     let callers = Arc::new(replicas::IpamdCallers::new(&replicas, NAMESPACE, NETWORK));
-    let (_, writes_before, _) = server.counters();
+    let before = server.counters().await?;
     let mut fill_writes = 0;
-    let result = load::run(callers, args.clients, args.fill, args.churn, || {
-        fill_writes = server.counters().1 - writes_before;
+    let result = load::run(callers, args.clients, args.fill, args.churn, async || {
+        fill_writes = server.counters().await?.writes - before.writes;
+        Ok(())
     })
     .await?;
-    let (_, writes, largest_write) = server.counters();
-    let churn_writes = writes - writes_before - fill_writes;
+    let after = server.counters().await?;
+    let churn_writes = after.writes - before.writes - fill_writes;
 
     let mut retries = 0;
     let mut shard_conflicts = 0;
@@ -157,7 +166,7 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
         rounds += c.rounds;
         peak_rss.push(replica.peak_rss_bytes()?);
     }
-    let shards = Api::<AllocationShard>::all(server.client())
+    let shards = Api::<AllocationShard>::all(server.client().await)
         .list(&ListParams::default())
         .await?
         .items;
@@ -176,13 +185,13 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
         );
     }
     let mut out = phases(result, fill_writes, churn_writes)?;
-    out["api_conflicts"] = json!(server.conflicts());
+    out["api_conflicts"] = json!(after.conflicts - before.conflicts);
     out["shard_conflicts"] = json!(shard_conflicts);
     out["retries"] = json!(retries);
     out["rounds"] = json!(rounds);
     out["shards"] = json!(shards.len());
     out["largest_object_bytes"] = json!(largest_shard);
-    out["largest_write_bytes"] = json!(largest_write);
+    out["largest_write_bytes"] = json!(after.largest_write);
     out["peak_rss_mib"] = json!(
         peak_rss
             .iter()
@@ -193,27 +202,31 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
 }
 
 async fn run_danm(args: &Args) -> anyhow::Result<Value> {
-    let server = stand_in(args).await?;
+    let server = api_server(args).await?;
     let baseline = Arc::new(
-        danm_baseline::DanmBaseline::create(server.client(), NAMESPACE, NETWORK, args.cidr).await?,
+        danm_baseline::DanmBaseline::create(server.client().await, NAMESPACE, NETWORK, args.cidr)
+            .await?,
     );
-    let (_, writes_before, _) = server.counters();
+    let before = server.counters().await?;
     let mut fill_writes = 0;
     let result = load::run(
         Arc::clone(&baseline) as Arc<dyn load::Ipam>,
         args.clients,
         args.fill,
         args.churn,
-        || fill_writes = server.counters().1 - writes_before,
+        async || {
+            fill_writes = server.counters().await?.writes - before.writes;
+            Ok(())
+        },
     )
     .await?;
-    let (_, writes, largest_write) = server.counters();
-    let churn_writes = writes - writes_before - fill_writes;
+    let after = server.counters().await?;
+    let churn_writes = after.writes - before.writes - fill_writes;
     let mut out = phases(result, fill_writes, churn_writes)?;
-    out["api_conflicts"] = json!(server.conflicts());
+    out["api_conflicts"] = json!(after.conflicts - before.conflicts);
     out["retries"] = json!(baseline.retries.load(std::sync::atomic::Ordering::Relaxed));
     out["largest_object_bytes"] = json!(baseline.object_bytes().await?);
-    out["largest_write_bytes"] = json!(largest_write);
+    out["largest_write_bytes"] = json!(after.largest_write);
     out["label"] = json!(
         "reference implementation of nokia/danm pkg/ipam's algorithm, written for this bench"
     );

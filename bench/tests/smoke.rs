@@ -4,11 +4,10 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_prints_both_runs_and_their_ratio() {
+/// Runs the bench with `args`; its JSON report.
+fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--replicas", "2", "--clients", "4", "--cidr", "10.1.0.0/22"])
-        .args(["--fill", "300", "--churn", "100", "--write-latency-ms", "1"])
+        .args(args)
         .output()
         .expect("bench runs");
     assert!(
@@ -16,7 +15,25 @@ fn bench_prints_both_runs_and_their_ratio() {
         "bench failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_prints_both_runs_and_their_ratio() {
+    let report = bench(&[
+        "--replicas",
+        "2",
+        "--clients",
+        "4",
+        "--cidr",
+        "10.1.0.0/22",
+        "--fill",
+        "300",
+        "--churn",
+        "100",
+        "--write-latency-ms",
+        "1",
+    ]);
     for run in ["ipamd", "danm_baseline"] {
         let r = &report[run];
         assert_eq!(r["fill"]["allocations"], 300, "{run}: {r}");
@@ -38,6 +55,42 @@ fn bench_prints_both_runs_and_their_ratio() {
             .unwrap()
             > 0.0
     );
+}
+
+/// The same on the real API server and etcd (`--api real`): the counters come from the API
+/// server's own metrics.
+#[test]
+fn bench_runs_on_the_real_api_server() {
+    let report = bench(&[
+        "--api",
+        "real",
+        "--replicas",
+        "2",
+        "--clients",
+        "4",
+        "--cidr",
+        "10.1.0.0/22",
+        "--fill",
+        "200",
+        "--churn",
+        "50",
+    ]);
+    assert_eq!(
+        report["setup"]["api"],
+        "real kube-apiserver and etcd (fsync on)"
+    );
+    for run in ["ipamd", "danm_baseline"] {
+        let r = &report[run];
+        assert_eq!(r["fill"]["allocations"], 200, "{run}: {r}");
+        assert_eq!(r["live_owners"], 200, "{run}");
+        assert_eq!(r["duplicates"], 0, "{run}");
+        // Each allocation writes at least once (ipamd: the shard in groups and the DanmEp;
+        // DANM: the network and the DanmEp).
+        assert!(
+            r["fill"]["api_writes_per_allocation"].as_f64().unwrap() >= 1.0,
+            "{run}: {r}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The `danm` and `danm-ipam` binaries as a runtime calls them, in real network namespaces
-//! over veth parents, against an in-process ipamd (memory store). Needs root and `ip`
-//! (iproute2); the delegation tests need Debian's containernetworking-plugins in
-//! /usr/lib/cni (`.ci/run` installs both).
+//! over veth parents, against an in-process ipamd (memory store; and once on the Kubernetes
+//! store of the real API server, where `danm` finds the pod's interfaces in its annotation).
+//! Needs root and `ip` (iproute2); the delegation tests need Debian's
+//! containernetworking-plugins in /usr/lib/cni (`.ci/run` installs both).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,7 +178,8 @@ fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Runs `plugin` as a runtime would (blocking: call from spawn_blocking).
+/// Runs `plugin` as a runtime would for pod `default/pod-<cid>` (blocking: call from
+/// spawn_blocking).
 fn cni(
     plugin: &Path,
     command: &str,
@@ -185,6 +187,19 @@ fn cni(
     netns: &str,
     ifname: &str,
     config: &Value,
+) -> Outcome {
+    cni_for_pod(plugin, command, cid, netns, ifname, config, "default")
+}
+
+/// Runs `plugin` as a runtime would for pod `<namespace>/pod-<cid>`.
+fn cni_for_pod(
+    plugin: &Path,
+    command: &str,
+    cid: &str,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+    namespace: &str,
 ) -> Outcome {
     let mut child = Command::new(plugin)
         .env_clear()
@@ -196,7 +211,7 @@ fn cni(
         .env(
             "CNI_ARGS",
             format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{cid};K8S_POD_INFRA_CONTAINER_ID={cid}"
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME=pod-{cid};K8S_POD_INFRA_CONTAINER_ID={cid}"
             ),
         )
         .env("CNI_PATH", format!("{}:{PLUGINS}", bin_dir().display()))
@@ -221,20 +236,33 @@ fn cni(
 }
 
 async fn danm(command: &str, cid: &str, netns: &str, config: &Value) -> Outcome {
-    let (command, cid, netns, config) = (
+    danm_for_pod(command, cid, netns, config, "default").await
+}
+
+/// `danm` for pod `<namespace>/pod-<cid>`.
+async fn danm_for_pod(
+    command: &str,
+    cid: &str,
+    netns: &str,
+    config: &Value,
+    namespace: &str,
+) -> Outcome {
+    let (command, cid, netns, config, namespace) = (
         command.to_owned(),
         cid.to_owned(),
         netns.to_owned(),
         config.clone(),
+        namespace.to_owned(),
     );
     tokio::task::spawn_blocking(move || {
-        cni(
+        cni_for_pod(
             Path::new(env!("CARGO_BIN_EXE_danm")),
             &command,
             &cid,
             &netns,
             "eth0",
             &config,
+            &namespace,
         )
     })
     .await
@@ -319,6 +347,16 @@ spec:
     )
 }
 
+/// The names of a CNI result's interfaces, in order.
+fn interface_names(result: &Value) -> Vec<&str> {
+    result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect()
+}
+
 fn danm_conf(ipamd: &str, cni_dir: &Path, interfaces: Value) -> Value {
     json!({
         "cniVersion": "1.1.0", "name": "danm", "type": "danm",
@@ -347,12 +385,7 @@ async fn two_macvlan_interfaces_add_check_del() {
     assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
     let r = &add.stdout;
     assert_eq!(r["cniVersion"], "1.1.0");
-    let names: Vec<&str> = r["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names = interface_names(r);
     assert_eq!(names, ["eth0", "ext1"]);
     assert_eq!(r["interfaces"][0]["sandbox"], ns.path().as_str());
     let ips: Vec<&str> = r["ips"]
@@ -424,6 +457,101 @@ async fn two_macvlan_interfaces_add_check_del() {
     let check = danm("CHECK", "c-two", &ns.path(), &conf).await;
     assert!(!check.ok);
     assert_eq!(check.stdout["code"], 3);
+}
+
+/// ipamd on the Kubernetes store of the real API server: `danm` gets no interface list in
+/// its configuration; ipamd reads the pod and its `danm.io/interfaces` annotation from the
+/// API, allocates, and records DanmEps there; CHECK and DEL follow them; DEL removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_check_del_with_ipamd_on_the_real_api_server() {
+    use danm_crds::DanmEp;
+    use danm_ipamd::store::kube::KubeStore;
+    use danm_testkit::control_plane::ControlPlane;
+    use kube::api::{Api, ListParams};
+
+    let plane = ControlPlane::shared().await;
+    let namespace = plane.namespace("cni").await;
+    let ipamd_namespace = plane.namespace("danm-system").await;
+    let parent = Veth::new();
+    let netns = Netns::new();
+    plane
+        .kubectl_apply(&format!(
+            "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {{name: kube, namespace: {namespace}}}\nspec:\n  NetworkID: kube\n  NetworkType: macvlan\n  Options: {{host_device: {}, cidr: 10.57.0.0/24, net6: 'fd00:57::/64', container_prefix: kb}}\n",
+            parent.name
+        ))
+        .unwrap();
+    plane
+        .kubectl_apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pod-c-kube\n  namespace: {namespace}\n  annotations:\n    danm.io/interfaces: '[{{\"network\":\"kube\",\"ip\":\"dynamic\",\"ip6\":\"dynamic\"}},{{\"network\":\"kube\",\"ip\":\"10.57.0.9/24\"}}]'\nspec:\n  containers: [{{name: app, image: busybox:latest}}]\n"
+        ))
+        .unwrap();
+    let client = plane.client().await;
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone(), &ipamd_namespace).await);
+    let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(danm_ipamd::server::serve(
+        Arc::clone(&engine),
+        listener,
+        std::future::pending(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    // No `args`: the interfaces come from the pod's annotation, through ipamd.
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "danm", "type": "danm",
+        "ipamd": url, "cniDir": dir.path(),
+    });
+    let add = danm_for_pod("ADD", "c-kube", &netns.path(), &conf, &namespace).await;
+    assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
+    let names = interface_names(&add.stdout);
+    // As DANM names them: the pod's first interface is eth0, then prefix and index.
+    assert_eq!(names, ["eth0", "kb1"]);
+    let static_ip = netns.ip(&["addr", "show", "kb1"]);
+    assert!(static_ip.contains("10.57.0.9/24"), "{static_ip}");
+    let eth0 = netns.ip(&["addr", "show", "eth0"]);
+    assert!(
+        eth0.contains("10.57.0.") && eth0.contains("fd00:57::"),
+        "{eth0}"
+    );
+    let eps = Api::<DanmEp>::namespaced(client.clone(), &namespace);
+    let recorded = eps.list(&ListParams::default()).await.unwrap().items;
+    let mut addresses: Vec<(String, String)> = recorded
+        .iter()
+        .map(|e| {
+            (
+                e.spec.interface.name.clone(),
+                e.spec.interface.address.clone(),
+            )
+        })
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses.len(), 2, "{addresses:?}");
+    assert_eq!(
+        addresses[1],
+        ("kb1".to_string(), "10.57.0.9/24".to_string())
+    );
+    assert!(recorded.iter().all(|e| e.spec.pod == "pod-c-kube"));
+
+    let check = danm_for_pod("CHECK", "c-kube", &netns.path(), &conf, &namespace).await;
+    assert!(check.ok, "CHECK failed: {} {}", check.stdout, check.stderr);
+    let del = danm_for_pod("DEL", "c-kube", &netns.path(), &conf, &namespace).await;
+    assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
+    assert_eq!(netns.links(), ["lo"], "links removed");
+    assert!(
+        eps.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        engine
+            .list_allocations(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| a.network.namespace != namespace)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

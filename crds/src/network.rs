@@ -120,7 +120,15 @@ pub struct IpPoolV6 {
     kind = "DanmNet",
     namespaced,
     shortname = "dn",
-    shortname = "dnet"
+    shortname = "dnet",
+    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
+    printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
+    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
+    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
+    printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct DanmNetSpec {
     /// The network definition.
@@ -136,7 +144,15 @@ pub struct DanmNetSpec {
     kind = "TenantNetwork",
     namespaced,
     shortname = "tn",
-    shortname = "tnet"
+    shortname = "tnet",
+    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
+    printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
+    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
+    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
+    printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct TenantNetworkSpec {
     /// The network definition.
@@ -151,7 +167,15 @@ pub struct TenantNetworkSpec {
     version = "v1",
     kind = "ClusterNetwork",
     shortname = "cn",
-    shortname = "cnet"
+    shortname = "cnet",
+    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
+    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
+    printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
+    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
+    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
+    printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct ClusterNetworkSpec {
     /// The network definition.
@@ -167,7 +191,15 @@ pub struct ClusterNetworkSpec {
     kind = "DanmEp",
     namespaced,
     shortname = "de",
-    shortname = "dep"
+    shortname = "dep",
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.Pod"}"#,
+    printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.Interface.Name"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.Interface.Address"}"#,
+    printcolumn = r#"{"name":"IPv6","type":"string","jsonPath":".spec.Interface.AddressIPv6"}"#,
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.NetworkName"}"#,
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.apiType","priority":1}"#,
+    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.Host"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct DanmEpSpec {
     /// Name of the network the interface is connected to.

@@ -90,6 +90,13 @@ pub fn tenant_config_crd() -> CustomResourceDefinition {
         obj.remove("required");
         if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
             props.insert("metadata".into(), serde_json::json!({"type": "object"}));
+            // The API server sets apiVersion and kind itself and refuses a CRD that
+            // defaults them.
+            for field in ["apiVersion", "kind"] {
+                if let Some(p) = props.get_mut(field).and_then(|p| p.as_object_mut()) {
+                    p.remove("default");
+                }
+            }
         }
     }
     let props: JSONSchemaProps =

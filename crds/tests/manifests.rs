@@ -1,61 +1,20 @@
-//! Every danm.io manifest of DANM's reference material deserializes into our types, and the
-//! checked-in CRD YAML matches the types.
+//! Every danm.io manifest of the test fixtures (modelled on DANM's examples, written in this
+//! repository) deserializes into our types, and the checked-in CRD YAML matches the types.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use danm_crds::{ClusterNetwork, DanmEp, DanmNet, TenantConfig, TenantNetwork};
 use serde::Deserialize;
 
-fn reference_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/danm")
-}
-
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
-fn every_danm_reference_manifest_deserializes() {
-    let dir = reference_dir();
-    if !dir.exists() {
-        panic!(
-            "DANM reference manifests not found at {} (shared/ must sit beside the repository)",
-            dir.display()
-        );
-    }
-    let mut files = Vec::new();
-    for sub in ["example", "schema"] {
-        yaml_files(&dir.join(sub), &mut files);
-    }
+fn every_danm_example_manifest_deserializes() {
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
+    for (file, text) in danm_testkit::fixtures::all() {
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let Ok(value) = serde_yaml::Value::deserialize(doc) else {
-                // schema/*.yaml are annotated templates, not always valid YAML documents.
-                // (After an error serde_yaml's document iterator does not advance: stop.)
-                assert!(
-                    file.to_string_lossy().contains("/schema/"),
-                    "{} is not YAML",
-                    file.display()
-                );
-                break;
-            };
+            let value = serde_yaml::Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
             if value.get("apiVersion").and_then(|v| v.as_str()) != Some("danm.io/v1") {
                 continue;
-            }
-            if file.to_string_lossy().contains("/schema/") {
-                continue; // templates with placeholder values
             }
             let kind = value
                 .get("kind")
@@ -68,10 +27,10 @@ fn every_danm_reference_manifest_deserializes() {
                 "ClusterNetwork" => serde_yaml::from_value::<ClusterNetwork>(value).map(drop),
                 "TenantConfig" => serde_yaml::from_value::<TenantConfig>(value).map(drop),
                 "DanmEp" => serde_yaml::from_value::<DanmEp>(value).map(drop),
-                other => panic!("{}: unexpected danm.io kind {other}", file.display()),
+                other => panic!("{file}: unexpected danm.io kind {other}"),
             };
             if let Err(e) = result {
-                panic!("{}: {kind} does not deserialize: {e}", file.display());
+                panic!("{file}: {kind} does not deserialize: {e}");
             }
             *counts.entry(kind).or_default() += 1;
         }

@@ -1,8 +1,10 @@
-//! Three ipamd processes share one (stand-in) Kubernetes API with no leader: 3×32 callers
+//! Three ipamd processes share the real Kubernetes API server with no leader: 3×32 callers
 //! allocate 5,000 addresses from one /16, release half, allocate 2,500 again. No address is
 //! ever given twice, counts are exact, every live allocation has its DanmEp, and no
-//! AllocationShard comes near 64 KiB. Then the same with faults injected, and with one
-//! replica killed (SIGKILL) mid-load.
+//! AllocationShard comes near 64 KiB. Then the same with faults injected (by the fault proxy
+//! the replicas reach the API server through), and with one replica killed (SIGKILL)
+//! mid-load. The three runs take turns: each one's replicas watch every network of the
+//! cluster, and its reclaimers would see another run's in-flight allocations.
 
 mod common;
 
@@ -16,7 +18,8 @@ use common::free_port;
 use danm_crds::{AllocationShard, DanmEp, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
-use danm_testkit::apiserver::{ApiServer, Options};
+use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::fault_proxy::FaultProxy;
 use kube::api::{Api, ListParams, PostParams};
 use tokio::sync::Mutex;
 use tonic::Code;
@@ -32,19 +35,22 @@ impl Drop for Replica {
 
 type Client = IpamClient<tonic::transport::Channel>;
 
-fn net() -> Option<pb::NetworkRef> {
+/// The runs of this file take turns (see the overview).
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+fn net(ns: &str) -> Option<pb::NetworkRef> {
     Some(pb::NetworkRef {
         kind: pb::NetworkKind::DanmNet as i32,
-        namespace: "default".into(),
+        namespace: ns.into(),
         name: "big".into(),
     })
 }
 
-fn owner(cid: &str) -> Option<pb::Owner> {
+fn owner(ns: &str, cid: &str) -> Option<pb::Owner> {
     Some(pb::Owner {
         container_id: cid.into(),
         ifname: "eth0".into(),
-        pod_namespace: "default".into(),
+        pod_namespace: ns.into(),
         pod_name: format!("pod-{cid}"),
         ..Default::default()
     })
@@ -60,12 +66,12 @@ fn retryable(s: &tonic::Status) -> bool {
 
 /// Calls until it succeeds, moving to the next replica on UNAVAILABLE (as kubelet retries a
 /// failed CNI call and a Service sends it to a live replica).
-async fn allocate(clients: &[Client], first: usize, cid: &str) -> String {
+async fn allocate(clients: &[Client], ns: &str, first: usize, cid: &str) -> String {
     for attempt in 0..400 {
         let mut c = clients[(first + attempt) % clients.len()].clone();
         let request = pb::AllocateRequest {
-            network: net(),
-            owner: owner(cid),
+            network: net(ns),
+            owner: owner(ns, cid),
             ip: "dynamic".into(),
             ip6: String::new(),
         };
@@ -78,13 +84,13 @@ async fn allocate(clients: &[Client], first: usize, cid: &str) -> String {
     panic!("allocate {cid}: still unavailable after 400 tries");
 }
 
-async fn release(clients: &[Client], first: usize, cid: &str) {
+async fn release(clients: &[Client], ns: &str, first: usize, cid: &str) {
     for attempt in 0..400 {
         let mut c = clients[(first + attempt) % clients.len()].clone();
         match c
             .release(pb::ReleaseRequest {
-                network: net(),
-                owner: owner(cid),
+                network: net(ns),
+                owner: owner(ns, cid),
             })
             .await
         {
@@ -97,8 +103,8 @@ async fn release(clients: &[Client], first: usize, cid: &str) {
 }
 
 /// The network's shards and how many addresses they hold.
-async fn shards_and_count(client: &kube::Client) -> (Vec<AllocationShard>, u64) {
-    let shards = Api::<AllocationShard>::namespaced(client.clone(), "default")
+async fn shards_and_count(client: &kube::Client, ns: &str) -> (Vec<AllocationShard>, u64) {
+    let shards = Api::<AllocationShard>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
         .await
         .unwrap()
@@ -111,7 +117,7 @@ async fn shards_and_count(client: &kube::Client) -> (Vec<AllocationShard>, u64) 
 #[derive(Clone, Copy, PartialEq)]
 enum Trouble {
     None,
-    /// Every fault kind of the stand-in at this rate (per million requests).
+    /// Every fault kind of the fault proxy at this rate (per million requests).
     Faults(u32),
     /// SIGKILL replica 0 once this many allocations are done; the others go on.
     Kill(usize),
@@ -126,11 +132,15 @@ async fn run(trouble: Trouble) {
     // abandoned under faults) reclaimed. 3 s is far above any allocation's time between its
     // shard write and its record write here (injected timeouts hang 50 ms).
     let grace = if trouble == Trouble::None { "0" } else { "3" };
-    let server = ApiServer::start(Options::default()).await.unwrap();
+    let _turn = ONE_RUN_AT_A_TIME.lock().await;
+    let plane = ControlPlane::shared().await;
+    let ns = plane.namespace("replicas").await;
+    let ipamd_namespace = plane.namespace("danm-system").await;
+    let proxy = FaultProxy::start(plane).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
-    let client = server.client();
+    std::fs::write(&kubeconfig, proxy.kubeconfig()).unwrap();
+    let client = plane.client().await;
     let spec = NetworkSpec {
         network_id: "big".into(),
         options: NetworkOptions {
@@ -139,7 +149,7 @@ async fn run(trouble: Trouble) {
         },
         ..Default::default()
     };
-    Api::<DanmNet>::namespaced(client.clone(), "default")
+    Api::<DanmNet>::namespaced(client.clone(), &ns)
         .create(
             &PostParams::default(),
             &DanmNet::new("big", DanmNetSpec { network: spec }),
@@ -156,7 +166,7 @@ async fn run(trouble: Trouble) {
                 "--store",
                 "kube",
                 "--namespace",
-                "danm-system",
+                &ipamd_namespace,
                 "--listen",
                 &addr,
             ])
@@ -168,7 +178,8 @@ async fn run(trouble: Trouble) {
             ])
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(dir.path().join(format!("replica-{i}.log"))).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
@@ -176,8 +187,7 @@ async fn run(trouble: Trouble) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut c) = IpamClient::connect(format!("http://{addr}")).await
-                && let Ok(s) = c.status(pb::StatusRequest {}).await
-                && s.get_ref().networks == 1
+                && serves(&mut c, &ns).await
             {
                 clients.push(c);
                 break;
@@ -186,11 +196,8 @@ async fn run(trouble: Trouble) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    server
-        .faults()
-        .timeout_delay_ms
-        .store(50, Ordering::Relaxed);
-    server.faults().set_all(fault_ppm);
+    proxy.faults().timeout_delay_ms.store(50, Ordering::Relaxed);
+    proxy.faults().set_all(fault_ppm);
 
     let clients = Arc::new(clients);
     let held: Arc<Mutex<HashMap<String, String>>> = Arc::default();
@@ -201,6 +208,7 @@ async fn run(trouble: Trouble) {
                 let clients = Arc::clone(&clients);
                 let next = Arc::clone(&next);
                 let held = Arc::clone(&held);
+                let ns = ns.clone();
                 tokio::spawn(async move {
                     loop {
                         let n = next.fetch_add(1, Ordering::Relaxed);
@@ -208,7 +216,7 @@ async fn run(trouble: Trouble) {
                             return;
                         }
                         let cid = format!("{prefix}{n}");
-                        let ip = allocate(&clients, caller % 3, &cid).await;
+                        let ip = allocate(&clients, &ns, caller % 3, &cid).await;
                         held.lock().await.insert(cid, ip);
                     }
                 })
@@ -239,9 +247,10 @@ async fn run(trouble: Trouble) {
     for (i, chunk) in to_release.chunks(to_release.len().div_ceil(96)).enumerate() {
         let clients = Arc::clone(&clients);
         let chunk = chunk.to_vec();
+        let ns = ns.clone();
         tasks.push(tokio::spawn(async move {
             for cid in chunk {
-                release(&clients, i % 3, &cid).await;
+                release(&clients, &ns, i % 3, &cid).await;
             }
         }));
     }
@@ -258,14 +267,14 @@ async fn run(trouble: Trouble) {
     for t in phase(2500, "b") {
         t.await.unwrap();
     }
-    server.faults().set_all(0);
+    proxy.faults().set_all(0);
     if trouble != Trouble::None {
         // The (surviving) reclaimers: grace 3 s, a scan every 1.5 s; a leftover is freed
         // 3 to 6 s after it was made, later when the machine is loaded (the three tests of
         // this file run at once). Wait for the count to settle, up to 60 s.
         let started = Instant::now();
         loop {
-            let (_, allocated) = shards_and_count(&client).await;
+            let (_, allocated) = shards_and_count(&client, &ns).await;
             if allocated == 5000 || started.elapsed() > Duration::from_secs(60) {
                 println!("leftovers reclaimed within {:?}", started.elapsed());
                 break;
@@ -281,7 +290,7 @@ async fn run(trouble: Trouble) {
     assert_eq!(distinct.len(), 5000, "an address was given twice");
 
     // Every live allocation has its DanmEp, naming the same address, and no other is left.
-    let eps = Api::<DanmEp>::all(client.clone())
+    let eps = Api::<DanmEp>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
         .unwrap()
@@ -300,22 +309,83 @@ async fn run(trouble: Trouble) {
     assert_eq!(eps.len(), 5000, "no DanmEp left for a released owner");
 
     // The shards hold exactly the live allocations.
-    let (shards, allocated) = shards_and_count(&client).await;
+    let (shards, allocated) = shards_and_count(&client, &ns).await;
     let largest = shards
         .iter()
         .map(|s| serde_json::to_vec(s).unwrap().len())
         .max()
         .unwrap();
-    let (requests, writes, largest_write) = server.counters();
+    let (requests, writes, largest_write) = proxy.counters();
     println!(
-        "faults {fault_ppm} ppm, kill {}: {} shards, {allocated} addresses allocated for 5000 live owners, largest shard object {largest} bytes (largest write {largest_write}); stand-in served {requests} requests, {writes} writes; {} faults injected",
+        "faults {fault_ppm} ppm, kill {}: {} shards, {allocated} addresses allocated for 5000 live owners, largest shard object {largest} bytes (largest write {largest_write}); {requests} API requests, {writes} writes; {} faults injected",
         matches!(trouble, Trouble::Kill(_)),
         shards.len(),
-        server.faults().injected.load(Ordering::Relaxed)
+        proxy.faults().injected.load(Ordering::Relaxed)
     );
     assert!(largest < 64 * 1024);
+    if allocated != 5000 {
+        for i in 0..3 {
+            let log = std::fs::read_to_string(dir.path().join(format!("replica-{i}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            println!("--- replica {i}, last lines:");
+            for line in tail.into_iter().rev() {
+                println!("{line}");
+            }
+        }
+        let recorded: HashSet<&str> = held.values().map(String::as_str).collect();
+        let extra: Vec<String> = shard_addresses(&shards)
+            .into_iter()
+            .filter(|a| !recorded.contains(a.as_str()))
+            .collect();
+        println!("held in shards, named by no live owner: {extra:?}");
+    }
     assert_eq!(allocated, 5000, "exact count: nothing lost, nothing leaked");
     drop(replicas);
+    // The next run starts on a clean cluster: its replicas need not see this network, nor
+    // list this run's 5,000 DanmEps.
+    let all = ListParams::default();
+    Api::<DanmEp>::namespaced(client.clone(), &ns)
+        .delete_collection(&Default::default(), &all)
+        .await
+        .unwrap();
+    Api::<AllocationShard>::namespaced(client.clone(), &ns)
+        .delete_collection(&Default::default(), &all)
+        .await
+        .unwrap();
+    Api::<DanmNet>::namespaced(client, &ns)
+        .delete("big", &Default::default())
+        .await
+        .unwrap();
+}
+
+/// Every address the shards hold (decoded as ipamd decodes them).
+fn shard_addresses(shards: &[AllocationShard]) -> Vec<String> {
+    let mut out = Vec::new();
+    for shard in shards {
+        let Ok(bits) = danm_core::codec::ShardBits::decode(&shard.spec.payload, shard.spec.crc32)
+        else {
+            continue;
+        };
+        let first: std::net::Ipv4Addr = shard.spec.first.parse().unwrap();
+        for (offset, _) in bits.iter() {
+            let ip = std::net::Ipv4Addr::from(u32::from(first) + offset);
+            out.push(format!("{ip}/16"));
+        }
+    }
+    out
+}
+
+/// Whether this replica serves the network of namespace `ns`: a release for an owner that
+/// holds nothing there is a no-op (NOT_FOUND while the network is unknown).
+async fn serves(client: &mut Client, ns: &str) -> bool {
+    client
+        .release(pb::ReleaseRequest {
+            network: net(ns),
+            owner: owner(ns, "readiness-probe"),
+        })
+        .await
+        .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! ipamd started before its store can be reached (the API server still coming up) waits
-//! and retries with a growing pause instead of exiting, then serves.
+//! and retries with a growing pause instead of exiting, then serves. The API server "comes
+//! up" when a proxy to the real one starts listening on the address of ipamd's kubeconfig.
 
 mod common;
 
@@ -11,23 +12,24 @@ use common::{Daemon, free_port};
 use danm_crds::{DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
-use danm_testkit::apiserver::{ApiServer, Options};
+use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::fault_proxy::FaultProxy;
 use kube::api::{Api, PostParams};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
+    let plane = ControlPlane::shared().await;
+    let ipamd_namespace = plane.namespace("danm-system").await;
+    let ns = plane.namespace("startup").await;
+    // A kubeconfig for an address nothing listens on yet.
     let api_addr = format!("127.0.0.1:{}", free_port());
-    // The kubeconfig of a stand-in on that address, which is then stopped.
-    let first = ApiServer::start_on(&api_addr, Options::default())
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, first.kubeconfig()).unwrap();
-    first.stop();
-    while std::net::TcpStream::connect(&api_addr).is_ok() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    std::fs::write(
+        &kubeconfig,
+        danm_testkit::control_plane::plain_kubeconfig(&format!("http://{api_addr}")),
+    )
+    .unwrap();
 
     let grpc = format!("127.0.0.1:{}", free_port());
     let mut ipamd = Daemon(
@@ -36,7 +38,7 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
                 "--store",
                 "kube",
                 "--namespace",
-                "danm-system",
+                &ipamd_namespace,
                 "--listen",
                 &grpc,
             ])
@@ -54,13 +56,8 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
         "ipamd exited instead of waiting for the API server"
     );
 
-    // The API server comes up (on the same address) with a network.
-    let server = loop {
-        match ApiServer::start_on(&api_addr, Options::default()).await {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    // The API server comes up (on that address) with a network.
+    let _proxy = FaultProxy::start_on(plane, &api_addr).await.unwrap();
     let spec = NetworkSpec {
         network_id: "late".into(),
         options: NetworkOptions {
@@ -69,7 +66,7 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
         },
         ..Default::default()
     };
-    Api::<DanmNet>::namespaced(server.client(), "default")
+    Api::<DanmNet>::namespaced(plane.client().await, &ns)
         .create(
             &PostParams::default(),
             &DanmNet::new("late", DanmNetSpec { network: spec }),

@@ -1,4 +1,6 @@
-//! The Store conformance suite: every backend must pass every check here.
+//! The Store conformance suite: every backend must pass every check here. Each check runs
+//! on a fresh store, in a namespace of its own (on the real API server, which the checks of
+//! this binary share, networks and endpoints of other namespaces are not counted).
 
 use std::sync::Arc;
 
@@ -8,15 +10,15 @@ use danm_ipamd::store::file::FileStore;
 use danm_ipamd::store::kube::KubeStore;
 use danm_ipamd::store::memory::MemoryStore;
 use danm_ipamd::store::{EndpointRecord, NetworkObject, ShardKey, Store, StoreError, StoreEvent};
-use danm_testkit::apiserver::{ApiServer, Options};
+use danm_testkit::control_plane::ControlPlane;
 
-fn net(name: &str) -> NetworkKey {
-    NetworkKey::new(NetworkKind::DanmNet, "default", name)
+fn net(ns: &str, name: &str) -> NetworkKey {
+    NetworkKey::new(NetworkKind::DanmNet, ns, name)
 }
 
-fn shard(name: &str, index: u128) -> ShardKey {
+fn shard(ns: &str, name: &str, index: u128) -> ShardKey {
     ShardKey {
-        network: net(name),
+        network: net(ns, name),
         family: Family::V4,
         index,
     }
@@ -30,11 +32,11 @@ fn spec(payload: &str) -> AllocationShardSpec {
     }
 }
 
-fn endpoint(cid: &str, network: &str) -> EndpointRecord {
+fn endpoint(ns: &str, cid: &str, network: &str) -> EndpointRecord {
     EndpointRecord {
         owner: OwnerKey::new(cid, "eth0").unwrap(),
-        network: net(network),
-        namespace: "default".into(),
+        network: net(ns, network),
+        namespace: ns.into(),
         spec: DanmEpSpec {
             pod: format!("pod-{cid}"),
             cid: cid.into(),
@@ -50,11 +52,42 @@ fn endpoint(cid: &str, network: &str) -> EndpointRecord {
     }
 }
 
-async fn networks(store: &dyn Store) {
-    assert!(store.list_networks().await.unwrap().is_empty());
+/// The networks of namespace `ns`.
+async fn networks_in(store: &dyn Store, ns: &str) -> Vec<NetworkObject> {
+    let mut all = store.list_networks().await.unwrap();
+    all.retain(|n| n.key.namespace == ns);
+    all
+}
+
+/// How many endpoint records namespace `ns` holds.
+async fn endpoints_in(store: &dyn Store, ns: &str) -> usize {
+    let all = store.list_endpoints().await.unwrap();
+    all.iter().filter(|e| e.namespace == ns).count()
+}
+
+/// The next change event about namespace `ns` (a store on a shared API server also sees
+/// the networks of other namespaces).
+async fn next_event_in(
+    events: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+    ns: &str,
+) -> StoreEvent {
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.recv())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        match &event {
+            StoreEvent::Network(key) if key.namespace != ns => continue,
+            _ => return event,
+        }
+    }
+}
+
+async fn networks(store: &dyn Store, ns: &str) {
+    assert!(networks_in(store, ns).await.is_empty());
     let mut events = store.subscribe();
     let obj = NetworkObject {
-        key: net("a"),
+        key: net(ns, "a"),
         uid: "u1".into(),
         spec: NetworkSpec {
             network_id: "a".into(),
@@ -62,21 +95,24 @@ async fn networks(store: &dyn Store) {
         },
     };
     store.put_network(obj.clone()).await.unwrap();
-    assert_eq!(events.recv().await.unwrap(), StoreEvent::Network(net("a")));
+    assert_eq!(
+        next_event_in(&mut events, ns).await,
+        StoreEvent::Network(net(ns, "a"))
+    );
     // The UID is the backend's to assign (the API server does); key and spec round-trip.
-    let got = store.get_network(&net("a")).await.unwrap().unwrap();
+    let got = store.get_network(&net(ns, "a")).await.unwrap().unwrap();
     assert_eq!((&got.key, &got.spec), (&obj.key, &obj.spec));
     let mut changed = obj.clone();
     changed.spec.network_id = "b".into();
     store.put_network(changed.clone()).await.unwrap();
-    let got = store.get_network(&net("a")).await.unwrap().unwrap();
+    let got = store.get_network(&net(ns, "a")).await.unwrap().unwrap();
     assert_eq!((&got.key, &got.spec), (&changed.key, &changed.spec));
-    assert_eq!(store.list_networks().await.unwrap().len(), 1);
-    assert_eq!(store.get_network(&net("zz")).await.unwrap(), None);
+    assert_eq!(networks_in(store, ns).await.len(), 1);
+    assert_eq!(store.get_network(&net(ns, "zz")).await.unwrap(), None);
 }
 
-async fn shard_compare_and_swap(store: &dyn Store) {
-    let k = shard("cas", 0);
+async fn shard_compare_and_swap(store: &dyn Store, ns: &str) {
+    let k = shard(ns, "cas", 0);
     assert_eq!(store.get_shard(&k).await.unwrap(), None);
     let v1 = store.create_shard(&k, spec("one")).await.unwrap();
     assert!(matches!(
@@ -102,14 +138,18 @@ async fn shard_compare_and_swap(store: &dyn Store) {
     );
     // Updating a shard that does not exist is NotFound.
     assert!(matches!(
-        store.update_shard(&shard("cas", 9), spec("x"), &v2).await,
+        store
+            .update_shard(&shard(ns, "cas", 9), spec("x"), &v2)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }
 
-async fn concurrent_cas_has_one_winner(store: Arc<dyn Store>) {
-    let k = shard("race", 0);
-    let v = store.create_shard(&k, spec("0")).await.unwrap();
+async fn concurrent_cas_has_one_winner(store: Arc<dyn Store>, ns: &str) {
+    let k = shard(ns, "race", 0);
+    // Every racer writes a payload that differs from the stored one: the real API server
+    // answers a write that changes nothing with success and the same resourceVersion.
+    let v = store.create_shard(&k, spec("start")).await.unwrap();
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -129,23 +169,23 @@ async fn concurrent_cas_has_one_winner(store: Arc<dyn Store>) {
     assert_eq!(wins, 1, "exactly one compare-and-swap wins");
 }
 
-async fn shards_listed_per_network(store: &dyn Store) {
+async fn shards_listed_per_network(store: &dyn Store, ns: &str) {
     for i in [3u128, 1, 2, 0x1_0000_0000_0000] {
         store
-            .create_shard(&shard("list", i), spec("x"))
+            .create_shard(&shard(ns, "list", i), spec("x"))
             .await
             .unwrap();
     }
     store
-        .create_shard(&shard("list2", 0), spec("x"))
+        .create_shard(&shard(ns, "list2", 0), spec("x"))
         .await
         .unwrap();
     store
-        .create_shard(&shard("lis", 0), spec("x"))
+        .create_shard(&shard(ns, "lis", 0), spec("x"))
         .await
         .unwrap();
     let listed: Vec<u128> = store
-        .list_shards(&net("list"))
+        .list_shards(&net(ns, "list"))
         .await
         .unwrap()
         .into_iter()
@@ -159,23 +199,31 @@ async fn shards_listed_per_network(store: &dyn Store) {
     // Deleting a network deletes its shards, and only its shards.
     store
         .put_network(NetworkObject {
-            key: net("list"),
+            key: net(ns, "list"),
             uid: String::new(),
             spec: NetworkSpec::default(),
         })
         .await
         .unwrap();
-    assert!(store.delete_network(&net("list")).await.unwrap());
-    assert!(store.list_shards(&net("list")).await.unwrap().is_empty());
-    assert_eq!(store.list_shards(&net("list2")).await.unwrap().len(), 1);
-    assert!(!store.delete_network(&net("list")).await.unwrap());
+    assert!(store.delete_network(&net(ns, "list")).await.unwrap());
+    assert!(
+        store
+            .list_shards(&net(ns, "list"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.list_shards(&net(ns, "list2")).await.unwrap().len(), 1);
+    assert!(!store.delete_network(&net(ns, "list")).await.unwrap());
 }
 
-async fn endpoints(store: &dyn Store) {
-    let e = endpoint("c1", "a");
+async fn endpoints(store: &dyn Store, ns: &str) {
+    let e = endpoint(ns, &format!("{ns}-c1"), "a");
     store.create_endpoint(e.clone()).await.unwrap();
     assert!(matches!(
-        store.create_endpoint(endpoint("c1", "b")).await,
+        store
+            .create_endpoint(endpoint(ns, &format!("{ns}-c1"), "b"))
+            .await,
         Err(StoreError::AlreadyExists(_))
     ));
     assert_eq!(
@@ -190,8 +238,11 @@ async fn endpoints(store: &dyn Store) {
         Some(e.clone()),
         "found without the namespace too"
     );
-    store.create_endpoint(endpoint("c2", "a")).await.unwrap();
-    assert_eq!(store.list_endpoints().await.unwrap().len(), 2);
+    store
+        .create_endpoint(endpoint(ns, &format!("{ns}-c2"), "a"))
+        .await
+        .unwrap();
+    assert_eq!(endpoints_in(store, ns).await, 2);
     assert!(
         store
             .delete_endpoint(&e.owner, Some(&e.namespace))
@@ -212,25 +263,36 @@ async fn endpoints(store: &dyn Store) {
             .unwrap(),
         None
     );
-    assert_eq!(store.list_endpoints().await.unwrap().len(), 1);
+    assert_eq!(endpoints_in(store, ns).await, 1);
 }
 
-/// Runs every check, each on a fresh store from `make`.
+/// Runs every check, each on a fresh store and namespace from `make`.
 async fn suite<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Arc<dyn Store>>,
+    Fut: std::future::Future<Output = (Arc<dyn Store>, String)>,
 {
-    networks(make().await.as_ref()).await;
-    shard_compare_and_swap(make().await.as_ref()).await;
-    concurrent_cas_has_one_winner(make().await).await;
-    shards_listed_per_network(make().await.as_ref()).await;
-    endpoints(make().await.as_ref()).await;
+    let (store, ns) = make().await;
+    networks(store.as_ref(), &ns).await;
+    let (store, ns) = make().await;
+    shard_compare_and_swap(store.as_ref(), &ns).await;
+    let (store, ns) = make().await;
+    concurrent_cas_has_one_winner(store, &ns).await;
+    let (store, ns) = make().await;
+    shards_listed_per_network(store.as_ref(), &ns).await;
+    let (store, ns) = make().await;
+    endpoints(store.as_ref(), &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_conforms() {
-    suite(|| async { Arc::new(MemoryStore::new()) as Arc<dyn Store> }).await;
+    suite(|| async {
+        (
+            Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+            "default".to_owned(),
+        )
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,21 +302,26 @@ async fn file_store_conforms() {
     suite(|| {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.path().join(format!("s{n}.redb"));
-        async move { Arc::new(FileStore::open(path).unwrap()) as Arc<dyn Store> }
+        async move {
+            (
+                Arc::new(FileStore::open(path).unwrap()) as Arc<dyn Store>,
+                "default".to_owned(),
+            )
+        }
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_store_conforms_against_the_api_stand_in() {
-    let servers = std::sync::Mutex::new(Vec::new());
+async fn kube_store_conforms_on_the_real_api_server() {
+    let plane = ControlPlane::shared().await;
+    let ipamd_namespace = plane.namespace("danm-system").await;
     suite(|| {
-        let servers = &servers;
+        let ipamd_namespace = ipamd_namespace.clone();
         async move {
-            let server = ApiServer::start(Options::default()).await.unwrap();
-            let store = KubeStore::new(server.client(), "danm-system").await;
-            servers.lock().unwrap().push(server);
-            Arc::new(store) as Arc<dyn Store>
+            let ns = plane.namespace("conformance").await;
+            let store = KubeStore::new(plane.client().await, &ipamd_namespace).await;
+            (Arc::new(store) as Arc<dyn Store>, ns)
         }
     })
     .await;
@@ -262,22 +329,26 @@ async fn kube_store_conforms_against_the_api_stand_in() {
 
 #[tokio::test]
 async fn file_store_keeps_state_across_reopen() {
+    let ns = "default";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
     let v = {
         let store = FileStore::open(&path).unwrap();
-        store.create_endpoint(endpoint("c1", "a")).await.unwrap();
         store
-            .create_shard(&shard("p", 0), spec("kept"))
+            .create_endpoint(endpoint(ns, &format!("{ns}-c1"), "a"))
+            .await
+            .unwrap();
+        store
+            .create_shard(&shard(ns, "p", 0), spec("kept"))
             .await
             .unwrap()
     };
     let store = FileStore::open(&path).unwrap();
-    let s = store.get_shard(&shard("p", 0)).await.unwrap().unwrap();
+    let s = store.get_shard(&shard(ns, "p", 0)).await.unwrap().unwrap();
     assert_eq!((s.version, s.spec.payload.as_str()), (v.clone(), "kept"));
-    assert_eq!(store.list_endpoints().await.unwrap().len(), 1);
+    assert_eq!(endpoints_in(&store, ns).await, 1);
     let v2 = store
-        .update_shard(&shard("p", 0), spec("new"), &v)
+        .update_shard(&shard(ns, "p", 0), spec("new"), &v)
         .await
         .unwrap();
     assert!(

@@ -1,14 +1,41 @@
 //! Test-only helpers; never linked into a product binary.
 //!
-//! [`apiserver`]: a Kubernetes API stand-in over real HTTP, reached through the real
-//! `kube::Client`. It serves any resource path (`/api/v1/...`, `/apis/GROUP/VERSION/...`,
-//! namespaced or cluster scoped) with the behaviours our components rely on, each pinned by
-//! a test in `tests/apiserver.rs`: create (409 AlreadyExists), get/replace/delete (404
-//! NotFound), replace with a stale `metadata.resourceVersion` (409 Conflict), merge patch,
-//! list and watch with label and field selectors, watch bookmarks, 410 Gone for a
-//! resourceVersion older than the retained history, the 1.5 MiB object limit (413),
-//! cascading deletion through `ownerReferences`, and injectable write latency and faults
-//! (500s, conflicts, timeouts whose write may or may not have happened, dropped watches).
-//! It runs in-process ([`apiserver::ApiServer::start`]) or as the `fake-apiserver` binary.
+//! * [`control_plane`]: a real Kubernetes control plane (etcd, kube-apiserver,
+//!   kube-controller-manager, optionally kube-scheduler) built from the upstream Go modules
+//!   pinned in `testkit/k8s/`, started once per test binary with generated certificates,
+//!   RBAC and the danm.io CRDs: what every Kubernetes-facing test runs against.
+//! * [`fault_proxy`]: an HTTP proxy in front of that API server that injects faults on
+//!   demand (500s, conflicts, timeouts whose write did or did not land, dropped watches) and
+//!   counts requests and writes.
+//! * [`fixtures`]: manifests modelled on DANM's examples, written in this repository.
+//! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
+//!   figures with the real API server's, and for the tests that pin where the two agree.
 
 pub mod apiserver;
+pub mod control_plane;
+pub mod fault_proxy;
+pub mod fixtures;
+
+/// Serves `router` on `listener` in a task until the returned sender is used or dropped,
+/// with TCP_NODELAY on every connection, as Go's net/http (the real API server) does.
+pub(crate) fn serve_until_stopped(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    what: &'static str,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+    stop
+}

@@ -6,7 +6,7 @@ mod state;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use selector::Selector;
 pub use state::{ApiError, Event, ObjectKey, State, merge_patch};
 
-/// The etcd object size limit the API server enforces.
+/// etcd's request size limit, which bounds an object's size.
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// The API server's request body limit.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
 /// How the stand-in behaves.
 #[derive(Clone, Debug)]
@@ -48,65 +50,12 @@ impl Default for Options {
     }
 }
 
-/// Faults to inject, each in requests per million; changeable while running.
-#[derive(Debug, Default)]
-pub struct Faults {
-    /// Any request answered 500 InternalError before it is served.
-    pub internal_error_ppm: AtomicU32,
-    /// Replace/patch answered 409 Conflict although its resourceVersion was current.
-    pub conflict_ppm: AtomicU32,
-    /// Writes that time out (504 after `timeout_delay`); half of them were applied first.
-    pub timeout_ppm: AtomicU32,
-    /// Watches ended early, after a random fraction of a second.
-    pub drop_watch_ppm: AtomicU32,
-    /// How long a timed-out request hangs before its 504.
-    pub timeout_delay_ms: AtomicU64,
-    /// Faults injected so far.
-    pub injected: AtomicU64,
-    rng: AtomicU64,
-}
-
-impl Faults {
-    /// Sets every fault rate to `ppm` (requests per million).
-    pub fn set_all(&self, ppm: u32) {
-        for f in [
-            &self.internal_error_ppm,
-            &self.conflict_ppm,
-            &self.timeout_ppm,
-            &self.drop_watch_ppm,
-        ] {
-            f.store(ppm, Ordering::Relaxed);
-        }
-    }
-
-    fn random(&self) -> u64 {
-        // xorshift64*, seeded lazily; good enough to spread faults.
-        let mut x = self.rng.load(Ordering::Relaxed);
-        if x == 0 {
-            x = 0x9E37_79B9_7F4A_7C15;
-        }
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn roll(&self, rate: &AtomicU32) -> bool {
-        let ppm = u64::from(rate.load(Ordering::Relaxed));
-        let hit = ppm > 0 && self.random() % 1_000_000 < ppm;
-        if hit {
-            self.injected.fetch_add(1, Ordering::Relaxed);
-        }
-        hit
-    }
-}
-
 struct App {
     state: Mutex<State>,
     events: broadcast::Sender<Event>,
     options: Options,
-    faults: Arc<Faults>,
+    /// Names made from `generateName`.
+    generated: AtomicU64,
     requests: AtomicU64,
     writes: AtomicU64,
     conflicts: AtomicU64,
@@ -142,28 +91,14 @@ impl ApiServer {
             state: Mutex::new(State::new(options.history)),
             events: broadcast::channel(65_536).0,
             options,
-            faults: Arc::default(),
+            generated: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             largest_object: AtomicU64::new(0),
         });
         let router = Router::new().fallback(handle).with_state(Arc::clone(&app));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            // TCP_NODELAY on every connection, as Go's net/http (the real API server) does.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "fake apiserver stopped");
-            }
-        });
+        let stop = crate::serve_until_stopped(listener, router, "API stand-in");
         Ok(ApiServer {
             addr,
             app,
@@ -198,11 +133,6 @@ impl ApiServer {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n",
             self.url()
         )
-    }
-
-    /// The fault switches.
-    pub fn faults(&self) -> &Faults {
-        &self.app.faults
     }
 
     /// Writes answered 409 Conflict (a stale resourceVersion, or injected).
@@ -302,13 +232,6 @@ async fn handle(
             &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-danm-testkit"}),
         );
     }
-    if app.faults.roll(&app.faults.internal_error_ppm) {
-        return error(ApiError::new(
-            500,
-            "InternalError",
-            "Internal error occurred: injected fault",
-        ));
-    }
     let Some(target) = parse_path(uri.path()) else {
         return error(ApiError::new(
             404,
@@ -324,45 +247,24 @@ async fn handle(
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     );
     if is_write {
-        if body.len() > app.options.max_object_bytes {
+        // As the real API server: a body over 3 MiB is refused at once (413); an object
+        // over etcd's 1.5 MiB request limit fails when it is stored (500).
+        if body.len() > MAX_REQUEST_BYTES {
             return error(ApiError::new(
                 413,
                 "RequestEntityTooLarge",
-                format!(
-                    "Request entity too large: limit is {}",
-                    app.options.max_object_bytes
-                ),
+                format!("Request entity too large: limit is {MAX_REQUEST_BYTES}"),
+            ));
+        }
+        if body.len() > app.options.max_object_bytes {
+            return error(ApiError::new(
+                500,
+                "InternalError",
+                "etcdserver: request is too large",
             ));
         }
         if !app.options.write_latency.is_zero() {
             tokio::time::sleep(app.options.write_latency).await;
-        }
-        if app.faults.roll(&app.faults.timeout_ppm) {
-            let applied = app.faults.random() % 2 == 0;
-            if applied {
-                let _ = serve_write(&app, &method, &target, &query, &headers, &body);
-            }
-            let delay = app.faults.timeout_delay_ms.load(Ordering::Relaxed).max(1);
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            return error(ApiError::new(
-                504,
-                "Timeout",
-                "Timeout: request did not complete within requested timeout - context deadline exceeded",
-            ));
-        }
-        if matches!(method, Method::PUT | Method::PATCH)
-            && app.faults.roll(&app.faults.conflict_ppm)
-        {
-            app.conflicts.fetch_add(1, Ordering::Relaxed);
-            return error(ApiError::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again (injected)",
-                    target.resource,
-                    target.name.clone().unwrap_or_default()
-                ),
-            ));
         }
         return match serve_write(&app, &method, &target, &query, &headers, &body) {
             Ok((code, v)) => respond(code, &v),
@@ -473,7 +375,10 @@ fn serve_write(
                     .pointer("/metadata/generateName")
                     .and_then(Value::as_str)
                 {
-                    Some(prefix) => format!("{prefix}{:05x}", app.faults.random() % 0x10_0000),
+                    Some(prefix) => format!(
+                        "{prefix}{:05x}",
+                        app.generated.fetch_add(1, Ordering::Relaxed)
+                    ),
                     None => {
                         return Err(ApiError::new(
                             422,
@@ -607,10 +512,6 @@ fn watch(
         .get("resourceVersion")
         .and_then(|rv| rv.parse::<u64>().ok())
         .filter(|rv| *rv > 0);
-    let drop_after = app
-        .faults
-        .roll(&app.faults.drop_watch_ppm)
-        .then(|| Duration::from_millis(app.faults.random() % 500));
     let resource = target.resource.clone();
     let list_namespace = target.namespace.clone();
     let matches = move |e: &Event| {
@@ -686,7 +587,7 @@ fn watch(
                 return;
             }
         }
-        let deadline = tokio::time::sleep(drop_after.unwrap_or(timeout).min(timeout));
+        let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(app.options.bookmark_interval);
         ticker.tick().await;

@@ -1,0 +1,163 @@
+//! The Kubernetes API a bench run works against: the in-process stand-in (a set write
+//! latency, counters kept by the stand-in itself) or the real control plane of `testkit`
+//! (etcd with fsync on disk, kube-apiserver; counters read from the API server's own
+//! `apiserver_request_total` metric, so nothing sits between the callers and the server).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use danm_testkit::apiserver::{ApiServer, Options};
+use danm_testkit::control_plane::{ControlPlane, Options as PlaneOptions};
+
+/// Which API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiKind {
+    /// testkit's in-memory stand-in, with `--write-latency-ms` added to every write.
+    StandIn,
+    /// A real kube-apiserver and etcd (fsync on), built by testkit/k8s/build.sh.
+    Real,
+}
+
+/// What the API server served, as far as the bench counts it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// Requests of any kind.
+    pub requests: u64,
+    /// Creates, updates, patches and deletes that were applied (2xx answers).
+    pub writes: u64,
+    /// Writes answered 409 (stale resourceVersion; on the real server AlreadyExists too).
+    pub conflicts: u64,
+    /// The largest write body (the stand-in only).
+    pub largest_write: Option<u64>,
+}
+
+/// A running API server for one bench run.
+pub enum Target {
+    /// The stand-in.
+    StandIn(ApiServer),
+    /// The real control plane.
+    Real(Box<ControlPlane>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::StandIn(s) => write!(f, "stand-in at {}", s.url()),
+            Target::Real(p) => write!(f, "kube-apiserver at {}", p.url()),
+        }
+    }
+}
+
+impl Target {
+    /// Starts a fresh API server of `kind`.
+    pub async fn start(kind: ApiKind, write_latency: Duration) -> anyhow::Result<Target> {
+        Ok(match kind {
+            ApiKind::StandIn => Target::StandIn(
+                ApiServer::start(Options {
+                    write_latency,
+                    ..Options::default()
+                })
+                .await?,
+            ),
+            ApiKind::Real => Target::Real(Box::new(
+                ControlPlane::start(PlaneOptions {
+                    etcd_fsync: true,
+                    ..PlaneOptions::default()
+                })
+                .await
+                .context("starting the real control plane (testkit/k8s/build.sh builds it)")?,
+            )),
+        })
+    }
+
+    /// An administrator's client.
+    pub async fn client(&self) -> kube::Client {
+        match self {
+            Target::StandIn(s) => s.client(),
+            Target::Real(p) => p.client().await,
+        }
+    }
+
+    /// Writes a kubeconfig for ipamd to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
+        match self {
+            Target::StandIn(s) => std::fs::write(path, s.kubeconfig())?,
+            Target::Real(p) => {
+                std::fs::copy(p.kubeconfig(), path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The counters so far.
+    pub async fn counters(&self) -> anyhow::Result<Counters> {
+        match self {
+            Target::StandIn(s) => {
+                let (requests, writes, largest) = s.counters();
+                Ok(Counters {
+                    requests,
+                    writes,
+                    conflicts: s.conflicts(),
+                    largest_write: Some(largest),
+                })
+            }
+            Target::Real(p) => {
+                let request = http::Request::get("/metrics").body(Vec::new())?;
+                let text = p.client().await.request_text(request).await?;
+                Ok(request_counters(&text))
+            }
+        }
+    }
+}
+
+/// Sums `apiserver_request_total` of a Prometheus text exposition.
+fn request_counters(metrics: &str) -> Counters {
+    let mut c = Counters::default();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"'))
+        };
+        let n = value as u64;
+        c.requests += n;
+        if matches!(label("verb"), Some("POST" | "PUT" | "PATCH" | "DELETE")) {
+            match label("code") {
+                Some(code) if code.starts_with('2') => c.writes += n,
+                Some("409") => c.conflicts += n,
+                _ => {}
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counters_sum_the_api_servers_metric() {
+        let text = r#"# HELP apiserver_request_total x
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="danm.io",resource="danmnets",scope="resource",subresource="",verb="GET",version="v1"} 7
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="danm.io",resource="danmnets",scope="resource",subresource="",verb="PUT",version="v1"} 5
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="danm.io",resource="danmnets",scope="resource",subresource="",verb="PUT",version="v1"} 3
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="danm.io",resource="danmeps",scope="resource",subresource="",verb="POST",version="v1"} 2
+apiserver_request_duration_seconds_count{verb="PUT"} 99
+"#;
+        let c = request_counters(text);
+        assert_eq!((c.requests, c.writes, c.conflicts), (17, 7, 3));
+        assert_eq!(c.largest_write, None);
+    }
+}
