@@ -472,6 +472,7 @@ async fn container_interfaces(
     let plans = client
         .interfaces(pb::InterfacesRequest {
             container_id: request.container_id.clone(),
+            pod_namespace: request.pod_namespace().to_owned(),
         })
         .await
         .map_err(|s| ipamd::cni_error("looking up the container's interfaces", &s))?
@@ -564,7 +565,7 @@ impl Plugin for Danm {
                         errors.push(CniError::new(ErrorCode::InterfaceFailed, "rollback", e));
                     }
                 }
-                self.release_all(&config, request, &mut errors).await;
+                self.release_all(&mut client, request, &mut errors).await;
                 return Err(combine("ADD failed and was rolled back", errors));
             }
         };
@@ -591,13 +592,13 @@ impl Plugin for Danm {
                 errors.push(CniError::new(ErrorCode::InterfaceFailed, "rollback", e));
             }
         }
-        self.release_all(&config, request, &mut errors).await;
+        self.release_all(&mut client, request, &mut errors).await;
         Err(combine("ADD failed and was rolled back", errors))
     }
 
     async fn del(&self, request: &Request) -> Result<(), CniError> {
         let config = DanmConfig::parse(&request.config)?;
-        let (_, plans) = container_interfaces(&config, request).await?;
+        let (mut client, plans) = container_interfaces(&config, request).await?;
         let netns_alive = !request.netns.is_empty() && Path::new(&request.netns).exists();
         let mut errors = Vec::new();
         // SR-IOV devices, handed out in interface order as at ADD.
@@ -642,7 +643,7 @@ impl Plugin for Danm {
                 errors.push(failed(plan, ErrorCode::InterfaceFailed, e));
             }
         }
-        self.release_all(&config, request, &mut errors).await;
+        self.release_all(&mut client, request, &mut errors).await;
         if errors.is_empty() {
             Ok(())
         } else {
@@ -713,26 +714,22 @@ impl Plugin for Danm {
 }
 
 impl Danm {
-    /// Detach: every address of the container back to ipamd.
+    /// Detach: every address of the container back to ipamd, over the connection already
+    /// open (the replica that attached the container knows its records at once).
     async fn release_all(
         &self,
-        config: &DanmConfig,
+        client: &mut IpamClient<Channel>,
         request: &Request,
         errors: &mut Vec<CniError>,
     ) {
-        let outcome = async {
-            let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
-            client
-                .detach(pb::DetachRequest {
-                    container_id: request.container_id.clone(),
-                    pod_namespace: request.pod_namespace().to_owned(),
-                    pod_name: request.arg("K8S_POD_NAME").unwrap_or_default().to_owned(),
-                })
-                .await
-                .map_err(|s| ipamd::cni_error("releasing the container's addresses", &s))?;
-            Ok::<(), CniError>(())
-        }
-        .await;
+        let outcome = client
+            .detach(pb::DetachRequest {
+                container_id: request.container_id.clone(),
+                pod_namespace: request.pod_namespace().to_owned(),
+                pod_name: request.arg("K8S_POD_NAME").unwrap_or_default().to_owned(),
+            })
+            .await
+            .map_err(|s| ipamd::cni_error("releasing the container's addresses", &s));
         if let Err(e) = outcome {
             errors.push(e);
         }

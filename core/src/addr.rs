@@ -63,6 +63,66 @@ impl fmt::Display for Family {
     }
 }
 
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+}
+
+/// One value per address family: what an interface asks or holds for IPv4 and for IPv6.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PerFamily<T> {
+    /// The IPv4 value.
+    pub v4: T,
+    /// The IPv6 value.
+    pub v6: T,
+}
+
+impl<T> PerFamily<T> {
+    /// A pair from its two values.
+    pub fn new(v4: T, v6: T) -> PerFamily<T> {
+        PerFamily { v4, v6 }
+    }
+
+    /// The value of `family`.
+    pub fn get(&self, family: Family) -> &T {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
+    /// The value of `family`, to change.
+    pub fn get_mut(&mut self, family: Family) -> &mut T {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+
+    /// Both values with their family, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, &T)> {
+        [(Family::V4, &self.v4), (Family::V6, &self.v6)].into_iter()
+    }
+
+    /// A pair of `f` applied to each value with its family.
+    pub fn map<U>(self, mut f: impl FnMut(Family, T) -> U) -> PerFamily<U> {
+        PerFamily {
+            v4: f(Family::V4, self.v4),
+            v6: f(Family::V6, self.v6),
+        }
+    }
+
+    /// Whether `f` holds for both values.
+    pub fn all(&self, mut f: impl FnMut(Family, &T) -> bool) -> bool {
+        f(Family::V4, &self.v4) && f(Family::V6, &self.v6)
+    }
+
+    /// Whether `f` holds for either value.
+    pub fn any(&self, mut f: impl FnMut(Family, &T) -> bool) -> bool {
+        f(Family::V4, &self.v4) || f(Family::V6, &self.v6)
+    }
+}
+
 /// Why a CIDR or address did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddrError {

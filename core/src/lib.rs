@@ -22,7 +22,7 @@ pub mod network;
 pub mod owner;
 pub mod policy;
 
-pub use addr::{Cidr, Family};
+pub use addr::{Cidr, Family, PerFamily};
 pub use codec::{CodecError, ShardBits};
 pub use network::{FamilyPlan, NetworkError, NetworkKey, NetworkKind, NetworkPlan};
 pub use owner::OwnerKey;

@@ -26,6 +26,14 @@ pub enum NetworkKind {
 }
 
 impl NetworkKind {
+    /// Every kind, in the order a pod's default network is looked for: the namespace's
+    /// DanmNet, its TenantNetwork, then the ClusterNetwork.
+    pub const ALL: [NetworkKind; 3] = [
+        NetworkKind::DanmNet,
+        NetworkKind::TenantNetwork,
+        NetworkKind::ClusterNetwork,
+    ];
+
     /// The Kubernetes kind name.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -41,6 +41,12 @@ pub struct AllocationShardSpec {
     pub crc32: u32,
     /// Base64 of the shard codec bytes.
     pub payload: String,
+    /// Writes of this shard so far: every write changes it, so that a write that changes
+    /// no address still changes the object (ipamd's renewal of an owner's claim relies on
+    /// it; the API server answers a write that changes nothing without a new
+    /// resourceVersion).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// Reference from a shard to its network.

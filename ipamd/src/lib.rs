@@ -4,13 +4,17 @@
 //!   compare-and-swap, endpoint records, change events) and its backends.
 //! * [`worker`]: one task per network that caches its shards, picks addresses and commits
 //!   every round of concurrent requests with one write per touched shard (group commit).
-//! * [`engine`]: owners, idempotency, endpoint records, Attach/Detach/Gc/Check.
+//! * [`engine`]: owners, idempotency, endpoint records, Attach/Detach/Gc/Check, the orphan
+//!   reclaimer and the migration from DANM; [`error`] and [`metrics`] are what it and the
+//!   workers share.
 //! * [`networks`]: networks from YAML manifests (the embedded store's `--networks DIR`).
 //! * [`service`]: the `danm.ipam.v1.Ipam` gRPC service and its status codes;
 //!   [`server`] serves it with gRPC health and reflection.
 //! * [`showalloc`]: the showalloc CLI's rendering, in DANM's format.
 
 pub mod engine;
+pub mod error;
+pub mod metrics;
 pub mod networks;
 pub mod server;
 pub mod service;

@@ -18,7 +18,7 @@ use danm_proto::v1::ipam_server::Ipam;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::engine::{AttachInput, Engine, EngineError, OwnerInfo};
+use crate::engine::{AttachInput, Engine, EngineError, Metrics, OwnerInfo};
 
 /// The gRPC service over an engine.
 #[derive(Debug, Clone)]
@@ -72,17 +72,15 @@ fn invalid(field: &str, message: &str) -> Status {
 /// Decodes a network reference; `field` names it in errors.
 pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey, Status> {
     let r = r.ok_or_else(|| invalid(field, "is required"))?;
-    let kind = match pb::NetworkKind::try_from(r.kind) {
-        Ok(pb::NetworkKind::DanmNet) => NetworkKind::DanmNet,
-        Ok(pb::NetworkKind::TenantNetwork) => NetworkKind::TenantNetwork,
-        Ok(pb::NetworkKind::ClusterNetwork) => NetworkKind::ClusterNetwork,
-        _ => {
-            return Err(invalid(
+    let kind = pb::NetworkKind::try_from(r.kind)
+        .ok()
+        .and_then(kind_from_proto)
+        .ok_or_else(|| {
+            invalid(
                 &format!("{field}.kind"),
                 "must be DANM_NET, TENANT_NETWORK or CLUSTER_NETWORK",
-            ));
-        }
-    };
+            )
+        })?;
     if r.name.is_empty() {
         return Err(invalid(&format!("{field}.name"), "must not be empty"));
     }
@@ -98,13 +96,28 @@ pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey
 /// Encodes a network key.
 pub fn network_ref(key: &NetworkKey) -> pb::NetworkRef {
     pb::NetworkRef {
-        kind: match key.kind {
-            NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
-            NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
-            NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
-        } as i32,
+        kind: kind_to_proto(key.kind) as i32,
         namespace: key.namespace.clone(),
         name: key.name.clone(),
+    }
+}
+
+/// A network kind as the API sends it; `None` for the unspecified value.
+pub fn kind_from_proto(kind: pb::NetworkKind) -> Option<NetworkKind> {
+    match kind {
+        pb::NetworkKind::DanmNet => Some(NetworkKind::DanmNet),
+        pb::NetworkKind::TenantNetwork => Some(NetworkKind::TenantNetwork),
+        pb::NetworkKind::ClusterNetwork => Some(NetworkKind::ClusterNetwork),
+        _ => None,
+    }
+}
+
+/// A network kind as the API carries it.
+pub fn kind_to_proto(kind: NetworkKind) -> pb::NetworkKind {
+    match kind {
+        NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
+        NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
+        NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
     }
 }
 
@@ -219,9 +232,10 @@ impl Ipam for IpamService {
         request: Request<pb::InterfacesRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
         let r = request.into_inner();
+        let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
         let records = self
             .engine
-            .interfaces(&r.container_id)
+            .interfaces(&r.container_id, namespace)
             .await
             .map_err(fail)?;
         let interfaces = records
@@ -252,7 +266,12 @@ impl Ipam for IpamService {
         request: Request<pb::DetachRequest>,
     ) -> Result<Response<pb::DetachResponse>, Status> {
         let r = request.into_inner();
-        let released = self.engine.detach(&r.container_id).await.map_err(fail)?;
+        let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
+        let released = self
+            .engine
+            .detach(&r.container_id, namespace)
+            .await
+            .map_err(fail)?;
         Ok(Response::new(pb::DetachResponse { released }))
     }
 
@@ -345,8 +364,15 @@ impl Ipam for IpamService {
         &self,
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let ready = match self.engine.ready().await {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::info!(%why, "not ready");
+                false
+            }
+        };
         Ok(Response::new(pb::StatusResponse {
-            ready: true,
+            ready,
             store: self.engine.store().describe(),
             networks: self.engine.networks().len() as u32,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -432,7 +458,7 @@ impl Ipam for IpamService {
 }
 
 /// The engine's counters as the Status RPC reports them.
-fn counters(metrics: &crate::engine::Metrics) -> pb::Counters {
+fn counters(metrics: &Metrics) -> pb::Counters {
     use std::sync::atomic::{AtomicU64, Ordering};
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     pb::Counters {
@@ -442,6 +468,7 @@ fn counters(metrics: &crate::engine::Metrics) -> pb::Counters {
         shard_conflicts: get(&metrics.conflicts),
         retries: get(&metrics.retries),
         corrupt_shards: get(&metrics.corrupt_shards),
+        orphans_reclaimed: get(&metrics.orphans_reclaimed),
     }
 }
 

@@ -49,21 +49,51 @@ pub struct FileBackend {
 /// The embedded file store.
 pub type FileStore = KvStore<FileBackend>;
 
+/// Why the store file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Its folder could not be created.
+    #[error("cannot create the folder of store file {path}")]
+    Folder {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// redb could not open or initialize it.
+    #[error("cannot open store file {path}")]
+    Database {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: redb::Error,
+    },
+}
+
 impl FileStore {
     /// Opens (or creates) the database at `path`.
-    pub fn open(path: impl AsRef<Path>) -> anyhow::Result<FileStore> {
+    pub fn open(path: impl AsRef<Path>) -> Result<FileStore, FileError> {
         let path = path.as_ref().to_path_buf();
+        let shown = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| FileError::Folder {
+                path: shown.clone(),
+                source,
+            })?;
         }
-        let db = Database::create(&path)
-            .map_err(|e| anyhow::anyhow!("cannot open store file {}: {e}", path.display()))?;
-        let txn = db.begin_write()?;
+        let database = |source: redb::Error| FileError::Database {
+            path: shown.clone(),
+            source,
+        };
+        let db = Database::create(&path).map_err(|e| database(e.into()))?;
+        let txn = db.begin_write().map_err(|e| database(e.into()))?;
         for t in [NETWORKS, SHARDS, ENDPOINTS] {
-            txn.open_table(t)?;
+            txn.open_table(t).map_err(|e| database(e.into()))?;
         }
-        txn.open_table(META)?;
-        txn.commit()?;
+        txn.open_table(META).map_err(|e| database(e.into()))?;
+        txn.commit().map_err(|e| database(e.into()))?;
         Ok(KvStore::with_backend(FileBackend { path, db }))
     }
 }

@@ -1,0 +1,213 @@
+//! A watch-fed cache of every DanmEp (a reflector), indexed by object, by container id and
+//! by owner fingerprint, so that no request of ipamd lists DanmEps cluster-wide.
+//!
+//! It is fed by a kube-runtime watcher (a fresh list at start and after a 410, then watch
+//! events), and by this replica's own writes as soon as they succeed, so that what this
+//! replica just wrote is seen at once. It may lag behind other replicas' writes by the
+//! watch's delay: callers use it to find records, never to decide that something may be
+//! freed (that is confirmed from a fresh read).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use danm_crds::DanmEp;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::store::{EndpointRecord, StoreError, StoreResult};
+
+/// Namespace and name of a DanmEp.
+type ObjectRef = (String, String);
+
+#[derive(Debug, Default)]
+struct Index {
+    records: HashMap<ObjectRef, EndpointRecord>,
+    by_container: HashMap<String, HashSet<ObjectRef>>,
+    by_fingerprint: HashMap<u64, HashSet<ObjectRef>>,
+    by_name: HashMap<String, HashSet<String>>,
+}
+
+impl Index {
+    fn insert(&mut self, record: EndpointRecord) {
+        let at = (record.namespace.clone(), record.owner.endpoint_name());
+        self.remove(&at);
+        self.by_container
+            .entry(record.owner.container_id.clone())
+            .or_default()
+            .insert(at.clone());
+        self.by_fingerprint
+            .entry(record.owner.fingerprint())
+            .or_default()
+            .insert(at.clone());
+        self.by_name
+            .entry(at.1.clone())
+            .or_default()
+            .insert(at.0.clone());
+        self.records.insert(at, record);
+    }
+
+    fn remove(&mut self, at: &ObjectRef) {
+        let Some(old) = self.records.remove(at) else {
+            return;
+        };
+        fn forget<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
+            map: &mut HashMap<K, HashSet<V>>,
+            key: K,
+            value: &V,
+        ) {
+            if let Some(set) = map.get_mut(&key) {
+                set.remove(value);
+                if set.is_empty() {
+                    map.remove(&key);
+                }
+            }
+        }
+        forget(&mut self.by_container, old.owner.container_id.clone(), at);
+        forget(&mut self.by_fingerprint, old.owner.fingerprint(), at);
+        forget(&mut self.by_name, at.1.clone(), &at.0);
+    }
+
+    fn collect<'a>(&self, refs: impl IntoIterator<Item = &'a ObjectRef>) -> Vec<EndpointRecord> {
+        refs.into_iter()
+            .filter_map(|at| self.records.get(at).cloned())
+            .collect()
+    }
+}
+
+/// The cache; see the module overview.
+#[derive(Debug)]
+pub(super) struct EndpointCache {
+    index: RwLock<Index>,
+    synced: watch::Sender<bool>,
+}
+
+/// How long a read waits for the first full list before the store is called unavailable.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+
+impl EndpointCache {
+    /// A cache fed by a watch of every DanmEp through `client`; the watch runs until the
+    /// returned task is aborted.
+    pub(super) fn start(client: Client) -> (Arc<EndpointCache>, tokio::task::AbortHandle) {
+        let cache = Arc::new(EndpointCache {
+            index: RwLock::default(),
+            synced: watch::channel(false).0,
+        });
+        let fed = Arc::clone(&cache);
+        let task = tokio::spawn(async move {
+            let api: Api<DanmEp> = Api::all(client);
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            let mut relist: Option<Index> = None;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => relist = Some(Index::default()),
+                    Ok(watcher::Event::InitApply(ep)) => {
+                        if let (Some(buffer), Some(record)) = (relist.as_mut(), readable(ep)) {
+                            buffer.insert(record);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(buffer) = relist.take() {
+                            let count = buffer.records.len();
+                            *fed.index.write().expect("lock") = buffer;
+                            fed.synced.send_replace(true);
+                            tracing::info!(count, "endpoint cache listed every DanmEp");
+                        }
+                    }
+                    Ok(watcher::Event::Apply(ep)) => {
+                        if let Some(record) = readable(ep) {
+                            fed.index.write().expect("lock").insert(record);
+                        }
+                    }
+                    Ok(watcher::Event::Delete(ep)) => {
+                        let at = (ep.namespace().unwrap_or_default(), ep.name_any());
+                        fed.index.write().expect("lock").remove(&at);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "DanmEp watch failed, retrying"),
+                }
+            }
+        })
+        .abort_handle();
+        (cache, task)
+    }
+
+    /// Waits (up to 30 s) for the first full list.
+    pub(super) async fn synced(&self) -> StoreResult<()> {
+        let mut synced = self.synced.subscribe();
+        match tokio::time::timeout(SYNC_WAIT, synced.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "the DanmEp cache has not listed the API server's DanmEps yet".into(),
+            )),
+        }
+    }
+
+    /// Whether the first full list is in.
+    pub(super) fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Records what this replica just wrote.
+    pub(super) fn insert(&self, record: EndpointRecord) {
+        self.index.write().expect("lock").insert(record);
+    }
+
+    /// Forgets what this replica just deleted.
+    pub(super) fn remove(&self, namespace: &str, name: &str) {
+        self.index
+            .write()
+            .expect("lock")
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Every record.
+    pub(super) fn all(&self) -> Vec<EndpointRecord> {
+        self.index
+            .read()
+            .expect("lock")
+            .records
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The records of a container.
+    pub(super) fn of_container(&self, container_id: &str) -> Vec<EndpointRecord> {
+        let index = self.index.read().expect("lock");
+        index.collect(index.by_container.get(container_id).into_iter().flatten())
+    }
+
+    /// The records of an owner fingerprint.
+    pub(super) fn with_fingerprint(&self, fingerprint: u64) -> Vec<EndpointRecord> {
+        let index = self.index.read().expect("lock");
+        index.collect(index.by_fingerprint.get(&fingerprint).into_iter().flatten())
+    }
+
+    /// The namespaces holding a DanmEp named `name`.
+    pub(super) fn namespaces_of(&self, name: &str) -> Vec<String> {
+        self.index
+            .read()
+            .expect("lock")
+            .by_name
+            .get(name)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The record of a DanmEp, or None (logged) for one ipamd cannot read (not written by it).
+fn readable(ep: DanmEp) -> Option<EndpointRecord> {
+    let name = ep.name_any();
+    match super::to_record(ep) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::debug!(danmep = %name, error = %e, "DanmEp not cached");
+            None
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The Kubernetes backend (`--store kube`): the API server is the only datastore.
+//!
+//! * Networks are the DanmNet, TenantNetwork and ClusterNetwork objects ([`networks`],
+//!   one generic implementation for the three kinds). Reads go to the API (so a write is
+//!   read back at once); changes are followed with kube-runtime watchers, which feed
+//!   [`StoreEvent::Network`].
+//! * Shards are `AllocationShard` objects named as `danm_core::layout::shard_name`, in the
+//!   network's namespace (a ClusterNetwork's in ipamd's own namespace), labelled with their
+//!   network, with an owner reference to it so deleting a network deletes its shards. The
+//!   compare-and-swap version is `metadata.resourceVersion`: a write with a stale one is the
+//!   API server's 409 Conflict.
+//! * Endpoint records are `DanmEp` objects in the pod's namespace, named after the owner
+//!   key and labelled with its container id and fingerprint. A watch-fed cache of them
+//!   ([`endpoints`]) answers every "which records" question, so that no request lists
+//!   DanmEps cluster-wide: reading or deleting one owner's record is one request in its
+//!   namespace, a container's records come from the cache, and the orphan reclaimer's
+//!   fresh check is one list by fingerprint label.
+
+mod endpoints;
+mod networks;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use danm_core::{Family, NetworkKey, NetworkKind, OwnerKey};
+use danm_crds::{AllocationShard, AllocationShardSpec, DanmEp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use tokio::sync::broadcast;
+
+use super::{
+    EndpointRecord, NetworkObject, PodInfo, ShardKey, Store, StoreError, StoreEvent, StoreResult,
+    StoredShard, Version,
+};
+use endpoints::EndpointCache;
+
+const LABEL_KIND: &str = "danm.io/network-kind";
+const LABEL_NAMESPACE: &str = "danm.io/network-namespace";
+const LABEL_NAME: &str = "danm.io/network-name";
+const LABEL_FAMILY: &str = "danm.io/family";
+const LABEL_CONTAINER: &str = "danm.io/container-id";
+const LABEL_FINGERPRINT: &str = "danm.io/owner-fingerprint";
+const ANNOTATION_INDEX: &str = "danm.io/shard-index";
+const ANNOTATION_NETWORK: &str = "danm.io/network";
+
+/// The Kubernetes store.
+pub struct KubeStore {
+    client: Client,
+    /// Namespace of ipamd (shards of ClusterNetworks live here).
+    namespace: String,
+    events: broadcast::Sender<StoreEvent>,
+    endpoints: Arc<EndpointCache>,
+    /// The watches (networks, DanmEps): they end with the store.
+    watches: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        for watch in &self.watches {
+            watch.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+fn map_err(what: impl Fn() -> String) -> impl Fn(kube::Error) -> StoreError {
+    move |e| match &e {
+        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => {
+            StoreError::AlreadyExists(what())
+        }
+        kube::Error::Api(s) if s.code == 409 => StoreError::Conflict(what()),
+        kube::Error::Api(s) if s.code == 404 => StoreError::NotFound(what()),
+        _ => StoreError::Unavailable(format!("{}: {e}", what())),
+    }
+}
+
+fn label_value(text: &str) -> String {
+    // Label values: at most 63 characters of [A-Za-z0-9._-]; names and namespaces fit.
+    text.chars().take(63).collect()
+}
+
+fn fingerprint_label(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
+}
+
+fn network_labels(key: &NetworkKey) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_KIND.to_owned(), key.kind.as_str().to_owned()),
+        (LABEL_NAMESPACE.to_owned(), label_value(&key.namespace)),
+        (LABEL_NAME.to_owned(), label_value(&key.name)),
+    ])
+}
+
+fn network_selector(key: &NetworkKey) -> String {
+    format!(
+        "{LABEL_KIND}={},{LABEL_NAMESPACE}={},{LABEL_NAME}={}",
+        key.kind.as_str(),
+        label_value(&key.namespace),
+        label_value(&key.name)
+    )
+}
+
+/// The record a DanmEp holds.
+fn to_record(ep: DanmEp) -> StoreResult<EndpointRecord> {
+    let name = ep.name_any();
+    let labels = ep.labels();
+    let kind = labels
+        .get(LABEL_KIND)
+        .and_then(|k| NetworkKind::parse(k))
+        .or_else(|| NetworkKind::parse(&ep.spec.api_type))
+        .ok_or_else(|| StoreError::Unreadable {
+            key: name.clone(),
+            reason: "no network kind".into(),
+        })?;
+    let namespace = ep.namespace().unwrap_or_default();
+    let net_namespace = labels
+        .get(LABEL_NAMESPACE)
+        .cloned()
+        .unwrap_or_else(|| namespace.clone());
+    let owner = OwnerKey::new(&ep.spec.cid, &ep.spec.interface.name).map_err(|e| {
+        StoreError::Unreadable {
+            key: name,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(EndpointRecord {
+        owner,
+        network: NetworkKey::new(kind, &net_namespace, &ep.spec.network_name),
+        namespace,
+        spec: ep.spec,
+    })
+}
+
+fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
+    let name = object.name_any();
+    let unreadable = |reason: &str| StoreError::Unreadable {
+        key: name.clone(),
+        reason: reason.to_owned(),
+    };
+    let network = object
+        .annotations()
+        .get(ANNOTATION_NETWORK)
+        .and_then(|n| {
+            let mut parts = n.splitn(3, '/');
+            let kind = NetworkKind::parse(parts.next()?)?;
+            Some(NetworkKey::new(kind, parts.next()?, parts.next()?))
+        })
+        .ok_or_else(|| unreadable("no danm.io/network annotation"))?;
+    let family = Family::parse(&object.spec.family).ok_or_else(|| unreadable("unknown family"))?;
+    let index = object
+        .annotations()
+        .get(ANNOTATION_INDEX)
+        .and_then(|i| u128::from_str_radix(i, 16).ok())
+        .ok_or_else(|| unreadable("no shard index annotation"))?;
+    Ok(StoredShard {
+        key: ShardKey {
+            network,
+            family,
+            index,
+        },
+        version: object.resource_version().unwrap_or_default(),
+        spec: object.spec,
+    })
+}
+
+impl KubeStore {
+    /// A store over `client`; `namespace` is ipamd's own. Starts the watches of networks
+    /// and DanmEps.
+    pub async fn new(client: Client, namespace: &str) -> KubeStore {
+        let events = broadcast::channel(4096).0;
+        let (endpoints, endpoint_watch) = EndpointCache::start(client.clone());
+        let mut watches: Vec<_> = NetworkKind::ALL
+            .into_iter()
+            .map(|kind| networks::kind(kind).follow(client.clone(), events.clone()))
+            .collect();
+        watches.push(endpoint_watch);
+        KubeStore {
+            client,
+            namespace: namespace.to_owned(),
+            events,
+            endpoints,
+            watches,
+        }
+    }
+
+    fn shard_namespace(&self, network: &NetworkKey) -> String {
+        if network.kind.namespaced() {
+            network.namespace.clone()
+        } else {
+            self.namespace.clone()
+        }
+    }
+
+    fn shards(&self, network: &NetworkKey) -> Api<AllocationShard> {
+        Api::namespaced(self.client.clone(), &self.shard_namespace(network))
+    }
+
+    fn danmeps(&self, namespace: &str) -> Api<DanmEp> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The namespaces where the owner's DanmEp may be: the one given, else those the cache
+    /// knows (empty when it knows none).
+    fn namespaces_for(&self, owner: &OwnerKey, namespace: Option<&str>) -> Vec<String> {
+        match namespace.filter(|n| !n.is_empty()) {
+            Some(n) => vec![n.to_owned()],
+            None => self.endpoints.namespaces_of(&owner.endpoint_name()),
+        }
+    }
+
+    /// The owner's DanmEp, read afresh: one GET in the pod's namespace (given, or found in
+    /// the cache); a list by name across namespaces only when neither knows it.
+    async fn find_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<Option<DanmEp>> {
+        let is_owners = |ep: &DanmEp| {
+            ep.spec.cid == owner.container_id && ep.spec.interface.name == owner.ifname
+        };
+        let err = map_err(|| format!("endpoint of owner {owner}"));
+        let namespaces = self.namespaces_for(owner, namespace);
+        for ns in &namespaces {
+            if let Some(ep) = self
+                .danmeps(ns)
+                .get_opt(&owner.endpoint_name())
+                .await
+                .map_err(&err)?
+                && is_owners(&ep)
+            {
+                return Ok(Some(ep));
+            }
+        }
+        if !namespaces.is_empty() {
+            return Ok(None);
+        }
+        let found = Api::<DanmEp>::all(self.client.clone())
+            .list(
+                &ListParams::default().fields(&format!("metadata.name={}", owner.endpoint_name())),
+            )
+            .await
+            .map_err(&err)?;
+        Ok(found.items.into_iter().find(is_owners))
+    }
+
+    async fn network_uid(&self, key: &NetworkKey) -> Option<String> {
+        networks::kind(key.kind)
+            .get(self.client.clone(), key)
+            .await
+            .ok()??
+            .uid
+            .into()
+    }
+}
+
+#[async_trait]
+impl Store for KubeStore {
+    fn describe(&self) -> String {
+        format!("kube (namespace {})", self.namespace)
+    }
+
+    async fn ready(&self) -> StoreResult<()> {
+        if !self.endpoints.is_synced() {
+            return Err(StoreError::Unavailable(
+                "the DanmEp cache has not listed the API server's DanmEps yet".into(),
+            ));
+        }
+        self.client
+            .apiserver_version()
+            .await
+            .map(drop)
+            .map_err(map_err(|| "the API server".into()))
+    }
+
+    async fn list_networks(&self) -> StoreResult<Vec<NetworkObject>> {
+        let mut out = Vec::new();
+        for kind in NetworkKind::ALL {
+            out.extend(
+                networks::kind(kind)
+                    .list(self.client.clone())
+                    .await
+                    .map_err(map_err(|| format!("{kind}s")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn get_network(&self, key: &NetworkKey) -> StoreResult<Option<NetworkObject>> {
+        networks::kind(key.kind)
+            .get(self.client.clone(), key)
+            .await
+            .map_err(map_err(|| key.to_string()))
+    }
+
+    async fn put_network(&self, network: NetworkObject) -> StoreResult<()> {
+        networks::kind(network.key.kind)
+            .put(self.client.clone(), &network)
+            .await
+            .map_err(map_err(|| network.key.to_string()))
+    }
+
+    async fn delete_network(&self, key: &NetworkKey) -> StoreResult<bool> {
+        let err = map_err(|| key.to_string());
+        let existed = networks::kind(key.kind)
+            .delete(self.client.clone(), key)
+            .await
+            .map_err(&err)?;
+        // The garbage collector removes owned shards; delete any it would miss (shards
+        // written before the network had a UID) so none is left behind.
+        let shards = self.shards(key);
+        for s in shards
+            .list(&ListParams::default().labels(&network_selector(key)))
+            .await
+            .map_err(&err)?
+        {
+            match shards.delete(&s.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(existed)
+    }
+
+    async fn get_shard(&self, key: &ShardKey) -> StoreResult<Option<StoredShard>> {
+        self.shards(&key.network)
+            .get_opt(&key.name())
+            .await
+            .map_err(map_err(|| key.to_string()))?
+            .map(to_stored)
+            .transpose()
+    }
+
+    async fn list_shards(&self, network: &NetworkKey) -> StoreResult<Vec<StoredShard>> {
+        let list = self
+            .shards(network)
+            .list(&ListParams::default().labels(&network_selector(network)))
+            .await
+            .map_err(map_err(|| format!("shards of {network}")))?;
+        let mut shards: Vec<StoredShard> = list
+            .items
+            .into_iter()
+            .map(to_stored)
+            .collect::<StoreResult<_>>()?;
+        shards.retain(|s| &s.key.network == network);
+        shards.sort_by_key(|s| (s.key.family, s.key.index));
+        Ok(shards)
+    }
+
+    async fn create_shard(
+        &self,
+        key: &ShardKey,
+        spec: AllocationShardSpec,
+    ) -> StoreResult<Version> {
+        let mut labels = network_labels(&key.network);
+        labels.insert(LABEL_FAMILY.to_owned(), key.family.tag().to_owned());
+        let owner_references = self.network_uid(&key.network).await.map(|uid| {
+            vec![OwnerReference {
+                api_version: "danm.io/v1".into(),
+                kind: key.network.kind.as_str().to_owned(),
+                name: key.network.name.clone(),
+                uid,
+                block_owner_deletion: None,
+                controller: Some(false),
+            }]
+        });
+        let object = AllocationShard {
+            metadata: ObjectMeta {
+                name: Some(key.name()),
+                namespace: Some(self.shard_namespace(&key.network)),
+                labels: Some(labels),
+                annotations: Some(BTreeMap::from([
+                    (ANNOTATION_INDEX.to_owned(), format!("{:x}", key.index)),
+                    (
+                        ANNOTATION_NETWORK.to_owned(),
+                        super::network_storage_key(&key.network),
+                    ),
+                ])),
+                owner_references,
+                ..Default::default()
+            },
+            spec,
+        };
+        let created = self
+            .shards(&key.network)
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(map_err(|| key.to_string()))?;
+        Ok(created.resource_version().unwrap_or_default())
+    }
+
+    async fn update_shard(
+        &self,
+        key: &ShardKey,
+        spec: AllocationShardSpec,
+        expected: &Version,
+    ) -> StoreResult<Version> {
+        // One request: a merge patch of the spec (labels and owner references stay) that
+        // names the expected resourceVersion, so the API server refuses it with 409 Conflict
+        // if the shard changed since.
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": expected},
+            "spec": spec,
+        });
+        let patched = self
+            .shards(&key.network)
+            .patch(&key.name(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(map_err(|| key.to_string()))?;
+        Ok(patched.resource_version().unwrap_or_default())
+    }
+
+    async fn create_endpoint(&self, mut record: EndpointRecord) -> StoreResult<()> {
+        let owner = record.owner.clone();
+        // The DanmEp itself names its owner and network (that is how it is read back).
+        record.spec.cid = owner.container_id.clone();
+        record.spec.interface.name = owner.ifname.clone();
+        record.spec.network_name = record.network.name.clone();
+        record.spec.api_type = record.network.kind.as_str().to_owned();
+        let mut labels = network_labels(&record.network);
+        labels.insert(LABEL_CONTAINER.into(), label_value(&owner.container_id));
+        labels.insert(
+            LABEL_FINGERPRINT.into(),
+            fingerprint_label(owner.fingerprint()),
+        );
+        let ep = DanmEp {
+            metadata: ObjectMeta {
+                name: Some(owner.endpoint_name()),
+                namespace: Some(record.namespace.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: record.spec.clone(),
+        };
+        self.danmeps(&record.namespace)
+            .create(&PostParams::default(), &ep)
+            .await
+            .map_err(map_err(|| format!("endpoint of owner {owner}")))?;
+        self.endpoints.insert(record);
+        Ok(())
+    }
+
+    async fn get_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<Option<EndpointRecord>> {
+        self.find_endpoint(owner, namespace)
+            .await?
+            .map(to_record)
+            .transpose()
+    }
+
+    async fn delete_endpoint(
+        &self,
+        owner: &OwnerKey,
+        namespace: Option<&str>,
+    ) -> StoreResult<bool> {
+        let Some(ep) = self.find_endpoint(owner, namespace).await? else {
+            return Ok(false);
+        };
+        let ns = ep.namespace().unwrap_or_default();
+        let deleted = match self
+            .danmeps(&ns)
+            .delete(&ep.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(map_err(|| format!("endpoint of owner {owner}"))(e)),
+        };
+        self.endpoints.remove(&ns, &ep.name_any());
+        Ok(deleted)
+    }
+
+    /// From the DanmEp cache (it may lag behind other replicas' writes).
+    async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
+        self.endpoints.synced().await?;
+        Ok(self.endpoints.all())
+    }
+
+    /// From the DanmEp cache; when it knows none and the pod's namespace is given, one
+    /// list of that namespace by container-id label (another replica may have written them
+    /// a moment ago).
+    async fn endpoints_of_container(
+        &self,
+        container_id: &str,
+        namespace: Option<&str>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        self.endpoints.synced().await?;
+        let cached = self.endpoints.of_container(container_id);
+        let Some(ns) = namespace.filter(|n| !n.is_empty() && cached.is_empty()) else {
+            return Ok(cached);
+        };
+        let listed = self
+            .danmeps(ns)
+            .list(
+                &ListParams::default()
+                    .labels(&format!("{LABEL_CONTAINER}={}", label_value(container_id))),
+            )
+            .await
+            .map_err(map_err(|| format!("endpoints of container {container_id}")))?;
+        Ok(listed
+            .items
+            .into_iter()
+            .filter_map(|ep| to_record(ep).ok())
+            .filter(|r| r.owner.container_id == container_id)
+            .collect())
+    }
+
+    /// A fresh list by fingerprint label, with what the cache holds of DanmEps written
+    /// before the label existed.
+    async fn endpoints_with_fingerprint(
+        &self,
+        fingerprint: u64,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        self.endpoints.synced().await?;
+        let listed = Api::<DanmEp>::all(self.client.clone())
+            .list(&ListParams::default().labels(&format!(
+                "{LABEL_FINGERPRINT}={}",
+                fingerprint_label(fingerprint)
+            )))
+            .await
+            .map_err(map_err(|| {
+                format!("endpoints of fingerprint {fingerprint:016x}")
+            }))?;
+        let mut records: Vec<EndpointRecord> = listed
+            .items
+            .into_iter()
+            .filter_map(|ep| to_record(ep).ok())
+            .collect();
+        for cached in self.endpoints.with_fingerprint(fingerprint) {
+            if !records
+                .iter()
+                .any(|r| r.namespace == cached.namespace && r.owner == cached.owner)
+            {
+                records.push(cached);
+            }
+        }
+        records.retain(|r| r.owner.fingerprint() == fingerprint);
+        Ok(records)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    async fn pod(&self, namespace: &str, name: &str) -> StoreResult<Option<PodInfo>> {
+        let api: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), namespace);
+        let pod = api
+            .get(name)
+            .await
+            .map_err(map_err(|| format!("pod {namespace}/{name}")))?;
+        Ok(Some(PodInfo {
+            uid: pod.uid().unwrap_or_default(),
+            interfaces: pod
+                .annotations()
+                .get(danm_crds::INTERFACES_ANNOTATION)
+                .cloned(),
+        }))
+    }
+}
