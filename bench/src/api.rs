@@ -30,6 +30,8 @@ pub struct Counters {
     pub conflicts: u64,
     /// The largest write body (the stand-in only).
     pub largest_write: Option<u64>,
+    /// Bytes of the answers (the real API server only: its `apiserver_response_sizes`).
+    pub response_bytes: Option<u64>,
 }
 
 /// A running API server for one bench run.
@@ -100,6 +102,7 @@ impl Target {
                     writes,
                     conflicts: s.conflicts(),
                     largest_write: Some(largest),
+                    response_bytes: None,
                 })
             }
             Target::Real(p) => {
@@ -111,10 +114,21 @@ impl Target {
     }
 }
 
-/// Sums `apiserver_request_total` of a Prometheus text exposition.
+/// Sums `apiserver_request_total` and `apiserver_response_sizes_sum` of a Prometheus
+/// text exposition.
 fn request_counters(metrics: &str) -> Counters {
-    let mut c = Counters::default();
+    let mut c = Counters {
+        response_bytes: Some(0),
+        ..Counters::default()
+    };
     for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("apiserver_response_sizes_sum{")
+            && let Some((_, value)) = rest.rsplit_once('}')
+            && let Ok(bytes) = value.trim().parse::<f64>()
+        {
+            c.response_bytes = c.response_bytes.map(|b| b + bytes as u64);
+            continue;
+        }
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
         };
@@ -155,9 +169,12 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="danm.
 apiserver_request_total{code="409",component="apiserver",dry_run="",group="danm.io",resource="danmnets",scope="resource",subresource="",verb="PUT",version="v1"} 3
 apiserver_request_total{code="201",component="apiserver",dry_run="",group="danm.io",resource="danmeps",scope="resource",subresource="",verb="POST",version="v1"} 2
 apiserver_request_duration_seconds_count{verb="PUT"} 99
+apiserver_response_sizes_sum{component="apiserver",group="danm.io",resource="danmnets",scope="resource",subresource="",verb="GET",version="v1"} 4096
+apiserver_response_sizes_sum{component="apiserver",group="",resource="pods",scope="resource",subresource="",verb="GET",version="v1"} 1000
 "#;
         let c = request_counters(text);
         assert_eq!((c.requests, c.writes, c.conflicts), (17, 7, 3));
         assert_eq!(c.largest_write, None);
+        assert_eq!(c.response_bytes, Some(5096));
     }
 }

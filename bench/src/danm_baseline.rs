@@ -22,7 +22,7 @@ use danm_crds::{
 use ipnet::Ipv4Net;
 use kube::api::{Api, DeleteParams, PostParams};
 
-use crate::load::Ipam;
+use danm_bench::load::Ipam;
 
 /// The baseline against one DanmNet.
 #[derive(Debug)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub use crate::stats::{Latencies, round2};
 use async_trait::async_trait;
-pub use danm_bench::stats::{Latencies, round2};
 
 /// An IP address manager under test.
 #[async_trait]

@@ -9,10 +9,7 @@
 //! the same load runs against DANM's algorithm ([`danm_baseline`]) on a fresh API server of
 //! the same kind. One JSON object is printed.
 
-mod api;
 mod danm_baseline;
-mod load;
-mod replicas;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +22,9 @@ use ipnet::Ipv4Net;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::api::{ApiKind, Target};
-use crate::load::{LoadResult, round2};
+use danm_bench::api::{ApiKind, Target};
+use danm_bench::load::{self, LoadResult, round2};
+use danm_bench::replicas;
 
 /// Measures ipamd (sharded, batched, replicated) against DANM's single-object algorithm.
 #[derive(Parser, Debug)]

@@ -28,18 +28,31 @@ impl Drop for Replica {
 }
 
 impl Replica {
+    /// A gRPC client of this replica.
+    pub fn client(&self) -> IpamClient<Channel> {
+        self.client.clone()
+    }
+
     /// Peak resident set size (VmHWM) in bytes, read from /proc.
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM:").map(|kib| kib * 1024)
+    }
+
+    /// Resident set size now (VmRSS) in bytes, read from /proc.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: u64 = status
+        Ok(status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .context("no VmHWM in /proc/<pid>/status")?
+            .find_map(|l| l.strip_prefix(field))
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?
             .trim()
             .trim_end_matches("kB")
             .trim()
-            .parse()?;
-        Ok(kib * 1024)
+            .parse()?)
     }
 
     /// The replica's counters (Status RPC).

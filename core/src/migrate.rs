@@ -81,6 +81,14 @@ pub fn alloc6_cidr(plan: &NetworkPlan) -> Option<Cidr> {
     explicit.or_else(|| Cidr::new(net6.base(), net6.prefix().max(DEFAULT_V6_POOL_PREFIX)))
 }
 
+/// Whether a network still carries DANM's `alloc`/`alloc6` bit arrays (and so must be
+/// migrated into shards before it is served).
+pub fn has_legacy_arrays(spec: &danm_crds::NetworkSpec) -> bool {
+    [&spec.options.alloc, &spec.options.alloc6]
+        .iter()
+        .any(|a| a.as_deref().is_some_and(|t| !t.trim().is_empty()))
+}
+
 /// The allocations a DANM network's bit arrays hold, as (family, offset in the network's
 /// CIDR), without DANM's reserved bits (first, last, gateways).
 pub fn legacy_allocations(plan: &NetworkPlan) -> Result<Vec<(Family, u128)>, MigrateError> {

@@ -4,15 +4,14 @@
 use std::path::Path;
 
 use danm_crds::{ClusterNetwork, DanmEp, DanmNet, TenantConfig, TenantNetwork};
-use serde::Deserialize;
 
 #[test]
 fn every_danm_example_manifest_deserializes() {
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for (file, text) in danm_testkit::fixtures::all() {
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+        for value in documents {
             if value.get("apiVersion").and_then(|v| v.as_str()) != Some("danm.io/v1") {
                 continue;
             }
@@ -22,11 +21,11 @@ fn every_danm_example_manifest_deserializes() {
                 .unwrap_or_default()
                 .to_owned();
             let result = match kind.as_str() {
-                "DanmNet" => serde_yaml::from_value::<DanmNet>(value).map(drop),
-                "TenantNetwork" => serde_yaml::from_value::<TenantNetwork>(value).map(drop),
-                "ClusterNetwork" => serde_yaml::from_value::<ClusterNetwork>(value).map(drop),
-                "TenantConfig" => serde_yaml::from_value::<TenantConfig>(value).map(drop),
-                "DanmEp" => serde_yaml::from_value::<DanmEp>(value).map(drop),
+                "DanmNet" => serde_json::from_value::<DanmNet>(value).map(drop),
+                "TenantNetwork" => serde_json::from_value::<TenantNetwork>(value).map(drop),
+                "ClusterNetwork" => serde_json::from_value::<ClusterNetwork>(value).map(drop),
+                "TenantConfig" => serde_json::from_value::<TenantConfig>(value).map(drop),
+                "DanmEp" => serde_json::from_value::<DanmEp>(value).map(drop),
                 other => panic!("{file}: unexpected danm.io kind {other}"),
             };
             if let Err(e) = result {
@@ -46,7 +45,7 @@ fn every_danm_example_manifest_deserializes() {
 
 #[test]
 fn field_names_are_danms() {
-    let net: TenantNetwork = serde_yaml::from_str(
+    let net: TenantNetwork = serde_saphyr::from_str(
         "apiVersion: danm.io/v1\nkind: TenantNetwork\nmetadata: {name: internal, namespace: default}\nspec:\n  NetworkID: internal\n  NetworkType: ipvlan\n  Options:\n    host_device: ens4\n    container_prefix: int\n    rt_tables: 200\n    vlan: 700\n    cidr: 10.240.1.0/24\n    allocation_pool: {start: 10.240.1.100, end: 10.240.1.200}\n",
     )
     .unwrap();
@@ -64,7 +63,7 @@ fn field_names_are_danms() {
         "10.240.1.100"
     );
     assert_eq!(back["spec"]["NetworkType"], "ipvlan");
-    let tc: TenantConfig = serde_yaml::from_str(
+    let tc: TenantConfig = serde_saphyr::from_str(
         "apiVersion: danm.io/v1\nkind: TenantConfig\nmetadata: {name: t}\nhostDevices:\n- {name: ens4, vniType: vlan, vniRange: 700-710}\nnetworkIds: {flannel: flannel}\n",
     )
     .unwrap();

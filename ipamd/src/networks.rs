@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use danm_core::{NetworkKey, NetworkKind};
-use danm_crds::{ClusterNetwork, DanmNet, TenantNetwork};
+use danm_crds::NetworkSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
 use crate::store::NetworkObject;
@@ -17,7 +18,7 @@ use crate::store::NetworkObject;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The folder or a file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
@@ -25,15 +26,43 @@ pub enum ManifestError {
         #[source]
         source: std::io::Error,
     },
-    /// A document is not valid YAML or not a valid network.
-    #[error("{path}: document {index}: {message}")]
+    /// A file holds something that is not a valid network.
+    #[error("{}", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Index of the document in the file (from 0).
-        index: usize,
         /// What is wrong.
-        message: String,
+        #[source]
+        source: DocumentError,
+    },
+}
+
+/// Why one document of a manifest is not a valid network.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// The text is not YAML.
+    #[error("not valid YAML")]
+    Yaml(#[source] Box<serde_saphyr::Error>),
+    /// A document of a network kind does not have that kind's fields.
+    #[error("document {index}: {kind}: {field}")]
+    Kind {
+        /// Index of the document in the text (from 0).
+        index: usize,
+        /// Its kind.
+        kind: NetworkKind,
+        /// The field that is wrong (`spec.Options.vlan`).
+        field: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A network without a name.
+    #[error("document {index}: {kind}: metadata.name is required")]
+    NoName {
+        /// Index of the document in the text (from 0).
+        index: usize,
+        /// Its kind.
+        kind: NetworkKind,
     },
 }
 
@@ -59,79 +88,63 @@ pub fn load_dir(dir: &Path) -> Result<Vec<NetworkObject>, ManifestError> {
     for path in files {
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         out.extend(
-            parse_manifests(&text).map_err(|(index, message)| ManifestError::Invalid {
+            parse_manifests(&text).map_err(|source| ManifestError::Invalid {
                 path: path.clone(),
-                index,
-                message,
+                source,
             })?,
         );
     }
     Ok(out)
 }
 
+/// What every network kind's object has: metadata and `spec` with DANM's fields.
 #[derive(Deserialize)]
-struct TypeMeta {
-    #[serde(rename = "apiVersion", default)]
-    api_version: String,
+struct AnyNetwork {
     #[serde(default)]
-    kind: String,
+    metadata: ObjectMeta,
+    spec: NetworkSpec,
 }
 
-/// Parses the networks of a (multi-document) manifest text. Errors carry the document index.
-pub fn parse_manifests(text: &str) -> Result<Vec<NetworkObject>, (usize, String)> {
+/// Parses the networks of a (multi-document) manifest text.
+pub fn parse_manifests(text: &str) -> Result<Vec<NetworkObject>, DocumentError> {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| DocumentError::Yaml(Box::new(e)))?;
     let mut out = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| (index, e.to_string()))?;
-        if value.is_null() {
+    for (index, value) in documents.into_iter().enumerate() {
+        if value.get("apiVersion").and_then(|v| v.as_str()) != Some("danm.io/v1") {
             continue;
         }
-        let meta: TypeMeta =
-            serde_yaml::from_value(value.clone()).map_err(|e| (index, e.to_string()))?;
-        if meta.api_version != "danm.io/v1" {
+        let Some(kind) = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .and_then(NetworkKind::parse)
+        else {
             continue;
-        }
-        let err = |e: serde_yaml::Error| (index, format!("{}: {e}", meta.kind));
-        let (kind, namespace, name, uid, spec) = match meta.kind.as_str() {
-            "DanmNet" => {
-                let n: DanmNet = serde_yaml::from_value(value).map_err(err)?;
-                (
-                    NetworkKind::DanmNet,
-                    n.metadata.namespace,
-                    n.metadata.name,
-                    n.metadata.uid,
-                    n.spec.network,
-                )
-            }
-            "TenantNetwork" => {
-                let n: TenantNetwork = serde_yaml::from_value(value).map_err(err)?;
-                (
-                    NetworkKind::TenantNetwork,
-                    n.metadata.namespace,
-                    n.metadata.name,
-                    n.metadata.uid,
-                    n.spec.network,
-                )
-            }
-            "ClusterNetwork" => {
-                let n: ClusterNetwork = serde_yaml::from_value(value).map_err(err)?;
-                (
-                    NetworkKind::ClusterNetwork,
-                    n.metadata.namespace,
-                    n.metadata.name,
-                    n.metadata.uid,
-                    n.spec.network,
-                )
-            }
-            _ => continue,
         };
-        let name = name
+        let network: AnyNetwork =
+            serde_path_to_error::deserialize(value).map_err(|e| DocumentError::Kind {
+                index,
+                kind,
+                field: e.path().to_string(),
+                source: e.into_inner(),
+            })?;
+        let name = network
+            .metadata
+            .name
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| (index, format!("{kind}: metadata.name is required")))?;
-        let namespace = namespace.unwrap_or_else(|| "default".to_owned());
+            .ok_or(DocumentError::NoName { index, kind })?;
+        let namespace = if kind.namespaced() {
+            network
+                .metadata
+                .namespace
+                .unwrap_or_else(|| "default".to_owned())
+        } else {
+            String::new()
+        };
         out.push(NetworkObject {
             key: NetworkKey::new(kind, &namespace, &name),
-            uid: uid.unwrap_or_default(),
-            spec,
+            uid: network.metadata.uid.unwrap_or_default(),
+            spec: network.spec,
         });
     }
     Ok(out)

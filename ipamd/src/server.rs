@@ -9,12 +9,32 @@ use tonic::transport::server::TcpIncoming;
 use crate::engine::Engine;
 use crate::service::IpamService;
 
+/// Why serving failed or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A TLS file cannot be read.
+    #[error("cannot read TLS file {path}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built from the descriptors.
+    #[error("gRPC reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed (TLS configuration, transport).
+    #[error("gRPC server")]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves the engine on `listener` (plain HTTP/2) until `shutdown` completes.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     serve_with_tls(engine, listener, None, shutdown).await
 }
 
@@ -31,11 +51,13 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     /// Reads the files into tonic's configuration, naming the file that cannot be read.
-    pub fn load(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-        use anyhow::Context as _;
+    pub fn load(&self) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         let read = |p: &std::path::Path| {
-            std::fs::read(p).with_context(|| format!("cannot read TLS file {}", p.display()))
+            std::fs::read(p).map_err(|source| ServeError::TlsFile {
+                path: p.to_owned(),
+                source,
+            })
         };
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
@@ -53,7 +75,7 @@ pub async fn serve_with_tls(
     listener: TcpListener,
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<IpamServer<IpamService>>()

@@ -19,8 +19,43 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use danm_core::Cidr;
-use danm_core::addr::ip_to_u128;
+use danm_core::addr::{AddrError, ip_to_u128};
 use danm_proto::v1 as pb;
+
+/// Why a listing cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The network's CIDR as ipamd sent it does not parse.
+    #[error("network CIDR {cidr:?}")]
+    NetworkCidr {
+        /// The text.
+        cidr: String,
+        /// Why.
+        #[source]
+        source: AddrError,
+    },
+    /// `--show-cidr` does not parse.
+    #[error("--show-cidr")]
+    ShowCidr(#[source] AddrError),
+    /// `--show-cidr` is not inside the network.
+    #[error("--show-cidr: {sub} is not inside the network's CIDR {cidr}")]
+    ShowCidrOutside {
+        /// What was asked.
+        sub: Cidr,
+        /// The network's CIDR.
+        cidr: Cidr,
+    },
+    /// `-a` over a range too large to print.
+    #[error(
+        "-a would list {count} addresses of {range}: narrow it with --show-cidr (at most {MAX_LISTED} addresses)"
+    )]
+    TooMany {
+        /// Addresses in the range.
+        count: u128,
+        /// The range.
+        range: Cidr,
+    },
+}
 
 /// Most addresses `-a` lists in one run.
 pub const MAX_LISTED: u128 = 1 << 16;
@@ -33,18 +68,19 @@ pub fn render(
     allocations: &[pb::Allocation],
     show_all: bool,
     sub_cidr: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, RenderError> {
     let cidr: Cidr = info
         .cidr
         .parse()
-        .map_err(|e| format!("network CIDR {:?}: {e}", info.cidr))?;
+        .map_err(|source| RenderError::NetworkCidr {
+            cidr: info.cidr.clone(),
+            source,
+        })?;
     let range = match sub_cidr {
         Some(text) => {
-            let sub: Cidr = text.parse().map_err(|e| format!("--show-cidr: {e}"))?;
+            let sub: Cidr = text.parse().map_err(RenderError::ShowCidr)?;
             if !cidr.contains_cidr(&sub) {
-                return Err(format!(
-                    "--show-cidr: {sub} is not inside the network's CIDR {cidr}"
-                ));
+                return Err(RenderError::ShowCidrOutside { sub, cidr });
             }
             sub
         }
@@ -87,10 +123,10 @@ pub fn render(
     }
     if show_all {
         if range.last_offset() >= MAX_LISTED {
-            return Err(format!(
-                "-a would list {} addresses of {range}: narrow it with --show-cidr (at most {MAX_LISTED} addresses)",
-                range.last_offset().saturating_add(1)
-            ));
+            return Err(RenderError::TooMany {
+                count: range.last_offset().saturating_add(1),
+                range,
+            });
         }
         let pool = match (
             info.pool_start.parse::<IpAddr>(),

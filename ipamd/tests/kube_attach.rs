@@ -14,7 +14,6 @@ use danm_ipamd::worker::WorkerConfig;
 use danm_testkit::control_plane::ControlPlane;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use serde::Deserialize;
 
 fn example(name: &str) -> String {
     danm_testkit::fixtures::read(&format!("4_0_examples/{name}"))
@@ -26,15 +25,18 @@ async fn pod_from_deployment(
     manifest: &str,
     name: &str,
 ) -> (String, String) {
-    let doc = serde_yaml::Deserializer::from_str(manifest).next().unwrap();
-    let value = serde_yaml::Value::deserialize(doc).unwrap();
+    let value: serde_json::Value = serde_saphyr::from_multiple(manifest)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
     let namespace = value["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default")
         .to_owned();
     let template: ObjectMeta =
-        serde_yaml::from_value(value["spec"]["template"]["metadata"].clone()).unwrap();
-    let spec: PodSpec = serde_yaml::from_value(value["spec"]["template"]["spec"].clone()).unwrap();
+        serde_json::from_value(value["spec"]["template"]["metadata"].clone()).unwrap();
+    let spec: PodSpec = serde_json::from_value(value["spec"]["template"]["spec"].clone()).unwrap();
     let pod = Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -173,7 +175,7 @@ async fn attach_follows_danm_on_its_4_0_examples() {
     assert_eq!(eps(&client).await.len(), 1);
 
     // A pod whose annotation asks for an address: read from the API, allocated, recorded.
-    let mut annotated: Pod = serde_yaml::from_str(
+    let mut annotated: Pod = serde_saphyr::from_str(
         "metadata: {name: web-0}\nspec: {containers: [{name: web, image: busybox:latest}]}",
     )
     .unwrap();

@@ -224,7 +224,7 @@ async fn kubectl_shows_our_printer_columns() {
     Api::<DanmNet>::namespaced(client.clone(), &ns)
         .create(
             &PostParams::default(),
-            &serde_yaml::from_str::<DanmNet>(
+            &serde_saphyr::from_str::<DanmNet>(
                 "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {name: internal}\nspec: {NetworkID: internal-id, NetworkType: macvlan, Options: {host_device: ens4, vxlan: 600, cidr: 10.240.1.0/24}}\n",
             )
             .unwrap(),
@@ -673,8 +673,8 @@ async fn danms_example_manifests_apply_unchanged_and_lose_no_field() {
         plane
             .kubectl_apply(text)
             .unwrap_or_else(|e| panic!("kubectl apply {name}: {e}"));
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let sent: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).unwrap();
+        for sent in documents {
             if sent["apiVersion"] != "danm.io/v1" {
                 continue;
             }

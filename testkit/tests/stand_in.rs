@@ -95,7 +95,8 @@ async fn deleting_an_owner_deletes_its_dependents_at_once() {
 #[tokio::test]
 async fn kubeconfig_points_at_the_server() {
     let server = stand_in().await;
-    let kubeconfig: kube::config::Kubeconfig = serde_yaml::from_str(&server.kubeconfig()).unwrap();
+    let kubeconfig: kube::config::Kubeconfig =
+        serde_saphyr::from_str(&server.kubeconfig()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .unwrap();

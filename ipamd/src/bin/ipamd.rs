@@ -55,9 +55,26 @@ struct Args {
     tls_client_ca: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ipamd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain on one line: "what failed: why: why".
+            eprintln!("ipamd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match args.log_format.as_str() {
@@ -81,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     // Mistakes no retry can fix end ipamd at once; an unreachable store is waited for.
-    store::check_spec(&args.store)?;
+    store::select::check(&args.store)?;
     let manifests = match &args.networks {
         Some(dir) => networks::load_dir(dir)?,
         None => Vec::new(),
@@ -104,7 +121,9 @@ async fn main() -> anyhow::Result<()> {
         let grace = std::time::Duration::from_secs(args.orphan_grace_seconds);
         let engine = std::sync::Arc::clone(&engine);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(grace / 2);
+            // The first scan after one period: at start the DanmEp cache is still filling.
+            let period = grace / 2;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 tick.tick().await;
                 if let Err(e) = engine.reclaim_orphans(grace).await {
@@ -124,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         mutual_tls = args.tls_client_ca.is_some(),
         "ipamd serving"
     );
-    server::serve_with_tls(engine, listener, tls, shutdown_signal()).await
+    Ok(server::serve_with_tls(engine, listener, tls, shutdown_signal()).await?)
 }
 
 /// Opens the store, puts the `--networks` manifests in it and starts the engine.
@@ -132,7 +151,7 @@ async fn start(
     args: &Args,
     manifests: &[store::NetworkObject],
 ) -> anyhow::Result<(Arc<dyn store::Store>, Arc<Engine>)> {
-    let store = store::open(&args.store, &args.namespace).await?;
+    let store = store::select::open(&args.store, &args.namespace).await?;
     if let Some(dir) = &args.networks {
         tracing::info!(count = manifests.len(), dir = %dir.display(), "loading networks");
     }

@@ -106,11 +106,8 @@ async fn main() -> anyhow::Result<()> {
     {
         allocations.push(a);
     }
-    let kind_name = match kind {
-        pb::NetworkKind::DanmNet => "DanmNet",
-        pb::NetworkKind::TenantNetwork => "TenantNetwork",
-        _ => "ClusterNetwork",
-    };
+    let kind_name =
+        danm_ipamd::service::kind_from_proto(kind).map_or("ClusterNetwork", |k| k.as_str());
     let text = render(
         kind_name,
         family,
@@ -118,8 +115,7 @@ async fn main() -> anyhow::Result<()> {
         &allocations,
         args.all,
         args.show_cidr.as_deref(),
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    )?;
     print!("{text}");
     Ok(())
 }

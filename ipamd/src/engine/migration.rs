@@ -12,14 +12,6 @@ use crate::error::EngineError;
 use crate::store::NetworkObject;
 use crate::worker::WorkerHandle;
 
-/// Whether a network still carries DANM's bit arrays.
-pub(super) fn has_legacy_arrays(plan: &NetworkPlan) -> bool {
-    let o = &plan.spec.options;
-    [&o.alloc, &o.alloc6]
-        .iter()
-        .any(|a| a.as_deref().is_some_and(|t| !t.trim().is_empty()))
-}
-
 impl Engine {
     /// Moves a DANM network's `alloc`/`alloc6` allocations into shards, then clears those
     /// fields (only after every shard write landed). Each address goes to the owner whose

@@ -213,7 +213,7 @@ impl Engine {
             }
         };
         let mut networks = self.networks.write().expect("lock");
-        if migration::has_legacy_arrays(&plan) {
+        if danm_core::migrate::has_legacy_arrays(&plan.spec) {
             // Not served until its DANM allocations are in shards.
             if !matches!(networks.get(&net.key), Some(NetworkState::Migrating)) {
                 networks.insert(net.key.clone(), NetworkState::Migrating);
@@ -307,3 +307,6 @@ impl Engine {
         Arc::clone(locks.entry(fingerprint).or_default())
     }
 }
+
+#[cfg(test)]
+mod tests;

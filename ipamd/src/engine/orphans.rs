@@ -134,7 +134,7 @@ impl Engine {
             Some(key) => vec![self.network(key)?],
             None => self.networks(),
         };
-        let mut by_owner: HashMap<(NetworkKey, u64), Vec<EndpointRecord>> = HashMap::new();
+        let mut by_owner: HashMap<(NetworkKey, u64), Vec<Arc<EndpointRecord>>> = HashMap::new();
         for record in self.store.list_endpoints().await? {
             by_owner
                 .entry((record.network.clone(), record.owner.fingerprint()))
@@ -162,7 +162,7 @@ impl Engine {
                     let endpoint = by_owner
                         .get(&(plan.key.clone(), fingerprint))
                         .and_then(|records| records.iter().find(|r| names_address(r, address)))
-                        .cloned();
+                        .map(|r| (**r).clone());
                     out.push(ListedAllocation {
                         network: plan.key.clone(),
                         address,

@@ -296,12 +296,14 @@ impl<B: KvBackend> Store for KvStore<B> {
         Ok(existed)
     }
 
-    async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
+    async fn list_endpoints(&self) -> StoreResult<Vec<std::sync::Arc<EndpointRecord>>> {
         let rows = self
             .run(|b| b.scan(Table::Endpoints, ""))
             .await
             .map_err(map_err(|| "endpoints".into()))?;
-        rows.iter().map(|(k, _, v)| decode(k, v)).collect()
+        rows.iter()
+            .map(|(k, _, v)| decode(k, v).map(std::sync::Arc::new))
+            .collect()
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

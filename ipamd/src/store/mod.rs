@@ -10,8 +10,12 @@ pub mod file;
 pub mod kube;
 pub mod kv;
 pub mod memory;
+pub mod select;
+#[cfg(test)]
+pub(crate) mod troubled;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use danm_core::layout::shard_name;
@@ -179,7 +183,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every endpoint record. A store may answer from a watch-fed cache that lags behind
     /// other writers (the Kubernetes store does): use it to find candidates, and read a
     /// record afresh ([`Store::get_endpoint`]) before deciding anything on it.
-    async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>>;
+    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointRecord>>>;
     /// The endpoint records of one container. `namespace` is the pod's namespace when the
     /// caller knows it. May come from a cache, as [`Store::list_endpoints`]; this replica's
     /// own writes are always in it.
@@ -189,9 +193,12 @@ pub trait Store: Send + Sync + 'static {
         namespace: Option<&str>,
     ) -> StoreResult<Vec<EndpointRecord>> {
         let _ = namespace;
-        let mut all = self.list_endpoints().await?;
-        all.retain(|r| r.owner.container_id == container_id);
-        Ok(all)
+        let all = self.list_endpoints().await?;
+        Ok(all
+            .iter()
+            .filter(|r| r.owner.container_id == container_id)
+            .map(|r| (**r).clone())
+            .collect())
     }
     /// The endpoint records whose owner has `fingerprint`, read afresh: every record
     /// written before the call is in the answer (what the orphan reclaimer decides on).
@@ -199,9 +206,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         fingerprint: u64,
     ) -> StoreResult<Vec<EndpointRecord>> {
-        let mut all = self.list_endpoints().await?;
-        all.retain(|r| r.owner.fingerprint() == fingerprint);
-        Ok(all)
+        let all = self.list_endpoints().await?;
+        Ok(all
+            .iter()
+            .filter(|r| r.owner.fingerprint() == fingerprint)
+            .map(|r| (**r).clone())
+            .collect())
     }
 
     /// Whether the store can serve now (reachable, caches filled).
@@ -257,48 +267,4 @@ pub fn parse_shard_storage_key(text: &str) -> Option<ShardKey> {
         family,
         index,
     })
-}
-
-/// Why a store could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// `--store` names no store.
-    #[error("--store {0:?} is not one of: memory, file:PATH, kube")]
-    UnknownStore(String),
-    /// `--store kube` without a usable Kubernetes client configuration.
-    #[error("--store kube: no Kubernetes client configuration")]
-    NoKubeConfig(#[source] ::kube::Error),
-    /// The store file cannot be opened.
-    #[error(transparent)]
-    File(#[from] file::FileError),
-}
-
-/// Opens a store from its command-line form: `memory`, `file:PATH` or `kube` (the
-/// in-cluster configuration, or `KUBECONFIG`); `namespace` is ipamd's own.
-pub async fn open(spec: &str, namespace: &str) -> Result<std::sync::Arc<dyn Store>, OpenError> {
-    check_spec(spec)?;
-    match spec.split_once(':') {
-        _ if spec == "memory" => Ok(std::sync::Arc::new(memory::MemoryStore::new())),
-        _ if spec == "kube" => {
-            let client = ::kube::Client::try_default()
-                .await
-                .map_err(OpenError::NoKubeConfig)?;
-            Ok(std::sync::Arc::new(
-                kube::KubeStore::new(client, namespace).await,
-            ))
-        }
-        Some(("file", path)) if !path.is_empty() => {
-            Ok(std::sync::Arc::new(file::FileStore::open(path)?))
-        }
-        _ => Err(OpenError::UnknownStore(spec.to_owned())),
-    }
-}
-
-/// Whether `spec` names a store at all (a mistake no retry can fix).
-pub fn check_spec(spec: &str) -> Result<(), OpenError> {
-    match spec.split_once(':') {
-        _ if spec == "memory" || spec == "kube" => Ok(()),
-        Some(("file", path)) if !path.is_empty() => Ok(()),
-        _ => Err(OpenError::UnknownStore(spec.to_owned())),
-    }
 }

@@ -17,65 +17,30 @@
 
 mod pending;
 mod plan;
+mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use danm_core::codec::CodecError;
 use danm_core::layout::{shard_first, shard_index, shard_len};
 use danm_core::policy::pool_point;
-use danm_core::{
-    AddressRequest, AllocError, Family, NetworkKey, NetworkPlan, PerFamily, ShardBits,
-};
+use danm_core::{AddressRequest, Family, NetworkKey, NetworkPlan, PerFamily, ShardBits};
 use danm_crds::{AllocationShardSpec, ShardNetworkRef};
 use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::EngineError;
 use crate::metrics::Metrics;
-use crate::store::{ShardKey, Store, StoreError, StoredShard, Version};
+use crate::store::{Store, StoreError, Version};
 use pending::{Change, Op, Pending, PendingKind};
+pub use pending::{Granted, Held};
 use plan::Work;
-
-/// Addresses (offsets in the family's CIDR) held by one request.
-pub type Held = PerFamily<Option<u128>>;
-
-/// What an Allocate got.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Granted {
-    /// The addresses the owner holds now.
-    pub held: Held,
-    /// Families whose (static) address the owner already held before the request: nothing
-    /// was written for them, so the caller renews them once it has recorded the owner (see
-    /// [`WorkerHandle::renew`]).
-    pub reused: PerFamily<bool>,
-}
-
-/// Tunables of a worker.
-#[derive(Clone, Debug)]
-pub struct WorkerConfig {
-    /// Most requests taken into one round.
-    pub max_batch: usize,
-    /// Rounds a request may take part in before it is refused as UNAVAILABLE.
-    pub max_attempts: u32,
-    /// Where dynamic allocation starts in each pool (replicas start in different places so
-    /// they rarely collide), as a fraction of the pool in 1/65536.
-    pub start_hint: u16,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            max_batch: 1024,
-            max_attempts: 32,
-            start_hint: 0,
-        }
-    }
-}
+use state::{Cached, Worker};
+pub use state::{WorkerConfig, decode_shard};
 
 /// A request to the worker.
 enum Job {
@@ -213,72 +178,7 @@ impl WorkerHandle {
     }
 }
 
-#[derive(Debug)]
-enum Cached {
-    Good {
-        version: Version,
-        revision: u64,
-        bits: ShardBits,
-    },
-    Corrupt {
-        reason: String,
-    },
-}
-
-struct Worker {
-    plan: Arc<NetworkPlan>,
-    uid: String,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    config: WorkerConfig,
-    shards: HashMap<(Family, u128), Cached>,
-    /// Shards whose state is unknown (a write and the re-read after it failed): read again
-    /// before they are used.
-    stale: BTreeSet<(Family, u128)>,
-    /// Shards read from the store at the start of this round: their "not held" is final.
-    fresh: BTreeSet<(Family, u128)>,
-    cursors: PerFamily<u128>,
-    /// State of the generator that picks where to move after losing a shard.
-    hop_state: u64,
-    loaded: bool,
-}
-
-fn start_cursor(plan: &NetworkPlan, family: Family, hint: u16) -> u128 {
-    match plan.family(family).and_then(|f| f.pool) {
-        Some((first, last)) => pool_point(first, last, hint),
-        None => 0,
-    }
-}
-
 impl Worker {
-    fn new(
-        plan: Arc<NetworkPlan>,
-        uid: String,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-        config: WorkerConfig,
-    ) -> Worker {
-        let hop_state = 0x9e37_79b9_7f4a_7c15
-            ^ u64::from(config.start_hint)
-            ^ u64::from(std::process::id()).rotate_left(32);
-        Worker {
-            cursors: PerFamily::new(
-                start_cursor(&plan, Family::V4, config.start_hint),
-                start_cursor(&plan, Family::V6, config.start_hint),
-            ),
-            plan,
-            uid,
-            store,
-            metrics,
-            config,
-            shards: HashMap::new(),
-            stale: BTreeSet::new(),
-            fresh: BTreeSet::new(),
-            hop_state,
-            loaded: false,
-        }
-    }
-
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut queue: Vec<Pending> = Vec::new();
         loop {
@@ -329,48 +229,6 @@ impl Worker {
         }
         self.loaded = true;
         Ok(())
-    }
-
-    fn cache(&mut self, shard: StoredShard) {
-        let key = (shard.key.family, shard.key.index);
-        match decode_shard(&shard) {
-            Ok(bits) => {
-                self.shards.insert(
-                    key,
-                    Cached::Good {
-                        version: shard.version,
-                        revision: shard.spec.revision,
-                        bits,
-                    },
-                );
-            }
-            Err(reason) => {
-                self.metrics.corrupt_shards.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    shard = %shard.key.name(),
-                    network = %self.plan.key,
-                    %reason,
-                    "shard refused: it will not be used until repaired by an operator"
-                );
-                self.shards.insert(key, Cached::Corrupt { reason });
-            }
-        }
-    }
-
-    fn shard_key(&self, family: Family, index: u128) -> ShardKey {
-        ShardKey {
-            network: self.plan.key.clone(),
-            family,
-            index,
-        }
-    }
-
-    fn unusable(&self, family: Family, index: u128, reason: &str) -> EngineError {
-        EngineError::Alloc(AllocError::ShardUnusable {
-            network: self.plan.key.to_string(),
-            shard: self.shard_key(family, index).name(),
-            reason: reason.to_owned(),
-        })
     }
 
     /// Reads again the shards whose state is unknown; they are "fresh" for this round.
@@ -613,18 +471,4 @@ impl Worker {
             revision,
         }
     }
-}
-
-/// Decodes a stored shard, refusing a bad CRC or a shard of another layout.
-pub fn decode_shard(shard: &StoredShard) -> Result<ShardBits, String> {
-    if Family::parse(&shard.spec.family) != Some(shard.key.family) {
-        return Err(format!(
-            "family {:?} does not match its key",
-            shard.spec.family
-        ));
-    }
-    ShardBits::decode(&shard.spec.payload, shard.spec.crc32).map_err(|e| match e {
-        CodecError::CrcMismatch { .. } => format!("corrupt payload: {e}"),
-        other => other.to_string(),
-    })
 }

@@ -4,9 +4,22 @@
 use danm_core::{AddressRequest, Family, PerFamily};
 use tokio::sync::oneshot;
 
-use super::{Granted, Held};
 use crate::error::EngineError;
 use crate::store::Version;
+
+/// Addresses (offsets in the family's CIDR) held by one request.
+pub type Held = PerFamily<Option<u128>>;
+
+/// What an Allocate got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// The addresses the owner holds now.
+    pub held: Held,
+    /// Families whose (static) address the owner already held before the request: nothing
+    /// was written for them, so the caller renews them once it has recorded the owner (see
+    /// [`WorkerHandle::renew`]).
+    pub reused: PerFamily<bool>,
+}
 
 /// One request inside a round.
 pub(super) struct Pending {

@@ -9,7 +9,7 @@ use danm_core::policy::{ShardView, check_static, describe_pool, find_free};
 use danm_core::{AddressRequest, AllocError, Family, ShardBits};
 
 use super::pending::{Change, Op, Pending, PendingKind};
-use super::{Cached, Worker};
+use super::state::{Cached, Worker};
 use crate::error::EngineError;
 
 /// The working copies of one round, by (family, shard index).

@@ -1,182 +1,20 @@
 //! The worker on a memory store whose shard writes can be held, lost or raced by another
-//! writer: group commit, a lost compare-and-swap, an unknown write outcome, a partial
+//! writer ([`crate::store::troubled`]): group commit, a lost compare-and-swap, an unknown write outcome, a partial
 //! dual-stack give-back, renewal and the version-fenced reclaim.
 
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use async_trait::async_trait;
 use danm_core::layout::{local_offset, shard_index};
 use danm_core::network::plan;
 use danm_core::{AddressRequest, AllocError, Family, NetworkKey, NetworkKind, PerFamily};
-use danm_crds::{AllocationShardSpec, NetworkOptions, NetworkSpec};
+use danm_crds::{NetworkOptions, NetworkSpec};
 use tokio::sync::Notify;
 
 use super::{WorkerConfig, WorkerHandle, decode_shard};
 use crate::error::EngineError;
 use crate::metrics::Metrics;
-use crate::store::memory::MemoryStore;
-use crate::store::{
-    EndpointRecord, NetworkObject, ShardKey, Store, StoreError, StoreEvent, StoreResult,
-    StoredShard, Version,
-};
-
-/// What happens to the next shard write.
-enum Trouble {
-    /// Wait until the test says go.
-    Hold(Arc<Notify>),
-    /// Another replica writes the shard first, taking this offset (our write then loses
-    /// its compare-and-swap). Waits for a write of that family.
-    Race {
-        family: Family,
-        offset: u128,
-        thief: u64,
-    },
-    /// The write lands, but its answer is lost (the caller sees UNAVAILABLE).
-    LoseAnswer,
-}
-
-/// A memory store with [`Trouble`] queued for its shard writes.
-struct TroubledStore {
-    inner: MemoryStore,
-    troubles: Mutex<Vec<Trouble>>,
-    writes: AtomicU32,
-}
-
-impl TroubledStore {
-    fn new() -> Arc<TroubledStore> {
-        Arc::new(TroubledStore {
-            inner: MemoryStore::new(),
-            troubles: Mutex::new(Vec::new()),
-            writes: AtomicU32::new(0),
-        })
-    }
-
-    fn then(&self, trouble: Trouble) {
-        self.troubles.lock().unwrap().push(trouble);
-    }
-
-    /// Applies the next trouble; true when the answer must be lost after the write.
-    async fn before_write(&self, key: &ShardKey) -> bool {
-        let trouble = {
-            let mut t = self.troubles.lock().unwrap();
-            let applies =
-                |t: &Trouble| !matches!(t, Trouble::Race { family, .. } if *family != key.family);
-            t.iter().position(applies).map(|i| t.remove(i))
-        };
-        match trouble {
-            None => false,
-            Some(Trouble::Hold(go)) => {
-                go.notified().await;
-                false
-            }
-            Some(Trouble::Race { offset, thief, .. }) => {
-                steal(&self.inner, key, offset, thief).await;
-                false
-            }
-            Some(Trouble::LoseAnswer) => true,
-        }
-    }
-}
-
-/// Another writer sets `offset` for `thief` in the shard of `key` (creating it if needed).
-async fn steal(store: &dyn Store, key: &ShardKey, offset: u128, thief: u64) {
-    let current = store.get_shard(key).await.unwrap();
-    let mut bits = match &current {
-        Some(s) => decode_shard(s).unwrap(),
-        None => danm_core::ShardBits::new(),
-    };
-    bits.insert(local_offset(offset), thief).unwrap();
-    let encoded = bits.encode();
-    let spec = AllocationShardSpec {
-        family: key.family.as_str().to_owned(),
-        allocated: encoded.allocated,
-        crc32: encoded.crc32,
-        payload: encoded.payload,
-        revision: current.as_ref().map_or(0, |s| s.spec.revision) + 1,
-        ..current.as_ref().map(|s| s.spec.clone()).unwrap_or_default()
-    };
-    match current {
-        Some(s) => store.update_shard(key, spec, &s.version).await.unwrap(),
-        None => store.create_shard(key, spec).await.unwrap(),
-    };
-}
-
-#[async_trait]
-impl Store for TroubledStore {
-    fn describe(&self) -> String {
-        "troubled memory".into()
-    }
-    async fn list_networks(&self) -> StoreResult<Vec<NetworkObject>> {
-        self.inner.list_networks().await
-    }
-    async fn get_network(&self, key: &NetworkKey) -> StoreResult<Option<NetworkObject>> {
-        self.inner.get_network(key).await
-    }
-    async fn put_network(&self, network: NetworkObject) -> StoreResult<()> {
-        self.inner.put_network(network).await
-    }
-    async fn delete_network(&self, key: &NetworkKey) -> StoreResult<bool> {
-        self.inner.delete_network(key).await
-    }
-    async fn get_shard(&self, key: &ShardKey) -> StoreResult<Option<StoredShard>> {
-        self.inner.get_shard(key).await
-    }
-    async fn list_shards(&self, network: &NetworkKey) -> StoreResult<Vec<StoredShard>> {
-        self.inner.list_shards(network).await
-    }
-    async fn create_shard(
-        &self,
-        key: &ShardKey,
-        spec: AllocationShardSpec,
-    ) -> StoreResult<Version> {
-        let lose = self.before_write(key).await;
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        let v = self.inner.create_shard(key, spec).await?;
-        if lose {
-            return Err(StoreError::Unavailable("answer lost".into()));
-        }
-        Ok(v)
-    }
-    async fn update_shard(
-        &self,
-        key: &ShardKey,
-        spec: AllocationShardSpec,
-        expected: &Version,
-    ) -> StoreResult<Version> {
-        let lose = self.before_write(key).await;
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        let v = self.inner.update_shard(key, spec, expected).await?;
-        if lose {
-            return Err(StoreError::Unavailable("answer lost".into()));
-        }
-        Ok(v)
-    }
-    async fn create_endpoint(&self, record: EndpointRecord) -> StoreResult<()> {
-        self.inner.create_endpoint(record).await
-    }
-    async fn get_endpoint(
-        &self,
-        owner: &danm_core::OwnerKey,
-        namespace: Option<&str>,
-    ) -> StoreResult<Option<EndpointRecord>> {
-        self.inner.get_endpoint(owner, namespace).await
-    }
-    async fn delete_endpoint(
-        &self,
-        owner: &danm_core::OwnerKey,
-        namespace: Option<&str>,
-    ) -> StoreResult<bool> {
-        self.inner.delete_endpoint(owner, namespace).await
-    }
-    async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
-        self.inner.list_endpoints().await
-    }
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
-        self.inner.subscribe()
-    }
-}
+use crate::store::troubled::{Trouble, TroubledStore};
+use crate::store::{ShardKey, Store};
 
 /// A worker on a network of `cidr` (and `net6`, if given) over `store`.
 fn worker(store: &Arc<TroubledStore>, cidr: &str, net6: Option<&str>) -> WorkerHandle {
@@ -232,7 +70,7 @@ async fn requests_that_queue_behind_a_write_share_the_next_one() {
         async move { worker.allocate(1, v4_dynamic()).await }
     });
     // The first round is held in its write: the next 20 requests queue behind it.
-    while store.writes.load(Ordering::Relaxed) == 0 && store.troubles.lock().unwrap().len() == 1 {
+    while store.writes() == 0 && !store.all_met() {
         tokio::task::yield_now().await;
     }
     let rest: Vec<_> = (2..22u64)
@@ -251,7 +89,7 @@ async fn requests_that_queue_behind_a_write_share_the_next_one() {
     offsets.dedup();
     assert_eq!(offsets.len(), 21, "21 distinct addresses");
     assert_eq!(
-        store.writes.load(Ordering::Relaxed),
+        store.writes(),
         2,
         "one write for the first request, one for the 20 that queued behind it"
     );

@@ -16,7 +16,7 @@ pub struct Ipamd {
     pub addr: std::net::SocketAddr,
     pub engine: Arc<Engine>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), danm_ipamd::server::ServeError>>>,
 }
 
 impl Ipamd {

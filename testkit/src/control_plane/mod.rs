@@ -385,7 +385,7 @@ impl ControlPlane {
         for file in files {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Error::Io(file.display().to_string(), e))?;
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+            let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
                 .map_err(|e| Error::Kubeconfig(format!("{}: {e}", file.display())))?;
             let created = api
                 .create(&PostParams::default(), &crd)

@@ -7,10 +7,11 @@
 //! watch's delay: callers use it to find records, never to decide that something may be
 //! freed (that is confirmed from a fresh read).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use danm_core::OwnerKey;
 use danm_crds::DanmEp;
 use futures::StreamExt;
 use kube::api::Api;
@@ -23,57 +24,67 @@ use crate::store::{EndpointRecord, StoreError, StoreResult};
 /// Namespace and name of a DanmEp.
 type ObjectRef = (String, String);
 
+/// The records, each stored once in a slot and found through small indexes of slot numbers.
 #[derive(Debug, Default)]
 struct Index {
-    records: HashMap<ObjectRef, EndpointRecord>,
-    by_container: HashMap<String, HashSet<ObjectRef>>,
-    by_fingerprint: HashMap<u64, HashSet<ObjectRef>>,
-    by_name: HashMap<String, HashSet<String>>,
+    slots: Vec<Option<Arc<EndpointRecord>>>,
+    free: Vec<u32>,
+    by_object: HashMap<ObjectRef, u32>,
+    by_container: HashMap<String, Vec<u32>>,
+    by_fingerprint: HashMap<u64, Vec<u32>>,
 }
 
 impl Index {
     fn insert(&mut self, record: EndpointRecord) {
         let at = (record.namespace.clone(), record.owner.endpoint_name());
         self.remove(&at);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
         self.by_container
             .entry(record.owner.container_id.clone())
             .or_default()
-            .insert(at.clone());
+            .push(slot);
         self.by_fingerprint
             .entry(record.owner.fingerprint())
             .or_default()
-            .insert(at.clone());
-        self.by_name
-            .entry(at.1.clone())
-            .or_default()
-            .insert(at.0.clone());
-        self.records.insert(at, record);
+            .push(slot);
+        self.by_object.insert(at, slot);
+        self.slots[slot as usize] = Some(Arc::new(record));
     }
 
     fn remove(&mut self, at: &ObjectRef) {
-        let Some(old) = self.records.remove(at) else {
+        let Some(slot) = self.by_object.remove(at) else {
             return;
         };
-        fn forget<K: std::hash::Hash + Eq, V: std::hash::Hash + Eq>(
-            map: &mut HashMap<K, HashSet<V>>,
-            key: K,
-            value: &V,
-        ) {
-            if let Some(set) = map.get_mut(&key) {
-                set.remove(value);
-                if set.is_empty() {
+        let Some(old) = self.slots[slot as usize].take() else {
+            return;
+        };
+        self.free.push(slot);
+        fn forget<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u32>>, key: K, slot: u32) {
+            if let Some(slots) = map.get_mut(&key) {
+                slots.retain(|s| *s != slot);
+                if slots.is_empty() {
                     map.remove(&key);
                 }
             }
         }
-        forget(&mut self.by_container, old.owner.container_id.clone(), at);
-        forget(&mut self.by_fingerprint, old.owner.fingerprint(), at);
-        forget(&mut self.by_name, at.1.clone(), &at.0);
+        forget(&mut self.by_container, old.owner.container_id.clone(), slot);
+        forget(&mut self.by_fingerprint, old.owner.fingerprint(), slot);
     }
 
-    fn collect<'a>(&self, refs: impl IntoIterator<Item = &'a ObjectRef>) -> Vec<EndpointRecord> {
-        refs.into_iter()
-            .filter_map(|at| self.records.get(at).cloned())
+    fn len(&self) -> usize {
+        self.by_object.len()
+    }
+
+    fn collect<'a>(&self, slots: impl IntoIterator<Item = &'a u32>) -> Vec<EndpointRecord> {
+        slots
+            .into_iter()
+            .filter_map(|s| self.slots[*s as usize].as_deref().cloned())
             .collect()
     }
 }
@@ -113,7 +124,7 @@ impl EndpointCache {
                     }
                     Ok(watcher::Event::InitDone) => {
                         if let Some(buffer) = relist.take() {
-                            let count = buffer.records.len();
+                            let count = buffer.len();
                             *fed.index.write().expect("lock") = buffer;
                             fed.synced.send_replace(true);
                             tracing::info!(count, "endpoint cache listed every DanmEp");
@@ -166,12 +177,13 @@ impl EndpointCache {
     }
 
     /// Every record.
-    pub(super) fn all(&self) -> Vec<EndpointRecord> {
+    pub(super) fn all(&self) -> Vec<Arc<EndpointRecord>> {
         self.index
             .read()
             .expect("lock")
-            .records
-            .values()
+            .slots
+            .iter()
+            .flatten()
             .cloned()
             .collect()
     }
@@ -188,22 +200,23 @@ impl EndpointCache {
         index.collect(index.by_fingerprint.get(&fingerprint).into_iter().flatten())
     }
 
-    /// The namespaces holding a DanmEp named `name`.
-    pub(super) fn namespaces_of(&self, name: &str) -> Vec<String> {
-        self.index
-            .read()
-            .expect("lock")
-            .by_name
-            .get(name)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+    /// The namespaces holding a DanmEp of `owner`.
+    pub(super) fn namespaces_of(&self, owner: &OwnerKey) -> Vec<String> {
+        let mut namespaces: Vec<String> = self
+            .with_fingerprint(owner.fingerprint())
+            .into_iter()
+            .filter(|r| &r.owner == owner)
+            .map(|r| r.namespace)
+            .collect();
+        namespaces.dedup();
+        namespaces
     }
 }
 
 /// The record of a DanmEp, or None (logged) for one ipamd cannot read (not written by it).
 fn readable(ep: DanmEp) -> Option<EndpointRecord> {
     let name = ep.name_any();
-    match super::to_record(ep) {
+    match super::objects::to_record(ep) {
         Ok(record) => Some(record),
         Err(e) => {
             tracing::debug!(danmep = %name, error = %e, "DanmEp not cached");

@@ -12,18 +12,20 @@
 //! * Endpoint records are `DanmEp` objects in the pod's namespace, named after the owner
 //!   key and labelled with its container id and fingerprint. A watch-fed cache of them
 //!   ([`endpoints`]) answers every "which records" question, so that no request lists
-//!   DanmEps cluster-wide: reading or deleting one owner's record is one request in its
-//!   namespace, a container's records come from the cache, and the orphan reclaimer's
-//!   fresh check is one list by fingerprint label.
+//!   DanmEps cluster-wide on a hot path: reading or deleting one owner's record is one
+//!   request in its namespace (given by the caller, or known to the cache), a container's
+//!   records come from the cache, and only the orphan reclaimer's fresh check is a
+//!   cluster-wide list, of one fingerprint label.
 
 mod endpoints;
 mod networks;
+mod objects;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use danm_core::{Family, NetworkKey, NetworkKind, OwnerKey};
+use danm_core::{NetworkKey, NetworkKind, OwnerKey};
 use danm_crds::{AllocationShard, AllocationShardSpec, DanmEp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -35,15 +37,11 @@ use super::{
     StoredShard, Version,
 };
 use endpoints::EndpointCache;
-
-const LABEL_KIND: &str = "danm.io/network-kind";
-const LABEL_NAMESPACE: &str = "danm.io/network-namespace";
-const LABEL_NAME: &str = "danm.io/network-name";
-const LABEL_FAMILY: &str = "danm.io/family";
-const LABEL_CONTAINER: &str = "danm.io/container-id";
-const LABEL_FINGERPRINT: &str = "danm.io/owner-fingerprint";
-const ANNOTATION_INDEX: &str = "danm.io/shard-index";
-const ANNOTATION_NETWORK: &str = "danm.io/network";
+use objects::{
+    ANNOTATION_INDEX, ANNOTATION_NETWORK, LABEL_CONTAINER, LABEL_FAMILY, LABEL_FINGERPRINT,
+    fingerprint_label, label_value, map_err, network_labels, network_selector, to_record,
+    to_stored,
+};
 
 /// The Kubernetes store.
 pub struct KubeStore {
@@ -70,106 +68,6 @@ impl std::fmt::Debug for KubeStore {
             .field("namespace", &self.namespace)
             .finish()
     }
-}
-
-fn map_err(what: impl Fn() -> String) -> impl Fn(kube::Error) -> StoreError {
-    move |e| match &e {
-        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => {
-            StoreError::AlreadyExists(what())
-        }
-        kube::Error::Api(s) if s.code == 409 => StoreError::Conflict(what()),
-        kube::Error::Api(s) if s.code == 404 => StoreError::NotFound(what()),
-        _ => StoreError::Unavailable(format!("{}: {e}", what())),
-    }
-}
-
-fn label_value(text: &str) -> String {
-    // Label values: at most 63 characters of [A-Za-z0-9._-]; names and namespaces fit.
-    text.chars().take(63).collect()
-}
-
-fn fingerprint_label(fingerprint: u64) -> String {
-    format!("{fingerprint:016x}")
-}
-
-fn network_labels(key: &NetworkKey) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_KIND.to_owned(), key.kind.as_str().to_owned()),
-        (LABEL_NAMESPACE.to_owned(), label_value(&key.namespace)),
-        (LABEL_NAME.to_owned(), label_value(&key.name)),
-    ])
-}
-
-fn network_selector(key: &NetworkKey) -> String {
-    format!(
-        "{LABEL_KIND}={},{LABEL_NAMESPACE}={},{LABEL_NAME}={}",
-        key.kind.as_str(),
-        label_value(&key.namespace),
-        label_value(&key.name)
-    )
-}
-
-/// The record a DanmEp holds.
-fn to_record(ep: DanmEp) -> StoreResult<EndpointRecord> {
-    let name = ep.name_any();
-    let labels = ep.labels();
-    let kind = labels
-        .get(LABEL_KIND)
-        .and_then(|k| NetworkKind::parse(k))
-        .or_else(|| NetworkKind::parse(&ep.spec.api_type))
-        .ok_or_else(|| StoreError::Unreadable {
-            key: name.clone(),
-            reason: "no network kind".into(),
-        })?;
-    let namespace = ep.namespace().unwrap_or_default();
-    let net_namespace = labels
-        .get(LABEL_NAMESPACE)
-        .cloned()
-        .unwrap_or_else(|| namespace.clone());
-    let owner = OwnerKey::new(&ep.spec.cid, &ep.spec.interface.name).map_err(|e| {
-        StoreError::Unreadable {
-            key: name,
-            reason: e.to_string(),
-        }
-    })?;
-    Ok(EndpointRecord {
-        owner,
-        network: NetworkKey::new(kind, &net_namespace, &ep.spec.network_name),
-        namespace,
-        spec: ep.spec,
-    })
-}
-
-fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
-    let name = object.name_any();
-    let unreadable = |reason: &str| StoreError::Unreadable {
-        key: name.clone(),
-        reason: reason.to_owned(),
-    };
-    let network = object
-        .annotations()
-        .get(ANNOTATION_NETWORK)
-        .and_then(|n| {
-            let mut parts = n.splitn(3, '/');
-            let kind = NetworkKind::parse(parts.next()?)?;
-            Some(NetworkKey::new(kind, parts.next()?, parts.next()?))
-        })
-        .ok_or_else(|| unreadable("no danm.io/network annotation"))?;
-    let family = Family::parse(&object.spec.family).ok_or_else(|| unreadable("unknown family"))?;
-    let index = object
-        .annotations()
-        .get(ANNOTATION_INDEX)
-        .and_then(|i| u128::from_str_radix(i, 16).ok())
-        .ok_or_else(|| unreadable("no shard index annotation"))?;
-    Ok(StoredShard {
-        key: ShardKey {
-            network,
-            family,
-            index,
-        },
-        version: object.resource_version().unwrap_or_default(),
-        spec: object.spec,
-    })
 }
 
 impl KubeStore {
@@ -213,12 +111,14 @@ impl KubeStore {
     fn namespaces_for(&self, owner: &OwnerKey, namespace: Option<&str>) -> Vec<String> {
         match namespace.filter(|n| !n.is_empty()) {
             Some(n) => vec![n.to_owned()],
-            None => self.endpoints.namespaces_of(&owner.endpoint_name()),
+            None => self.endpoints.namespaces_of(owner),
         }
     }
 
     /// The owner's DanmEp, read afresh: one GET in the pod's namespace (given, or found in
-    /// the cache); a list by name across namespaces only when neither knows it.
+    /// the cache). Without either, there is none as far as this replica can tell: a record
+    /// written a moment ago by another replica for a caller that does not say its pod's
+    /// namespace is missed, rather than listing every namespace on a hot path.
     async fn find_endpoint(
         &self,
         owner: &OwnerKey,
@@ -228,10 +128,9 @@ impl KubeStore {
             ep.spec.cid == owner.container_id && ep.spec.interface.name == owner.ifname
         };
         let err = map_err(|| format!("endpoint of owner {owner}"));
-        let namespaces = self.namespaces_for(owner, namespace);
-        for ns in &namespaces {
+        for ns in self.namespaces_for(owner, namespace) {
             if let Some(ep) = self
-                .danmeps(ns)
+                .danmeps(&ns)
                 .get_opt(&owner.endpoint_name())
                 .await
                 .map_err(&err)?
@@ -240,16 +139,7 @@ impl KubeStore {
                 return Ok(Some(ep));
             }
         }
-        if !namespaces.is_empty() {
-            return Ok(None);
-        }
-        let found = Api::<DanmEp>::all(self.client.clone())
-            .list(
-                &ListParams::default().fields(&format!("metadata.name={}", owner.endpoint_name())),
-            )
-            .await
-            .map_err(&err)?;
-        Ok(found.items.into_iter().find(is_owners))
+        Ok(None)
     }
 
     async fn network_uid(&self, key: &NetworkKey) -> Option<String> {
@@ -460,30 +350,31 @@ impl Store for KubeStore {
             .transpose()
     }
 
+    /// One DELETE in the pod's namespace (given, or found in the cache).
     async fn delete_endpoint(
         &self,
         owner: &OwnerKey,
         namespace: Option<&str>,
     ) -> StoreResult<bool> {
-        let Some(ep) = self.find_endpoint(owner, namespace).await? else {
-            return Ok(false);
-        };
-        let ns = ep.namespace().unwrap_or_default();
-        let deleted = match self
-            .danmeps(&ns)
-            .delete(&ep.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => true,
-            Err(kube::Error::Api(s)) if s.code == 404 => false,
-            Err(e) => return Err(map_err(|| format!("endpoint of owner {owner}"))(e)),
-        };
-        self.endpoints.remove(&ns, &ep.name_any());
+        let name = owner.endpoint_name();
+        let mut deleted = false;
+        for ns in self.namespaces_for(owner, namespace) {
+            match self
+                .danmeps(&ns)
+                .delete(&name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => deleted = true,
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(map_err(|| format!("endpoint of owner {owner}"))(e)),
+            }
+            self.endpoints.remove(&ns, &name);
+        }
         Ok(deleted)
     }
 
     /// From the DanmEp cache (it may lag behind other replicas' writes).
-    async fn list_endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
+    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointRecord>>> {
         self.endpoints.synced().await?;
         Ok(self.endpoints.all())
     }

@@ -1,0 +1,316 @@
+//! `scale-bench`: what one pod costs ipamd as the cluster grows. For each N of
+//! `--endpoints`, a fresh API server gets N DanmEps of other pods (in the measured pods'
+//! namespace, the hardest place for them), one `ipamd --store kube` starts on it, and
+//! `--pods` pods are attached, looked up and detached one at a time, as kubelet's ADD, CHECK
+//! and DEL would: Attach, Interfaces, Detach. Prints one JSON object: per N, each call's
+//! latency (p50/p99/max) and the API requests and response bytes it cost.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use danm_bench::api::{ApiKind, Counters, Target};
+use danm_bench::replicas;
+use danm_bench::stats::{Latencies, round2};
+use danm_crds::{
+    DanmEp, DanmEpIface, DanmEpSpec, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec,
+};
+use danm_proto::v1 as pb;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ObjectMeta, PostParams};
+use serde_json::{Value, json};
+
+/// Measures Attach, Interfaces and Detach of one pod against the number of DanmEps.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The API server: `real` (etcd and kube-apiserver built by testkit/k8s/build.sh) or
+    /// `stand-in`.
+    #[arg(long, value_enum, default_value = "real")]
+    api: ApiKind,
+    /// Numbers of DanmEps of other pods to pre-load, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "100,10000,100000")]
+    endpoints: Vec<usize>,
+    /// Pods attached, looked up and detached in each run.
+    #[arg(long, default_value_t = 200)]
+    pods: usize,
+    /// Concurrent creates while pre-loading.
+    #[arg(long, default_value_t = 32)]
+    preload_concurrency: usize,
+    /// The ipamd binary (default: beside this one).
+    #[arg(long)]
+    ipamd: Option<PathBuf>,
+}
+
+const NAMESPACE: &str = "scale";
+const NETWORK: &str = "scale";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.pods == 0 {
+        bail!("--pods must be at least 1");
+    }
+    let ipamd = replicas::locate_ipamd(args.ipamd.as_deref())?;
+    let mut runs = Vec::new();
+    for &n in &args.endpoints {
+        eprintln!("scale-bench: {n} DanmEps of other pods");
+        runs.push(
+            run(&args, &ipamd, n)
+                .await
+                .with_context(|| format!("run with {n} DanmEps"))?,
+        );
+    }
+    let report = json!({
+        "setup": {
+            "api": format!("{:?}", args.api),
+            "pods": args.pods,
+            "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+        },
+        "runs": runs,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn run(args: &Args, ipamd: &std::path::Path, endpoints: usize) -> anyhow::Result<Value> {
+    let server = Target::start(args.api, Duration::ZERO).await?;
+    let client = server.client().await;
+    for ns in [NAMESPACE, "danm-system"] {
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
+    }
+    let spec = NetworkSpec {
+        network_id: NETWORK.into(),
+        network_type: "macvlan".into(),
+        options: NetworkOptions {
+            cidr: Some("10.0.0.0/8".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<DanmNet>::namespaced(client.clone(), NAMESPACE)
+        .create(
+            &PostParams::default(),
+            &DanmNet::new(NETWORK, DanmNetSpec { network: spec }),
+        )
+        .await?;
+    let started = Instant::now();
+    preload(&client, endpoints, args.preload_concurrency).await?;
+    let preload_seconds = started.elapsed().as_secs_f64();
+    eprintln!("scale-bench: pre-loaded {endpoints} DanmEps in {preload_seconds:.0} s");
+    // Pods without their sandboxes: what Attach reads.
+    for i in 0..args.pods {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("measured-{i}"),
+                "annotations": {"danm.io/interfaces": format!(r#"[{{"network":"{NETWORK}","ip":"dynamic"}}]"#)},
+            },
+            "spec": {"containers": [{"name": "app", "image": "busybox:latest"}]},
+        }))?;
+        Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+            .create(&PostParams::default(), &pod)
+            .await?;
+    }
+
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let replica = replicas::start(ipamd, &kubeconfig, 1, 1).await?;
+    let mut ipam = replica[0].client();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !ipam.status(pb::StatusRequest {}).await?.into_inner().ready {
+        if Instant::now() > deadline {
+            bail!("ipamd was not ready within 300 s of listing {endpoints} DanmEps");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss_ready = replica[0].rss_bytes()?;
+
+    let baseline = api_baseline(&client, args.pods).await?;
+    let mut calls: BTreeMap<&str, Value> = BTreeMap::new();
+    let cid = |i: usize| format!("measured-cid-{i}");
+    for (name, call) in [("attach", 0), ("interfaces", 1), ("detach", 2)] {
+        let before = server.counters().await?;
+        let mut latencies = Latencies::default();
+        for i in 0..args.pods {
+            let t = Instant::now();
+            match call {
+                0 => {
+                    let planned = ipam
+                        .attach(pb::AttachRequest {
+                            pod_namespace: NAMESPACE.into(),
+                            pod_name: format!("measured-{i}"),
+                            container_id: cid(i),
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    if planned.interfaces.len() != 1 {
+                        bail!("attach of pod {i}: {} interfaces", planned.interfaces.len());
+                    }
+                }
+                1 => {
+                    let found = ipam
+                        .interfaces(pb::InterfacesRequest {
+                            container_id: cid(i),
+                            pod_namespace: NAMESPACE.into(),
+                        })
+                        .await?
+                        .into_inner();
+                    if found.interfaces.len() != 1 {
+                        bail!("interfaces of pod {i}: {} found", found.interfaces.len());
+                    }
+                }
+                _ => {
+                    let released = ipam
+                        .detach(pb::DetachRequest {
+                            container_id: cid(i),
+                            pod_namespace: NAMESPACE.into(),
+                            pod_name: format!("measured-{i}"),
+                        })
+                        .await?
+                        .into_inner();
+                    if released.released.len() != 1 {
+                        bail!("detach of pod {i}: {} released", released.released.len());
+                    }
+                }
+            }
+            latencies.push(t.elapsed());
+        }
+        let after = server.counters().await?;
+        calls.insert(name, per_call(latencies, &before, &after, args.pods));
+    }
+    Ok(json!({
+        "danmeps_of_other_pods": endpoints,
+        "preload_seconds": round2(preload_seconds),
+        "ipamd_rss_mib_when_ready": round2(rss_ready as f64 / 1_048_576.0),
+        "ipamd_peak_rss_mib": round2(replica[0].peak_rss_bytes()? as f64 / 1_048_576.0),
+        "calls": calls,
+        "api_server_alone_ms": baseline,
+    }))
+}
+
+/// What the API server alone takes, at this size, for the kinds of request ipamd makes: a
+/// GET of a pod, and a create and a delete of a DanmEp in the measured namespace.
+async fn api_baseline(client: &kube::Client, count: usize) -> anyhow::Result<Value> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let eps: Api<DanmEp> = Api::namespaced(client.clone(), NAMESPACE);
+    let (mut get, mut create, mut delete) = (
+        Latencies::default(),
+        Latencies::default(),
+        Latencies::default(),
+    );
+    for i in 0..count {
+        let t = Instant::now();
+        pods.get(&format!("measured-{i}")).await?;
+        get.push(t.elapsed());
+        let ep = DanmEp::new(
+            &format!("baseline-{i}"),
+            DanmEpSpec {
+                cid: format!("baseline-{i}"),
+                ..Default::default()
+            },
+        );
+        let t = Instant::now();
+        eps.create(&PostParams::default(), &ep).await?;
+        create.push(t.elapsed());
+        let t = Instant::now();
+        eps.delete(&format!("baseline-{i}"), &Default::default())
+            .await?;
+        delete.push(t.elapsed());
+    }
+    Ok(json!({
+        "get_pod": get.summary(),
+        "create_danmep": create.summary(),
+        "delete_danmep": delete.summary(),
+    }))
+}
+
+/// One call's figures: latency, and API requests and bytes per call (less the one read of
+/// the counters themselves).
+fn per_call(mut latencies: Latencies, before: &Counters, after: &Counters, calls: usize) -> Value {
+    let per = |a: u64, b: u64| round2(a.saturating_sub(b) as f64 / calls as f64);
+    json!({
+        "ms": latencies.summary(),
+        "api_requests_per_call": per(after.requests.saturating_sub(1), before.requests),
+        "api_response_bytes_per_call": match (after.response_bytes, before.response_bytes) {
+            (Some(a), Some(b)) => json!(per(a, b)),
+            _ => Value::Null,
+        },
+    })
+}
+
+/// Creates `count` DanmEps of other pods in the measured namespace, labelled as ipamd
+/// labels its own, `concurrency` at a time.
+async fn preload(client: &kube::Client, count: usize, concurrency: usize) -> anyhow::Result<()> {
+    let api: Api<DanmEp> = Api::namespaced(client.clone(), NAMESPACE);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = (0..concurrency.max(1)).map(|_| {
+        let api = api.clone();
+        let next = Arc::clone(&next);
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<(), kube::Error>(());
+                }
+                let owner = danm_core::OwnerKey::new(&format!("other-{i}"), "eth0").expect("valid");
+                let ep = DanmEp {
+                    metadata: ObjectMeta {
+                        name: Some(owner.endpoint_name()),
+                        labels: Some(BTreeMap::from([
+                            ("danm.io/network-kind".to_owned(), "DanmNet".to_owned()),
+                            ("danm.io/network-namespace".to_owned(), NAMESPACE.to_owned()),
+                            ("danm.io/network-name".to_owned(), NETWORK.to_owned()),
+                            (
+                                "danm.io/container-id".to_owned(),
+                                owner.container_id.clone(),
+                            ),
+                            (
+                                "danm.io/owner-fingerprint".to_owned(),
+                                format!("{:016x}", owner.fingerprint()),
+                            ),
+                        ])),
+                        ..Default::default()
+                    },
+                    spec: DanmEpSpec {
+                        network_name: NETWORK.into(),
+                        network_type: "macvlan".into(),
+                        endpoint_id: owner.endpoint_name(),
+                        interface: DanmEpIface {
+                            name: "eth0".into(),
+                            address: format!(
+                                "10.{}.{}.{}/8",
+                                128 + (i >> 16) % 128,
+                                (i >> 8) & 255,
+                                i & 255
+                            ),
+                            ..Default::default()
+                        },
+                        pod: format!("other-{i}"),
+                        cid: owner.container_id.clone(),
+                        api_type: "DanmNet".into(),
+                        ..Default::default()
+                    },
+                };
+                api.create(&PostParams::default(), &ep).await?;
+            }
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker??;
+    }
+    Ok(())
+}
