@@ -106,3 +106,50 @@ fn bench_refuses_a_fill_larger_than_the_network() {
         "{stderr}"
     );
 }
+
+/// `scale-bench` on the real API server, small: the API requests and the bytes one pod's
+/// Attach, Interfaces and Detach cost are the same with 10 and with 1,000 DanmEps of other
+/// pods (a list of DanmEps on any of these paths would grow the bytes a hundredfold), and
+/// Interfaces costs none (it is answered from ipamd's DanmEp cache).
+#[test]
+fn scale_bench_requests_per_call_do_not_grow_with_the_cluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scale-bench"))
+        .args(["--endpoints", "10,1000", "--pods", "20"])
+        .output()
+        .expect("scale-bench runs");
+    assert!(
+        out.status.success(),
+        "scale-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let requests = |run: &serde_json::Value, call: &str| {
+        run["calls"][call]["api_requests_per_call"]
+            .as_f64()
+            .unwrap()
+    };
+    for call in ["attach", "interfaces", "detach"] {
+        let (small, large) = (requests(&runs[0], call), requests(&runs[1], call));
+        // Background requests of the control plane may add a fraction of one per call.
+        assert!(
+            (small - large).abs() < 0.5,
+            "{call}: {small} requests per call with 10 DanmEps, {large} with 1,000"
+        );
+    }
+    let bytes = |run: &serde_json::Value, call: &str| {
+        run["calls"][call]["api_response_bytes_per_call"]
+            .as_f64()
+            .unwrap()
+    };
+    for call in ["attach", "interfaces", "detach"] {
+        let (small, large) = (bytes(&runs[0], call), bytes(&runs[1], call));
+        assert!(
+            large <= small * 1.5 + 2_000.0,
+            "{call}: {small} bytes per call with 10 DanmEps, {large} with 1,000"
+        );
+    }
+    assert!(requests(&runs[1], "interfaces") < 0.5);
+    assert!(requests(&runs[1], "attach") >= 3.0, "Attach reads the pod and writes");
+}
