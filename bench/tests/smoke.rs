@@ -151,5 +151,8 @@ fn scale_bench_requests_per_call_do_not_grow_with_the_cluster() {
         );
     }
     assert!(requests(&runs[1], "interfaces") < 0.5);
-    assert!(requests(&runs[1], "attach") >= 3.0, "Attach reads the pod and writes");
+    assert!(
+        requests(&runs[1], "attach") >= 3.0,
+        "Attach reads the pod and writes"
+    );
 }

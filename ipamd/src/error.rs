@@ -82,9 +82,18 @@ pub enum EngineError {
     /// The network is being migrated from DANM's bit arrays; retry shortly.
     #[error("{0} is being migrated from DANM's allocation bit arrays into shards; retry shortly")]
     Migrating(String),
-    /// Migrating the network from DANM's bit arrays failed.
-    #[error("migration from DANM failed: {0}")]
-    Migration(String),
+    /// A DANM bit array cannot be read.
+    #[error(transparent)]
+    BitArrays(#[from] danm_core::migrate::MigrateError),
+    /// Migrating the network from DANM's bit arrays failed: it is not served.
+    #[error("{network}: migration from DANM's bit arrays failed: {cause}")]
+    Migration {
+        /// The network.
+        network: String,
+        /// Why.
+        #[source]
+        cause: Box<EngineError>,
+    },
     /// The engine is shutting down.
     #[error("ipamd is shutting down")]
     ShuttingDown,

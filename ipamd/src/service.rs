@@ -60,7 +60,7 @@ pub fn status(error: &EngineError) -> Status {
         | EngineError::Contention { .. }
         | EngineError::ShuttingDown
         | EngineError::Migrating(_) => Code::Unavailable,
-        EngineError::Migration(_) => Code::FailedPrecondition,
+        EngineError::Migration { .. } | EngineError::BitArrays(_) => Code::FailedPrecondition,
     };
     Status::new(code, error.to_string())
 }

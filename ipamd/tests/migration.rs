@@ -171,7 +171,7 @@ async fn a_corrupt_bit_array_is_refused_and_kept() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let error = loop {
         match engine.network(&key) {
-            Err(EngineError::Migration(e)) => break e,
+            Err(e @ EngineError::Migration { .. }) => break e.to_string(),
             Err(EngineError::Migrating(_)) => {}
             other => panic!("{other:?}"),
         }

@@ -26,7 +26,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!(network = %key, error = %e, "migration from DANM failed; the network stays unserved");
-                self.set_state(&key, NetworkState::MigrationFailed(e.to_string()));
+                self.set_state(&key, NetworkState::MigrationFailed(Box::new(e)));
             }
         }
     }
@@ -36,8 +36,7 @@ impl Engine {
         net: &NetworkObject,
         plan: &Arc<NetworkPlan>,
     ) -> Result<usize, EngineError> {
-        let legacy = danm_core::migrate::legacy_allocations(plan)
-            .map_err(|e| EngineError::Migration(e.to_string()))?;
+        let legacy = danm_core::migrate::legacy_allocations(plan)?;
         let mut owners: HashMap<(Family, u128), u64> = HashMap::new();
         for record in self.store.list_endpoints().await? {
             if record.network == plan.key {

@@ -114,7 +114,7 @@ pub enum NetworkState {
     /// Its DANM bit arrays are being moved into shards: not served yet.
     Migrating,
     /// Moving its DANM bit arrays failed: not served, with why.
-    MigrationFailed(String),
+    MigrationFailed(Box<EngineError>),
     /// Its spec is invalid: not served, with why.
     Invalid(NetworkError),
 }
@@ -251,9 +251,10 @@ impl Engine {
         match self.networks.read().expect("lock").get(key) {
             Some(NetworkState::Serving { plan, worker }) => Ok((Arc::clone(plan), worker.clone())),
             Some(NetworkState::Migrating) => Err(EngineError::Migrating(key.to_string())),
-            Some(NetworkState::MigrationFailed(e)) => {
-                Err(EngineError::Migration(format!("{key}: {e}")))
-            }
+            Some(NetworkState::MigrationFailed(e)) => Err(EngineError::Migration {
+                network: key.to_string(),
+                cause: e.clone(),
+            }),
             Some(NetworkState::Invalid(e)) => Err(EngineError::NetworkInvalid(e.clone())),
             None => Err(EngineError::NetworkNotFound(key.clone())),
         }
