@@ -200,7 +200,8 @@ impl ShardBits {
         out
     }
 
-    fn from_bytes(raw: &[u8]) -> Result<ShardBits, CodecError> {
+    /// Decodes the raw bytes under the base64 (no CRC check: [`ShardBits::decode`] does it).
+    pub fn from_bytes(raw: &[u8]) -> Result<ShardBits, CodecError> {
         let malformed = |m: &str| CodecError::Malformed(m.to_owned());
         let (&version, rest) = raw
             .split_first()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::addr::Family;
+use crate::addr::{Cidr, Family};
 use crate::network::{NetworkKey, NetworkKind};
 use crate::policy::{AddressRequest, AllocError};
 
@@ -71,6 +71,33 @@ pub enum InterfacesError {
     /// An address request is malformed.
     #[error("annotation danm.io/interfaces: {0}")]
     BadAddress(#[source] AllocError),
+    /// A network name is malformed.
+    #[error("annotation danm.io/interfaces: interfaces[{index}].{field}: {source}")]
+    BadName {
+        /// Index of the entry.
+        index: usize,
+        /// `network`, `tenantNetwork` or `clusterNetwork`.
+        field: &'static str,
+        /// Why.
+        #[source]
+        source: crate::input::InputError,
+    },
+    /// A policy-based route is malformed.
+    #[error(
+        "annotation danm.io/interfaces: interfaces[{index}].{field}: route {destination:?} via {gateway:?}: {reason}"
+    )]
+    BadRoute {
+        /// Index of the entry.
+        index: usize,
+        /// `proutes` or `proutes6`.
+        field: &'static str,
+        /// The destination as written.
+        destination: String,
+        /// The gateway as written.
+        gateway: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Parses the annotation of a pod in `namespace` into its connections. An absent or empty
@@ -93,20 +120,33 @@ fn connection(
     entry: InterfaceEntry,
     namespace: &str,
 ) -> Result<Connection, InterfacesError> {
-    let named: Vec<(NetworkKind, String)> = [
-        (NetworkKind::DanmNet, entry.network),
-        (NetworkKind::TenantNetwork, entry.tenant_network),
-        (NetworkKind::ClusterNetwork, entry.cluster_network),
+    let named: Vec<(NetworkKind, &'static str, String)> = [
+        (NetworkKind::DanmNet, "network", entry.network),
+        (
+            NetworkKind::TenantNetwork,
+            "tenantNetwork",
+            entry.tenant_network,
+        ),
+        (
+            NetworkKind::ClusterNetwork,
+            "clusterNetwork",
+            entry.cluster_network,
+        ),
     ]
     .into_iter()
-    .filter_map(|(kind, name)| name.filter(|n| !n.is_empty()).map(|n| (kind, n)))
+    .filter_map(|(kind, field, name)| name.filter(|n| !n.is_empty()).map(|n| (kind, field, n)))
     .collect();
-    let [(kind, name)] = named.as_slice() else {
+    let [(kind, field, name)] = named.as_slice() else {
         return Err(InterfacesError::NetworkCount {
             index,
             count: named.len(),
         });
     };
+    crate::input::exact(name).map_err(|source| InterfacesError::BadName {
+        index,
+        field,
+        source,
+    })?;
     let ip = AddressRequest::parse(
         &format!("interfaces[{index}].ip"),
         entry.ip.as_deref().unwrap_or(""),
@@ -119,14 +159,57 @@ fn connection(
         Family::V6,
     )
     .map_err(InterfacesError::BadAddress)?;
+    let proutes = routes(
+        index,
+        "proutes",
+        Family::V4,
+        entry.proutes.unwrap_or_default(),
+    )?;
+    let proutes6 = routes(
+        index,
+        "proutes6",
+        Family::V6,
+        entry.proutes6.unwrap_or_default(),
+    )?;
     Ok(Connection {
         sequence: index,
         network: NetworkKey::new(*kind, namespace, name),
         ip,
         ip6,
-        proutes: entry.proutes.unwrap_or_default(),
-        proutes6: entry.proutes6.unwrap_or_default(),
+        proutes,
+        proutes6,
     })
+}
+
+/// Checks policy-based routes: each a destination CIDR and a gateway address, of `family`.
+fn routes(
+    index: usize,
+    field: &'static str,
+    family: Family,
+    routes: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, InterfacesError> {
+    for (destination, gateway) in &routes {
+        let bad = |reason: String| InterfacesError::BadRoute {
+            index,
+            field,
+            destination: destination.clone(),
+            gateway: gateway.clone(),
+            reason,
+        };
+        for text in [destination, gateway] {
+            crate::input::exact(text).map_err(|e| bad(e.to_string()))?;
+        }
+        let cidr: Cidr = destination
+            .parse()
+            .map_err(|e: crate::addr::AddrError| bad(format!("the destination: {e}")))?;
+        let via: std::net::IpAddr = gateway
+            .parse()
+            .map_err(|_| bad("the gateway is not an IP address".into()))?;
+        if cidr.family() != family || Family::of(&via) != family {
+            return Err(bad(format!("{field} takes {family} routes only")));
+        }
+    }
+    Ok(routes)
 }
 
 /// How interfaces are named (CNI config `namingScheme`).
@@ -188,7 +271,13 @@ mod tests {
         );
         assert_eq!(c[1].network.namespace, "");
         assert_eq!(c[1].ip6, AddressRequest::None);
-        assert_eq!(c[2].ip, AddressRequest::Static("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            c[2].ip,
+            AddressRequest::Static {
+                ip: "10.0.0.5".parse().unwrap(),
+                prefix: Some(24)
+            }
+        );
         assert_eq!(c[2].proutes.len(), 1);
     }
 

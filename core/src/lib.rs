@@ -9,12 +9,14 @@
 //! * [`codec`]: one shard's state (a roaring bitmap of allocated offsets plus one owner
 //!   fingerprint per allocation) to and from its base64 payload with CRC32.
 //! * [`policy`]: `dynamic` / static / `none` requests and the search for a free address.
+//! * [`input`]: what every field of a request must look like (no surrounding whitespace).
 //! * [`owner`]: the owner key (container id + interface name) of an allocation.
 //! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
 pub mod codec;
+pub mod input;
 pub mod interfaces;
 pub mod layout;
 pub mod migrate;

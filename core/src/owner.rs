@@ -42,6 +42,13 @@ impl OwnerKey {
         if ifname.is_empty() {
             return Err(OwnerError::Empty("ifname"));
         }
+        if crate::input::exact(container_id).is_err() {
+            return Err(OwnerError::Invalid {
+                field: "container_id",
+                value: container_id.to_owned(),
+                why: "has whitespace around it",
+            });
+        }
         if container_id.len() > 256 || container_id.chars().any(char::is_control) {
             return Err(OwnerError::Invalid {
                 field: "container_id",

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::addr::{Family, parse_addr_lenient};
+use crate::addr::Family;
 use crate::codec::ShardBits;
 use crate::layout::{SHARD_SIZE, local_offset, shard_first, shard_index};
 use crate::network::FamilyPlan;
@@ -22,37 +22,67 @@ pub enum AddressRequest {
     None,
     /// `dynamic`: the next free address of the pool.
     Dynamic,
-    /// A static address (DANM also accepted it with a `/prefix`, which is ignored).
-    Static(IpAddr),
+    /// A static address, bare or with a `/prefix` (which must then be the network's, as
+    /// DANM required).
+    Static {
+        /// The address.
+        ip: IpAddr,
+        /// The prefix length it was written with, if any.
+        prefix: Option<u8>,
+    },
 }
 
 impl AddressRequest {
-    /// Parses the `ip` (`family` V4) or `ip6` (V6) field of a request.
+    /// Parses the `ip` (`family` V4) or `ip6` (V6) field of a request: empty, `none`,
+    /// `dynamic`, an address, or an address with a prefix length. Surrounding whitespace is
+    /// refused, as in every field of a request: `" dynamic"` is a typo, not a request.
     pub fn parse(field: &str, text: &str, family: Family) -> Result<AddressRequest, AllocError> {
-        let text = text.trim();
+        let bad = |message: String| AllocError::BadRequest {
+            field: field.to_owned(),
+            message,
+        };
+        crate::input::exact(text).map_err(|e| bad(e.to_string()))?;
         match text {
             "" => Ok(AddressRequest::Skip),
             "none" => Ok(AddressRequest::None),
             "dynamic" => Ok(AddressRequest::Dynamic),
             _ => {
-                let ip = parse_addr_lenient(text).map_err(|e| AllocError::BadRequest {
-                    field: field.to_owned(),
-                    message: format!("{e}; expected \"dynamic\", \"none\" or an address"),
+                let (address, prefix) = match text.split_once('/') {
+                    Some((address, prefix)) => {
+                        let valid = prefix.bytes().all(|b| b.is_ascii_digit())
+                            && !prefix.is_empty()
+                            && prefix.len() <= 3;
+                        match prefix.parse::<u8>() {
+                            Ok(p) if valid && p <= family.bits() => (address, Some(p)),
+                            _ => {
+                                return Err(bad(format!(
+                                    "{text:?}: /{prefix} is not a valid {family} prefix length (0 to {})",
+                                    family.bits()
+                                )));
+                            }
+                        }
+                    }
+                    None => (text, None),
+                };
+                let ip: IpAddr = address.parse().map_err(|_| {
+                    bad(format!(
+                        "{text:?} is not a valid IP address; expected \"dynamic\", \"none\" or an address"
+                    ))
                 })?;
                 if Family::of(&ip) != family {
-                    return Err(AllocError::BadRequest {
-                        field: field.to_owned(),
-                        message: format!("{text:?} is not an {family} address"),
-                    });
+                    return Err(bad(format!("{text:?} is not an {family} address")));
                 }
-                Ok(AddressRequest::Static(ip))
+                Ok(AddressRequest::Static { ip, prefix })
             }
         }
     }
 
     /// Whether an address must be taken from the network.
     pub fn needs_address(&self) -> bool {
-        matches!(self, AddressRequest::Dynamic | AddressRequest::Static(_))
+        matches!(
+            self,
+            AddressRequest::Dynamic | AddressRequest::Static { .. }
+        )
     }
 }
 
@@ -84,6 +114,22 @@ pub enum AllocError {
         address: IpAddr,
         /// The CIDR.
         cidr: String,
+    },
+    /// A static address written with another prefix length than the network's.
+    #[error(
+        "static address {address}/{prefix} does not have the prefix length of {network}'s CIDR {cidr}: write it as {address} or {address}/{expected}"
+    )]
+    PrefixMismatch {
+        /// The network.
+        network: String,
+        /// The address.
+        address: IpAddr,
+        /// The prefix length it was written with.
+        prefix: u8,
+        /// The network's CIDR.
+        cidr: String,
+        /// The network's prefix length.
+        expected: u8,
     },
     /// A static address that is reserved.
     #[error("static address {address} of {network} is reserved ({why})")]
@@ -209,7 +255,21 @@ pub fn pool_point(first: u128, last: u128, fraction: u16) -> u128 {
 
 /// Checks a static address against the network: inside the CIDR and not reserved. Returns
 /// its offset. Whether it is free is the shard's to say.
-pub fn check_static(network: &str, plan: &FamilyPlan, address: IpAddr) -> Result<u128, AllocError> {
+pub fn check_static(
+    network: &str,
+    plan: &FamilyPlan,
+    address: IpAddr,
+    prefix: Option<u8>,
+) -> Result<u128, AllocError> {
+    if let Some(prefix) = prefix.filter(|p| *p != plan.cidr.prefix()) {
+        return Err(AllocError::PrefixMismatch {
+            network: network.to_owned(),
+            address,
+            prefix,
+            cidr: plan.cidr.to_string(),
+            expected: plan.cidr.prefix(),
+        });
+    }
     let offset = plan
         .cidr
         .offset_of(address)
@@ -258,7 +318,10 @@ mod tests {
         );
         assert_eq!(
             AddressRequest::parse("ip", "10.0.0.1/24", Family::V4),
-            Ok(AddressRequest::Static("10.0.0.1".parse().unwrap()))
+            Ok(AddressRequest::Static {
+                ip: "10.0.0.1".parse().unwrap(),
+                prefix: Some(24)
+            })
         );
         let e = AddressRequest::parse("interfaces[1].ip6", "10.0.0.1", Family::V6).unwrap_err();
         assert!(e.to_string().starts_with("interfaces[1].ip6: "), "{e}");
@@ -312,14 +375,75 @@ mod tests {
     #[test]
     fn static_checks() {
         let p = plan("10.0.0.0/24", (1, 254));
-        assert_eq!(check_static("n", &p, "10.0.0.9".parse().unwrap()), Ok(9));
+        assert_eq!(
+            check_static("n", &p, "10.0.0.9".parse().unwrap(), None),
+            Ok(9)
+        );
+        assert_eq!(
+            check_static("n", &p, "10.0.0.9".parse().unwrap(), Some(24)),
+            Ok(9),
+            "the network's own prefix is accepted"
+        );
         assert!(matches!(
-            check_static("n", &p, "10.0.1.9".parse().unwrap()),
+            check_static("n", &p, "10.0.1.9".parse().unwrap(), None),
             Err(AllocError::OutsideCidr { .. })
         ));
         assert!(matches!(
-            check_static("n", &p, "10.0.0.5".parse().unwrap()),
+            check_static("n", &p, "10.0.0.5".parse().unwrap(), None),
             Err(AllocError::Reserved { .. })
         ));
+    }
+
+    /// DANM refused a static address whose prefix was not its network's ("static ip is
+    /// not part of network CIDR/allocation pool"): `10.240.1.123/16` on a /24 names the
+    /// wrong network more often than not.
+    #[test]
+    fn a_static_address_with_another_prefix_is_refused_naming_both() {
+        let p = plan("10.240.1.0/24", (1, 254));
+        let e =
+            check_static("internal", &p, "10.240.1.123".parse().unwrap(), Some(16)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "static address 10.240.1.123/16 does not have the prefix length of internal's CIDR 10.240.1.0/24: write it as 10.240.1.123 or 10.240.1.123/24"
+        );
+    }
+
+    #[test]
+    fn prefixes_that_are_no_prefix_length_and_whitespace_are_refused() {
+        for (text, family) in [
+            ("10.240.1.120/33", Family::V4),
+            ("10.240.1.120/", Family::V4),
+            ("10.240.1.120/-1", Family::V4),
+            ("10.240.1.120/0024", Family::V4),
+            ("10.240.1.120/24/24", Family::V4),
+            ("fd00::1/129", Family::V6),
+        ] {
+            let e = AddressRequest::parse("interfaces[0].ip", text, family).unwrap_err();
+            assert!(
+                e.to_string().starts_with("interfaces[0].ip: ")
+                    && (e.to_string().contains("prefix length")
+                        || e.to_string().contains("not a valid IP")),
+                "{text}: {e}"
+            );
+        }
+        for text in [" dynamic", "dynamic ", " 10.0.0.1", "none\n"] {
+            let e = AddressRequest::parse("ip", text, Family::V4).unwrap_err();
+            assert!(e.to_string().contains("whitespace"), "{text:?}: {e}");
+        }
+        assert_eq!(
+            AddressRequest::parse("ip6", "fd00::1/64", Family::V6),
+            Ok(AddressRequest::Static {
+                ip: "fd00::1".parse().unwrap(),
+                prefix: Some(64)
+            })
+        );
+        assert_eq!(
+            AddressRequest::parse("ip", "10.0.0.1", Family::V4),
+            Ok(AddressRequest::Static {
+                ip: "10.0.0.1".parse().unwrap(),
+                prefix: None
+            }),
+            "a bare address is accepted"
+        );
     }
 }

@@ -36,6 +36,42 @@ pub enum EngineError {
     /// The pod to attach does not exist (Kubernetes store).
     #[error("{0} not found")]
     PodNotFound(String),
+    /// A pod's annotation asks for more interfaces than one pod may have.
+    #[error(
+        "annotation danm.io/interfaces asks for {count} interfaces; a pod may have at most {limit} (ipamd --max-interfaces-per-pod)"
+    )]
+    TooManyInterfaces {
+        /// Connections asked.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Two connections of one pod would get the same interface name.
+    #[error(
+        "annotation danm.io/interfaces: interfaces[{first}] and interfaces[{second}] would both be named {ifname} (two networks with the same container_prefix and the legacy naming scheme?)"
+    )]
+    DuplicateInterface {
+        /// The first connection.
+        first: usize,
+        /// The second one.
+        second: usize,
+        /// The name.
+        ifname: String,
+    },
+    /// Two connections of one pod ask for the same static address on one network.
+    #[error(
+        "annotation danm.io/interfaces: interfaces[{first}] and interfaces[{second}] both ask for {address} on {network}"
+    )]
+    DuplicateAddress {
+        /// The first connection.
+        first: usize,
+        /// The second one.
+        second: usize,
+        /// The address.
+        address: std::net::IpAddr,
+        /// The network.
+        network: String,
+    },
     /// No default network exists for a pod without an interface list.
     #[error(
         "pod in namespace {0} asks for no network and no default network exists (DanmNet or TenantNetwork \"default\" in its namespace, or ClusterNetwork \"default\")"

@@ -45,11 +45,16 @@ pub fn status(error: &EngineError) -> Status {
         | EngineError::OwnerElsewhere { .. }
         | EngineError::CheckFailed(_)
         | EngineError::NoDefaultNetwork(_) => Code::FailedPrecondition,
-        EngineError::Owner(_) | EngineError::Interfaces(_) => Code::InvalidArgument,
+        EngineError::Owner(_)
+        | EngineError::Interfaces(_)
+        | EngineError::TooManyInterfaces { .. }
+        | EngineError::DuplicateInterface { .. }
+        | EngineError::DuplicateAddress { .. } => Code::InvalidArgument,
         EngineError::Alloc(a) => match a {
             AllocError::BadRequest { .. }
             | AllocError::NoSubnet { .. }
             | AllocError::OutsideCidr { .. }
+            | AllocError::PrefixMismatch { .. }
             | AllocError::Reserved { .. } => Code::InvalidArgument,
             AllocError::InUse { .. } => Code::AlreadyExists,
             AllocError::Exhausted { .. } => Code::ResourceExhausted,
@@ -83,6 +88,10 @@ pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey
         })?;
     if r.name.is_empty() {
         return Err(invalid(&format!("{field}.name"), "must not be empty"));
+    }
+    for (part, text) in [("name", &r.name), ("namespace", &r.namespace)] {
+        danm_core::input::exact(text)
+            .map_err(|e| invalid(&format!("{field}.{part}"), &e.to_string()))?;
     }
     if kind.namespaced() && r.namespace.is_empty() {
         return Err(invalid(

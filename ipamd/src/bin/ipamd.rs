@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use danm_ipamd::engine::Engine;
+use danm_ipamd::engine::{Engine, EngineConfig};
 use danm_ipamd::worker::WorkerConfig;
 use danm_ipamd::{networks, server, store};
 
@@ -44,6 +44,10 @@ struct Args {
     /// the pool): give replicas different values so they rarely touch the same shard.
     #[arg(long, env = "IPAMD_START_HINT", default_value_t = 0)]
     start_hint: u16,
+    /// Most network connections one pod's `danm.io/interfaces` annotation may ask for; a
+    /// longer list is refused before anything is allocated.
+    #[arg(long, env = "IPAMD_MAX_INTERFACES_PER_POD", default_value_t = danm_ipamd::engine::DEFAULT_MAX_INTERFACES_PER_POD as u64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_interfaces_per_pod: u64,
     /// Serve gRPC over TLS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "IPAMD_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -160,9 +164,12 @@ async fn start(
     }
     let engine = Engine::start(
         store.clone(),
-        WorkerConfig {
-            start_hint: args.start_hint,
-            ..WorkerConfig::default()
+        EngineConfig {
+            worker: WorkerConfig {
+                start_hint: args.start_hint,
+                ..WorkerConfig::default()
+            },
+            max_interfaces_per_pod: args.max_interfaces_per_pod as usize,
         },
     )
     .await?;

@@ -1,7 +1,8 @@
 //! A whole pod: Attach (resolve its interfaces, allocate every address, all or nothing),
 //! Detach, Interfaces (what a container holds) and the CNI GC.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use danm_core::interfaces::{Connection, interface_name, parse_annotation};
@@ -38,6 +39,13 @@ impl Engine {
             ..pod.clone()
         };
         let mut connections = parse_annotation(&interfaces, &pod.pod_namespace)?;
+        let limit = self.config.max_interfaces_per_pod;
+        if connections.len() > limit {
+            return Err(EngineError::TooManyInterfaces {
+                count: connections.len(),
+                limit,
+            });
+        }
         if connections.is_empty() {
             connections.push(Connection {
                 sequence: 0,
@@ -50,7 +58,8 @@ impl Engine {
         }
         // Resolve and check everything before allocating anything.
         let mut planned = Vec::new();
-        let mut names = HashSet::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut statics: HashMap<(NetworkKey, IpAddr), usize> = HashMap::new();
         for c in connections {
             let wrap = |e: EngineError| EngineError::Attach {
                 index: c.sequence,
@@ -69,14 +78,30 @@ impl Engine {
                 plan.spec.options.container_prefix.as_deref(),
                 c.sequence,
             );
-            if !names.insert(ifname.clone()) {
-                return Err(wrap(EngineError::CheckFailed(format!(
-                    "interface name {ifname} is used twice (legacy naming scheme with the same container_prefix?)"
-                ))));
+            if let Some(&first) = names.get(&ifname) {
+                return Err(EngineError::DuplicateInterface {
+                    first,
+                    second: c.sequence,
+                    ifname,
+                });
             }
+            names.insert(ifname.clone(), c.sequence);
             let owner = OwnerKey::new(&pod.container_id, &ifname).map_err(|e| wrap(e.into()))?;
             let requests = effective_requests(&plan, &c);
             check_requests(&plan, &requests).map_err(wrap)?;
+            for (_, request) in requests.iter() {
+                if let AddressRequest::Static { ip, .. } = request {
+                    if let Some(&first) = statics.get(&(plan.key.clone(), *ip)) {
+                        return Err(EngineError::DuplicateAddress {
+                            first,
+                            second: c.sequence,
+                            address: *ip,
+                            network: plan.key.to_string(),
+                        });
+                    }
+                    statics.insert((plan.key.clone(), *ip), c.sequence);
+                }
+            }
             planned.push((c, plan, worker, ifname, owner, requests));
         }
         let results = futures::future::join_all(planned.iter().map(

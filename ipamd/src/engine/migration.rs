@@ -50,7 +50,7 @@ impl Engine {
             net.uid.clone(),
             Arc::clone(&self.store),
             Arc::clone(&self.metrics),
-            self.config.clone(),
+            self.config.worker.clone(),
         );
         let moves = legacy.iter().map(|&(family, offset)| {
             let fp = plan
@@ -63,7 +63,7 @@ impl Engine {
                     .fingerprint()
             });
             let mut requests = PerFamily::new(AddressRequest::Skip, AddressRequest::Skip);
-            *requests.get_mut(family) = AddressRequest::Static(ip);
+            *requests.get_mut(family) = AddressRequest::Static { ip, prefix: None };
             let worker = &worker;
             async move { (ip, worker.allocate(fingerprint, requests).await) }
         });

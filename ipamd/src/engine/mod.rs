@@ -119,6 +119,34 @@ pub enum NetworkState {
     Invalid(NetworkError),
 }
 
+/// How an engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How its workers run.
+    pub worker: WorkerConfig,
+    /// Most connections one pod's annotation may ask for (a tenant who can create pods
+    /// must not drain a shared network with one of them).
+    pub max_interfaces_per_pod: usize,
+}
+
+/// The default of `--max-interfaces-per-pod`.
+pub const DEFAULT_MAX_INTERFACES_PER_POD: usize = 32;
+
+impl From<WorkerConfig> for EngineConfig {
+    fn from(worker: WorkerConfig) -> EngineConfig {
+        EngineConfig {
+            worker,
+            max_interfaces_per_pod: DEFAULT_MAX_INTERFACES_PER_POD,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        WorkerConfig::default().into()
+    }
+}
+
 /// Orphans seen (network, family, offset, fingerprint), and when first seen.
 type OrphansSeen = HashMap<(NetworkKey, Family, u128, u64), std::time::Instant>;
 
@@ -129,7 +157,7 @@ pub struct Engine {
     /// Per-owner locks, by owner fingerprint (what the orphan reclaimer knows).
     owner_locks: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     orphans_seen: Mutex<OrphansSeen>,
-    config: WorkerConfig,
+    config: EngineConfig,
     /// Counters.
     pub metrics: Arc<Metrics>,
 }
@@ -146,8 +174,9 @@ impl Engine {
     /// Starts an engine on a store: loads every network and follows network changes.
     pub async fn start(
         store: Arc<dyn Store>,
-        config: WorkerConfig,
+        config: impl Into<EngineConfig>,
     ) -> Result<Arc<Engine>, EngineError> {
+        let config = config.into();
         let engine = Arc::new(Engine {
             store: Arc::clone(&store),
             networks: RwLock::default(),
@@ -239,7 +268,7 @@ impl Engine {
                     net.uid.clone(),
                     Arc::clone(&self.store),
                     Arc::clone(&self.metrics),
-                    self.config.clone(),
+                    self.config.worker.clone(),
                 );
                 networks.insert(net.key.clone(), NetworkState::Serving { plan, worker });
             }

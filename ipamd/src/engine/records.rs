@@ -42,8 +42,8 @@ pub(super) fn check_requests(
             }
             .into());
         }
-        if let (AddressRequest::Static(ip), Some(fp)) = (request, subnet) {
-            danm_core::policy::check_static(&plan.key.to_string(), fp, *ip)?;
+        if let (AddressRequest::Static { ip, prefix }, Some(fp)) = (request, subnet) {
+            danm_core::policy::check_static(&plan.key.to_string(), fp, *ip, *prefix)?;
         }
     }
     Ok(())

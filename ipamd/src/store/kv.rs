@@ -89,6 +89,11 @@ impl<B: KvBackend> KvStore<B> {
         }
     }
 
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         op: impl FnOnce(&B) -> Result<T, KvError> + Send + 'static,

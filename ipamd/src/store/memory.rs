@@ -25,6 +25,31 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         KvStore::with_backend(MemoryBackend::default())
     }
+
+    /// Everything the store holds, bytes and versions, to compare two moments (the tests
+    /// that prove a refused request changes nothing).
+    pub fn snapshot(&self) -> MemorySnapshot {
+        let state = self.backend().state.lock().expect("memory store lock");
+        MemorySnapshot {
+            last_version: state.last_version,
+            rows: state
+                .rows
+                .iter()
+                .map(|((table, key), (version, bytes))| {
+                    (format!("{table:?}"), key.clone(), *version, bytes.clone())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a memory store holds at one moment; see [`MemoryStore::snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemorySnapshot {
+    /// The version counter.
+    pub last_version: u64,
+    /// Every row: table, key, version, bytes.
+    pub rows: Vec<(String, String, u64, Vec<u8>)>,
 }
 
 impl Default for MemoryStore {

@@ -283,8 +283,9 @@ impl Worker {
             })
         })?;
         let offset = match request {
-            AddressRequest::Static(ip) => {
-                let offset = check_static(&network, plan, ip).map_err(EngineError::Alloc)?;
+            AddressRequest::Static { ip, prefix } => {
+                let offset =
+                    check_static(&network, plan, ip, prefix).map_err(EngineError::Alloc)?;
                 let si = shard_index(offset);
                 if let Some(Cached::Corrupt { reason }) = self.shards.get(&(family, si)) {
                     return Err(self.unusable(family, si, &reason.clone()));

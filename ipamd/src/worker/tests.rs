@@ -197,7 +197,10 @@ async fn renewing_writes_the_shard_even_when_nothing_changes() {
     let store = TroubledStore::new();
     let worker = worker(&store, "10.0.0.0/24", None);
     let ip = "10.0.0.9".parse().unwrap();
-    let requests = PerFamily::new(AddressRequest::Static(ip), AddressRequest::Skip);
+    let requests = PerFamily::new(
+        AddressRequest::Static { ip, prefix: None },
+        AddressRequest::Skip,
+    );
     let first = worker.allocate(5, requests).await.unwrap();
     assert_eq!(first.reused, PerFamily::default());
     // Asked again (a retry): already held, so nothing is written...
