@@ -130,8 +130,15 @@ pub fn kind_to_proto(kind: NetworkKind) -> pb::NetworkKind {
     }
 }
 
+/// Refuses a pod field with whitespace around it.
+fn exact(field: &str, text: &str) -> Result<(), Status> {
+    danm_core::input::exact(text).map_err(|e| invalid(field, &e.to_string()))
+}
+
 fn owner_info(o: Option<&pb::Owner>) -> Result<OwnerInfo, Status> {
     let o = o.ok_or_else(|| invalid("owner", "is required"))?;
+    exact("owner.pod_namespace", &o.pod_namespace)?;
+    exact("owner.pod_name", &o.pod_name)?;
     Ok(OwnerInfo {
         container_id: o.container_id.clone(),
         ifname: o.ifname.clone(),
@@ -208,6 +215,8 @@ impl Ipam for IpamService {
         if r.pod_namespace.is_empty() {
             return Err(invalid("pod_namespace", "must not be empty"));
         }
+        exact("pod_namespace", &r.pod_namespace)?;
+        exact("pod_name", &r.pod_name)?;
         let input = AttachInput {
             pod: OwnerInfo {
                 container_id: r.container_id,

@@ -247,6 +247,18 @@ async fn whitespace_is_refused_in_every_field() {
     .await;
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().starts_with("ip: ") && s.message().contains("whitespace"));
+    let mut spaced = allocate("dynamic", "");
+    spaced.owner.as_mut().unwrap().pod_namespace = "default ".into();
+    let s = refused(&store, ipam.allocate(Request::new(spaced))).await;
+    assert!(
+        s.message().starts_with("owner.pod_namespace: ") && s.message().contains("whitespace"),
+        "{}",
+        s.message()
+    );
+    let mut spaced = allocate("dynamic", "");
+    spaced.network.as_mut().unwrap().name = " internal".into();
+    let s = refused(&store, ipam.allocate(Request::new(spaced))).await;
+    assert!(s.message().starts_with("network.name: "), "{}", s.message());
     for (annotation, field) in [
         (
             r#"[{"network":"internal ","ip":"dynamic"}]"#,
