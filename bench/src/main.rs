@@ -28,7 +28,7 @@ use danm_bench::replicas;
 
 /// Measures ipamd (sharded, batched, replicated) against DANM's single-object algorithm.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// ipamd replicas (processes).
     #[arg(long, default_value_t = 3)]

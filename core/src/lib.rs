@@ -12,9 +12,12 @@
 //! * [`input`]: what every field of a request must look like (no surrounding whitespace).
 //! * [`owner`]: the owner key (container id + interface name) of an allocation.
 //! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
+//! * [`admit`]: admission of networks and TenantConfigs (DANM's validation rules and
+//!   mutations, VLAN/VxLAN id reservations), for the webhook.
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
+pub mod admit;
 pub mod codec;
 pub mod input;
 pub mod interfaces;

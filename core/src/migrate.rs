@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::addr::{Cidr, Family};
-use crate::network::{DEFAULT_V6_POOL_PREFIX, NetworkPlan};
+use crate::network::{NetworkPlan, default_v6_pool_cidr};
 
 /// Why a DANM bit array could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,7 +78,7 @@ pub fn alloc6_cidr(plan: &NetworkPlan) -> Option<Cidr> {
         .as_ref()
         .and_then(|p| p.cidr.as_deref())
         .and_then(|c| Cidr::parse_family(c, Family::V6).ok());
-    explicit.or_else(|| Cidr::new(net6.base(), net6.prefix().max(DEFAULT_V6_POOL_PREFIX)))
+    explicit.or_else(|| Some(default_v6_pool_cidr(&net6)))
 }
 
 /// Whether a network still carries DANM's `alloc`/`alloc6` bit arrays (and so must be

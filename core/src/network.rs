@@ -198,6 +198,39 @@ impl NetworkPlan {
     }
 }
 
+/// One of DANM's validation rules ("List of validation rules" of DANM's user guide): the
+/// DanmNet rules 1-22 (which TenantNetworks and ClusterNetworks share in part), the
+/// TenantNetwork rules 1-6, the TenantConfig rules 1-4. A denial names its rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// A DanmNet rule (1-22).
+    DanmNet(u8),
+    /// A TenantNetwork rule (1-6).
+    TenantNetwork(u8),
+    /// A TenantConfig rule (1-4).
+    TenantConfig(u8),
+    /// A check DANM's webhook made without numbering it in the guide (a TenantConfig
+    /// profile's `vniType` must be `vlan` or `vxlan`, say).
+    Unnumbered,
+    /// A rule of ours that DANM did not have (a VLAN id outside 1-4094, say).
+    Ours,
+    /// The object does not fit the API's schema (a field of the wrong type).
+    Schema,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::DanmNet(n) => write!(f, "DANM's DanmNet rule {n}"),
+            Rule::TenantNetwork(n) => write!(f, "DANM's TenantNetwork rule {n}"),
+            Rule::TenantConfig(n) => write!(f, "DANM's TenantConfig rule {n}"),
+            Rule::Unnumbered => f.write_str("a check of DANM's webhook"),
+            Rule::Ours => f.write_str("not a DANM rule: see the README"),
+            Rule::Schema => f.write_str("the API schema"),
+        }
+    }
+}
+
 /// One problem with one field of a network spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldProblem {
@@ -205,6 +238,8 @@ pub struct FieldProblem {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// The rule it breaks.
+    pub rule: Rule,
 }
 
 /// Why a network cannot be used.
@@ -228,22 +263,33 @@ pub fn is_dynamic_backend(network_type: &str) -> bool {
 /// Prefix length of DANM's default IPv6 allocation CIDR.
 pub const DEFAULT_V6_POOL_PREFIX: u8 = 106;
 
+/// The allocation CIDR of `net6` when `allocation_pool_v6.cidr` is not given: its first
+/// /106 (all of it when narrower).
+pub fn default_v6_pool_cidr(net6: &Cidr) -> Cidr {
+    Cidr::new(net6.base(), net6.prefix().max(DEFAULT_V6_POOL_PREFIX))
+        .expect("prefix within 0..=128")
+}
+
 /// Validates and defaults a network spec.
 pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkError> {
     let mut problems = Vec::new();
-    let mut problem = |field: &str, message: String| {
+    let mut problem = |field: &str, rule: Rule, message: String| {
         problems.push(FieldProblem {
             field: field.to_owned(),
             message,
+            rule,
         })
     };
     let opts = &spec.options;
 
-    if spec.network_id.chars().count() > 10 && is_dynamic_backend(&spec.network_type) {
+    // Bytes, not characters: the limit is the kernel's for the host interface names
+    // (`<NetworkID>.<vlan>`, `vx_<NetworkID>`).
+    if spec.network_id.len() > 10 && is_dynamic_backend(&spec.network_type) {
         problem(
             "spec.NetworkID",
+            Rule::DanmNet(18),
             format!(
-                "{:?} is longer than 10 characters, the limit for NetworkType {:?}",
+                "{:?} is longer than 10 bytes, the limit for NetworkType {:?}",
                 spec.network_id,
                 if spec.network_type.is_empty() {
                     "ipvlan"
@@ -256,6 +302,7 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
     if key.kind != NetworkKind::ClusterNetwork && spec.allowed_tenants.is_some() {
         problem(
             "spec.AllowedTenants",
+            Rule::DanmNet(19),
             format!(
                 "only valid for the ClusterNetwork API, not for {}",
                 key.kind
@@ -265,19 +312,25 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
     if opts.vlan.is_some() && opts.vxlan.is_some() {
         problem(
             "spec.Options.vlan",
+            Rule::DanmNet(17),
             "vlan and vxlan cannot be provided together".into(),
         );
     }
     if let Some(vlan) = opts.vlan
         && !(1..=4094).contains(&vlan)
     {
-        problem("spec.Options.vlan", format!("{vlan} is outside 1-4094"));
+        problem(
+            "spec.Options.vlan",
+            Rule::Ours,
+            format!("{vlan} is outside 1-4094"),
+        );
     }
     if let Some(vxlan) = opts.vxlan
         && !(1..=16_777_214).contains(&vxlan)
     {
         problem(
             "spec.Options.vxlan",
+            Rule::Ours,
             format!("{vxlan} is outside 1-16777214"),
         );
     }
@@ -286,6 +339,7 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
     {
         problem(
             "spec.Options.rt_tables",
+            Rule::Ours,
             format!("{table} is outside 0-255"),
         );
     }
@@ -315,18 +369,19 @@ fn parse_in(
     text: &str,
     cidr: &Cidr,
     field: &str,
-    problem: &mut impl FnMut(&str, String),
+    rule: Rule,
+    problem: &mut impl FnMut(&str, Rule, String),
 ) -> Option<u128> {
     match parse_addr_lenient(text) {
         Ok(ip) => match cidr.offset_of(ip) {
             Some(offset) => Some(offset),
             None => {
-                problem(field, format!("{text:?} is not inside {cidr}"));
+                problem(field, rule, format!("{text:?} is not inside {cidr}"));
                 None
             }
         },
         Err(e) => {
-            problem(field, e.to_string());
+            problem(field, rule, e.to_string());
             None
         }
     }
@@ -336,18 +391,25 @@ fn reserve_gateways(
     routes: &Option<BTreeMap<String, String>>,
     cidr: &Cidr,
     field: &str,
+    rule: Rule,
     reserved: &mut BTreeMap<u128, Reservation>,
-    problem: &mut impl FnMut(&str, String),
+    problem: &mut impl FnMut(&str, Rule, String),
 ) {
     for (dest, gw) in routes.iter().flatten() {
         let path = format!("{field}[{dest}]");
         if let Err(e) = Cidr::parse_family(dest, cidr.family()) {
-            problem(&path, format!("route destination: {e}"));
+            problem(&path, rule, format!("route destination: {e}"));
         }
-        if let Some(offset) = parse_in(gw, cidr, &path, problem) {
+        if let Some(offset) = parse_in(gw, cidr, &path, rule, problem) {
             reserved.insert(offset, Reservation::Gateway(dest.clone()));
         }
     }
+}
+
+/// The rules a family's pool answers to: start inside, end inside.
+struct PoolRules {
+    start: Rule,
+    end: Rule,
 }
 
 fn pool_bounds(
@@ -356,21 +418,20 @@ fn pool_bounds(
     range: &Cidr,
     within: &Cidr,
     field: &str,
-    problem: &mut impl FnMut(&str, String),
+    rules: PoolRules,
+    problem: &mut impl FnMut(&str, Rule, String),
 ) -> Option<(u128, u128)> {
     // Default bounds: the range minus its first and last address.
     let range_first = within.offset_of(range.base())?;
     let range_last = range_first + range.last_offset();
     let start = match start {
-        Some(text) => {
-            parse_in(text, range, &format!("{field}.start"), problem).map(|o| o + range_first)
-        }
+        Some(text) => parse_in(text, range, &format!("{field}.start"), rules.start, problem)
+            .map(|o| o + range_first),
         None => Some(range_first + 1),
     };
     let end = match end {
-        Some(text) => {
-            parse_in(text, range, &format!("{field}.end"), problem).map(|o| o + range_first)
-        }
+        Some(text) => parse_in(text, range, &format!("{field}.end"), rules.end, problem)
+            .map(|o| o + range_first),
         None => range_last.checked_sub(1),
     };
     let (start, end) = (start?, end?);
@@ -380,7 +441,7 @@ fn pool_bounds(
     Some((start, end))
 }
 
-fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option<FamilyPlan> {
+fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, Rule, String)) -> Option<FamilyPlan> {
     let opts = &spec.options;
     let pool = opts.allocation_pool.as_ref();
     let pool_start = pool.and_then(|p| nonempty(&p.start));
@@ -389,12 +450,14 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         if pool_start.is_some() || pool_end.is_some() {
             problem(
                 "spec.Options.allocation_pool",
+                Rule::DanmNet(7),
                 "cannot be defined without spec.Options.cidr".into(),
             );
         }
         if opts.routes.as_ref().is_some_and(|r| !r.is_empty()) {
             problem(
                 "spec.Options.routes",
+                Rule::DanmNet(2),
                 "cannot be defined without spec.Options.cidr".into(),
             );
         }
@@ -403,7 +466,7 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
     let cidr = match Cidr::parse_family(cidr_text, Family::V4) {
         Ok(c) => c,
         Err(e) => {
-            problem("spec.Options.cidr", e.to_string());
+            problem("spec.Options.cidr", Rule::DanmNet(1), e.to_string());
             return None;
         }
     };
@@ -416,6 +479,7 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         &opts.routes,
         &cidr,
         "spec.Options.routes",
+        Rule::DanmNet(2),
         &mut reserved,
         problem,
     );
@@ -426,6 +490,10 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         &cidr,
         &cidr,
         "spec.Options.allocation_pool",
+        PoolRules {
+            start: Rule::DanmNet(8),
+            end: Rule::DanmNet(9),
+        },
         problem,
     );
     if explicit && bounds.is_none() {
@@ -435,6 +503,7 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         {
             problem(
                 "spec.Options.allocation_pool",
+                Rule::DanmNet(10),
                 format!("end {e} is before start {s}"),
             );
         }
@@ -448,7 +517,7 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
     })
 }
 
-fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option<FamilyPlan> {
+fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, Rule, String)) -> Option<FamilyPlan> {
     let opts = &spec.options;
     let pool = opts.allocation_pool_v6.as_ref();
     let pool_cidr = pool.and_then(|p| nonempty(&p.cidr));
@@ -458,12 +527,14 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         if pool_cidr.is_some() || pool_start.is_some() || pool_end.is_some() {
             problem(
                 "spec.Options.allocation_pool_v6",
+                Rule::DanmNet(11),
                 "cannot be defined without spec.Options.net6".into(),
             );
         }
         if opts.routes6.as_ref().is_some_and(|r| !r.is_empty()) {
             problem(
                 "spec.Options.routes6",
+                Rule::DanmNet(4),
                 "cannot be defined without spec.Options.net6".into(),
             );
         }
@@ -472,7 +543,7 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
     let net6 = match Cidr::parse_family(net6_text, Family::V6) {
         Ok(c) => c,
         Err(e) => {
-            problem("spec.Options.net6", e.to_string());
+            problem("spec.Options.net6", Rule::DanmNet(3), e.to_string());
             return None;
         }
     };
@@ -482,17 +553,21 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
             Ok(c) => {
                 problem(
                     "spec.Options.allocation_pool_v6.cidr",
+                    Rule::DanmNet(15),
                     format!("{c} is not inside net6 {net6}"),
                 );
                 return None;
             }
             Err(e) => {
-                problem("spec.Options.allocation_pool_v6.cidr", e.to_string());
+                problem(
+                    "spec.Options.allocation_pool_v6.cidr",
+                    Rule::DanmNet(15),
+                    e.to_string(),
+                );
                 return None;
             }
         },
-        None => Cidr::new(net6.base(), net6.prefix().max(DEFAULT_V6_POOL_PREFIX))
-            .expect("prefix within 0..=128"),
+        None => default_v6_pool_cidr(&net6),
     };
     let mut reserved = BTreeMap::new();
     if net6.prefix() < 127 {
@@ -502,6 +577,7 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         &opts.routes6,
         &net6,
         "spec.Options.routes6",
+        Rule::DanmNet(4),
         &mut reserved,
         problem,
     );
@@ -512,6 +588,10 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         &range,
         &net6,
         "spec.Options.allocation_pool_v6",
+        PoolRules {
+            start: Rule::DanmNet(12),
+            end: Rule::DanmNet(13),
+        },
         problem,
     );
     if explicit && bounds.is_none() {
@@ -521,6 +601,7 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, String)) -> Option
         {
             problem(
                 "spec.Options.allocation_pool_v6",
+                Rule::DanmNet(14),
                 format!("end {e} is before start {s}"),
             );
         }

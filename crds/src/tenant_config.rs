@@ -48,9 +48,36 @@ pub struct IfaceProfile {
     /// VNI range, e.g. `700-710,900`.
     #[serde(rename = "vniRange", default, skip_serializing_if = "String::is_empty")]
     pub vni_range: String,
-    /// DANM's VNI allocation bit array.
+    /// DANM's VNI allocation bit array (base64, most significant bit first). The ids it
+    /// marks stay taken; new reservations go to `reservations`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub alloc: String,
+    /// The ids of this profile reserved for TenantNetworks, by id: written by the webhook
+    /// when it hands an id out, removed when the TenantNetwork is gone. Always written,
+    /// even empty: the webhook restores the reservations of an update that leaves the
+    /// field out (a `kubectl apply` of the original manifest), not of one that empties it.
+    /// No `default` in the CRD, for the same reason: the API server would fill it in.
+    #[serde(default)]
+    #[schemars(transform = without_default)]
+    pub reservations: BTreeMap<String, VniReservation>,
+}
+
+fn without_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
+/// Who holds one reserved id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VniReservation {
+    /// The TenantNetwork, as `namespace/name` (for people: the holder is the token).
+    pub network: String,
+    /// The token the webhook wrote into the TenantNetwork's `danm.io/vni-reservation`
+    /// annotation: the id is freed when no TenantNetwork carries it any more.
+    pub token: String,
+    /// When it was reserved (RFC 3339): a reservation whose TenantNetwork never came to
+    /// exist (its create failed after admission) is freed once it is older than the grace
+    /// period.
+    pub since: String,
 }
 
 impl kube::Resource for TenantConfig {

@@ -7,6 +7,8 @@
 //! * [`fault_proxy`]: an HTTP proxy in front of that API server that injects faults on
 //!   demand (500s, conflicts, timeouts whose write did or did not land, dropped watches) and
 //!   counts requests and writes.
+//! * [`webhook`]: registering our admission webhook with the API server, and a
+//!   round-robin TCP forwarder in front of several webhook processes.
 //! * [`fixtures`]: manifests modelled on DANM's examples, written in this repository.
 //! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
 //!   figures with the real API server's, and for the tests that pin where the two agree.
@@ -15,6 +17,7 @@ pub mod apiserver;
 pub mod control_plane;
 pub mod fault_proxy;
 pub mod fixtures;
+pub mod webhook;
 
 /// Serves `router` on `listener` in a task until the returned sender is used or dropped,
 /// with TCP_NODELAY on every connection, as Go's net/http (the real API server) does.

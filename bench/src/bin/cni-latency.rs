@@ -15,7 +15,7 @@ use serde_json::json;
 
 /// Times the danm CNI plugin's ADD and DEL (process start to exit).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// ADD+DEL cycles.
     #[arg(long, default_value_t = 200)]

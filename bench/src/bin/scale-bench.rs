@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 /// Measures Attach, Interfaces and Detach of one pod against the number of DanmEps.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// The API server: `real` (etcd and kube-apiserver built by testkit/k8s/build.sh) or
     /// `stand-in`.

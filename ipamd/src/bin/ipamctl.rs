@@ -6,7 +6,7 @@ use danm_proto::v1::ipam_client::IpamClient;
 
 /// Talks to a running ipamd.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     /// ipamd gRPC address (host:port or http://host:port).
     #[arg(long, env = "DANM_IPAMD", default_value = "127.0.0.1:50051")]

@@ -12,7 +12,7 @@ use danm_ipamd::{networks, server, store};
 
 /// The cluster-wide IP address management service of DANM.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Where state lives: `file:PATH` (embedded redb database), `memory` (lost on exit,
     /// for tests) or `kube` (the Kubernetes API: in-cluster config or KUBECONFIG).

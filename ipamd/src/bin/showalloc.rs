@@ -8,7 +8,7 @@ use danm_proto::v1::ipam_client::IpamClient;
 
 /// Shows the IP allocations of a DanmNet, TenantNetwork or ClusterNetwork.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 #[command(group(clap::ArgGroup::new("network").required(true).args(["dnet", "cnet", "tnet"])))]
 struct Args {
     /// ipamd gRPC address (host:port or http://host:port).

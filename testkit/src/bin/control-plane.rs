@@ -7,7 +7,7 @@ use danm_testkit::control_plane::{ControlPlane, Options};
 
 /// Runs the test control plane until Ctrl-C (test-only: loopback, generated certificates).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Also run kube-scheduler.
     #[arg(long)]

@@ -111,6 +111,29 @@ pub struct ControlPlane {
     owned_dir: bool,
 }
 
+/// A process started with [`ControlPlane::spawn_beside`]; killed when dropped.
+#[derive(Debug)]
+pub struct Spawned(Process);
+
+impl Spawned {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.child.id()
+    }
+    /// The exit status if it has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.exited()
+    }
+    /// The last `lines` lines of its output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.0.log_tail(lines)
+    }
+    /// Its whole output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.0.log).unwrap_or_default()
+    }
+}
+
 static SHARED: tokio::sync::OnceCell<Result<ControlPlane, String>> =
     tokio::sync::OnceCell::const_new();
 
@@ -613,6 +636,13 @@ impl ControlPlane {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Starts a process next to the control plane (one of our binaries, say a webhook the
+    /// API server calls): its output in `<name>.log` of the control plane's folder, stopped
+    /// when the returned handle is dropped or, at the latest, when the test binary ends.
+    pub fn spawn_beside(&self, name: &str, command: Command) -> Result<Spawned, Error> {
+        Process::spawn_command(&self._watchdog, &self.dir, name, command).map(Spawned)
     }
 
     /// The log file of one process of the control plane (`kube-apiserver`, `etcd`, ...).

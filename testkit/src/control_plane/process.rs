@@ -81,19 +81,30 @@ impl Process {
         binary: &Path,
         args: &[String],
     ) -> Result<Process, Error> {
+        let mut command = Command::new(binary);
+        command.args(args);
+        Process::spawn_command(watchdog, dir, name, command)
+    }
+
+    /// Starts `command`, its output in `<dir>/<name>.log`, registered with the watchdog.
+    pub(crate) fn spawn_command(
+        watchdog: &Watchdog,
+        dir: &Path,
+        name: &str,
+        mut command: Command,
+    ) -> Result<Process, Error> {
         let log = dir.join(format!("{name}.log"));
         let out =
             std::fs::File::create(&log).map_err(|e| Error::Io(log.display().to_string(), e))?;
         let err = out
             .try_clone()
             .map_err(|e| Error::Io(log.display().to_string(), e))?;
-        let child = Command::new(binary)
-            .args(args)
+        let child = command
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| Error::Io(binary.display().to_string(), e))?;
+            .map_err(|e| Error::Io(format!("{:?}", command.get_program()), e))?;
         watchdog.register(child.id())?;
         Ok(Process {
             name: name.to_owned(),

@@ -1,0 +1,121 @@
+//! The webhook's input: any AdmissionReview body (the API server sends them, but the port
+//! is reachable by anything in the cluster). Decoding never panics; a decoded request is
+//! decided (against DANM's 1_good_tconf) without panicking; and nothing invalid is
+//! admitted: an admitted network's patch applies to its object, and the result parses
+//! and passes ipamd's validation with a NetworkID; an admitted TenantConfig's ranges parse.
+#![no_main]
+
+use danm_core::admit::review::decode;
+use danm_core::admit::vni::{VniRange, VniType};
+use danm_core::admit::{
+    Environment, NetworkRequest, Operation, TenantConfigRequest, admit_network,
+    admit_tenant_config, admit_tenant_config_delete,
+};
+use danm_core::network::{NetworkKey, NetworkKind, plan};
+use danm_crds::{IfaceProfile, NetworkSpec, TenantConfig};
+use libfuzzer_sys::fuzz_target;
+
+fn tenant_config() -> TenantConfig {
+    let profile = |name: &str, vni_type: &str, vni_range: &str| IfaceProfile {
+        name: name.into(),
+        vni_type: vni_type.into(),
+        vni_range: vni_range.into(),
+        ..Default::default()
+    };
+    TenantConfig {
+        host_devices: vec![
+            profile("ens4", "vlan", "1000-2000"),
+            profile("ens5", "vlan", "2000-3000"),
+            profile("nokia.k8s.io/sriov_ens1f0", "vxlan", "700-710"),
+        ],
+        network_ids: [("flannel".to_string(), "flannel".to_string())].into(),
+        ..Default::default()
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(request) = decode(data) else {
+        return;
+    };
+    let Some(operation) = Operation::of(&request.operation) else {
+        return;
+    };
+    let value = |o: &Option<kube::core::DynamicObject>| {
+        o.as_ref()
+            .map(|o| serde_json::to_value(o).expect("an object serializes"))
+    };
+    let (object, old_object) = (value(&request.object), value(&request.old_object));
+    if request.kind.kind == "TenantConfig" {
+        if operation == Operation::Delete {
+            if let Some(old) = &old_object {
+                let _ = admit_tenant_config_delete(old);
+            }
+            return;
+        }
+        let Some(object) = &object else { return };
+        let admitted = admit_tenant_config(&TenantConfigRequest {
+            operation,
+            object,
+            old: old_object.as_ref(),
+            other: None,
+        });
+        if let Ok(patch) = admitted {
+            let mut doc = object.clone();
+            json_patch::patch(&mut doc, &patch).expect("the patch applies to its object");
+            let config: TenantConfig =
+                serde_json::from_value(doc).expect("an admitted TenantConfig parses");
+            for p in &config.host_devices {
+                if let Some(t) = VniType::parse(&p.vni_type) {
+                    VniRange::parse(&p.vni_range, t).expect("an admitted range parses");
+                }
+            }
+        }
+        return;
+    }
+    let Some(kind) = NetworkKind::parse(&request.kind.kind) else {
+        return;
+    };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let config = tenant_config();
+    let mut choose = |n: usize| data.len() % n;
+    let network = NetworkRequest {
+        operation,
+        kind,
+        namespace,
+        name: &request.name,
+        object: object.as_ref(),
+        old_object: old_object.as_ref(),
+    };
+    let Ok(admitted) = admit_network(
+        &network,
+        &mut Environment {
+            tenant_config: Some(&config),
+            connected_pod: None,
+            choose: &mut choose,
+            reservation_token: "token",
+        },
+    ) else {
+        return;
+    };
+    // A DELETE admitted is a network no pod uses: its object is not judged.
+    if operation == Operation::Delete {
+        return;
+    }
+    let Some(mut doc) = object else { return };
+    json_patch::patch(&mut doc, &admitted.patch).expect("the patch applies to its object");
+    let spec: NetworkSpec = match doc.get("spec") {
+        Some(spec) => serde_json::from_value(spec.clone()).expect("the patched spec parses"),
+        None => NetworkSpec::default(),
+    };
+    assert!(!spec.network_id.is_empty(), "admitted without a NetworkID");
+    if let Err(e) = plan(NetworkKey::new(kind, namespace, &request.name), &spec) {
+        panic!("admitted a network ipamd refuses: {e}");
+    }
+    if kind == NetworkKind::TenantNetwork && operation == Operation::Create {
+        let opts = &spec.options;
+        assert!(
+            admitted.reservation.is_some() == (opts.vlan.is_some() || opts.vxlan.is_some()),
+            "an id given without being recorded"
+        );
+    }
+});

@@ -1,0 +1,117 @@
+//! The webhook's Prometheus metrics, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of one admission.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `/netvalidation`, `/confvalidation` or `/netdeletion`.
+    pub path: &'static str,
+    /// The object's kind.
+    pub kind: String,
+    /// CREATE, UPDATE or DELETE.
+    pub operation: String,
+    /// `allowed`, `denied` or `error` (the webhook could not decide: try again).
+    pub result: &'static str,
+}
+
+/// Labels of an admission's duration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// The path.
+    pub path: &'static str,
+}
+
+/// Labels of freed ids.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FreedLabels {
+    /// `deleted` (its TenantNetwork is gone), `expired` (no TenantNetwork ever carried it),
+    /// `legacy` (a DANM-era bit).
+    pub reason: &'static str,
+}
+
+type HistogramFamily = Family<PathLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Admissions by path, kind, operation and result.
+    pub admissions: Family<AdmissionLabels, Counter>,
+    /// Seconds per admission, by path.
+    pub duration: HistogramFamily,
+    /// Ids reserved for TenantNetworks.
+    pub reserved: Counter,
+    /// Ids freed, by reason.
+    pub freed: Family<FreedLabels, Counter>,
+    /// TenantConfig writes that lost to a concurrent writer (and were retried).
+    pub conflicts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("danm_webhook");
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "Admission requests answered, by path, kind, operation and result",
+            admissions.clone(),
+        );
+        let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission request",
+            duration.clone(),
+        );
+        let reserved = Counter::default();
+        registry.register(
+            "vni_reserved",
+            "VLAN/VxLAN ids reserved for TenantNetworks",
+            reserved.clone(),
+        );
+        let freed = Family::<FreedLabels, Counter>::default();
+        registry.register(
+            "vni_freed",
+            "VLAN/VxLAN ids freed, by reason",
+            freed.clone(),
+        );
+        let conflicts = Counter::default();
+        registry.register(
+            "tenantconfig_conflicts",
+            "TenantConfig writes that lost to a concurrent writer and were retried",
+            conflicts.clone(),
+        );
+        Metrics {
+            registry,
+            admissions,
+            duration,
+            reserved,
+            freed,
+            conflicts,
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

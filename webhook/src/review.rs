@@ -1,0 +1,268 @@
+//! AdmissionReviews in and out: parse the body, route the request to the rules of
+//! `danm_core::admit`, answer with the request's own `apiVersion` (so DANM-era
+//! `admission.k8s.io/v1beta1` configurations work as well as `v1`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use danm_core::admit::review::{BadReview, decode};
+use danm_core::admit::{
+    self, Admitted, Denial, Environment, NetworkRequest, Operation, TenantConfigRequest,
+    admit_network,
+};
+use danm_core::{NetworkKey, NetworkKind};
+use kube::ResourceExt as _;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+use serde_json::Value;
+
+use crate::metrics::{AdmissionLabels, Metrics, PathLabels};
+use crate::tenants::{Tenants, TenantsError};
+use crate::usage::Usage;
+
+/// The three paths, as DANM's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// `/netvalidation`: networks on CREATE and UPDATE.
+    NetValidation,
+    /// `/confvalidation`: TenantConfigs on CREATE and UPDATE.
+    ConfValidation,
+    /// `/netdeletion`: networks on DELETE.
+    NetDeletion,
+}
+
+impl Path {
+    /// The URL path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::NetValidation => "/netvalidation",
+            Path::ConfValidation => "/confvalidation",
+            Path::NetDeletion => "/netdeletion",
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Admission {
+    /// The TenantConfig side.
+    pub tenants: Arc<Tenants>,
+    /// Pods by network.
+    pub usage: Arc<Usage>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// How a request ended.
+enum Outcome {
+    Allowed(Box<Admitted>),
+    Denied(Denial),
+    /// The webhook could not decide (an API error, caches not ready): the client retries.
+    Failed(String),
+}
+
+impl Admission {
+    /// Answers one AdmissionReview body; `Err` is HTTP 400 with the reason.
+    pub async fn review(&self, path: Path, body: &[u8]) -> Result<Value, BadReview> {
+        let started = Instant::now();
+        let request = decode(body)?;
+        let outcome = self.decide(path, &request).await;
+        let subject = format!(
+            "{} {}{}",
+            request.kind.kind,
+            request
+                .namespace
+                .as_deref()
+                .map(|n| format!("{n}/"))
+                .unwrap_or_default(),
+            request.name
+        );
+        let operation = format!("{:?}", request.operation).to_uppercase();
+        let response = AdmissionResponse::from(&request);
+        let (response, result) = match outcome {
+            Outcome::Allowed(admitted) => {
+                let response = if admitted.patch.0.is_empty() {
+                    response
+                } else {
+                    tracing::debug!(object = %subject, patch = ?admitted.patch, "mutated");
+                    response
+                        .with_patch(admitted.patch.clone())
+                        .expect("a JSON patch serializes")
+                };
+                (response, "allowed")
+            }
+            Outcome::Denied(denial) => {
+                let rules: Vec<String> =
+                    denial.problems.iter().map(|p| p.rule.to_string()).collect();
+                tracing::info!(
+                    object = %subject, operation, user = request.user_info.username.as_deref().unwrap_or_default(),
+                    rules = ?rules, reason = %denial, "denied"
+                );
+                (response.deny(denial), "denied")
+            }
+            Outcome::Failed(reason) => {
+                tracing::warn!(object = %subject, operation, reason, "could not decide");
+                let mut response =
+                    response.deny(format!("the DANM webhook could not decide: {reason}"));
+                response.result.code = 500;
+                (response, "error")
+            }
+        };
+        self.metrics
+            .admissions
+            .get_or_create(&AdmissionLabels {
+                path: path.as_str(),
+                // Only the kinds served: the label must not grow with what callers send.
+                kind: match request.kind.kind.as_str() {
+                    k @ ("DanmNet" | "TenantNetwork" | "ClusterNetwork" | "TenantConfig") => {
+                        k.to_owned()
+                    }
+                    _ => "other".to_owned(),
+                },
+                operation,
+                result,
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&PathLabels {
+                path: path.as_str(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        Ok(serde_json::to_value(response.into_review()).expect("a review serializes"))
+    }
+
+    async fn decide(&self, path: Path, request: &AdmissionRequest<DynamicObject>) -> Outcome {
+        let Some(operation) = Operation::of(&request.operation) else {
+            return Outcome::Allowed(Box::default());
+        };
+        let to_value = |o: &Option<DynamicObject>| {
+            o.as_ref()
+                .map(|o| serde_json::to_value(o).expect("an object serializes"))
+        };
+        let (object, old_object) = (to_value(&request.object), to_value(&request.old_object));
+        let kind = request.kind.kind.as_str();
+        if request.kind.group != danm_crds::GROUP {
+            return Outcome::Denied(not_handled(kind, path));
+        }
+        match (path, kind) {
+            // /netdeletion judges deletions only: a configuration that sends it a CREATE
+            // must not get ids reserved there.
+            (Path::NetDeletion, _) if operation != Operation::Delete => {
+                Outcome::Allowed(Box::default())
+            }
+            (Path::ConfValidation | Path::NetDeletion, "TenantConfig") => {
+                self.tenant_config(request, operation, object.as_ref(), old_object.as_ref())
+            }
+            (Path::NetValidation | Path::NetDeletion, kind) => {
+                let Some(kind) = NetworkKind::parse(kind) else {
+                    return Outcome::Denied(not_handled(kind, path));
+                };
+                let namespace = request.namespace.as_deref().unwrap_or_default();
+                let network = NetworkRequest {
+                    operation,
+                    kind,
+                    namespace,
+                    name: &request.name,
+                    object: object.as_ref(),
+                    old_object: old_object.as_ref(),
+                };
+                self.network(&network, &request.uid, request.dry_run).await
+            }
+            (_, kind) => Outcome::Denied(not_handled(kind, path)),
+        }
+    }
+
+    fn tenant_config(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        operation: Operation,
+        object: Option<&Value>,
+        old_object: Option<&Value>,
+    ) -> Outcome {
+        let missing = |field: &str| {
+            Outcome::Denied(Denial::one(
+                format!("TenantConfig {}", request.name),
+                field,
+                danm_core::network::Rule::Schema,
+                format!("the {operation:?} request carries no {field}"),
+            ))
+        };
+        if operation == Operation::Delete {
+            let Some(old) = old_object else {
+                return missing("oldObject");
+            };
+            return match admit::admit_tenant_config_delete(old) {
+                Ok(()) => Outcome::Allowed(Box::default()),
+                Err(d) => Outcome::Denied(d),
+            };
+        }
+        let Some(object) = object else {
+            return missing("object");
+        };
+        if operation == Operation::Create && !self.tenants.is_ready() {
+            return Outcome::Failed(TenantsError::NotReady.to_string());
+        }
+        let other = self.tenants.current().map(|c| c.name_any());
+        let decided = admit::admit_tenant_config(&TenantConfigRequest {
+            operation,
+            object,
+            old: old_object,
+            other: other.as_deref(),
+        });
+        match decided {
+            Ok(patch) => Outcome::Allowed(Box::new(Admitted {
+                patch,
+                ..Admitted::default()
+            })),
+            Err(d) => Outcome::Denied(d),
+        }
+    }
+
+    async fn network(&self, request: &NetworkRequest<'_>, uid: &str, dry_run: bool) -> Outcome {
+        if request.kind == NetworkKind::TenantNetwork && request.operation == Operation::Create {
+            return match self.tenants.admit_create(request, uid, dry_run).await {
+                Ok(Ok(a)) => Outcome::Allowed(Box::new(a)),
+                Ok(Err(d)) => Outcome::Denied(d),
+                Err(e) => Outcome::Failed(e.to_string()),
+            };
+        }
+        let connected = if request.operation == Operation::Create {
+            None
+        } else {
+            if !self.usage.is_synced() {
+                return Outcome::Failed(
+                    "the DanmEp index has not listed the API server's DanmEps yet; try again"
+                        .into(),
+                );
+            }
+            let key = NetworkKey::new(request.kind, request.namespace, request.name);
+            self.usage.connected_pod(&key)
+        };
+        let mut never = |_: usize| 0;
+        match admit_network(
+            request,
+            &mut Environment {
+                tenant_config: None,
+                connected_pod: connected.as_deref(),
+                choose: &mut never,
+                reservation_token: uid,
+            },
+        ) {
+            Ok(a) => Outcome::Allowed(Box::new(a)),
+            Err(d) => Outcome::Denied(d),
+        }
+    }
+}
+
+fn not_handled(kind: &str, path: Path) -> Denial {
+    Denial::one(
+        format!("{kind} object"),
+        "request.kind",
+        danm_core::network::Rule::Unnumbered,
+        format!(
+            "kind {kind:?} is not handled by the DANM webhook at {}",
+            path.as_str()
+        ),
+    )
+}

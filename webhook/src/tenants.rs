@@ -1,0 +1,632 @@
+//! The TenantConfig side of the webhook: which TenantConfig TenantNetworks use, recording
+//! the ids admissions hand out, and freeing them.
+//!
+//! * **Reserve.** A TenantNetwork CREATE that gets an id records it in the TenantConfig
+//!   before the webhook answers, with an optimistic-concurrency write (the object's
+//!   `resourceVersion`): two replicas can never record one id twice, the loser of a race
+//!   reads the TenantConfig again and picks again, a bounded number of times with
+//!   jittered backoff. Within one replica the admissions waiting are recorded together,
+//!   in one write (a group commit of up to 256), so replicas contend with each other only
+//!   and a burst costs a few writes, not one each. A dry run records nothing.
+//! * **Free.** A watch of TenantNetworks frees the id of a deleted TenantNetwork (the one
+//!   recorded under its token) at once. A reconciliation, every `interval`, frees the ids
+//!   whose token no TenantNetwork carries and that are older than `grace`: the creates that
+//!   failed after admission (AlreadyExists, another webhook's denial, a timeout) and deletes
+//!   the watch missed while no replica ran.
+//!
+//! DANM wrote the id in admission and never looked back: a failed create leaked its id and
+//! a repeated delete could free an id another network had meanwhile been given.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use danm_core::admit::vni::{self, HeldVni, RESERVATION_ANNOTATION, VniType};
+use danm_core::admit::{Admitted, Denial, Environment, NetworkRequest, admit_network};
+use danm_crds::{TenantConfig, TenantNetwork, VniReservation};
+use futures::StreamExt;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::metrics::{FreedLabels, Metrics};
+
+/// How the ids are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct TenantsConfig {
+    /// A reservation no TenantNetwork carries is freed once this old.
+    pub grace: Duration,
+    /// How often reservations are reconciled.
+    pub interval: Duration,
+    /// Attempts at a TenantConfig write before the admission gives up (and the API server
+    /// reports the webhook's error to the client, who retries).
+    pub attempts: u32,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        TenantsConfig {
+            grace: Duration::from_secs(300),
+            interval: Duration::from_secs(60),
+            attempts: 8,
+        }
+    }
+}
+
+/// Why an admission could not be decided (as opposed to a denial).
+#[derive(Debug, thiserror::Error)]
+pub enum TenantsError {
+    /// The TenantConfig kept changing under this replica.
+    #[error("TenantConfig {0} kept changing while an id was recorded in it; try again")]
+    Busy(String),
+    /// The holder of a reservation could not be read.
+    #[error("cannot read TenantNetwork {network} to confirm it holds no id: {reason}")]
+    Holder {
+        /// The TenantNetwork (`namespace/name`).
+        network: String,
+        /// Why.
+        reason: String,
+    },
+    /// The API server refused a read or write of a TenantConfig (not a conflict).
+    #[error("the API server refused a request on TenantConfig {name}: {reason}")]
+    Refused {
+        /// The TenantConfig.
+        name: String,
+        /// Its message.
+        reason: String,
+    },
+    /// The API server could not be reached or answered with an error.
+    #[error("cannot reach the API server for TenantConfig {name}: {reason}")]
+    Unreachable {
+        /// The TenantConfig.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The caches have not listed the API server's objects yet.
+    #[error("the webhook has not listed TenantConfigs and TenantNetworks yet; try again")]
+    NotReady,
+}
+
+/// An admission's outcome for a TenantNetwork CREATE.
+pub type Decision = Result<Result<Admitted, Denial>, TenantsError>;
+
+/// Most admissions recorded in one TenantConfig write.
+const MAX_BATCH: usize = 256;
+
+/// A network admission request, owned (to wait in the queue).
+#[derive(Debug)]
+struct OwnedRequest {
+    operation: danm_core::admit::Operation,
+    kind: danm_core::NetworkKind,
+    namespace: String,
+    name: String,
+    object: Option<serde_json::Value>,
+    old_object: Option<serde_json::Value>,
+}
+
+impl OwnedRequest {
+    fn from(r: &NetworkRequest<'_>) -> OwnedRequest {
+        OwnedRequest {
+            operation: r.operation,
+            kind: r.kind,
+            namespace: r.namespace.to_owned(),
+            name: r.name.to_owned(),
+            object: r.object.cloned(),
+            old_object: r.old_object.cloned(),
+        }
+    }
+    fn borrow(&self) -> NetworkRequest<'_> {
+        NetworkRequest {
+            operation: self.operation,
+            kind: self.kind,
+            namespace: &self.namespace,
+            name: &self.name,
+            object: self.object.as_ref(),
+            old_object: self.old_object.as_ref(),
+        }
+    }
+}
+
+/// An admission waiting for its id to be recorded.
+#[derive(Debug)]
+struct Pending {
+    request: OwnedRequest,
+    token: String,
+    reply: oneshot::Sender<Decision>,
+}
+
+/// Decides a TenantNetwork CREATE on `config` (a random NIC profile when none is named).
+fn decide(
+    request: &NetworkRequest<'_>,
+    token: &str,
+    config: Option<&TenantConfig>,
+) -> Result<Admitted, Denial> {
+    let mut choose = |n: usize| fastrand::usize(..n);
+    admit_network(
+        request,
+        &mut Environment {
+            tenant_config: config,
+            connected_pod: None,
+            choose: &mut choose,
+            reservation_token: token,
+        },
+    )
+}
+
+/// A TenantNetwork that is gone, as far as its id is concerned.
+#[derive(Debug)]
+struct Gone {
+    token: Option<String>,
+    legacy: Option<(String, VniType, u32)>,
+}
+
+/// See the module overview.
+pub struct Tenants {
+    client: Client,
+    configs: Store<TenantConfig>,
+    networks: Store<TenantNetwork>,
+    /// This replica's turn to write, and the newest TenantConfig it has seen.
+    writer: Mutex<Option<TenantConfig>>,
+    gone: mpsc::UnboundedSender<Gone>,
+    reservations: mpsc::UnboundedSender<Pending>,
+    metrics: Arc<Metrics>,
+    config: TenantsConfig,
+}
+
+impl std::fmt::Debug for Tenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenants")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tenants {
+    /// Starts the watches of TenantConfigs and TenantNetworks and the reconciliation.
+    pub fn start(client: Client, metrics: Arc<Metrics>, config: TenantsConfig) -> Arc<Tenants> {
+        let (configs, config_writer) = reflector::store();
+        let (networks, network_writer) = reflector::store();
+        let (gone, gone_rx) = mpsc::unbounded_channel();
+        let (reservations, queue) = mpsc::unbounded_channel();
+        let tenants = Arc::new(Tenants {
+            client: client.clone(),
+            configs,
+            networks,
+            writer: Mutex::new(None),
+            gone,
+            reservations,
+            metrics,
+            config,
+        });
+        let api: Api<TenantConfig> = Api::all(client.clone());
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(config_writer)
+                .boxed();
+            stream
+                .for_each(|e| async move {
+                    if let Err(e) = e {
+                        tracing::warn!(error = %e, "TenantConfig watch failed, retrying");
+                    }
+                })
+                .await;
+        });
+        let api: Api<TenantNetwork> = Api::all(client);
+        let fed = Arc::clone(&tenants);
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(network_writer)
+                .boxed();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Delete(tn)) => {
+                        let _ = fed.gone.send(gone_of(&tn));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "TenantNetwork watch failed, retrying"),
+                }
+            }
+        });
+        tokio::spawn(Arc::clone(&tenants).reconcile_forever(gone_rx));
+        tokio::spawn(Arc::clone(&tenants).record_forever(queue));
+        tenants
+    }
+
+    /// Whether both watches have listed what exists (without waiting).
+    pub fn is_ready(&self) -> bool {
+        use futures::FutureExt as _;
+        self.configs.wait_until_ready().now_or_never().is_some()
+            && self.networks.wait_until_ready().now_or_never().is_some()
+    }
+
+    /// The TenantConfig TenantNetworks use: as DANM, the first by name.
+    pub fn current(&self) -> Option<Arc<TenantConfig>> {
+        self.configs
+            .state()
+            .into_iter()
+            .min_by(|a, b| a.name_any().cmp(&b.name_any()))
+    }
+
+    /// Admits a TenantNetwork CREATE: decided on the TenantConfig, and the id it hands out
+    /// recorded there (unless `dry_run`) before the answer.
+    pub async fn admit_create(
+        &self,
+        request: &NetworkRequest<'_>,
+        token: &str,
+        dry_run: bool,
+    ) -> Decision {
+        // Before the watches have listed, "no TenantConfig" would be a wrong denial.
+        if !self.is_ready() {
+            return Err(TenantsError::NotReady);
+        }
+        let first = decide(request, token, self.current().as_deref());
+        let needs_write = matches!(&first, Ok(a) if a.reservation.is_some());
+        if !needs_write || dry_run {
+            return Ok(first);
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            request: OwnedRequest::from(request),
+            token: token.to_owned(),
+            reply,
+        };
+        if self.reservations.send(pending).is_err() {
+            return Err(TenantsError::NotReady);
+        }
+        answer.await.unwrap_or(Err(TenantsError::NotReady))
+    }
+
+    /// Records the ids of queued admissions: every admission waiting is decided again on
+    /// one working copy of the TenantConfig, in turn, and all their ids are written in one
+    /// optimistic-concurrency write (a group commit); a lost race reads the TenantConfig
+    /// again and decides the whole batch again.
+    async fn record_forever(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Pending>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            // An admission whose caller has gone (the API server's timeout) is not
+            // recorded: its id would only wait for the reconciliation.
+            batch.retain(|p| !p.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let decisions = self.record(&batch).await;
+            for (pending, decision) in batch.into_iter().zip(decisions) {
+                let _ = pending.reply.send(decision);
+            }
+        }
+    }
+
+    async fn record(&self, batch: &[Pending]) -> Vec<Decision> {
+        let fail = |e: &dyn Fn() -> TenantsError| batch.iter().map(|_| Err(e())).collect();
+        let Some(snapshot) = self.current() else {
+            // The TenantConfig went away since the first decision: decide again, without it.
+            return batch
+                .iter()
+                .map(|p| Ok(decide(&p.request.borrow(), &p.token, None)))
+                .collect();
+        };
+        let name = snapshot.name_any();
+        let api: Api<TenantConfig> = Api::all(self.client.clone());
+        let mut latest = self.writer.lock().await;
+        // The newer of this replica's last write and the watch's copy (another replica may
+        // have written since): starting from an old copy costs a conflict.
+        let mut config = match latest.as_ref() {
+            Some(c)
+                if c.name_any() == name
+                    && c.metadata.generation >= snapshot.metadata.generation =>
+            {
+                c.clone()
+            }
+            _ => (*snapshot).clone(),
+        };
+        for attempt in 0..self.config.attempts {
+            let mut working = config.clone();
+            // The grace period counts from the write: the network is stored just after.
+            let since = jiff::Timestamp::now().to_string();
+            let mut decisions = Vec::with_capacity(batch.len());
+            let mut picks = Vec::new();
+            for p in batch {
+                let decision = decide(&p.request.borrow(), &p.token, Some(&working));
+                if let Ok(admitted) = &decision
+                    && let Some(pick) = &admitted.reservation
+                {
+                    let holder = VniReservation {
+                        network: format!("{}/{}", p.request.namespace, p.request.name),
+                        token: p.token.clone(),
+                        since: since.clone(),
+                    };
+                    vni::reserve(&mut working, pick, holder.clone())
+                        .expect("an id decided on this very copy is free in it");
+                    picks.push((holder, pick.clone()));
+                }
+                decisions.push(Ok(decision));
+            }
+            if picks.is_empty() {
+                return decisions;
+            }
+            match bounded(api.replace(&name, &PostParams::default(), &working)).await {
+                Ok(written) => {
+                    self.metrics.reserved.inc_by(picks.len() as u64);
+                    for (holder, pick) in &picks {
+                        tracing::info!(
+                            network = %holder.network, profile = %pick.profile,
+                            vni_type = %pick.vni_type, id = pick.id, tenant_config = %name,
+                            batch = batch.len(), "reserved an id"
+                        );
+                    }
+                    *latest = Some(written);
+                    return decisions;
+                }
+                Err(CallError::Conflict) => {
+                    self.metrics.conflicts.inc();
+                }
+                Err(e) => return fail(&|| e.of(&name)),
+            }
+            if attempt + 1 == self.config.attempts {
+                break;
+            }
+            backoff(attempt).await;
+            config = match bounded(api.get(&name)).await {
+                Ok(c) => c,
+                Err(e) => return fail(&|| e.of(&name)),
+            };
+            *latest = Some(config.clone());
+        }
+        fail(&|| TenantsError::Busy(name.clone()))
+    }
+
+    async fn reconcile_forever(self: Arc<Self>, mut gone_rx: mpsc::UnboundedReceiver<Gone>) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: Vec<Gone> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                got = gone_rx.recv() => match got {
+                    Some(g) => pending.push(g),
+                    None => return,
+                },
+            }
+            while let Ok(g) = gone_rx.try_recv() {
+                pending.push(g);
+            }
+            match self.reconcile(&pending).await {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciling reservations failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Frees the ids of `gone` TenantNetworks, and those no TenantNetwork carries that are
+    /// older than the grace period, in every TenantConfig.
+    async fn reconcile(&self, gone: &[Gone]) -> Result<(), TenantsError> {
+        // Until both watches have listed, "no TenantNetwork carries it" means nothing.
+        if self.configs.wait_until_ready().await.is_err()
+            || self.networks.wait_until_ready().await.is_err()
+        {
+            return Err(TenantsError::NotReady);
+        }
+        let tokens_gone: HashSet<&str> = gone.iter().filter_map(|g| g.token.as_deref()).collect();
+        let api: Api<TenantConfig> = Api::all(self.client.clone());
+        for name in self.configs.state().iter().map(|c| c.name_any()) {
+            let mut done = false;
+            for attempt in 0..self.config.attempts {
+                let mut config = bounded(api.get(&name)).await.map_err(|e| e.of(&name))?;
+                // Read after the TenantConfig: a TenantNetwork created since is carried.
+                let carried: HashSet<String> = self
+                    .networks
+                    .state()
+                    .iter()
+                    .filter_map(|tn| tn.annotations().get(RESERVATION_ANNOTATION).cloned())
+                    .collect();
+                let now = jiff::Timestamp::now();
+                let grace = self.config.grace;
+                // Expired and carried by no TenantNetwork the watch knows: confirmed with a
+                // read of the API server, since the watch may lag behind.
+                let mut abandoned = HashSet::new();
+                for held in vni::reservations(&config) {
+                    if !tokens_gone.contains(held.holder.token.as_str())
+                        && !carried.contains(&held.holder.token)
+                        && expired(&held, now, grace)
+                        && !self.still_carried(&held).await?
+                    {
+                        abandoned.insert(held.holder.token);
+                    }
+                }
+                let freed = vni::release_where(&mut config, |held| {
+                    tokens_gone.contains(held.holder.token.as_str())
+                        || abandoned.contains(&held.holder.token)
+                });
+                let mut legacy = 0;
+                for (profile, vni_type, id) in gone.iter().filter_map(|g| g.legacy.as_ref()) {
+                    match vni::release_legacy(&mut config, profile, *vni_type, *id) {
+                        Ok(true) => legacy += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, tenant_config = %name, "cannot free a DANM-era id")
+                        }
+                    }
+                }
+                if freed.is_empty() && legacy == 0 {
+                    done = true;
+                    break;
+                }
+                match bounded(api.replace(&name, &PostParams::default(), &config)).await {
+                    Ok(written) => {
+                        for held in &freed {
+                            let reason = if tokens_gone.contains(held.holder.token.as_str()) {
+                                "deleted"
+                            } else {
+                                "expired"
+                            };
+                            self.metrics
+                                .freed
+                                .get_or_create(&FreedLabels { reason })
+                                .inc();
+                            tracing::info!(
+                                network = %held.holder.network, profile = %held.profile,
+                                id = %held.id, reason, tenant_config = %name, "freed an id"
+                            );
+                        }
+                        self.metrics
+                            .freed
+                            .get_or_create(&FreedLabels { reason: "legacy" })
+                            .inc_by(legacy);
+                        // The recording side starts from the newer copy (held only here:
+                        // reads of the API server above are made without it).
+                        let mut latest = self.writer.lock().await;
+                        if latest.as_ref().is_some_and(|c| {
+                            c.name_any() == name
+                                && c.metadata.generation <= written.metadata.generation
+                        }) {
+                            *latest = Some(written);
+                        }
+                        done = true;
+                        break;
+                    }
+                    Err(CallError::Conflict) => {
+                        self.metrics.conflicts.inc();
+                        backoff(attempt).await;
+                    }
+                    Err(e) => return Err(e.of(&name)),
+                }
+            }
+            // Not dropped: the caller keeps what is gone and tries again.
+            if !done {
+                return Err(TenantsError::Busy(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Tenants {
+    /// Whether a TenantNetwork carries the reservation's token, read from the API server:
+    /// the named network, or (for a `generateName` create) any of its namespace.
+    async fn still_carried(&self, held: &HeldVni) -> Result<bool, TenantsError> {
+        let (namespace, name) = held
+            .holder
+            .network
+            .split_once('/')
+            .unwrap_or(("", held.holder.network.as_str()));
+        let api: Api<TenantNetwork> = Api::namespaced(self.client.clone(), namespace);
+        let carries = |tn: &TenantNetwork| {
+            tn.annotations().get(RESERVATION_ANNOTATION) == Some(&held.holder.token)
+        };
+        let read = |e: CallError| TenantsError::Holder {
+            network: held.holder.network.clone(),
+            reason: e.to_string(),
+        };
+        if name.is_empty() {
+            let list = bounded(api.list(&Default::default())).await.map_err(read)?;
+            Ok(list.items.iter().any(carries))
+        } else {
+            Ok(bounded(api.get_opt(name))
+                .await
+                .map_err(read)?
+                .is_some_and(|tn| carries(&tn)))
+        }
+    }
+}
+
+/// What a deleted TenantNetwork held: its token, or its DANM-era id.
+fn gone_of(tn: &TenantNetwork) -> Gone {
+    let token = tn.annotations().get(RESERVATION_ANNOTATION).cloned();
+    let opts = &tn.spec.network.options;
+    let profile = opts
+        .device_pool
+        .clone()
+        .filter(|p| !p.is_empty())
+        .or_else(|| opts.host_device.clone());
+    let id = match (opts.vxlan, opts.vlan) {
+        (Some(id), _) => Some((VniType::Vxlan, id)),
+        (None, Some(id)) => Some((VniType::Vlan, id)),
+        _ => None,
+    };
+    let legacy = match (&token, profile, id) {
+        (None, Some(profile), Some((t, id))) => u32::try_from(id).ok().map(|id| (profile, t, id)),
+        _ => None,
+    };
+    Gone { token, legacy }
+}
+
+fn expired(held: &HeldVni, now: jiff::Timestamp, grace: Duration) -> bool {
+    match held.holder.since.parse::<jiff::Timestamp>() {
+        Ok(since) => now.duration_since(since).unsigned_abs() >= grace && now > since,
+        // An unreadable time cannot prove the reservation young.
+        Err(_) => true,
+    }
+}
+
+/// Jittered exponential backoff after a lost write race: 5-10 ms, doubling up to 80-160 ms.
+/// Short, because a write holds a whole batch: the race is only as long as one write.
+async fn backoff(attempt: u32) {
+    let base = 5u64 << attempt.min(4);
+    tokio::time::sleep(Duration::from_millis(base + fastrand::u64(..base))).await;
+}
+
+/// How long one TenantConfig or TenantNetwork call may take: a hung call must not hold
+/// every admission waiting behind it until the API server gives up on them.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a call of [`bounded`] failed.
+#[derive(Clone, Debug, thiserror::Error)]
+enum CallError {
+    /// 409: another writer changed the object first.
+    #[error("changed meanwhile by another writer")]
+    Conflict,
+    /// Any other answer of the API server.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// No answer, or none within [`API_TIMEOUT`].
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl CallError {
+    /// The error to report for TenantConfig `name`.
+    fn of(&self, name: &str) -> TenantsError {
+        match self {
+            CallError::Conflict => TenantsError::Busy(name.to_owned()),
+            CallError::Refused(reason) => TenantsError::Refused {
+                name: name.to_owned(),
+                reason: reason.clone(),
+            },
+            CallError::Unreachable(reason) => TenantsError::Unreachable {
+                name: name.to_owned(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// `call`, within [`API_TIMEOUT`] (a write that timed out may still have landed: an id it
+/// recorded is freed by the reconciliation, as for any failed create).
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(kube::Error::Api(e))) if e.code == 409 => Err(CallError::Conflict),
+        Ok(Err(kube::Error::Api(e))) => Err(CallError::Refused(e.message)),
+        Ok(Err(e)) => Err(CallError::Unreachable(e.to_string())),
+        Err(_) => Err(CallError::Unreachable(format!(
+            "no answer within {} s",
+            API_TIMEOUT.as_secs()
+        ))),
+    }
+}

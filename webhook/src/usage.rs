@@ -1,0 +1,172 @@
+//! Which pods are connected to which network: an index of every DanmEp by network, fed by
+//! a watch (a fresh list at start and after a 410, then events), so that the delete and
+//! update guards (DANM's rules 21 and 22) read one map entry instead of listing every
+//! DanmEp of the cluster per request, as DANM did.
+//!
+//! Like any watch-fed cache it may lag behind a DanmEp written a moment ago; a pod whose
+//! interface is being set up while its network is deleted fails its CNI ADD (ipamd finds
+//! no network), as it would with DANM.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use danm_core::{NetworkKey, NetworkKind};
+use danm_crds::DanmEp;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+/// Namespace and name of a DanmEp.
+type EndpointRef = (String, String);
+
+#[derive(Debug, Default)]
+struct Index {
+    /// Network → its endpoints → the endpoint's pod (`namespace/name`).
+    by_network: HashMap<NetworkKey, BTreeMap<EndpointRef, String>>,
+    /// Endpoint → its network, to move or drop it on change.
+    network_of: HashMap<EndpointRef, NetworkKey>,
+}
+
+impl Index {
+    fn insert(&mut self, ep: &DanmEp) {
+        let at = (ep.namespace().unwrap_or_default(), ep.name_any());
+        self.remove(&at);
+        let Some(kind) = NetworkKind::parse(&ep.spec.api_type) else {
+            return;
+        };
+        let key = NetworkKey::new(kind, &at.0, &ep.spec.network_name);
+        let pod = format!("{}/{}", at.0, ep.spec.pod);
+        self.by_network
+            .entry(key.clone())
+            .or_default()
+            .insert(at.clone(), pod);
+        self.network_of.insert(at, key);
+    }
+
+    fn remove(&mut self, at: &EndpointRef) {
+        let Some(key) = self.network_of.remove(at) else {
+            return;
+        };
+        if let Some(eps) = self.by_network.get_mut(&key) {
+            eps.remove(at);
+            if eps.is_empty() {
+                self.by_network.remove(&key);
+            }
+        }
+    }
+}
+
+/// The index; see the module overview.
+#[derive(Debug)]
+pub struct Usage {
+    index: RwLock<Index>,
+    synced: watch::Sender<bool>,
+}
+
+impl Usage {
+    /// An index fed by a watch of every DanmEp; the watch runs as long as the runtime.
+    pub fn start(client: Client) -> Arc<Usage> {
+        let usage = Arc::new(Usage {
+            index: RwLock::default(),
+            synced: watch::channel(false).0,
+        });
+        let fed = Arc::clone(&usage);
+        tokio::spawn(async move {
+            let api: Api<DanmEp> = Api::all(client);
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            let mut relist: Option<Index> = None;
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => relist = Some(Index::default()),
+                    Ok(watcher::Event::InitApply(ep)) => {
+                        if let Some(buffer) = relist.as_mut() {
+                            buffer.insert(&ep);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(buffer) = relist.take() {
+                            let count = buffer.network_of.len();
+                            *fed.index.write().expect("lock") = buffer;
+                            fed.synced.send_replace(true);
+                            tracing::info!(count, "DanmEp index listed every DanmEp");
+                        }
+                    }
+                    Ok(watcher::Event::Apply(ep)) => fed.index.write().expect("lock").insert(&ep),
+                    Ok(watcher::Event::Delete(ep)) => {
+                        let at = (ep.namespace().unwrap_or_default(), ep.name_any());
+                        fed.index.write().expect("lock").remove(&at);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "DanmEp watch failed, retrying"),
+                }
+            }
+        });
+        usage
+    }
+
+    /// Whether the first full list is in.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// A pod connected to the network (`namespace/name`), if any.
+    pub fn connected_pod(&self, network: &NetworkKey) -> Option<String> {
+        let index = self.index.read().expect("lock");
+        index
+            .by_network
+            .get(network)
+            .and_then(|eps| eps.values().next().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danm_crds::DanmEpSpec;
+
+    fn ep(ns: &str, name: &str, kind: &str, network: &str) -> DanmEp {
+        let mut ep = DanmEp::new(
+            name,
+            DanmEpSpec {
+                network_name: network.into(),
+                api_type: kind.into(),
+                pod: format!("pod-{name}"),
+                ..Default::default()
+            },
+        );
+        ep.metadata.namespace = Some(ns.into());
+        ep
+    }
+
+    #[test]
+    fn endpoints_are_found_by_network_and_move_with_their_changes() {
+        let mut index = Index::default();
+        index.insert(&ep("a", "e1", "DanmNet", "net"));
+        index.insert(&ep("b", "e2", "ClusterNetwork", "cnet"));
+        index.insert(&ep("c", "e3", "ClusterNetwork", "cnet"));
+        let dn = NetworkKey::new(NetworkKind::DanmNet, "a", "net");
+        let cn = NetworkKey::new(NetworkKind::ClusterNetwork, "", "cnet");
+        assert_eq!(index.by_network[&dn].len(), 1);
+        assert_eq!(index.by_network[&cn].len(), 2);
+        // The same DanmNet name in another namespace is another network.
+        assert!(
+            !index
+                .by_network
+                .contains_key(&NetworkKey::new(NetworkKind::DanmNet, "b", "net"))
+        );
+        index.insert(&ep("a", "e1", "DanmNet", "other"));
+        assert!(!index.by_network.contains_key(&dn));
+        index.remove(&("b".into(), "e2".into()));
+        index.remove(&("c".into(), "e3".into()));
+        assert_eq!(index.by_network.len(), 1, "only DanmNet a/other is used");
+        index.insert(&ep("a", "e9", "NotAKind", "net"));
+        assert_eq!(
+            index.network_of.len(),
+            1,
+            "an endpoint of no known kind is skipped"
+        );
+    }
+}
