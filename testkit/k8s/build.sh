@@ -27,7 +27,7 @@ if ! built; then
 fi
 if ! built; then
   command -v go >/dev/null || { echo "build.sh: go is not installed (Go 1.24 or newer is needed to build the test control plane)" >&2; exit 1; }
-  echo "build.sh: building Kubernetes $k8s_version and etcd into $out (first time only; about 15-25 minutes on 2 cores)" >&2
+  echo "build.sh: building Kubernetes $k8s_version and etcd into $out (first time only; about 4 minutes on 2 cores, module downloads included)" >&2
   started=$(date +%s)
   major="${k8s_version#v}"; major="${major%%.*}"
   minor="${k8s_version#v*.}"; minor="${minor%%.*}"
