@@ -794,6 +794,25 @@ fn a_tenant_config_holding_ids_is_not_deleted_and_a_second_one_is_refused() {
 }
 
 #[test]
+fn an_update_that_leaves_the_spec_as_stored_is_admitted_as_it_is() {
+    // Stored before the webhook: no NetworkID, a pool end before its start. A label or a
+    // finalizer changes nothing in the spec.
+    let stored = json!({"Options": {"cidr": "10.0.0.0/24",
+        "allocation_pool": {"start": "10.0.0.9", "end": "10.0.0.1"}}});
+    let mut call = dn(stored.clone());
+    call.operation = Update;
+    call.old = Some(stored.clone());
+    assert!(admitted(call).patch.0.is_empty());
+    // A change to the spec is judged in full.
+    let mut changed = stored.clone();
+    changed["Options"]["host_device"] = json!("ens3");
+    let mut call = dn(changed);
+    call.operation = Update;
+    call.old = Some(stored);
+    refused(call, "spec.Options.allocation_pool", Rule::DanmNet(10));
+}
+
+#[test]
 fn a_field_of_the_wrong_type_is_named() {
     refused(
         dn(with(base(), json!({"vlan": "ten"}))),

@@ -97,8 +97,19 @@ fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    // A DELETE admitted is a network no pod uses: its object is not judged.
-    if operation == Operation::Delete {
+    // A DELETE admitted is a network no pod uses: its object is not judged. Nor is an
+    // UPDATE that leaves the spec as stored (metadata changes).
+    if operation == Operation::Delete
+        || (operation == Operation::Update && admitted.patch.0.is_empty() && {
+            // As the webhook reads a spec: absent or null is the default one.
+            let spec = |o: &Option<serde_json::Value>| match o.as_ref().and_then(|o| o.get("spec"))
+            {
+                None | Some(serde_json::Value::Null) => Ok(NetworkSpec::default()),
+                Some(s) => serde_json::from_value::<NetworkSpec>(s.clone()),
+            };
+            matches!((spec(&object), spec(&old_object)), (Ok(new), Ok(old)) if new == old)
+        })
+    {
         return;
     }
     let Some(mut doc) = object else { return };

@@ -2,6 +2,8 @@
 //! `/netdeletion`).
 //!
 //! CREATE and UPDATE, in order: the object is parsed (a field of the wrong type is named);
+//! an UPDATE that leaves the spec as stored is admitted as it is (only the reservation
+//! annotation is guarded);
 //! the admission rules and [`plan`]'s rules are checked on what the user sent, with
 //! `NetworkType` defaulted to `ipvlan`; a created TenantNetwork gets its interface profile,
 //! id and NetworkID from the TenantConfig; the result is checked again (a NetworkID is
@@ -104,6 +106,18 @@ pub fn admit_network(request: &NetworkRequest, env: &mut Environment) -> Result<
         (Operation::Update, Some(old)) => Some(parse_spec(old).map_err(|p| deny(vec![p]))?),
         _ => None,
     };
+    // An UPDATE that leaves the spec as stored (labels, annotations, finalizers) is not
+    // judged again: objects stored before the webhook, or under older rules, stay
+    // manageable. Only the webhook's annotation is guarded.
+    if old.as_ref() == Some(&spec) {
+        if let Some(problem) = annotation_problems(request, object) {
+            return Err(deny(vec![problem]));
+        }
+        return Ok(Admitted {
+            spec: Some(spec),
+            ..Admitted::default()
+        });
+    }
 
     let mut problems = request_problems(request, &spec, old.as_ref(), env.connected_pod);
     problems.extend(annotation_problems(request, object));
