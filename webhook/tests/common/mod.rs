@@ -46,9 +46,20 @@ pub fn start_webhook(
     port: u16,
     cert_dir: &std::path::Path,
 ) -> Spawned {
+    start_webhook_on(plane, plane.kubeconfig(), name, port, cert_dir)
+}
+
+/// [`start_webhook`], talking to the API server through `kubeconfig`.
+pub fn start_webhook_on(
+    plane: &ControlPlane,
+    kubeconfig: &std::path::Path,
+    name: &str,
+    port: u16,
+    cert_dir: &std::path::Path,
+) -> Spawned {
     let mut command = Command::new(env!("CARGO_BIN_EXE_webhook"));
     command
-        .env("KUBECONFIG", plane.kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info,danm_webhook=debug")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--tls-cert")
@@ -96,6 +107,11 @@ pub fn configurations() -> PathBuf {
 
 async fn setup() -> Bed {
     let plane = ControlPlane::shared().await;
+    setup_on(plane, plane.kubeconfig()).await
+}
+
+/// A bed whose webhooks talk to the API server through `kubeconfig` (a fault proxy's, say).
+pub async fn setup_on(plane: &'static ControlPlane, kubeconfig: &std::path::Path) -> Bed {
     let cert = plane.serving_cert(&["127.0.0.1", "localhost"]);
     let cert_dir = std::env::temp_dir().join(format!("danm-webhook-test-{}", std::process::id()));
     std::fs::create_dir_all(&cert_dir).unwrap();
@@ -106,7 +122,9 @@ async fn setup() -> Bed {
     let mut processes: Vec<Spawned> = ports
         .iter()
         .enumerate()
-        .map(|(i, port)| start_webhook(plane, &format!("webhook-{i}"), *port, &cert_dir))
+        .map(|(i, port)| {
+            start_webhook_on(plane, kubeconfig, &format!("webhook-{i}"), *port, &cert_dir)
+        })
         .collect();
     let replicas: Vec<SocketAddr> = ports
         .iter()
