@@ -3,12 +3,16 @@
 //! (etcd with fsync on disk, kube-apiserver; counters read from the API server's own
 //! `apiserver_request_total` metric, so nothing sits between the callers and the server).
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec};
 use danm_testkit::apiserver::{ApiServer, Options};
 use danm_testkit::control_plane::{ControlPlane, Options as PlaneOptions};
+use kube::api::{Api, ObjectMeta, PostParams};
 
 /// Which API server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +159,127 @@ fn request_counters(metrics: &str) -> Counters {
         }
     }
     c
+}
+
+/// Creates the namespaces `namespaces`, then a macvlan DanmNet `network` on 10.0.0.0/8 in
+/// the first of them.
+pub async fn namespaces_and_danmnet(
+    client: &kube::Client,
+    namespaces: &[&str],
+    network: &str,
+) -> anyhow::Result<()> {
+    use danm_crds::{DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
+    use k8s_openapi::api::core::v1::Namespace;
+    for ns in namespaces {
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some((*ns).into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await?;
+    }
+    let spec = NetworkSpec {
+        network_id: network.into(),
+        network_type: "macvlan".into(),
+        options: NetworkOptions {
+            cidr: Some("10.0.0.0/8".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<DanmNet>::namespaced(client.clone(), namespaces[0])
+        .create(
+            &PostParams::default(),
+            &DanmNet::new(network, DanmNetSpec { network: spec }),
+        )
+        .await
+        .context("DanmNet")?;
+    Ok(())
+}
+
+/// Creates `count` DanmEps (one interface each, owner `other-<i>`) on DanmNet `network` of
+/// `namespace`, `concurrency` at a time. Each names pod `other-<i>`, or, with `pods`, one of
+/// the pods `pod-0` .. `pod-<pods-1>` with its UID (as a pod with many interfaces would).
+pub async fn preload_danmeps(
+    client: &kube::Client,
+    namespace: &str,
+    network: &str,
+    pods: Option<&[(String, String)]>,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let api: Api<DanmEp> = Api::namespaced(client.clone(), namespace);
+    let (namespace, network) = (namespace.to_owned(), network.to_owned());
+    let pods: Arc<Vec<(String, String)>> = Arc::new(pods.map(<[_]>::to_vec).unwrap_or_default());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers = (0..concurrency.max(1)).map(|_| {
+        let api = api.clone();
+        let next = Arc::clone(&next);
+        let pods = Arc::clone(&pods);
+        let (namespace, network) = (namespace.clone(), network.clone());
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<(), kube::Error>(());
+                }
+                let owner = danm_core::OwnerKey::new(&format!("other-{i}"), "eth0").expect("valid");
+                let ep = DanmEp {
+                    metadata: ObjectMeta {
+                        name: Some(owner.endpoint_name()),
+                        labels: Some(BTreeMap::from([
+                            ("danm.io/network-kind".to_owned(), "DanmNet".to_owned()),
+                            ("danm.io/network-namespace".to_owned(), namespace.clone()),
+                            ("danm.io/network-name".to_owned(), network.clone()),
+                            (
+                                "danm.io/container-id".to_owned(),
+                                owner.container_id.clone(),
+                            ),
+                            (
+                                "danm.io/owner-fingerprint".to_owned(),
+                                format!("{:016x}", owner.fingerprint()),
+                            ),
+                        ])),
+                        ..Default::default()
+                    },
+                    spec: DanmEpSpec {
+                        network_name: network.clone(),
+                        network_type: "macvlan".into(),
+                        endpoint_id: owner.endpoint_name(),
+                        interface: DanmEpIface {
+                            name: "eth0".into(),
+                            address: format!(
+                                "10.{}.{}.{}/8",
+                                128 + (i >> 16) % 128,
+                                (i >> 8) & 255,
+                                i & 255
+                            ),
+                            ..Default::default()
+                        },
+                        pod: pods
+                            .get(i % pods.len().max(1))
+                            .map_or_else(|| format!("other-{i}"), |p| p.0.clone()),
+                        pod_uid: pods
+                            .get(i % pods.len().max(1))
+                            .map(|p| p.1.clone())
+                            .unwrap_or_default(),
+                        cid: owner.container_id.clone(),
+                        api_type: "DanmNet".into(),
+                        ..Default::default()
+                    },
+                };
+                api.create(&PostParams::default(), &ep).await?;
+            }
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker??;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

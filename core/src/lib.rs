@@ -14,6 +14,8 @@
 //! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
 //! * [`admit`]: admission of networks and TenantConfigs (DANM's validation rules and
 //!   mutations, VLAN/VxLAN id reservations), for the webhook.
+//! * [`leak`]: which DanmEps and shard addresses are leaked, and why (the cleaner's
+//!   decisions).
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod input;
 pub mod interfaces;
 pub mod layout;
+pub mod leak;
 pub mod migrate;
 pub mod network;
 pub mod owner;

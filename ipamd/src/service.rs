@@ -330,6 +330,30 @@ impl Ipam for IpamService {
         Ok(Response::new(pb::ReleaseResponse { released }))
     }
 
+    async fn reclaim_orphan(
+        &self,
+        request: Request<pb::ReclaimOrphanRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let network = network_key(r.network.as_ref(), "network")?;
+        let address: std::net::IpAddr = r
+            .address
+            .parse()
+            .map_err(|_| invalid("address", "must be an IPv4 or IPv6 address without prefix"))?;
+        let fingerprint = (r.fingerprint.len() == 16)
+            .then(|| u64::from_str_radix(&r.fingerprint, 16).ok())
+            .flatten()
+            .ok_or_else(|| invalid("fingerprint", "must be 16 hex digits"))?;
+        let freed = self
+            .engine
+            .reclaim_orphan(&network, address, fingerprint)
+            .await
+            .map_err(fail)?;
+        Ok(Response::new(pb::ReleaseResponse {
+            released: freed.into_iter().collect(),
+        }))
+    }
+
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,
@@ -409,34 +433,16 @@ impl Ipam for IpamService {
             .list_allocations(Some(&network))
             .await
             .map_err(fail)?;
-        let family = |family: danm_core::Family| {
-            plan.family(family).map(|fp| pb::FamilyInfo {
-                cidr: fp.cidr.to_string(),
-                pool_start: fp.pool_start().map(|a| a.to_string()).unwrap_or_default(),
-                pool_end: fp.pool_end().map(|a| a.to_string()).unwrap_or_default(),
-                reserved: fp
-                    .reserved
-                    .iter()
-                    .filter_map(|(o, why)| {
-                        fp.cidr.addr_at(*o).map(|a| pb::Reserved {
-                            address: a.to_string(),
-                            reason: why.to_string(),
-                        })
-                    })
-                    .collect(),
-                allocated: listed
-                    .iter()
-                    .filter(|l| danm_core::Family::of(&l.address) == family)
-                    .count() as u64,
-            })
+        let sizes = self.engine.shard_sizes(&network).await.map_err(fail)?;
+        let allocated = |family| {
+            listed
+                .iter()
+                .filter(|l| danm_core::Family::of(&l.address) == family)
+                .count() as u64
         };
-        Ok(Response::new(pb::NetworkInfo {
-            network: Some(network_ref(&plan.key)),
-            network_type: plan.network_type().to_owned(),
-            network_id: plan.spec.network_id.clone(),
-            v4: family(danm_core::Family::V4),
-            v6: family(danm_core::Family::V6),
-        }))
+        Ok(Response::new(crate::showalloc::network_info(
+            &plan, allocated, &sizes,
+        )))
     }
 
     type ListAllocationsStream = AllocationStream;

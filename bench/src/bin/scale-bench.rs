@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -15,12 +14,10 @@ use clap::Parser;
 use danm_bench::api::{ApiKind, Counters, Target};
 use danm_bench::replicas;
 use danm_bench::stats::{Latencies, round2};
-use danm_crds::{
-    DanmEp, DanmEpIface, DanmEpSpec, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec,
-};
+use danm_crds::{DanmEp, DanmEpSpec};
 use danm_proto::v1 as pb;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 /// Measures Attach, Interfaces and Detach of one pod against the number of DanmEps.
@@ -79,35 +76,17 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, ipamd: &std::path::Path, endpoints: usize) -> anyhow::Result<Value> {
     let server = Target::start(args.api, Duration::ZERO).await?;
     let client = server.client().await;
-    for ns in [NAMESPACE, "danm-system"] {
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await?;
-    }
-    let spec = NetworkSpec {
-        network_id: NETWORK.into(),
-        network_type: "macvlan".into(),
-        options: NetworkOptions {
-            cidr: Some("10.0.0.0/8".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<DanmNet>::namespaced(client.clone(), NAMESPACE)
-        .create(
-            &PostParams::default(),
-            &DanmNet::new(NETWORK, DanmNetSpec { network: spec }),
-        )
-        .await?;
+    danm_bench::api::namespaces_and_danmnet(&client, &[NAMESPACE, "danm-system"], NETWORK).await?;
     let started = Instant::now();
-    preload(&client, endpoints, args.preload_concurrency).await?;
+    danm_bench::api::preload_danmeps(
+        &client,
+        NAMESPACE,
+        NETWORK,
+        None,
+        endpoints,
+        args.preload_concurrency,
+    )
+    .await?;
     let preload_seconds = started.elapsed().as_secs_f64();
     eprintln!("scale-bench: pre-loaded {endpoints} DanmEps in {preload_seconds:.0} s");
     // Pods without their sandboxes: what Attach reads.
@@ -250,67 +229,4 @@ fn per_call(mut latencies: Latencies, before: &Counters, after: &Counters, calls
             _ => Value::Null,
         },
     })
-}
-
-/// Creates `count` DanmEps of other pods in the measured namespace, labelled as ipamd
-/// labels its own, `concurrency` at a time.
-async fn preload(client: &kube::Client, count: usize, concurrency: usize) -> anyhow::Result<()> {
-    let api: Api<DanmEp> = Api::namespaced(client.clone(), NAMESPACE);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let workers = (0..concurrency.max(1)).map(|_| {
-        let api = api.clone();
-        let next = Arc::clone(&next);
-        tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= count {
-                    return Ok::<(), kube::Error>(());
-                }
-                let owner = danm_core::OwnerKey::new(&format!("other-{i}"), "eth0").expect("valid");
-                let ep = DanmEp {
-                    metadata: ObjectMeta {
-                        name: Some(owner.endpoint_name()),
-                        labels: Some(BTreeMap::from([
-                            ("danm.io/network-kind".to_owned(), "DanmNet".to_owned()),
-                            ("danm.io/network-namespace".to_owned(), NAMESPACE.to_owned()),
-                            ("danm.io/network-name".to_owned(), NETWORK.to_owned()),
-                            (
-                                "danm.io/container-id".to_owned(),
-                                owner.container_id.clone(),
-                            ),
-                            (
-                                "danm.io/owner-fingerprint".to_owned(),
-                                format!("{:016x}", owner.fingerprint()),
-                            ),
-                        ])),
-                        ..Default::default()
-                    },
-                    spec: DanmEpSpec {
-                        network_name: NETWORK.into(),
-                        network_type: "macvlan".into(),
-                        endpoint_id: owner.endpoint_name(),
-                        interface: DanmEpIface {
-                            name: "eth0".into(),
-                            address: format!(
-                                "10.{}.{}.{}/8",
-                                128 + (i >> 16) % 128,
-                                (i >> 8) & 255,
-                                i & 255
-                            ),
-                            ..Default::default()
-                        },
-                        pod: format!("other-{i}"),
-                        cid: owner.container_id.clone(),
-                        api_type: "DanmNet".into(),
-                        ..Default::default()
-                    },
-                };
-                api.create(&PostParams::default(), &ep).await?;
-            }
-        })
-    });
-    for worker in futures::future::join_all(workers).await {
-        worker??;
-    }
-    Ok(())
 }

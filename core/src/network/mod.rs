@@ -161,6 +161,14 @@ impl FamilyPlan {
         self.pool
             .is_some_and(|(first, last)| (first..=last).contains(&offset))
     }
+    /// Addresses of the dynamic pool that are not reserved.
+    pub fn capacity(&self) -> u128 {
+        let Some((first, last)) = self.pool else {
+            return 0;
+        };
+        let reserved = self.reserved.keys().filter(|o| self.in_pool(**o)).count();
+        (last - first + 1).saturating_sub(reserved as u128)
+    }
 }
 
 /// A validated network, ready for allocation.

@@ -23,6 +23,27 @@ use crate::error::EngineError;
 use crate::store::{EndpointRecord, ShardKey};
 use crate::worker::decode_shard;
 
+/// Reads and checks of one orphan before giving up on a busy shard.
+const RECLAIM_ATTEMPTS: usize = 8;
+
+/// A pause of 1 to 20 ms between attempts, so that reclaims of one shard spread out.
+fn fastrand_ms() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    1 + u64::from(nanos % 20)
+}
+
+/// One try at freeing an orphan.
+enum Attempt {
+    /// Freed.
+    Freed(String),
+    /// Not an orphan (any more): another owner, a record names it, or already free.
+    NotAnOrphan,
+    /// The shard was written between the read and the free: read again.
+    ShardChanged,
+}
+
 impl Engine {
     /// Frees addresses held by a fingerprint that no endpoint record names, once they have
     /// been seen so for at least `grace` (an allocation between its shard write and its
@@ -78,7 +99,35 @@ impl Engine {
         Ok(freed)
     }
 
+    /// Frees `address` of `network` if `fingerprint` holds it and no record names it (the
+    /// cleaner's request, through the same checks as [`Engine::reclaim_orphans`]); the freed
+    /// address, or `None` when it is not such an orphan (any more).
+    pub async fn reclaim_orphan(
+        &self,
+        network: &NetworkKey,
+        address: std::net::IpAddr,
+        fingerprint: u64,
+    ) -> Result<Option<String>, EngineError> {
+        let plan = self.network(network)?;
+        let family = Family::of(&address);
+        let Some(offset) = plan.family(family).and_then(|f| f.cidr.offset_of(address)) else {
+            return Ok(None);
+        };
+        let freed = self
+            .reclaim_one(network, family, offset, fingerprint)
+            .await?;
+        if let Some(address) = &freed {
+            tracing::warn!(network = %network, %address, fingerprint = format!("{fingerprint:016x}"), "reclaimed an address no endpoint record names, as the cleaner asked");
+            self.metrics
+                .orphans_reclaimed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(freed)
+    }
+
     /// Frees one orphan if it still is one (see the module overview); the freed address.
+    /// When the shard was written between the read and the free (another address of it
+    /// changed), everything is read and checked again, a few times.
     async fn reclaim_one(
         &self,
         network: &NetworkKey,
@@ -88,11 +137,34 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         let lock = self.fingerprint_lock(fingerprint);
         let _guard = lock.lock().await;
+        for _ in 0..RECLAIM_ATTEMPTS {
+            match self
+                .reclaim_attempt(network, family, offset, fingerprint)
+                .await?
+            {
+                Attempt::Freed(address) => return Ok(Some(address)),
+                Attempt::NotAnOrphan => return Ok(None),
+                Attempt::ShardChanged => {
+                    tokio::time::sleep(std::time::Duration::from_millis(fastrand_ms())).await;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Steps 1 to 3 of the module overview, once.
+    async fn reclaim_attempt(
+        &self,
+        network: &NetworkKey,
+        family: Family,
+        offset: u128,
+        fingerprint: u64,
+    ) -> Result<Attempt, EngineError> {
         let Ok((plan, worker)) = self.serving(network) else {
-            return Ok(None);
+            return Ok(Attempt::NotAnOrphan);
         };
         let Some(address) = plan.family(family).and_then(|f| f.cidr.addr_at(offset)) else {
-            return Ok(None);
+            return Ok(Attempt::NotAnOrphan);
         };
         // 1. The shard now: the version the free below is conditional on.
         let key = ShardKey {
@@ -101,11 +173,11 @@ impl Engine {
             index: shard_index(offset),
         };
         let Some(shard) = self.store.get_shard(&key).await? else {
-            return Ok(None);
+            return Ok(Attempt::NotAnOrphan);
         };
         match decode_shard(&shard) {
             Ok(bits) if bits.owner_of(local_offset(offset)) == Some(fingerprint) => {}
-            _ => return Ok(None),
+            _ => return Ok(Attempt::NotAnOrphan),
         }
         // 2. A record naming it, read afresh, wins.
         let named = self
@@ -115,13 +187,31 @@ impl Engine {
             .iter()
             .any(|r| &r.network == network && names_address(r, address));
         if named {
-            return Ok(None);
+            return Ok(Attempt::NotAnOrphan);
         }
         // 3. Free it if nothing wrote the shard since 1.
         let freed = worker
             .reclaim(fingerprint, family, offset, shard.version)
             .await?;
-        Ok(freed.then(|| address.to_string()))
+        Ok(if freed {
+            Attempt::Freed(address.to_string())
+        } else {
+            Attempt::ShardChanged
+        })
+    }
+
+    /// The payload size (base64 bytes) of every shard of a network, by family.
+    pub async fn shard_sizes(
+        &self,
+        network: &NetworkKey,
+    ) -> Result<Vec<(Family, usize)>, EngineError> {
+        Ok(self
+            .store
+            .list_shards(network)
+            .await?
+            .iter()
+            .map(|s| (s.key.family, s.spec.payload.len()))
+            .collect())
     }
 
     /// Every allocated address (of one network, or of all), read from the shards, each

@@ -114,6 +114,15 @@ impl Pending {
         }
     }
 
+    /// Records a free that needs no write: the owner does not hold the address (any more).
+    /// It is done, but nothing was freed: a release does not report it.
+    pub(super) fn settle_unheld(&mut self, op: Op) {
+        match &mut self.kind {
+            PendingKind::Release { todo, .. } => todo.retain(|a| *a != (op.family, op.offset)),
+            _ => self.settle(op, true),
+        }
+    }
+
     pub(super) fn is_finished(&self) -> bool {
         match &self.kind {
             PendingKind::Allocate {

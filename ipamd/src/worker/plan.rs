@@ -154,7 +154,7 @@ impl Worker {
             }
         }
         for op in nothing_to_write {
-            p.settle(op, true);
+            p.settle_unheld(op);
         }
     }
 

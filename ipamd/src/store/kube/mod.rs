@@ -70,6 +70,48 @@ impl std::fmt::Debug for KubeStore {
     }
 }
 
+/// One network as the API holds it, read without starting any watch (for showalloc while
+/// ipamd is down): the network, its shards (found by their network labels, in every
+/// namespace: a ClusterNetwork's live in ipamd's) and the DanmEps that carry its labels (in
+/// its namespace, or in every namespace for a ClusterNetwork). `None` when it does not exist.
+pub async fn read_network(
+    client: &Client,
+    key: &NetworkKey,
+) -> StoreResult<Option<(NetworkObject, Vec<StoredShard>, Vec<EndpointRecord>)>> {
+    let Some(network) = networks::kind(key.kind)
+        .get(client.clone(), key)
+        .await
+        .map_err(map_err(|| key.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let select = ListParams::default().labels(&network_selector(key));
+    let shards = Api::<AllocationShard>::all(client.clone())
+        .list(&select)
+        .await
+        .map_err(map_err(|| format!("shards of {key}")))?
+        .items
+        .into_iter()
+        .map(to_stored)
+        .filter(|s| s.as_ref().map_or(true, |s| &s.key.network == key))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let danmeps: Api<DanmEp> = if key.kind.namespaced() {
+        Api::namespaced(client.clone(), &key.namespace)
+    } else {
+        Api::all(client.clone())
+    };
+    let records = danmeps
+        .list(&select)
+        .await
+        .map_err(map_err(|| format!("DanmEps of {key}")))?
+        .items
+        .into_iter()
+        .filter_map(|ep| to_record(ep).ok())
+        .filter(|r| &r.network == key)
+        .collect();
+    Ok(Some((network, shards, records)))
+}
+
 impl KubeStore {
     /// A store over `client`; `namespace` is ipamd's own. Starts the watches of networks
     /// and DanmEps.

@@ -6,6 +6,8 @@
 //! CIDR: 10.100.100.0/24
 //! Pool start: 10.100.100.1
 //! Pool end: 10.100.100.254
+//! Capacity: 254, allocated: 1, free: 253
+//! Shards: 1, largest: 24 bytes
 //! --------------------------------------------------------------
 //! 10.100.100.0 : reserved (network base address)
 //! 10.100.100.1 : allocated (Pod: default/web-0, CID: 3f2a9c1b7d4e, if: eth0)
@@ -13,14 +15,55 @@
 //! ```
 //!
 //! With `-a` free and out-of-pool addresses are listed too (at most [`MAX_LISTED`] of
-//! them: narrow a large network down with `--show-cidr`).
+//! them: narrow a large network down with `--show-cidr`). [`json`] gives the same for
+//! scripts. The first six lines are DANM's; capacity and shards are ours.
+//!
+//! Where the listing comes from: [`cli`] asks a running ipamd (`--ipamd`) or reads the
+//! AllocationShards and DanmEps from the Kubernetes API ([`api`]), which works while ipamd
+//! is down.
+
+pub mod api;
+pub mod cli;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use danm_core::Cidr;
 use danm_core::addr::{AddrError, ip_to_u128};
+use danm_core::{Cidr, Family, NetworkPlan};
 use danm_proto::v1 as pb;
+use serde_json::{Value, json};
+
+/// Why showalloc cannot show a network.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowallocError {
+    /// The flags do not name one network.
+    #[error("{0}")]
+    Usage(&'static str),
+    /// ipamd cannot be reached or refused.
+    #[error("ipamd: {0}")]
+    Ipamd(String),
+    /// No usable Kubernetes configuration.
+    #[error("Kubernetes configuration: {0}")]
+    Kubeconfig(String),
+    /// The API refused a read.
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+    /// The network does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The network's spec is invalid.
+    #[error("invalid network {0}")]
+    InvalidNetwork(String),
+    /// A shard's payload does not match its CRC32 (it is never used; see ipamd's log).
+    #[error("corrupt AllocationShard {0}")]
+    CorruptShard(String),
+    /// The network has no subnet of the family asked for.
+    #[error("{0}")]
+    NoFamily(String),
+    /// The listing cannot be rendered.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
 
 /// Why a listing cannot be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +100,46 @@ pub enum RenderError {
     },
 }
 
+/// What ipamd's GetNetwork answers, from a network's plan, its allocated addresses per
+/// family and the payload sizes of its shards.
+pub fn network_info(
+    plan: &NetworkPlan,
+    allocated: impl Fn(Family) -> u64,
+    shard_sizes: &[(Family, usize)],
+) -> pb::NetworkInfo {
+    let family = |family: Family| {
+        plan.family(family).map(|fp| {
+            let sizes = shard_sizes.iter().filter(|(f, _)| *f == family);
+            pb::FamilyInfo {
+                cidr: fp.cidr.to_string(),
+                pool_start: fp.pool_start().map(|a| a.to_string()).unwrap_or_default(),
+                pool_end: fp.pool_end().map(|a| a.to_string()).unwrap_or_default(),
+                reserved: fp
+                    .reserved
+                    .iter()
+                    .filter_map(|(o, why)| {
+                        fp.cidr.addr_at(*o).map(|a| pb::Reserved {
+                            address: a.to_string(),
+                            reason: why.to_string(),
+                        })
+                    })
+                    .collect(),
+                allocated: allocated(family),
+                capacity: u64::try_from(fp.capacity()).unwrap_or(u64::MAX),
+                shards: sizes.clone().count() as u32,
+                largest_shard_bytes: sizes.map(|(_, b)| *b as u64).max().unwrap_or(0),
+            }
+        })
+    };
+    pb::NetworkInfo {
+        network: Some(crate::service::network_ref(&plan.key)),
+        network_type: plan.network_type().to_owned(),
+        network_id: plan.spec.network_id.clone(),
+        v4: family(Family::V4),
+        v6: family(Family::V6),
+    }
+}
+
 /// Most addresses `-a` lists in one run.
 pub const MAX_LISTED: u128 = 1 << 16;
 
@@ -87,11 +170,16 @@ pub fn render(
         None => cidr,
     };
     let mut out = format!(
-        "DANM network Kind: {kind}\nIP version: {}\nCIDR: {}\nPool start: {}\nPool end: {}\n{}\n",
+        "DANM network Kind: {kind}\nIP version: {}\nCIDR: {}\nPool start: {}\nPool end: {}\nCapacity: {}, allocated: {}, free: {}\nShards: {}, largest: {} bytes\n{}\n",
         if v6 { "IPv6" } else { "IPv4" },
         info.cidr,
         info.pool_start,
         info.pool_end,
+        info.capacity,
+        info.allocated,
+        info.capacity.saturating_sub(info.allocated),
+        info.shards,
+        info.largest_shard_bytes,
         "-".repeat(62)
     );
     let mut lines: BTreeMap<u128, String> = BTreeMap::new();
@@ -154,6 +242,55 @@ pub fn render(
     Ok(out)
 }
 
+/// The owner of an allocation as showalloc prints it: `namespace/pod`.
+fn owner_json(a: &pb::Allocation) -> Value {
+    match &a.owner {
+        Some(o) => json!({
+            "pod": format!("{}/{}", o.pod_namespace, o.pod_name),
+            "containerID": o.container_id,
+            "interface": o.ifname,
+            "fingerprint": a.fingerprint,
+        }),
+        None => json!({ "pod": null, "fingerprint": a.fingerprint }),
+    }
+}
+
+/// One family of one network as JSON: the summary and every allocation.
+pub fn json(
+    network: &pb::NetworkRef,
+    kind: &str,
+    info: &pb::FamilyInfo,
+    v6: bool,
+    allocations: &[pb::Allocation],
+) -> Value {
+    let mut listed: Vec<(u128, Value)> = allocations
+        .iter()
+        .filter_map(|a| {
+            let ip = a.address.parse::<IpAddr>().ok()?;
+            let mut v = owner_json(a);
+            v["address"] = json!(a.address);
+            Some((ip_to_u128(ip), v))
+        })
+        .collect();
+    listed.sort_by_key(|(k, _)| *k);
+    json!({
+        "kind": kind,
+        "namespace": network.namespace,
+        "name": network.name,
+        "ipVersion": if v6 { "IPv6" } else { "IPv4" },
+        "cidr": info.cidr,
+        "poolStart": info.pool_start,
+        "poolEnd": info.pool_end,
+        "capacity": info.capacity,
+        "allocated": info.allocated,
+        "free": info.capacity.saturating_sub(info.allocated),
+        "shards": info.shards,
+        "largestShardBytes": info.largest_shard_bytes,
+        "reserved": info.reserved.iter().map(|r| json!({"address": r.address, "reason": r.reason})).collect::<Vec<_>>(),
+        "allocations": listed.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +311,9 @@ mod tests {
                 },
             ],
             allocated: 1,
+            capacity: 254,
+            shards: 1,
+            largest_shard_bytes: 24,
         }
     }
 
@@ -194,7 +334,7 @@ mod tests {
         let text = render("DanmNet", &info(), false, &[alloc], false, None).unwrap();
         assert_eq!(
             text,
-            "DANM network Kind: DanmNet\nIP version: IPv4\nCIDR: 10.100.100.0/24\nPool start: 10.100.100.1\nPool end: 10.100.100.254\n--------------------------------------------------------------\n10.100.100.0 : reserved (network base address)\n10.100.100.1 : allocated (Pod: kube-system/danmtest-1, CID: 0123456789ab, if: eth0)\n10.100.100.255 : reserved (broadcast address)\n"
+            "DANM network Kind: DanmNet\nIP version: IPv4\nCIDR: 10.100.100.0/24\nPool start: 10.100.100.1\nPool end: 10.100.100.254\nCapacity: 254, allocated: 1, free: 253\nShards: 1, largest: 24 bytes\n--------------------------------------------------------------\n10.100.100.0 : reserved (network base address)\n10.100.100.1 : allocated (Pod: kube-system/danmtest-1, CID: 0123456789ab, if: eth0)\n10.100.100.255 : reserved (broadcast address)\n"
         );
         let all = render(
             "DanmNet",

@@ -1,0 +1,247 @@
+//! `cleaner`: frees the addresses and DanmEps that dead pods, nodes and networks left
+//! behind, through ipamd. `--once` for a CronJob, `--watch` for a Deployment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use clap::{ArgGroup, Parser, ValueEnum};
+use danm_cleaner::metrics::Metrics;
+use danm_cleaner::{Freer, PassConfig, Report, Sightings, pass};
+use danm_proto::v1::ipam_client::IpamClient;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Frees the addresses and DanmEps that dead pods, nodes and networks left behind.
+///
+/// A DanmEp is leaked when its pod is gone, when the pod of its name is another pod (another
+/// UID), when its pod has finished, when its node is gone, or when its network is gone; an
+/// address set in a shard that no DanmEp names is leaked once it is older than --grace. A pod
+/// on a NotReady node keeps its addresses. Every finding is read and judged again right before
+/// it is freed, and freed through ipamd with its owner key, so an address that has gone to a
+/// new owner is never freed. Exit status of --once: 0 when everything found was settled, 2
+/// when something could not be freed, 1 when the cluster could not be read.
+#[derive(Parser, Debug)]
+#[command(version)]
+#[command(group(ArgGroup::new("mode").required(true).args(["once", "watch"])))]
+struct Args {
+    /// Run one pass and exit (for a CronJob).
+    #[arg(long)]
+    once: bool,
+    /// Run a pass every --interval while holding the Lease (for a Deployment).
+    #[arg(long)]
+    watch: bool,
+    /// Free nothing: re-check every finding and print the same report.
+    #[arg(long)]
+    dry_run: bool,
+    /// Report format on standard output: `text` (one line per finding and a summary line)
+    /// or `json`.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    output: Output,
+    /// How old an address that no DanmEp names must be before it is freed (an allocation is
+    /// in that state for a moment between ipamd's shard write and its DanmEp write), e.g.
+    /// `10m`, `90s`, `0s`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    grace: Duration,
+    /// Time between passes with --watch, e.g. `2m`.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    interval: Duration,
+    /// Findings re-checked and freed at a time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=256))]
+    concurrency: u64,
+    /// Objects per list request (each page is dropped once read: memory stays bounded).
+    #[arg(long, default_value_t = danm_cleaner::survey::DEFAULT_PAGE, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    page_size: u32,
+    /// ipamd's gRPC address: `http://host:port`, or `https://host:port` with --ipamd-ca.
+    #[arg(long, env = "DANM_IPAMD", default_value = "http://127.0.0.1:50051")]
+    ipamd: String,
+    /// PEM CA that signed ipamd's certificate (for https).
+    #[arg(long, env = "DANM_IPAMD_CA")]
+    ipamd_ca: Option<PathBuf>,
+    /// PEM client certificate presented to ipamd (needs --ipamd-key).
+    #[arg(long, env = "DANM_IPAMD_CERT", requires = "ipamd_key")]
+    ipamd_cert: Option<PathBuf>,
+    /// PEM key of --ipamd-cert.
+    #[arg(long, env = "DANM_IPAMD_KEY", requires = "ipamd_cert")]
+    ipamd_key: Option<PathBuf>,
+    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the Lease (--watch).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
+    /// Name of the Lease that elects the one replica that cleans (--watch).
+    #[arg(long, default_value = "danm-cleaner")]
+    lease: String,
+    /// This replica's identity in the Lease (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Admin server with --watch: `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// Log format (logs go to standard error): `text` or `json`.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 10m or 90s: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{text:?} is negative"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        Output::Json => logs.json().init(),
+        Output::Text => logs.init(),
+    }
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let freer = Freer {
+        client,
+        ipamd: connect_ipamd(&args).await?,
+        dry_run: args.dry_run,
+    };
+    let config = PassConfig {
+        grace: args.grace,
+        concurrency: args.concurrency as usize,
+        page: args.page_size,
+    };
+    let metrics = Arc::new(Metrics::new());
+    if args.once {
+        let report = pass(&freer, &config, &mut Sightings::default(), &metrics).await?;
+        print_report(&report, args.output)?;
+        if report.failed() > 0 {
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
+    watch(&args, &freer, &config, metrics).await
+}
+
+fn print_report(report: &Report, output: Output) -> anyhow::Result<()> {
+    tracing::info!("{}", report.summary());
+    match output {
+        Output::Text => print!("{}", report.text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
+    }
+    Ok(())
+}
+
+/// Passes every interval while this replica holds the Lease, until SIGTERM.
+async fn watch(
+    args: &Args,
+    freer: &Freer,
+    config: &PassConfig,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    tracing::info!(admin = %admin.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let served = Arc::clone(&metrics);
+    let router = Router::new()
+        .route("/metrics", get(move || async move { served.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(admin, router).await });
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("cleaner-{}", std::process::id()));
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(freer.client.clone(), &args.lease)
+        .with_namespace(&args.namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .with_context(|| format!("Lease {}/{}", args.namespace, args.lease))?;
+    let (mut leader, lease_task) = lease.watch().await;
+    let mut sightings = Sightings::default();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        if !*leader.borrow_and_update() {
+            tracing::info!(%identity, lease = %args.lease, "waiting for the Lease");
+            tokio::select! {
+                changed = leader.changed() => { changed.context("the Lease task ended")?; continue; }
+                _ = &mut shutdown => break,
+            }
+        }
+        match pass(freer, config, &mut sightings, &metrics).await {
+            Ok(report) => print_report(&report, args.output)?,
+            Err(e) => {
+                metrics.pass_failed();
+                tracing::warn!(error = %e, "pass failed; the next one retries");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = leader.changed() => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("stopping: releasing the Lease");
+    drop(leader);
+    let _ = lease_task.await;
+    Ok(())
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes config (in-cluster, $KUBECONFIG or ~/.kube/config)")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn connect_ipamd(args: &Args) -> anyhow::Result<IpamClient<tonic::transport::Channel>> {
+    let mut endpoint = Endpoint::from_shared(args.ipamd.clone())
+        .with_context(|| format!("--ipamd {:?} is not a URL", args.ipamd))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = &args.ipamd_ca {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("{}", p.display()));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&args.ipamd_cert, &args.ipamd_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    // Connected on first use: a pass that finds nothing needs no ipamd.
+    Ok(IpamClient::new(endpoint.connect_lazy()))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,351 @@
+//! Freeing what a survey found, each finding re-checked from fresh reads right before it is
+//! freed: the DanmEp, its pod, its node and its network are read again and judged again, and
+//! only a finding that is still leaked is freed.
+//!
+//! A DanmEp is freed through ipamd's `Release` with its owner key (container id + interface
+//! name): ipamd frees only the addresses that owner's fingerprint holds, so an address that
+//! has meanwhile gone to a new owner (a StatefulSet pod re-created under the same name) stays
+//! with it. An orphan address goes through ipamd's `ReclaimOrphan`, which re-checks it from
+//! fresh reads and frees it only if its shard has not changed since. Only where ipamd has
+//! nothing to free does the cleaner delete an object itself: the DanmEp of a network that is
+//! gone (its shards went with it), and a shard left by a deleted network, each with a
+//! precondition on the object it judged.
+
+use std::fmt::Debug;
+
+use danm_core::leak::{EndpointFacts, Reason, Verdict, judge_endpoint};
+use danm_core::{NetworkKey, NetworkKind};
+use danm_crds::{AllocationShard, ClusterNetwork, DanmEp, DanmNet, TenantNetwork};
+use danm_proto::v1 as pb;
+use danm_proto::v1::ipam_client::IpamClient;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use crate::{CleanerError, Finding, Outcome, Settled, Subject, facts};
+
+/// Frees findings: the API for fresh reads, ipamd for every release.
+#[derive(Clone)]
+pub struct Freer {
+    /// The API.
+    pub client: kube::Client,
+    /// ipamd.
+    pub ipamd: IpamClient<Channel>,
+    /// Re-check and report, free nothing.
+    pub dry_run: bool,
+}
+
+impl std::fmt::Debug for Freer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freer")
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Freer {
+    /// Settles every finding, `concurrency` at a time. Orphans of one shard go one after
+    /// the other (each reclaim is conditional on the shard's version, so concurrent ones
+    /// would only fence each other out); shards and DanmEps go in parallel.
+    pub async fn settle(&self, findings: Vec<Finding>, concurrency: usize) -> Vec<Settled> {
+        let concurrency = concurrency.max(1);
+        let mut by_shard: std::collections::BTreeMap<String, Vec<Finding>> = Default::default();
+        let mut others = Vec::new();
+        for f in findings {
+            match &f.subject {
+                Subject::Address { shard, .. } => {
+                    by_shard.entry(shard.clone()).or_default().push(f)
+                }
+                _ => others.push(f),
+            }
+        }
+        let mut settled: Vec<Settled> = futures::stream::iter(others)
+            .map(|f| self.settle_logged(f))
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let orphans: Vec<Vec<Settled>> = futures::stream::iter(by_shard.into_values())
+            .map(|group| async move {
+                let mut done = Vec::with_capacity(group.len());
+                for f in group {
+                    done.push(self.settle_logged(f).await);
+                }
+                done
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        settled.extend(orphans.into_iter().flatten());
+        settled
+    }
+
+    async fn settle_logged(&self, finding: Finding) -> Settled {
+        let (reason, outcome) = match self.settle_one(&finding).await {
+            Ok(done) => done,
+            Err(e) => (finding.reason, Outcome::Failed(e.to_string())),
+        };
+        if let Outcome::Failed(why) = &outcome {
+            tracing::warn!(subject = %finding.subject, %reason, error = %why, "could not free");
+        } else {
+            tracing::info!(subject = %finding.subject, %reason, outcome = %outcome, "settled");
+        }
+        Settled {
+            finding: Finding { reason, ..finding },
+            outcome,
+        }
+    }
+
+    async fn settle_one(&self, f: &Finding) -> Result<(Reason, Outcome), CleanerError> {
+        match &f.subject {
+            Subject::Endpoint(ep) => self.endpoint(f.reason, ep).await,
+            Subject::Address {
+                network,
+                address,
+                fingerprint,
+                ..
+            } => {
+                if self.dry_run {
+                    return Ok((f.reason, Outcome::WouldFree));
+                }
+                let answer = self
+                    .ipamd
+                    .clone()
+                    .reclaim_orphan(pb::ReclaimOrphanRequest {
+                        network: Some(network_ref(network)),
+                        address: address.to_string(),
+                        fingerprint: format!("{fingerprint:016x}"),
+                    })
+                    .await
+                    .map_err(|source| CleanerError::Ipamd {
+                        what: format!("ReclaimOrphan {address} of {network}"),
+                        source,
+                    })?
+                    .into_inner();
+                Ok((
+                    f.reason,
+                    if answer.released.is_empty() {
+                        Outcome::Kept("not an orphan any more (ipamd's re-check)".into())
+                    } else {
+                        Outcome::Freed(answer.released)
+                    },
+                ))
+            }
+            Subject::Shard {
+                namespace,
+                name,
+                uid,
+                network,
+            } => self.shard(namespace, name, uid, network).await,
+        }
+    }
+
+    /// Re-checks one DanmEp from fresh reads and frees it if it is still leaked.
+    async fn endpoint(
+        &self,
+        found: Reason,
+        ep: &EndpointFacts,
+    ) -> Result<(Reason, Outcome), CleanerError> {
+        let api = Api::<DanmEp>::namespaced(self.client.clone(), &ep.namespace);
+        let Some(fresh) = get(&api, &ep.name).await? else {
+            return Ok((found, Outcome::Gone));
+        };
+        let facts = facts::endpoint(&fresh);
+        let pod = if facts.pod.is_empty() {
+            None
+        } else {
+            get(
+                &Api::<Pod>::namespaced(self.client.clone(), &facts.namespace),
+                &facts.pod,
+            )
+            .await?
+            .map(|p| facts::pod(&p))
+        };
+        let node = match (&pod, facts.host.is_empty()) {
+            (_, false) => facts.host.clone(),
+            (Some(p), true) => p.node.clone(),
+            (None, true) => String::new(),
+        };
+        let node_exists = node.is_empty()
+            || get(&Api::<Node>::all(self.client.clone()), &node)
+                .await?
+                .is_some();
+        let network_exists = match &facts.network {
+            Some(key) => network_uid(&self.client, key).await?.is_some(),
+            None => true,
+        };
+        let reason = match judge_endpoint(&facts, |_| network_exists, pod.as_ref(), |_| node_exists)
+        {
+            Verdict::Live => {
+                return Ok((
+                    found,
+                    Outcome::Kept(
+                        "in use on re-check (its pod, node and network are there)".into(),
+                    ),
+                ));
+            }
+            Verdict::Leaked(reason) => reason,
+        };
+        if self.dry_run {
+            return Ok((reason, Outcome::WouldFree));
+        }
+        let precondition = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: fresh.metadata.uid.clone(),
+                resource_version: fresh.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        if reason == Reason::NetworkGone {
+            // The shards went with the network: there is nothing left to free but the record.
+            return match api.delete(&ep.name, &precondition).await {
+                Ok(_) => Ok((reason, Outcome::Freed(Vec::new()))),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    Ok((reason, Outcome::Gone))
+                }
+                Err(source) => Err(CleanerError::Api {
+                    what: format!("delete DanmEp {}/{}", ep.namespace, ep.name),
+                    source,
+                }),
+            };
+        }
+        let (Some(network), Some(_)) = (&facts.network, facts.owner()) else {
+            return Ok((
+                reason,
+                Outcome::Failed(
+                    "no owner key (CID and Interface.Name) or no network: ipamd cannot release it"
+                        .into(),
+                ),
+            ));
+        };
+        let answer = self
+            .ipamd
+            .clone()
+            .release(pb::ReleaseRequest {
+                network: Some(network_ref(network)),
+                owner: Some(pb::Owner {
+                    container_id: facts.container_id.clone(),
+                    ifname: facts.ifname.clone(),
+                    pod_namespace: facts.namespace.clone(),
+                    pod_name: facts.pod.clone(),
+                    pod_uid: facts.pod_uid.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|source| CleanerError::Ipamd {
+                what: format!("Release of DanmEp {}/{}", ep.namespace, ep.name),
+                source,
+            })?
+            .into_inner();
+        if let Some(left) = get(&api, &ep.name).await?
+            && left.metadata.uid == fresh.metadata.uid
+        {
+            return Ok((
+                reason,
+                Outcome::Failed(format!(
+                    "ipamd released {:?} but did not remove the DanmEp: it is not named after its owner key (a DANM-era record?)",
+                    answer.released
+                )),
+            ));
+        }
+        Ok((reason, Outcome::Freed(answer.released)))
+    }
+
+    /// Deletes a shard of a network that is gone, if it still is.
+    async fn shard(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        network: &NetworkKey,
+    ) -> Result<(Reason, Outcome), CleanerError> {
+        let reason = Reason::NetworkGone;
+        let api = Api::<AllocationShard>::namespaced(self.client.clone(), namespace);
+        let Some(fresh) = get(&api, name).await? else {
+            return Ok((reason, Outcome::Gone));
+        };
+        if fresh.metadata.uid.as_deref() != Some(uid) {
+            return Ok((reason, Outcome::Kept("re-created since".into())));
+        }
+        let live = network_uid(&self.client, network).await?;
+        let shard_uid = &fresh.spec.network.uid;
+        if live.is_some_and(|u| shard_uid.is_empty() || u.is_empty() || u == *shard_uid) {
+            return Ok((reason, Outcome::Kept("its network exists again".into())));
+        }
+        if self.dry_run {
+            return Ok((reason, Outcome::WouldFree));
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: fresh.metadata.uid.clone(),
+                resource_version: fresh.metadata.resource_version.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => Ok((reason, Outcome::Freed(Vec::new()))),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                Ok((reason, Outcome::Gone))
+            }
+            Err(source) => Err(CleanerError::Api {
+                what: format!("delete AllocationShard {namespace}/{name}"),
+                source,
+            }),
+        }
+    }
+}
+
+/// A network as ipamd's API names it.
+pub fn network_ref(key: &NetworkKey) -> pb::NetworkRef {
+    let kind = match key.kind {
+        NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
+        NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
+        NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
+    };
+    pb::NetworkRef {
+        kind: kind as i32,
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// The UID of a network, read afresh; `None` when it does not exist.
+async fn network_uid(
+    client: &kube::Client,
+    key: &NetworkKey,
+) -> Result<Option<String>, CleanerError> {
+    async fn uid_of<K>(api: Api<K>, name: &str) -> Result<Option<String>, CleanerError>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        Ok(get(&api, name).await?.map(|n| n.uid().unwrap_or_default()))
+    }
+    let c = client.clone();
+    match key.kind {
+        NetworkKind::DanmNet => {
+            uid_of(Api::<DanmNet>::namespaced(c, &key.namespace), &key.name).await
+        }
+        NetworkKind::TenantNetwork => {
+            uid_of(
+                Api::<TenantNetwork>::namespaced(c, &key.namespace),
+                &key.name,
+            )
+            .await
+        }
+        NetworkKind::ClusterNetwork => uid_of(Api::<ClusterNetwork>::all(c), &key.name).await,
+    }
+}
+
+/// One object, or `None` when it does not exist.
+async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, CleanerError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name).await.map_err(|source| CleanerError::Api {
+        what: format!("get {} {name}", K::kind(&())),
+        source,
+    })
+}
