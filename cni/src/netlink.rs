@@ -106,6 +106,11 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for requests this type does not wrap (netwatcher's host links).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Every link as (index, name, MAC).
     async fn links(&self) -> Result<Vec<(u32, String, String)>, NetError> {
         let mut stream = self.handle.link().get().execute();

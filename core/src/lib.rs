@@ -14,6 +14,8 @@
 //! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
 //! * [`admit`]: admission of networks and TenantConfigs (DANM's validation rules and
 //!   mutations, VLAN/VxLAN id reservations), for the webhook.
+//! * [`hostlinks`]: the VLAN and VxLAN host links the networks ask for, and the plan that
+//!   brings a node's links there (netwatcher's decisions).
 //! * [`leak`]: which DanmEps and shard addresses are leaked, and why (the cleaner's
 //!   decisions).
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
@@ -21,6 +23,7 @@
 pub mod addr;
 pub mod admit;
 pub mod codec;
+pub mod hostlinks;
 pub mod input;
 pub mod interfaces;
 pub mod layout;

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
-use axum::routing::get;
 use clap::{ArgGroup, Parser, ValueEnum};
 use danm_cleaner::metrics::Metrics;
 use danm_cleaner::{Freer, PassConfig, Report, Sightings, pass};
 use danm_proto::v1::ipam_client::IpamClient;
+use danm_runtime::{LogFormat, kube_client, logging, parse_duration, serve_admin, shutdown_signal};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Frees the addresses and DanmEps that dead pods, nodes and networks left behind.
@@ -84,7 +83,7 @@ struct Args {
     admin_listen: SocketAddr,
     /// Log format (logs go to standard error): `text` or `json`.
     #[arg(long, value_enum, default_value = "text")]
-    log_format: Output,
+    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,25 +92,10 @@ enum Output {
     Json,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration like 10m or 90s: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{text:?} is negative"))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        Output::Json => logs.json().init(),
-        Output::Text => logs.init(),
-    }
+    logging(args.log_format);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let freer = Freer {
         client,
@@ -151,16 +135,8 @@ async fn watch(
     config: &PassConfig,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let admin = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
-    tracing::info!(admin = %admin.local_addr()?, "serving /metrics, /healthz, /readyz");
     let served = Arc::clone(&metrics);
-    let router = Router::new()
-        .route("/metrics", get(move || async move { served.encode() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }));
-    tokio::spawn(async move { axum::serve(admin, router).await });
+    serve_admin(args.admin_listen, move || served.encode()).await?;
 
     let identity = args
         .identity
@@ -206,20 +182,6 @@ async fn watch(
     Ok(())
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes config (in-cluster, $KUBECONFIG or ~/.kube/config)")?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 async fn connect_ipamd(args: &Args) -> anyhow::Result<IpamClient<tonic::transport::Channel>> {
     let mut endpoint = Endpoint::from_shared(args.ipamd.clone())
         .with_context(|| format!("--ipamd {:?} is not a URL", args.ipamd))?
@@ -235,13 +197,4 @@ async fn connect_ipamd(args: &Args) -> anyhow::Result<IpamClient<tonic::transpor
     }
     // Connected on first use: a pass that finds nothing needs no ipamd.
     Ok(IpamClient::new(endpoint.connect_lazy()))
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

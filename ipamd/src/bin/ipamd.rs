@@ -115,7 +115,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::warn!(error = format!("{e:#}"), retry_in = ?pause, "cannot start on the store yet; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown_signal() => anyhow::bail!("stopped before the store could be used: {e:#}"),
+                    _ = danm_runtime::shutdown_signal() => anyhow::bail!("stopped before the store could be used: {e:#}"),
                 }
                 pause = (pause * 2).min(Duration::from_secs(30));
             }
@@ -147,7 +147,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mutual_tls = args.tls_client_ca.is_some(),
         "ipamd serving"
     );
-    Ok(server::serve_with_tls(engine, listener, tls, shutdown_signal()).await?)
+    Ok(server::serve_with_tls(engine, listener, tls, danm_runtime::shutdown_signal()).await?)
 }
 
 /// Opens the store, puts the `--networks` manifests in it and starts the engine.
@@ -174,14 +174,4 @@ async fn start(
     )
     .await?;
     Ok((store, engine))
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

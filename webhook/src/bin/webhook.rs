@@ -107,16 +107,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, cert = %args.tls_cert.display(), "webhook serving");
-    server::serve(listener, cert, server::router(admission), shutdown_signal()).await;
+    server::serve(
+        listener,
+        cert,
+        server::router(admission),
+        danm_runtime::shutdown_signal(),
+    )
+    .await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -1,0 +1,382 @@
+//! The host links netwatcher keeps on every node, as pure functions: which VLAN and VxLAN
+//! links the networks ask for ([`wanted_links`]), and what to do to a node's links to get
+//! there ([`plan`]).
+//!
+//! DANM's names and parameters: a network with `host_device` and `vlan` gets the VLAN link
+//! `<NetworkID>.<vlan>` on that device; with `vxlan`, the VxLAN link `vx_<NetworkID>` with
+//! VNI = `vxlan`, UDP port 4789, the device as its underlay, the device's first global IPv4
+//! address (else IPv6) as local address, the multicast group 239.0.0.0 + VNI (ff02:: + VNI
+//! over IPv6), learning and L2/L3 miss notifications on. Unlike DANM, links are reconciled:
+//! a missing link is created, a link whose parameters differ is re-created, a link of a
+//! network that is gone is removed, and only links netwatcher marked as its own are touched.
+//! Networks that share a NetworkID and id share one link, which goes with the last of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use danm_crds::NetworkSpec;
+
+use crate::NetworkKey;
+
+/// The VxLAN UDP port DANM uses (IANA's).
+pub const VXLAN_PORT: u16 = 4789;
+/// The longest interface name the kernel takes.
+pub const MAX_NAME: usize = 15;
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// What a link must be, before the node's devices are looked at.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LinkSpec {
+    /// An 802.1Q VLAN link on `parent`.
+    Vlan {
+        /// The host device.
+        parent: String,
+        /// The VLAN id.
+        id: u16,
+    },
+    /// A VxLAN link over `parent`.
+    Vxlan {
+        /// The host device.
+        parent: String,
+        /// The VNI.
+        vni: u32,
+    },
+}
+
+impl LinkSpec {
+    /// The host device it hangs off.
+    pub fn parent(&self) -> &str {
+        match self {
+            LinkSpec::Vlan { parent, .. } | LinkSpec::Vxlan { parent, .. } => parent,
+        }
+    }
+}
+
+/// A link the networks ask for, and which networks ask for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WantedLink {
+    /// Its name.
+    pub name: String,
+    /// What it must be.
+    pub spec: LinkSpec,
+    /// The networks that use it.
+    pub networks: Vec<NetworkKey>,
+}
+
+/// Why a network's link cannot be kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkProblem {
+    /// The link name would be longer than the kernel takes.
+    NameTooLong(String),
+    /// `vlan` or `vxlan` is out of range.
+    BadId(String),
+    /// Another network asks for a link of the same name with other parameters.
+    Conflict {
+        /// The link.
+        name: String,
+        /// The network whose link it is.
+        holder: NetworkKey,
+    },
+    /// The host device does not exist on this node.
+    NoDevice(String),
+    /// The host device has no global address for a VxLAN to use as its local address.
+    NoAddress(String),
+    /// A link of that name exists that netwatcher did not create, with other parameters.
+    Foreign(String),
+}
+
+impl LinkProblem {
+    /// A short CamelCase reason, for Kubernetes Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LinkProblem::NameTooLong(_) => "LinkNameTooLong",
+            LinkProblem::BadId(_) => "BadLinkId",
+            LinkProblem::Conflict { .. } => "LinkConflict",
+            LinkProblem::NoDevice(_) => "HostDeviceMissing",
+            LinkProblem::NoAddress(_) => "HostDeviceWithoutAddress",
+            LinkProblem::Foreign(_) => "ForeignLink",
+        }
+    }
+}
+
+impl fmt::Display for LinkProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkProblem::NameTooLong(name) => write!(
+                f,
+                "host link name {name:?} is longer than {MAX_NAME} characters: shorten the NetworkID"
+            ),
+            LinkProblem::BadId(why) => f.write_str(why),
+            LinkProblem::Conflict { name, holder } => write!(
+                f,
+                "host link {name} is already asked for by {holder} with other parameters"
+            ),
+            LinkProblem::NoDevice(device) => {
+                write!(f, "host_device {device} does not exist on this node")
+            }
+            LinkProblem::NoAddress(device) => write!(
+                f,
+                "host_device {device} has no global IPv4 or IPv6 address for the VxLAN to use"
+            ),
+            LinkProblem::Foreign(name) => write!(
+                f,
+                "a link named {name} exists with other parameters and was not created by netwatcher: left alone"
+            ),
+        }
+    }
+}
+
+/// The links of one network: `(name, spec)` for its VLAN and its VxLAN (DANM creates both
+/// when both are set), or why not.
+pub fn network_links(spec: &NetworkSpec) -> Result<Vec<(String, LinkSpec)>, LinkProblem> {
+    let o = &spec.options;
+    let Some(parent) = o.host_device.as_deref().filter(|d| !d.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    if let Some(vlan) = o.vlan.filter(|v| *v != 0) {
+        let id = u16::try_from(vlan)
+            .ok()
+            .filter(|v| (1..=4094).contains(v))
+            .ok_or_else(|| LinkProblem::BadId(format!("Options.vlan {vlan} is not in 1-4094")))?;
+        out.push((
+            format!("{}.{id}", spec.network_id),
+            LinkSpec::Vlan {
+                parent: parent.to_owned(),
+                id,
+            },
+        ));
+    }
+    if let Some(vxlan) = o.vxlan.filter(|v| *v != 0) {
+        let vni = u32::try_from(vxlan)
+            .ok()
+            .filter(|v| (1..=MAX_VNI).contains(v))
+            .ok_or_else(|| {
+                LinkProblem::BadId(format!("Options.vxlan {vxlan} is not in 1-{MAX_VNI}"))
+            })?;
+        out.push((
+            format!("vx_{}", spec.network_id),
+            LinkSpec::Vxlan {
+                parent: parent.to_owned(),
+                vni,
+            },
+        ));
+    }
+    if let Some((name, _)) = out.iter().find(|(n, _)| n.len() > MAX_NAME) {
+        return Err(LinkProblem::NameTooLong(name.clone()));
+    }
+    Ok(out)
+}
+
+/// Every link the networks ask for, by name, and the networks whose links cannot be kept.
+/// When networks ask for one name with different parameters, the first in key order keeps
+/// it and the others are reported.
+pub fn wanted_links<'a>(
+    networks: impl IntoIterator<Item = (&'a NetworkKey, &'a NetworkSpec)>,
+) -> (BTreeMap<String, WantedLink>, Vec<(NetworkKey, LinkProblem)>) {
+    let mut sorted: Vec<_> = networks.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut wanted: BTreeMap<String, WantedLink> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (key, spec) in sorted {
+        let links = match network_links(spec) {
+            Ok(links) => links,
+            Err(problem) => {
+                problems.push((key.clone(), problem));
+                continue;
+            }
+        };
+        for (name, spec) in links {
+            match wanted.get_mut(&name) {
+                None => {
+                    wanted.insert(
+                        name.clone(),
+                        WantedLink {
+                            name,
+                            spec,
+                            networks: vec![key.clone()],
+                        },
+                    );
+                }
+                Some(w) if w.spec == spec => w.networks.push(key.clone()),
+                Some(w) => problems.push((
+                    key.clone(),
+                    LinkProblem::Conflict {
+                        name,
+                        holder: w.networks[0].clone(),
+                    },
+                )),
+            }
+        }
+    }
+    (wanted, problems)
+}
+
+/// DANM's multicast group of a VNI over IPv4: 239.0.0.0 + VNI.
+pub fn group_v4(vni: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(239, 0, 0, 0)) + (vni & MAX_VNI))
+}
+
+/// DANM's multicast group of a VNI over IPv6: ff02:: + VNI.
+pub fn group_v6(vni: u32) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0)) + u128::from(vni))
+}
+
+/// A host device as the node has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Device {
+    /// Interface index.
+    pub index: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// First global IPv4 address.
+    pub v4: Option<Ipv4Addr>,
+    /// First global IPv6 address.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// A link with every parameter resolved against the node's devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkParams {
+    /// VLAN.
+    Vlan {
+        /// Parent index.
+        parent: u32,
+        /// VLAN id.
+        id: u16,
+    },
+    /// VxLAN.
+    Vxlan {
+        /// Underlay device index.
+        parent: u32,
+        /// VNI.
+        vni: u32,
+        /// Local address.
+        local: IpAddr,
+        /// Multicast group.
+        group: IpAddr,
+        /// UDP port.
+        port: u16,
+    },
+}
+
+/// A link as the node has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedLink {
+    /// Name.
+    pub name: String,
+    /// Whether netwatcher marked it as its own.
+    pub ours: bool,
+    /// Administratively up.
+    pub up: bool,
+    /// Its parameters, when it is a VLAN or VxLAN link.
+    pub params: Option<LinkParams>,
+}
+
+/// One change to a node's links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Bring a host device up.
+    DeviceUp(String),
+    /// Create a link (marked as ours) and bring it up.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its parameters.
+        params: LinkParams,
+    },
+    /// Delete a link of ours (then create it again when `params` is set: its parameters
+    /// differ from the spec).
+    Delete {
+        /// Its name.
+        name: String,
+        /// What to create in its place.
+        recreate: Option<LinkParams>,
+    },
+    /// Mark a link we did not create but that is exactly what is wanted as ours (a DANM
+    /// node's link), so that it is managed from now on.
+    Adopt(String),
+    /// Bring a link of ours up.
+    Up(String),
+}
+
+/// What to do to the node's links (`observed`, with its `devices` by name) so that they are
+/// the `wanted` ones; and the links that cannot be made, with why.
+pub fn plan(
+    wanted: &BTreeMap<String, WantedLink>,
+    devices: &HashMap<String, Device>,
+    observed: &[ObservedLink],
+) -> (Vec<Action>, Vec<(String, LinkProblem)>) {
+    let mut actions = Vec::new();
+    let mut problems = Vec::new();
+    let by_name: HashMap<&str, &ObservedLink> =
+        observed.iter().map(|l| (l.name.as_str(), l)).collect();
+    let mut devices_up = Vec::new();
+    for w in wanted.values() {
+        let parent = w.spec.parent();
+        let Some(device) = devices.get(parent) else {
+            problems.push((w.name.clone(), LinkProblem::NoDevice(parent.to_owned())));
+            continue;
+        };
+        let params = match &w.spec {
+            LinkSpec::Vlan { id, .. } => LinkParams::Vlan {
+                parent: device.index,
+                id: *id,
+            },
+            LinkSpec::Vxlan { vni, .. } => {
+                let (local, group) = match (device.v4, device.v6) {
+                    (Some(v4), _) => (IpAddr::V4(v4), IpAddr::V4(group_v4(*vni))),
+                    (None, Some(v6)) => (IpAddr::V6(v6), IpAddr::V6(group_v6(*vni))),
+                    (None, None) => {
+                        problems.push((w.name.clone(), LinkProblem::NoAddress(parent.to_owned())));
+                        continue;
+                    }
+                };
+                LinkParams::Vxlan {
+                    parent: device.index,
+                    vni: *vni,
+                    local,
+                    group,
+                    port: VXLAN_PORT,
+                }
+            }
+        };
+        if !device.up && !devices_up.contains(&parent) {
+            devices_up.push(parent);
+            actions.push(Action::DeviceUp(parent.to_owned()));
+        }
+        match by_name.get(w.name.as_str()) {
+            None => actions.push(Action::Create {
+                name: w.name.clone(),
+                params,
+            }),
+            Some(l) if l.params.as_ref() == Some(&params) => {
+                if !l.ours {
+                    actions.push(Action::Adopt(w.name.clone()));
+                }
+                if !l.up {
+                    actions.push(Action::Up(w.name.clone()));
+                }
+            }
+            Some(l) if l.ours => actions.push(Action::Delete {
+                name: w.name.clone(),
+                recreate: Some(params),
+            }),
+            Some(_) => problems.push((w.name.clone(), LinkProblem::Foreign(w.name.clone()))),
+        }
+    }
+    for l in observed {
+        if l.ours && !wanted.contains_key(&l.name) {
+            actions.push(Action::Delete {
+                name: l.name.clone(),
+                recreate: None,
+            });
+        }
+    }
+    (actions, problems)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+use super::*;
+use crate::NetworkKind;
+use danm_crds::NetworkOptions;
+
+fn key(name: &str) -> NetworkKey {
+    NetworkKey::new(NetworkKind::DanmNet, "ns", name)
+}
+
+fn spec(id: &str, device: &str, vlan: Option<i64>, vxlan: Option<i64>) -> NetworkSpec {
+    NetworkSpec {
+        network_id: id.into(),
+        network_type: "ipvlan".into(),
+        options: NetworkOptions {
+            host_device: Some(device.into()),
+            vlan,
+            vxlan,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn device(index: u32) -> Device {
+    Device {
+        index,
+        up: true,
+        v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        v6: None,
+    }
+}
+
+#[test]
+fn danms_names_and_group() {
+    let links = network_links(&spec("internal", "ens4", Some(200), None)).unwrap();
+    assert_eq!(
+        links,
+        vec![(
+            "internal.200".to_owned(),
+            LinkSpec::Vlan {
+                parent: "ens4".into(),
+                id: 200
+            }
+        )]
+    );
+    let links = network_links(&spec("internal", "ens4", None, Some(500))).unwrap();
+    assert_eq!(links[0].0, "vx_internal");
+    // go-cidr's Host(239.0.0.0/8, 500), as DANM computes it.
+    assert_eq!(group_v4(500), Ipv4Addr::new(239, 0, 1, 244));
+    assert_eq!(group_v6(500), "ff02::1f4".parse::<Ipv6Addr>().unwrap());
+    // No device, or no id: no link.
+    assert!(
+        network_links(&spec("internal", "", Some(200), None))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        network_links(&spec("internal", "ens4", Some(0), None))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn bad_ids_and_long_names_are_reported() {
+    let too_long = network_links(&spec("averylongnetid", "ens4", None, Some(5))).unwrap_err();
+    assert_eq!(
+        too_long,
+        LinkProblem::NameTooLong("vx_averylongnetid".into())
+    );
+    assert!(matches!(
+        network_links(&spec("n", "ens4", Some(4095), None)),
+        Err(LinkProblem::BadId(_))
+    ));
+    assert!(matches!(
+        network_links(&spec("n", "ens4", None, Some(1 << 24))),
+        Err(LinkProblem::BadId(_))
+    ));
+}
+
+#[test]
+fn networks_sharing_a_link_share_it_and_a_mismatch_is_a_conflict() {
+    let (a, b, c) = (
+        spec("shared", "ens4", None, Some(700)),
+        spec("shared", "ens4", None, Some(700)),
+        spec("shared", "ens4", None, Some(701)),
+    );
+    let (ka, kb, kc) = (key("a"), key("b"), key("c"));
+    let (wanted, problems) = wanted_links([(&kb, &b), (&ka, &a), (&kc, &c)]);
+    assert_eq!(wanted.len(), 1);
+    assert_eq!(wanted["vx_shared"].networks, vec![ka.clone(), kb]);
+    assert_eq!(
+        problems,
+        vec![(
+            kc,
+            LinkProblem::Conflict {
+                name: "vx_shared".into(),
+                holder: ka
+            }
+        )]
+    );
+}
+
+fn wanted_vx(vni: u32) -> BTreeMap<String, WantedLink> {
+    let s = spec("net", "ens4", None, Some(i64::from(vni)));
+    let k = key("net");
+    wanted_links([(&k, &s)]).0
+}
+
+fn vx_params(vni: u32) -> LinkParams {
+    LinkParams::Vxlan {
+        parent: 7,
+        vni,
+        local: "198.18.0.1".parse().unwrap(),
+        group: IpAddr::V4(group_v4(vni)),
+        port: VXLAN_PORT,
+    }
+}
+
+#[test]
+fn the_plan_creates_recreates_removes_and_leaves_foreign_links_alone() {
+    let devices = HashMap::from([("ens4".to_owned(), device(7))]);
+    // Missing: created.
+    let (actions, problems) = plan(&wanted_vx(500), &devices, &[]);
+    assert!(problems.is_empty());
+    assert_eq!(
+        actions,
+        vec![Action::Create {
+            name: "vx_net".into(),
+            params: vx_params(500)
+        }]
+    );
+    // Ours with another VNI: re-created.
+    let stale = ObservedLink {
+        name: "vx_net".into(),
+        ours: true,
+        up: true,
+        params: Some(vx_params(400)),
+    };
+    let (actions, _) = plan(&wanted_vx(500), &devices, std::slice::from_ref(&stale));
+    assert_eq!(
+        actions,
+        vec![Action::Delete {
+            name: "vx_net".into(),
+            recreate: Some(vx_params(500))
+        }]
+    );
+    // Right but down: brought up. Ours and no longer wanted: removed.
+    let down = ObservedLink {
+        up: false,
+        params: Some(vx_params(500)),
+        ..stale.clone()
+    };
+    let leftover = ObservedLink {
+        name: "vx_gone".into(),
+        ..stale.clone()
+    };
+    let (actions, _) = plan(&wanted_vx(500), &devices, &[down, leftover]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Up("vx_net".into()),
+            Action::Delete {
+                name: "vx_gone".into(),
+                recreate: None
+            }
+        ]
+    );
+    // Not ours: adopted when exactly right, else reported and left alone; never removed.
+    let danms = ObservedLink {
+        ours: false,
+        ..stale.clone()
+    };
+    let (actions, problems) = plan(&wanted_vx(400), &devices, std::slice::from_ref(&danms));
+    assert_eq!(actions, vec![Action::Adopt("vx_net".into())]);
+    assert!(problems.is_empty());
+    let (actions, problems) = plan(&wanted_vx(500), &devices, std::slice::from_ref(&danms));
+    assert!(actions.is_empty());
+    assert_eq!(
+        problems,
+        vec![("vx_net".into(), LinkProblem::Foreign("vx_net".into()))]
+    );
+    let (actions, _) = plan(&BTreeMap::new(), &devices, &[danms]);
+    assert!(
+        actions.is_empty(),
+        "a link that is not ours is never removed"
+    );
+}
+
+#[test]
+fn a_missing_or_address_less_device_is_reported_and_a_down_one_brought_up() {
+    let (actions, problems) = plan(&wanted_vx(500), &HashMap::new(), &[]);
+    assert!(actions.is_empty());
+    assert_eq!(
+        problems,
+        vec![("vx_net".into(), LinkProblem::NoDevice("ens4".into()))]
+    );
+    let bare = HashMap::from([(
+        "ens4".to_owned(),
+        Device {
+            v4: None,
+            ..device(7)
+        },
+    )]);
+    let (_, problems) = plan(&wanted_vx(500), &bare, &[]);
+    assert_eq!(
+        problems,
+        vec![("vx_net".into(), LinkProblem::NoAddress("ens4".into()))]
+    );
+    // IPv6 only: the IPv6 local address and group.
+    let v6 = HashMap::from([(
+        "ens4".to_owned(),
+        Device {
+            v4: None,
+            v6: Some("fd00::1".parse().unwrap()),
+            up: false,
+            ..device(7)
+        },
+    )]);
+    let (actions, _) = plan(&wanted_vx(500), &v6, &[]);
+    assert_eq!(actions[0], Action::DeviceUp("ens4".into()));
+    assert!(matches!(
+        &actions[1],
+        Action::Create { params: LinkParams::Vxlan { local: IpAddr::V6(_), group, .. }, .. } if *group == IpAddr::V6(group_v6(500))
+    ));
+}

@@ -1,0 +1,141 @@
+//! Process plumbing shared by every long-running binary (ipamd, webhook, netwatcher,
+//! cleaner), so that each `main.rs` only wires things together:
+//!
+//! * [`logging`]: `tracing` to standard error, as text or JSON, filtered by `RUST_LOG`
+//!   (default `info`);
+//! * [`kube_client`]: a client from `--kubeconfig`, else the in-cluster config,
+//!   `$KUBECONFIG` or `~/.kube/config`;
+//! * [`serve_admin`]: the admin server, `/metrics` (Prometheus text), `/healthz` and
+//!   `/readyz`, on a port of its own;
+//! * [`shutdown_signal`]: SIGTERM or Ctrl-C, for graceful shutdown;
+//! * [`parse_duration`]: durations as flags take them (`10m`, `90s`).
+//!
+//! Lease leader election is `kube-lease-manager`'s (see the cleaner).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+/// Why the plumbing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No usable Kubernetes configuration.
+    #[error("Kubernetes configuration: {0}")]
+    Kubeconfig(String),
+    /// The admin address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Log format, as `--log-format` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for containers).
+    Json,
+}
+
+/// Logs to standard error in `format`, filtered by `RUST_LOG` (default `info`).
+pub fn logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+}
+
+/// A Kubernetes client from `kubeconfig`, else the in-cluster config, `$KUBECONFIG` or
+/// `~/.kube/config`.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, RuntimeError> {
+    let fail = |e: &dyn std::fmt::Display| RuntimeError::Kubeconfig(e.to_string());
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                RuntimeError::Kubeconfig(format!("--kubeconfig {}: {e}", path.display()))
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| fail(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            RuntimeError::Kubeconfig(format!(
+                "none found (in-cluster, $KUBECONFIG or ~/.kube/config): {e}"
+            ))
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| fail(&e))
+}
+
+/// Serves `/metrics` (what `metrics` renders), `/healthz` and `/readyz` on `addr` in the
+/// background; the address it listens on.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    metrics: impl Fn() -> String + Send + Sync + 'static,
+) -> Result<SocketAddr, RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| RuntimeError::Listen { addr, source })?;
+    let metrics = Arc::new(metrics);
+    let router = Router::new()
+        .route("/metrics", get(move || async move { metrics() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    tracing::info!(admin = %bound, "serving /metrics, /healthz, /readyz");
+    Ok(bound)
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// A duration as flags take it: `10m`, `90s`, `1h 30m`, `0s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 10m or 90s: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{text:?} is negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("soon").unwrap_err().contains("10m"));
+    }
+}

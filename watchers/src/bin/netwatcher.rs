@@ -1,0 +1,57 @@
+//! `netwatcher`: keeps this node's VLAN (`<NetworkID>.<vlan>`) and VxLAN (`vx_<NetworkID>`)
+//! host links as the networks ask. Runs on every node (a DaemonSet) with the host network
+//! and NET_ADMIN.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use danm_runtime::{LogFormat, kube_client, logging, parse_duration, serve_admin, shutdown_signal};
+use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
+
+/// Keeps this node's VLAN and VxLAN host links as the DanmNets, TenantNetworks and
+/// ClusterNetworks ask: creates missing links, re-creates links whose parameters differ,
+/// removes links of networks that are gone, and touches only links it created (alias
+/// `danm-netwatcher`). What it cannot do is reported as an Event on the network.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (the Events' reporting instance).
+    #[arg(long, env = "NODE_NAME", default_value = "unknown-node")]
+    node_name: String,
+    /// Time between full syncs (a link deleted by hand comes back within it), e.g. `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    resync: Duration,
+    /// Admin server: `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    admin_listen: SocketAddr,
+    /// Log format (standard error): `text` or `json`.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging(args.log_format);
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let netlink = danm_cni::netlink::Netlink::host().context("netlink")?;
+    let links = NodeLinks::new(netlink.handle().clone());
+    let metrics = Arc::new(Metrics::new());
+    let served = Arc::clone(&metrics);
+    serve_admin(args.admin_listen, move || served.encode()).await?;
+    tracing::info!(node = %args.node_name, admin = %args.admin_listen, "keeping host links");
+    let config = Config {
+        resync: args.resync,
+        node: args.node_name,
+    };
+    netwatcher::run(client, links, config, metrics, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! netwatcher's Prometheus metrics, served at `/metrics` on its admin port.
+
+use danm_core::hostlinks::Action;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of a failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `HostDeviceMissing`, `HostDeviceWithoutAddress`, `LinkNameTooLong`, `BadLinkId`,
+    /// `LinkConflict`, `ForeignLink` or `NetlinkFailed`.
+    pub reason: &'static str,
+}
+
+/// Every metric.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    created: Counter,
+    removed: Counter,
+    failed: Family<ReasonLabels, Counter>,
+    sync_failures: Counter,
+    managed: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("danm_netwatcher");
+        let created = Counter::default();
+        registry.register(
+            "links_created",
+            "Host links created (re-creations included)",
+            created.clone(),
+        );
+        let removed = Counter::default();
+        registry.register(
+            "links_removed",
+            "Host links removed (re-creations included)",
+            removed.clone(),
+        );
+        let failed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "link_failures",
+            "Host links that could not be kept, by reason (counted at every sync they fail)",
+            failed.clone(),
+        );
+        let sync_failures = Counter::default();
+        registry.register(
+            "sync_failures",
+            "Syncs that failed and were retried",
+            sync_failures.clone(),
+        );
+        let managed = Gauge::default();
+        registry.register(
+            "links_wanted",
+            "Host links the networks ask for on this node, at the last sync",
+            managed.clone(),
+        );
+        Metrics {
+            registry,
+            created,
+            removed,
+            failed,
+            sync_failures,
+            managed,
+        }
+    }
+
+    /// An action carried out.
+    pub fn applied(&self, action: &Action) {
+        match action {
+            Action::Create { .. } => {
+                self.created.inc();
+            }
+            Action::Delete { recreate, .. } => {
+                self.removed.inc();
+                if recreate.is_some() {
+                    self.created.inc();
+                }
+            }
+            Action::DeviceUp(_) | Action::Adopt(_) | Action::Up(_) => {}
+        }
+    }
+
+    /// A link that cannot be kept, or a netlink failure.
+    pub fn problem(&self, reason: &'static str) {
+        self.failed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A sync failed.
+    pub fn sync_failed(&self) {
+        self.sync_failures.inc();
+    }
+
+    /// Links wanted at the last sync.
+    pub fn managed(&self, count: usize) {
+        self.managed.set(count as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

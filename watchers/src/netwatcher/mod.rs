@@ -1,0 +1,242 @@
+//! netwatcher: keeps a node's VLAN and VxLAN host links as the networks ask.
+//!
+//! The unit of reconciliation is the node's whole set of links, not one network: a link may
+//! be shared by several networks and must go only with the last of them, and a deleted
+//! network must take its link along. So three kube-runtime reflectors (DanmNet,
+//! TenantNetwork, ClusterNetwork) keep the networks in memory, and any change of any of
+//! them (a delete included), the periodic resync and the start all trigger one [`sync`]: the
+//! wanted links ([`danm_core::hostlinks::wanted_links`]) against the node's links read over
+//! netlink, and the plan's actions carried out. A failed sync is retried with a backoff
+//! (the error policy); a link deleted by hand comes back at the next resync.
+//!
+//! What cannot be done (a missing `host_device`, a device without an address for a VxLAN, a
+//! name too long, two networks asking one name with different parameters, a foreign link
+//! in the way) is reported on each network concerned as a Kubernetes Event, logged and
+//! counted, and never stops the other links.
+
+pub mod links;
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use danm_core::hostlinks::{LinkProblem, plan, wanted_links};
+use danm_core::{NetworkKey, NetworkKind};
+use danm_crds::{ClusterNetwork, DanmNet, NetworkSpec, TenantNetwork};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+pub use links::{LinkError, NodeLinks};
+pub use metrics::Metrics;
+
+/// How netwatcher runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Time between full syncs when nothing changes.
+    pub resync: Duration,
+    /// This node's name (the Events' reporting instance).
+    pub node: String,
+}
+
+/// A network kind netwatcher follows: its objects give a key and a spec.
+trait NetworkObject:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+    const KIND: NetworkKind;
+    fn network(&self) -> &NetworkSpec;
+}
+
+impl NetworkObject for DanmNet {
+    const KIND: NetworkKind = NetworkKind::DanmNet;
+    fn network(&self) -> &NetworkSpec {
+        &self.spec.network
+    }
+}
+
+impl NetworkObject for TenantNetwork {
+    const KIND: NetworkKind = NetworkKind::TenantNetwork;
+    fn network(&self) -> &NetworkSpec {
+        &self.spec.network
+    }
+}
+
+impl NetworkObject for ClusterNetwork {
+    const KIND: NetworkKind = NetworkKind::ClusterNetwork;
+    fn network(&self) -> &NetworkSpec {
+        &self.spec.network
+    }
+}
+
+/// One network as a sync sees it.
+struct Network {
+    key: NetworkKey,
+    spec: NetworkSpec,
+    reference: ObjectReference,
+}
+
+fn snapshot<K: NetworkObject>(store: &Store<K>) -> Vec<Network> {
+    store
+        .state()
+        .iter()
+        .map(|o| Network {
+            key: NetworkKey::new(K::KIND, &o.namespace().unwrap_or_default(), &o.name_any()),
+            spec: o.network().clone(),
+            reference: o.object_ref(&()),
+        })
+        .collect()
+}
+
+/// A reflector of one kind: its store, and a stream that yields on every change.
+fn follow<K: NetworkObject>(
+    client: &kube::Client,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static) {
+    let (reader, writer) = reflector::store();
+    let changes = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .filter_map(|event| async move {
+        match event {
+            Ok(_) => Some(()),
+            Err(e) => {
+                tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; retrying");
+                None
+            }
+        }
+    });
+    (reader, changes)
+}
+
+/// Keeps the node's links until `shutdown` completes.
+pub async fn run(
+    client: kube::Client,
+    links: NodeLinks,
+    config: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (danmnets, a) = follow::<DanmNet>(&client);
+    let (tenantnets, b) = follow::<TenantNetwork>(&client);
+    let (clusternets, c) = follow::<ClusterNetwork>(&client);
+    let mut changes = futures::stream::select_all([a.boxed(), b.boxed(), c.boxed()]);
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "danm-netwatcher".into(),
+            instance: Some(config.node.clone()),
+        },
+    );
+    tokio::pin!(shutdown);
+    // Wait until each store has its first list.
+    let ready = async {
+        let _ = danmnets.wait_until_ready().await;
+        let _ = tenantnets.wait_until_ready().await;
+        let _ = clusternets.wait_until_ready().await;
+    };
+    let drain = async {
+        loop {
+            changes.next().await;
+        }
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = drain => {}
+        _ = &mut shutdown => return,
+    }
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut networks = snapshot(&danmnets);
+        networks.extend(snapshot(&tenantnets));
+        networks.extend(snapshot(&clusternets));
+        let wait = match sync(&networks, &links, &recorder, &metrics).await {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                config.resync
+            }
+            Err(e) => {
+                // The error policy: retry the whole sync, with a growing pause.
+                metrics.sync_failed();
+                tracing::warn!(error = %e, retry_in = ?backoff, "sync failed");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            Some(()) = changes.next() => {
+                // Let a burst of changes land before the next sync.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while futures::FutureExt::now_or_never(changes.next()).flatten().is_some() {}
+            }
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// One sync: the wanted links against the node's, the plan carried out, problems reported.
+/// An action that fails is reported and the others go on; the sync fails (and is retried)
+/// when the node's links cannot be read or an action failed.
+async fn sync(
+    networks: &[Network],
+    links: &NodeLinks,
+    recorder: &Recorder,
+    metrics: &Metrics,
+) -> Result<(), LinkError> {
+    let (wanted, network_problems) = wanted_links(networks.iter().map(|n| (&n.key, &n.spec)));
+    let observed = links.observe().await?;
+    let (actions, link_problems) = plan(&wanted, &observed.devices, &observed.links);
+    let by_key: HashMap<&NetworkKey, &Network> = networks.iter().map(|n| (&n.key, n)).collect();
+    let mut problems: Vec<(&Network, LinkProblem)> = network_problems
+        .into_iter()
+        .filter_map(|(key, p)| by_key.get(&key).map(|n| (*n, p)))
+        .collect();
+    for (name, problem) in link_problems {
+        for key in &wanted[&name].networks {
+            if let Some(n) = by_key.get(key) {
+                problems.push((n, problem.clone()));
+            }
+        }
+    }
+    for (network, problem) in &problems {
+        metrics.problem(problem.reason());
+        tracing::warn!(network = %network.key, reason = problem.reason(), "{problem}");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: problem.reason().into(),
+            note: Some(problem.to_string()),
+            action: "KeepHostLink".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &network.reference).await {
+            tracing::warn!(network = %network.key, error = %e, "cannot publish an Event");
+        }
+    }
+    let mut failed = None;
+    for action in &actions {
+        match links.apply(action, &observed).await {
+            Ok(()) => {
+                metrics.applied(action);
+                tracing::info!(?action, "host link changed");
+            }
+            Err(e) => {
+                metrics.problem("NetlinkFailed");
+                tracing::warn!(?action, error = %e, "host link change failed");
+                failed = Some(e);
+            }
+        }
+    }
+    metrics.managed(wanted.len());
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
