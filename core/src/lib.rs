@@ -18,6 +18,8 @@
 //!   brings a node's links there (netwatcher's decisions).
 //! * [`leak`]: which DanmEps and shard addresses are leaked, and why (the cleaner's
 //!   decisions).
+//! * [`services`]: which Services are DANM's and the EndpointSlices each should have
+//!   (svcwatcher's decisions).
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
@@ -32,6 +34,7 @@ pub mod migrate;
 pub mod network;
 pub mod owner;
 pub mod policy;
+pub mod services;
 
 pub use addr::{Cidr, Family, PerFamily};
 pub use codec::{CodecError, ShardBits};

@@ -10,7 +10,7 @@
 //! * [`shutdown_signal`]: SIGTERM or Ctrl-C, for graceful shutdown;
 //! * [`parse_duration`]: durations as flags take them (`10m`, `90s`).
 //!
-//! Lease leader election is `kube-lease-manager`'s (see the cleaner).
+//! * [`elect`]: Lease leader election (`kube-lease-manager`), for replicated writers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +26,14 @@ pub enum RuntimeError {
     /// No usable Kubernetes configuration.
     #[error("Kubernetes configuration: {0}")]
     Kubeconfig(String),
+    /// The Lease cannot be read or created.
+    #[error("Lease {lease}: {reason}")]
+    Lease {
+        /// `namespace/name`.
+        lease: String,
+        /// Why.
+        reason: String,
+    },
     /// The admin address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -105,6 +113,51 @@ pub async fn serve_admin(
     });
     tracing::info!(admin = %bound, "serving /metrics, /healthz, /readyz");
     Ok(bound)
+}
+
+/// A running election: `leading` says whether this replica holds the Lease now and
+/// changes when that changes; drop it and await `task` to release the Lease.
+#[derive(Debug)]
+pub struct Election {
+    /// This replica's identity in the Lease.
+    pub identity: String,
+    /// Whether it holds the Lease.
+    pub leading: tokio::sync::watch::Receiver<bool>,
+    /// The task renewing the Lease; it releases it once `leading` is dropped.
+    pub task: tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+}
+
+/// Joins the election of Lease `namespace/name` (created if missing) as `identity` (default:
+/// the host name, which is the pod name in a pod). The Lease lasts 15 s and is renewed 5 s
+/// before it ends: another replica takes over within 15 s of this one's death.
+pub async fn elect(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    identity: Option<String>,
+) -> Result<Election, RuntimeError> {
+    let identity = identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, name)
+        .with_namespace(namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .map_err(|e| RuntimeError::Lease {
+            lease: format!("{namespace}/{name}"),
+            reason: e.to_string(),
+        })?;
+    let (leading, task) = manager.watch().await;
+    Ok(Election {
+        identity,
+        leading,
+        task,
+    })
 }
 
 /// Completes on SIGTERM or Ctrl-C.

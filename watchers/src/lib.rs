@@ -6,6 +6,10 @@
 //!   [`danm_core::hostlinks`]; this crate reads the networks (kube-runtime reflectors) and
 //!   the node's links (netlink), and reports what it cannot do as Kubernetes Events.
 //!
-//! svcwatcher (Services on every network) is still to come.
+//! * [`svcwatcher`]: one elected replica (a Deployment with a Lease); keeps EndpointSlices
+//!   and Endpoints of the Services carrying DANM's annotations, with the addresses of the
+//!   selected pods' interfaces on the Service's network. The decisions are
+//!   [`danm_core::services`].
 
 pub mod netwatcher;
+pub mod svcwatcher;

@@ -11,7 +11,9 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use danm_cleaner::metrics::Metrics;
 use danm_cleaner::{Freer, PassConfig, Report, Sightings, pass};
 use danm_proto::v1::ipam_client::IpamClient;
-use danm_runtime::{LogFormat, kube_client, logging, parse_duration, serve_admin, shutdown_signal};
+use danm_runtime::{
+    LogFormat, elect, kube_client, logging, parse_duration, serve_admin, shutdown_signal,
+};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Frees the addresses and DanmEps that dead pods, nodes and networks left behind.
@@ -138,20 +140,14 @@ async fn watch(
     let served = Arc::clone(&metrics);
     serve_admin(args.admin_listen, move || served.encode()).await?;
 
-    let identity = args
-        .identity
-        .clone()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("cleaner-{}", std::process::id()));
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(freer.client.clone(), &args.lease)
-        .with_namespace(&args.namespace)
-        .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .with_context(|| format!("Lease {}/{}", args.namespace, args.lease))?;
-    let (mut leader, lease_task) = lease.watch().await;
+    let election = elect(
+        freer.client.clone(),
+        &args.namespace,
+        &args.lease,
+        args.identity.clone(),
+    )
+    .await?;
+    let (identity, mut leader, lease_task) = (election.identity, election.leading, election.task);
     let mut sightings = Sightings::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
