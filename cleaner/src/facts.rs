@@ -23,6 +23,7 @@ pub fn endpoint(ep: &DanmEp) -> EndpointFacts {
         network: kind
             .filter(|_| !s.network_name.is_empty())
             .map(|k| NetworkKey::new(k, &namespace, &s.network_name)),
+        kind_recorded: !s.api_type.is_empty(),
         name: ep.metadata.name.clone().unwrap_or_default(),
         namespace,
         pod: s.pod.clone(),

@@ -163,10 +163,9 @@ impl Freer {
             .await?
             .map(|p| facts::pod(&p))
         };
-        let node = match (&pod, facts.host.is_empty()) {
-            (_, false) => facts.host.clone(),
-            (Some(p), true) => p.node.clone(),
-            (None, true) => String::new(),
+        let node = match &pod {
+            Some(p) if !p.node.is_empty() => p.node.clone(),
+            _ => facts.host.clone(),
         };
         let node_exists = node.is_empty()
             || get(&Api::<Node>::all(self.client.clone()), &node)
@@ -240,16 +239,28 @@ impl Freer {
                 source,
             })?
             .into_inner();
+        // ipamd deletes the records it names after their owner key; a record named
+        // otherwise (DANM's random names) is still there, its addresses freed: delete it.
         if let Some(left) = get(&api, &ep.name).await?
             && left.metadata.uid == fresh.metadata.uid
         {
-            return Ok((
-                reason,
-                Outcome::Failed(format!(
-                    "ipamd released {:?} but did not remove the DanmEp: it is not named after its owner key (a DANM-era record?)",
-                    answer.released
-                )),
-            ));
+            let unchanged = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: left.metadata.uid.clone(),
+                    resource_version: left.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(&ep.name, &unchanged).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(source) => {
+                    return Err(CleanerError::Api {
+                        what: format!("delete DanmEp {}/{}", ep.namespace, ep.name),
+                        source,
+                    });
+                }
+            }
         }
         Ok((reason, Outcome::Freed(answer.released)))
     }
@@ -270,9 +281,7 @@ impl Freer {
         if fresh.metadata.uid.as_deref() != Some(uid) {
             return Ok((reason, Outcome::Kept("re-created since".into())));
         }
-        let live = network_uid(&self.client, network).await?;
-        let shard_uid = &fresh.spec.network.uid;
-        if live.is_some_and(|u| shard_uid.is_empty() || u.is_empty() || u == *shard_uid) {
+        if network_uid(&self.client, network).await?.is_some() {
             return Ok((reason, Outcome::Kept("its network exists again".into())));
         }
         if self.dry_run {

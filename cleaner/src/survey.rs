@@ -131,9 +131,9 @@ pub async fn survey(
         let Some(network) = shard.network.clone() else {
             continue;
         };
-        let current = networks.get(&network).is_some_and(|uid| {
-            shard.network_uid.is_empty() || uid.is_empty() || *uid == shard.network_uid
-        });
+        // Only a shard whose network key no longer exists is a leftover: ipamd serves the
+        // shards of a network re-created under the same key (and writes its new UID on them).
+        let current = networks.contains_key(&network);
         if !current {
             if old_enough(shard.written) {
                 out.findings.push(Finding {
@@ -194,7 +194,6 @@ struct ShardFacts {
     name: String,
     uid: String,
     network: Option<NetworkKey>,
-    network_uid: String,
     first: IpAddr,
     written: Option<Timestamp>,
     bits: Result<ShardBits, String>,
@@ -211,7 +210,6 @@ fn shard_facts(s: &AllocationShard) -> ShardFacts {
         name: s.name_any(),
         uid: s.metadata.uid.clone().unwrap_or_default(),
         network: facts::shard_network(s),
-        network_uid: s.spec.network.uid.clone(),
         first: first.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         written: facts::last_write(&s.metadata),
         bits,

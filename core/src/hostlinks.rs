@@ -235,6 +235,8 @@ pub struct Device {
     pub v4: Option<Ipv4Addr>,
     /// First global IPv6 address.
     pub v6: Option<Ipv6Addr>,
+    /// Every global address (a VxLAN whose local address is still one of them is fine).
+    pub addresses: Vec<IpAddr>,
 }
 
 /// A link with every parameter resolved against the node's devices.
@@ -295,11 +297,40 @@ pub enum Action {
         /// What to create in its place.
         recreate: Option<LinkParams>,
     },
-    /// Mark a link we did not create but that is exactly what is wanted as ours (a DANM
-    /// node's link), so that it is managed from now on.
-    Adopt(String),
     /// Bring a link of ours up.
     Up(String),
+}
+
+/// Whether a link's parameters do what `wanted` asks. A VxLAN whose local address is still
+/// one of its device's addresses fits even when the device's first address is now another
+/// (an address added or renumbered): re-creating a link takes down every pod interface that
+/// hangs off it, so it is done only when the link is really wrong.
+fn fits(have: &LinkParams, wanted: &LinkParams, device: &Device) -> bool {
+    match (have, wanted) {
+        (
+            LinkParams::Vxlan {
+                parent,
+                vni,
+                local,
+                group,
+                port,
+            },
+            LinkParams::Vxlan {
+                parent: p,
+                vni: v,
+                local: l,
+                group: g,
+                port: o,
+            },
+        ) => {
+            parent == p
+                && vni == v
+                && port == o
+                && (local == l || device.addresses.contains(local))
+                && (group == g || local != l)
+        }
+        _ => have == wanted,
+    }
 }
 
 /// What to do to the node's links (`observed`, with its `devices` by name) so that they are
@@ -352,11 +383,10 @@ pub fn plan(
                 name: w.name.clone(),
                 params,
             }),
-            Some(l) if l.params.as_ref() == Some(&params) => {
-                if !l.ours {
-                    actions.push(Action::Adopt(w.name.clone()));
-                }
-                if !l.up {
+            Some(l) if l.params.as_ref().is_some_and(|p| fits(p, &params, device)) => {
+                // Exactly what is wanted. One that is not ours (a DANM node's, an admin's) is
+                // used as it is: never marked, so never removed.
+                if l.ours && !l.up {
                     actions.push(Action::Up(w.name.clone()));
                 }
             }

@@ -75,6 +75,9 @@ pub struct EndpointFacts {
     pub name: String,
     /// The network it names.
     pub network: Option<NetworkKey>,
+    /// Whether the record says the network's kind (`apiType`); DANM's records without it
+    /// are taken to be on a DanmNet, which is only a guess.
+    pub kind_recorded: bool,
     /// `Pod`.
     pub pod: String,
     /// `PodUID`; empty in records written before UIDs were recorded.
@@ -133,9 +136,8 @@ pub fn judge_endpoint(
     pod: Option<&PodFacts>,
     node_exists: impl Fn(&str) -> bool,
 ) -> Verdict {
-    if let Some(network) = &ep.network
-        && !network_exists(network)
-    {
+    let network_gone = ep.network.as_ref().is_some_and(|n| !network_exists(n));
+    if network_gone && ep.kind_recorded {
         return Verdict::Leaked(Reason::NetworkGone);
     }
     let Some(pod) = pod else {
@@ -144,10 +146,12 @@ pub fn judge_endpoint(
     if !ep.pod_uid.is_empty() && ep.pod_uid != pod.uid {
         return Verdict::Leaked(Reason::PodReplaced);
     }
-    let node = if ep.host.is_empty() {
-        &pod.node
-    } else {
+    // The pod's own node: the record's `Host` is the host name the CNI saw, which may not
+    // be the Node's name (--hostname-override, FQDNs); it is used only for an unscheduled pod.
+    let node = if pod.node.is_empty() {
         &ep.host
+    } else {
+        &pod.node
     };
     if !node.is_empty() && !node_exists(node) {
         return Verdict::Leaked(Reason::NodeGone);
@@ -200,6 +204,7 @@ mod tests {
             namespace: "ns".into(),
             name: "ep-1".into(),
             network: Some(net()),
+            kind_recorded: true,
             pod: "web-0".into(),
             pod_uid: "uid-a".into(),
             host: "node-1".into(),
@@ -273,14 +278,33 @@ mod tests {
             ..pod("uid-b")
         };
         assert_eq!(judge(&no_uid, Some(&finished), &["node-1"]), Verdict::Live);
-        // The node comes from the pod when the record has none.
-        let no_host = EndpointFacts {
-            host: String::new(),
+        // The node is the pod's: a record whose Host is a host name and not the Node's
+        // name is live while its pod's node exists.
+        let hostname = EndpointFacts {
+            host: "node-1.example.com".into(),
             ..ep()
         };
         assert_eq!(
-            judge(&no_host, Some(&pod("uid-a")), &[]),
+            judge(&hostname, Some(&pod("uid-a")), &["node-1"]),
+            Verdict::Live
+        );
+        assert_eq!(
+            judge(&hostname, Some(&pod("uid-a")), &[]),
             Verdict::Leaked(Reason::NodeGone)
+        );
+        // A network guessed (no apiType) is not enough to call it gone: the pod decides.
+        let guessed = EndpointFacts {
+            network: Some(NetworkKey::new(NetworkKind::DanmNet, "ns", "gone")),
+            kind_recorded: false,
+            ..ep()
+        };
+        assert_eq!(
+            judge(&guessed, Some(&pod("uid-a")), &["node-1"]),
+            Verdict::Live
+        );
+        assert_eq!(
+            judge(&guessed, None, &["node-1"]),
+            Verdict::Leaked(Reason::PodGone)
         );
     }
 

@@ -26,6 +26,7 @@ fn device(index: u32) -> Device {
         up: true,
         v4: Some(Ipv4Addr::new(198, 18, 0, 1)),
         v6: None,
+        addresses: vec!["198.18.0.1".parse().unwrap()],
     }
 }
 
@@ -165,13 +166,14 @@ fn the_plan_creates_recreates_removes_and_leaves_foreign_links_alone() {
             }
         ]
     );
-    // Not ours: adopted when exactly right, else reported and left alone; never removed.
+    // Not ours: used as it is when exactly right (never marked), else reported and left
+    // alone; never removed.
     let danms = ObservedLink {
         ours: false,
         ..stale.clone()
     };
     let (actions, problems) = plan(&wanted_vx(400), &devices, std::slice::from_ref(&danms));
-    assert_eq!(actions, vec![Action::Adopt("vx_net".into())]);
+    assert!(actions.is_empty());
     assert!(problems.is_empty());
     let (actions, problems) = plan(&wanted_vx(500), &devices, std::slice::from_ref(&danms));
     assert!(actions.is_empty());
@@ -222,4 +224,34 @@ fn a_missing_or_address_less_device_is_reported_and_a_down_one_brought_up() {
         &actions[1],
         Action::Create { params: LinkParams::Vxlan { local: IpAddr::V6(_), group, .. }, .. } if *group == IpAddr::V6(group_v6(500))
     ));
+}
+
+#[test]
+fn a_vxlan_is_not_re_created_while_its_local_address_is_still_on_the_device() {
+    // The device got another first address; the link's local one is still there.
+    let mut moved = HashMap::from([("ens4".to_owned(), device(7))]);
+    let d = moved.get_mut("ens4").unwrap();
+    d.v4 = Some(Ipv4Addr::new(198, 18, 0, 9));
+    d.addresses.insert(0, "198.18.0.9".parse().unwrap());
+    let kept = ObservedLink {
+        name: "vx_net".into(),
+        ours: true,
+        up: true,
+        params: Some(vx_params(500)),
+    };
+    let (actions, _) = plan(&wanted_vx(500), &moved, std::slice::from_ref(&kept));
+    assert!(actions.is_empty(), "{actions:?}");
+    // Gone from the device: re-created on the new one.
+    moved.get_mut("ens4").unwrap().addresses.truncate(1);
+    let (actions, _) = plan(&wanted_vx(500), &moved, &[kept]);
+    assert!(
+        matches!(
+            &actions[0],
+            Action::Delete {
+                recreate: Some(_),
+                ..
+            }
+        ),
+        "{actions:?}"
+    );
 }

@@ -77,7 +77,11 @@ async fn main() -> anyhow::Result<()> {
         // (shutting down, the controller still running)
         let (done, running) = loop {
             tokio::select! {
-                _ = &mut term => break (false, false),
+                ended = &mut term => {
+                    tracing::error!(?ended, "the controller stopped; restarting it in 1 s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    break (false, false);
+                }
                 changed = leader.changed() => {
                     if changed.is_err() || !*leader.borrow_and_update() {
                         tracing::warn!("lost the Lease: stopping");

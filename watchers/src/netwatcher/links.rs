@@ -71,6 +71,7 @@ impl NodeLinks {
                     up: link.up,
                     v4: None,
                     v6: None,
+                    addresses: Vec::new(),
                 },
             );
             out.links.push(link);
@@ -88,6 +89,7 @@ impl NodeLinks {
             };
             for attribute in &message.attributes {
                 if let AddressAttribute::Address(ip) = attribute {
+                    device.addresses.push(*ip);
                     match ip {
                         IpAddr::V4(v4) if device.v4.is_none() => device.v4 = Some(*v4),
                         IpAddr::V6(v6) if device.v6.is_none() => device.v6 = Some(*v6),
@@ -110,10 +112,6 @@ impl NodeLinks {
                     &format!("bringing {name} up"),
                 )
                 .await
-            }
-            Action::Adopt(name) => {
-                let Some(i) = index(name) else { return Ok(()) };
-                self.mark(i, name).await
             }
             Action::Create { name, params } => self.create(name, params).await,
             Action::Delete { name, recreate } => {

@@ -88,7 +88,7 @@ impl Metrics {
                     self.created.inc();
                 }
             }
-            Action::DeviceUp(_) | Action::Adopt(_) | Action::Up(_) => {}
+            Action::DeviceUp(_) | Action::Up(_) => {}
         }
     }
 

@@ -152,11 +152,12 @@ pub async fn run(
         _ = &mut shutdown => return,
     }
     let mut backoff = Duration::from_secs(1);
+    let mut reported = Reported::default();
     loop {
         let mut networks = snapshot(&danmnets);
         networks.extend(snapshot(&tenantnets));
         networks.extend(snapshot(&clusternets));
-        let wait = match sync(&networks, &links, &recorder, &metrics).await {
+        let wait = match sync(&networks, &links, &recorder, &metrics, &mut reported).await {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
                 config.resync
@@ -185,11 +186,18 @@ pub async fn run(
 /// One sync: the wanted links against the node's, the plan carried out, problems reported.
 /// An action that fails is reported and the others go on; the sync fails (and is retried)
 /// when the node's links cannot be read or an action failed.
+/// The problems already published as Events, so that a problem that stays is published
+/// once, not at every sync of every node (kube-runtime's recorder would fold repeats into a
+/// series, but each repeat is still a write).
+#[derive(Debug, Default)]
+struct Reported(std::collections::HashSet<(NetworkKey, String)>);
+
 async fn sync(
     networks: &[Network],
     links: &NodeLinks,
     recorder: &Recorder,
     metrics: &Metrics,
+    reported: &mut Reported,
 ) -> Result<(), LinkError> {
     let (wanted, network_problems) = wanted_links(networks.iter().map(|n| (&n.key, &n.spec)));
     let observed = links.observe().await?;
@@ -206,8 +214,18 @@ async fn sync(
             }
         }
     }
+    let current: std::collections::HashSet<(NetworkKey, String)> = problems
+        .iter()
+        .map(|(n, p)| (n.key.clone(), p.to_string()))
+        .collect();
     for (network, problem) in &problems {
         metrics.problem(problem.reason());
+        if reported
+            .0
+            .contains(&(network.key.clone(), problem.to_string()))
+        {
+            continue;
+        }
         tracing::warn!(network = %network.key, reason = problem.reason(), "{problem}");
         let event = Event {
             type_: EventType::Warning,
@@ -220,6 +238,8 @@ async fn sync(
             tracing::warn!(network = %network.key, error = %e, "cannot publish an Event");
         }
     }
+    // A problem that went away is published again if it comes back.
+    reported.0 = current;
     let mut failed = None;
     for action in &actions {
         match links.apply(action, &observed).await {

@@ -275,8 +275,37 @@ fn selecting(
 }
 
 async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, SvcError> {
+    // Never publish from half-filled caches: an empty store would unpublish every pod. Not
+    // awaited here: the reflectors only advance while the controller polls them.
+    let filled = |ready: Option<Result<(), _>>| ready.is_some_and(|r: Result<(), _>| r.is_ok());
+    if !filled(futures::FutureExt::now_or_never(
+        ctx.pods.wait_until_ready(),
+    )) || !filled(futures::FutureExt::now_or_never(
+        ctx.endpoints.wait_until_ready(),
+    )) {
+        tracing::debug!(service = %service.name_any(), "caches not filled yet: again in 0.5 s");
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
+    if service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|s| !s.is_empty())
+        && selection(&ns, service.annotations())
+            .ok()
+            .flatten()
+            .is_some()
+    {
+        // Kubernetes' own controllers publish a Service with a selector: writing its
+        // Endpoints too would be a fight. DANM's Services are selectorless.
+        tracing::warn!(service = %format!("{ns}/{name}"), "has both spec.selector and danm.io/selector: left to Kubernetes; remove spec.selector");
+        forget(&ctx, &ns, &name).await?;
+        ctx.members.set(&ns, &name, Default::default());
+        ctx.metrics.reconciled("not-ours");
+        return Ok(Action::await_change());
+    }
     let selected = match selection(&ns, service.annotations()) {
         Ok(Some(s)) => s,
         Ok(None) => {
