@@ -7,6 +7,19 @@ cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# RBAC is proven, not guessed: the tests of each component that talks to the API server run
+# again with each component acting as its ServiceAccount of deploy/base, with exactly the
+# roles the manifests give it (danm_testkit::identity applies them, and checks the identity
+# is refused Secrets). A request outside its role fails the test. Only the test files that
+# start a component (its binary or its library's client) against the API server: cleaner
+# (leaks, races, watch), svcwatcher and netwatcher, the webhook (api, faults), ipamd
+# (kube_attach, node_authz, showalloc_api). `--workspace` with `--test` names selects just
+# those and keeps the features of the run above, so nothing is rebuilt: about 2 minutes more.
+DANM_TESTS_AS_SERVICE_ACCOUNTS=1 cargo test --workspace --locked \
+  --test leaks --test races --test watch \
+  --test svcwatcher --test netwatcher \
+  --test api --test faults \
+  --test kube_attach --test node_authz --test showalloc_api
 seconds="${FUZZ_SECONDS:-30}"
 if [ "$seconds" != 0 ]; then
   if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -28,7 +28,7 @@ fn cleaner(bed: &Bed, extra: &[&str]) -> (Value, i32) {
             &bed.ipamd_url,
         ])
         .args(extra)
-        .env("KUBECONFIG", bed.plane.kubeconfig())
+        .env("KUBECONFIG", &bed.cleaner_kubeconfig)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();

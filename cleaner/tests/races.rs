@@ -52,9 +52,14 @@ async fn a_statefulset_pod_recreated_during_a_pass_keeps_its_address() {
     assert_eq!(old.ip, "10.82.0.10/24");
     // The node crashed: no CNI DEL; the pod is deleted and the survey sees its record leaked.
     bed.delete_pod("web-0").await;
-    let surveyed = survey(&bed.client, Duration::ZERO, 100, &mut Sightings::default())
-        .await
-        .unwrap();
+    let surveyed = survey(
+        &bed.cleaner_client,
+        Duration::ZERO,
+        100,
+        &mut Sightings::default(),
+    )
+    .await
+    .unwrap();
     let mut findings: Vec<Finding> = surveyed
         .findings
         .into_iter()

@@ -44,7 +44,7 @@ fn replica(bed: &Bed, identity: &str, lease: &str) -> Replica {
             "--identity",
             identity,
         ])
-        .env("KUBECONFIG", bed.plane.kubeconfig())
+        .env("KUBECONFIG", &bed.cleaner_kubeconfig)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -55,6 +55,41 @@ fn replica(bed: &Bed, identity: &str, lease: &str) -> Replica {
         admin,
         child,
     }
+}
+
+/// deploy/ runs the cleaner as a CronJob (`--once`), so its ServiceAccount has no Lease.
+/// Run as it (`DANM_TESTS_AS_SERVICE_ACCOUNTS`), `--watch` gets what
+/// `deploy/base/cleaner/rbac.yaml` says a Deployment with `--watch` needs, in the bed's
+/// namespace: get and patch on the one Lease, create (not restrictable by name). That
+/// proves the comment, and the rest of the cleaner's access still comes from the manifests.
+fn grant_the_lease(bed: &Bed, lease: &str) {
+    if !danm_testkit::identity::as_service_accounts() {
+        return;
+    }
+    let ns = &bed.ns;
+    bed.plane
+        .kubectl_apply(&format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: danm-cleaner-lease, namespace: {ns}}}
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{lease}]
+  verbs: [get, patch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: danm-cleaner-lease, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: danm-cleaner-lease}}
+subjects:
+- {{kind: ServiceAccount, name: danm-cleaner, namespace: danm-system}}
+"#
+        ))
+        .unwrap();
 }
 
 /// The admin server's `/metrics`, once it answers.
@@ -117,6 +152,7 @@ async fn one_replica_cleans_and_the_other_takes_over_when_it_dies() {
     let bed = Bed::start("watch").await;
     let net = bed.danmnet("watch", "10.87.0.0/24", None).await;
     let lease = "danm-cleaner";
+    grant_the_lease(&bed, lease);
     let mut replicas = vec![
         replica(&bed, "replica-a", lease),
         replica(&bed, "replica-b", lease),

@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use danm_proto::v1 as pb;
-use danm_proto::v1::ipam_client::IpamClient;
 use futures::future::join_all;
 use ipnet::IpNet;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::delegate::{self, Delegation};
 use crate::exec::Plugin;
@@ -467,7 +465,7 @@ fn sriov_device(
 async fn container_interfaces(
     config: &DanmConfig,
     request: &Request,
-) -> Result<(IpamClient<Channel>, Vec<pb::InterfacePlan>), CniError> {
+) -> Result<(ipamd::Client, Vec<pb::InterfacePlan>), CniError> {
     let mut client = ipamd::connect(&config.ipamd, ADD_LIMIT, config.tls.as_ref()).await?;
     let plans = client
         .interfaces(pb::InterfacesRequest {
@@ -718,7 +716,7 @@ impl Danm {
     /// open (the replica that attached the container knows its records at once).
     async fn release_all(
         &self,
-        client: &mut IpamClient<Channel>,
+        client: &mut ipamd::Client,
         request: &Request,
         errors: &mut Vec<CniError>,
     ) {

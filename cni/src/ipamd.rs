@@ -8,6 +8,7 @@ use danm_proto::v1::ipam_client::IpamClient;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -112,13 +113,42 @@ impl ClientTls {
     }
 }
 
+/// A connection to ipamd whose every call carries this CNI call's request id.
+pub type Client = IpamClient<InterceptedService<Channel, RequestId>>;
+
+/// The id of this CNI call (one plugin process serves one call), sent to ipamd as
+/// `x-request-id` on every RPC so ipamd's log lines of the call carry it, and named in
+/// every error from ipamd, which the runtime logs: one id from the node's log to ipamd's.
+pub fn request_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        format!("cni-{:x}-{:x}", nanos, std::process::id())
+    })
+}
+
+/// Adds [`request_id`] to every call.
+#[derive(Clone, Debug)]
+pub struct RequestId;
+
+impl tonic::service::Interceptor for RequestId {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Ok(id) = request_id().parse() {
+            request.metadata_mut().insert("x-request-id", id);
+        }
+        Ok(request)
+    }
+}
+
 /// Connects to ipamd at `address` (`http://host:port`, or `https://` with `tls`), with
 /// `timeout` on every call.
 pub async fn connect(
     address: &str,
     timeout: Duration,
     tls: Option<&ClientTls>,
-) -> Result<IpamClient<Channel>, CniError> {
+) -> Result<Client, CniError> {
     let mut endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| {
             CniError::new(
@@ -145,7 +175,7 @@ pub async fn connect(
             source_chain(&e),
         )
     })?;
-    Ok(IpamClient::new(channel))
+    Ok(IpamClient::with_interceptor(channel, RequestId))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -172,7 +202,11 @@ pub fn cni_error(what: &str, status: &Status) -> CniError {
     CniError::new(
         code,
         format!("{what}: {}", status.message()),
-        format!("ipamd answered {:?}", status.code()),
+        format!(
+            "ipamd answered {:?} (request id {})",
+            status.code(),
+            request_id()
+        ),
     )
 }
 

@@ -83,7 +83,7 @@ async fn ipamd_with_mutual_tls(pki: &Pki) -> (u16, Arc<Engine>) {
     let tls = TlsFiles {
         cert: pki.path("server.pem"),
         key: pki.path("server-key.pem"),
-        client_ca: Some(pki.path("ca.pem")),
+        client_ca: vec![pki.path("ca.pem")],
     }
     .load()
     .unwrap();

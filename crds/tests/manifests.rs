@@ -71,16 +71,21 @@ fn field_names_are_danms() {
     assert_eq!(tc.network_ids["flannel"], "flannel");
 }
 
+/// Both copies: `crds/manifests/` (the test control plane applies it) and
+/// `deploy/base/crds/` (kustomize reads only files inside `deploy/`).
 #[test]
 fn checked_in_crds_match_the_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    for (file, crd) in danm_crds::all_crds() {
-        let expected = danm_crds::render_crd(&crd);
-        let actual = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        assert!(
-            actual == expected,
-            "crds/manifests/{file} is out of date: run `cargo run -p danm-crds --bin crdgen`"
-        );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["crds/manifests", "deploy/base/crds"] {
+        let path = root.join("..").join(dir);
+        for (file, crd) in danm_crds::all_crds() {
+            let expected = danm_crds::render_crd(&crd);
+            let actual = std::fs::read_to_string(path.join(file)).unwrap_or_default();
+            assert!(
+                actual == expected,
+                "{dir}/{file} is out of date: run `cargo run -p danm-crds --bin crdgen`"
+            );
+        }
     }
 }
 

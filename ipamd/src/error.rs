@@ -36,6 +36,16 @@ pub enum EngineError {
     /// The pod to attach does not exist (Kubernetes store).
     #[error("{0} not found")]
     PodNotFound(String),
+    /// Node authorization: the caller's node is not the pod's.
+    #[error("node {caller} may not attach pod {pod}: it is bound to {}", bound.as_deref().map_or("no node this store can tell".to_owned(), |b| format!("{b:?}")))]
+    PodOnOtherNode {
+        /// `namespace/name`.
+        pod: String,
+        /// The caller's node.
+        caller: String,
+        /// The pod's `spec.nodeName`, when the store reads pods.
+        bound: Option<String>,
+    },
     /// A pod's annotation asks for more interfaces than one pod may have.
     #[error(
         "annotation danm.io/interfaces asks for {count} interfaces; a pod may have at most {limit} (ipamd --max-interfaces-per-pod)"

@@ -9,13 +9,17 @@
 //!   workers share.
 //! * [`networks`]: networks from YAML manifests (the embedded store's `--networks DIR`).
 //! * [`service`]: the `danm.ipam.v1.Ipam` gRPC service and its status codes;
-//!   [`server`] serves it with gRPC health and reflection.
+//!   [`server`] serves it with gRPC health and reflection; [`authz`] decides who may call
+//!   what (node-scoped, by client certificate); [`observe`] gives every RPC a request id,
+//!   its latency and code in the metrics.
 //! * [`showalloc`]: the showalloc CLI's rendering, in DANM's format.
 
+pub mod authz;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod networks;
+pub mod observe;
 pub mod server;
 pub mod service;
 pub mod showalloc;

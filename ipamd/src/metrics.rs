@@ -1,22 +1,246 @@
-//! The engine's counters, shared by the workers and reported by the Status RPC.
+//! ipamd's metrics: the engine's counters (shared by the workers, reported by the Status
+//! RPC), each RPC's latency and result, and every pool's usage, in Prometheus' text format
+//! on the admin port (`/metrics`).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of the engine (exposed by Status and logs).
-#[derive(Debug, Default)]
+use danm_core::{Family as IpFamily, PerFamily};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::Engine;
+
+/// Counters of the engine and its workers.
+#[derive(Debug)]
 pub struct Metrics {
     /// Shard writes attempted.
-    pub shard_writes: AtomicU64,
+    pub shard_writes: Counter,
     /// Shard writes that lost a compare-and-swap.
-    pub conflicts: AtomicU64,
+    pub conflicts: Counter,
     /// Requests carried over to another round.
-    pub retries: AtomicU64,
+    pub retries: Counter,
     /// Rounds (group commits) run.
-    pub rounds: AtomicU64,
-    /// Shards refused because their payload is corrupt.
-    pub corrupt_shards: AtomicU64,
+    pub rounds: Counter,
+    /// Requests per round.
+    pub batch_size: Histogram,
+    /// Shards refused because their payload is corrupt (CRC or layout).
+    pub corrupt_shards: Counter,
     /// Addresses handed out.
-    pub allocations: AtomicU64,
+    pub allocations: Counter,
+    /// Addresses freed by Release, Detach and Gc.
+    pub releases: Counter,
     /// Addresses freed by the orphan reclaimer.
-    pub orphans_reclaimed: AtomicU64,
+    pub orphans_reclaimed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            shard_writes: Counter::default(),
+            conflicts: Counter::default(),
+            retries: Counter::default(),
+            rounds: Counter::default(),
+            // 1 to 1,024 requests (a round takes at most WorkerConfig::max_batch).
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            corrupt_shards: Counter::default(),
+            allocations: Counter::default(),
+            releases: Counter::default(),
+            orphans_reclaimed: Counter::default(),
+        }
+    }
+}
+
+/// Labels of one RPC's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The method (`Attach`, `Release`...).
+    pub method: String,
+    /// The gRPC status code (`Ok`, `PermissionDenied`...).
+    pub code: String,
+}
+
+/// Labels of a refused RPC.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// The method.
+    pub method: String,
+}
+
+type RpcHistograms = Family<RpcLabels, Histogram, fn() -> Histogram>;
+
+/// Metrics of the gRPC server.
+#[derive(Clone, Debug)]
+pub struct RpcMetrics {
+    /// Seconds per RPC, by method and code.
+    pub duration: RpcHistograms,
+    /// RPCs refused by authorization, by method.
+    pub denied: Family<MethodLabels, Counter>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        fn histogram() -> Histogram {
+            // 0.1 ms to about 3 s.
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        }
+        RpcMetrics {
+            duration: Family::new_with_constructor(histogram),
+            denied: Family::default(),
+        }
+    }
+}
+
+/// Addresses held in one network, per family, as the worker's cache last saw them.
+#[derive(Debug, Default)]
+pub struct PoolUsage {
+    v4: AtomicU64,
+    v6: AtomicU64,
+}
+
+impl PoolUsage {
+    /// Records what a family holds now.
+    pub fn set(&self, family: IpFamily, held: u64) {
+        match family {
+            IpFamily::V4 => &self.v4,
+            IpFamily::V6 => &self.v6,
+        }
+        .store(held, Ordering::Relaxed);
+    }
+
+    /// What each family holds.
+    pub fn get(&self) -> PerFamily<u64> {
+        PerFamily::new(
+            self.v4.load(Ordering::Relaxed),
+            self.v6.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The registry of everything ipamd reports.
+pub fn registry(engine: &Arc<Engine>, rpc: &RpcMetrics) -> Registry {
+    let mut registry = Registry::with_prefix("danm_ipamd");
+    let m = &engine.metrics;
+    let counters = [
+        ("allocations", "Addresses handed out", &m.allocations),
+        (
+            "releases",
+            "Addresses freed by Release, Detach and Gc",
+            &m.releases,
+        ),
+        (
+            "shard_writes",
+            "AllocationShard writes attempted",
+            &m.shard_writes,
+        ),
+        (
+            "conflicts",
+            "Shard writes that lost a compare-and-swap to another writer",
+            &m.conflicts,
+        ),
+        (
+            "retries",
+            "Requests carried over to another round",
+            &m.retries,
+        ),
+        ("rounds", "Rounds (group commits) run", &m.rounds),
+        (
+            "corrupt_shards",
+            "Shards refused because their payload failed its CRC32 or layout check",
+            &m.corrupt_shards,
+        ),
+        (
+            "orphans_reclaimed",
+            "Addresses held with no endpoint record, freed after the grace period",
+            &m.orphans_reclaimed,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        registry.register(name, help, counter.clone());
+    }
+    registry.register(
+        "batch_size",
+        "Requests committed per round",
+        m.batch_size.clone(),
+    );
+    registry.register(
+        "rpc_duration_seconds",
+        "Time to answer an RPC, by method and gRPC code",
+        rpc.duration.clone(),
+    );
+    registry.register(
+        "authorization_denied",
+        "RPCs refused because the caller may not make them, by method",
+        rpc.denied.clone(),
+    );
+    registry.register_collector(Box::new(Pools(Arc::downgrade(engine))));
+    registry
+}
+
+/// Renders a registry in Prometheus' text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Every pool's capacity and usage, read at scrape time from the engine.
+#[derive(Debug)]
+struct Pools(std::sync::Weak<Engine>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    kind: &'static str,
+    namespace: String,
+    network: String,
+    family: &'static str,
+}
+
+impl Collector for Pools {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(engine) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let pools = engine.pool_usage();
+        for (name, help, capacity) in [
+            (
+                "pool_capacity",
+                "Addresses of a network's dynamic pool (reserved ones excluded)",
+                true,
+            ),
+            (
+                "pool_used",
+                "Addresses held in a network (as this replica's cache last saw them)",
+                false,
+            ),
+        ] {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for pool in &pools {
+                let value = if capacity {
+                    pool.capacity
+                } else {
+                    u128::from(pool.used)
+                };
+                let labels = PoolLabels {
+                    kind: pool.network.kind.as_str(),
+                    namespace: pool.network.namespace.clone(),
+                    network: pool.network.name.clone(),
+                    family: match pool.family {
+                        IpFamily::V4 => "ipv4",
+                        IpFamily::V6 => "ipv6",
+                    },
+                };
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -18,18 +18,25 @@ use danm_proto::v1::ipam_server::Ipam;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::authz::{self, Policy};
 use crate::engine::{AttachInput, Engine, EngineError, Metrics, OwnerInfo};
 
 /// The gRPC service over an engine.
 #[derive(Debug, Clone)]
 pub struct IpamService {
     engine: Arc<Engine>,
+    policy: Policy,
 }
 
 impl IpamService {
-    /// Wraps an engine.
+    /// Wraps an engine; every caller may call everything.
     pub fn new(engine: Arc<Engine>) -> IpamService {
-        IpamService { engine }
+        IpamService::with_policy(engine, Policy::Open)
+    }
+
+    /// Wraps an engine; callers are authorized by `policy`.
+    pub fn with_policy(engine: Arc<Engine>, policy: Policy) -> IpamService {
+        IpamService { engine, policy }
     }
 }
 
@@ -61,6 +68,7 @@ pub fn status(error: &EngineError) -> Status {
             AllocError::ShardUnusable { .. } => Code::FailedPrecondition,
         },
         EngineError::Attach { source, .. } => status(source).code(),
+        EngineError::PodOnOtherNode { .. } => Code::PermissionDenied,
         EngineError::Store(_)
         | EngineError::Contention { .. }
         | EngineError::ShuttingDown
@@ -211,6 +219,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::AttachRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
+        let caller = self.policy.caller(&request)?;
         let r = request.into_inner();
         if r.pod_namespace.is_empty() {
             return Err(invalid("pod_namespace", "must not be empty"));
@@ -225,10 +234,11 @@ impl Ipam for IpamService {
                 pod_name: r.pod_name,
                 pod_uid: r.pod_uid,
                 netns: r.netns,
-                host: r.host,
+                host: caller.node().map_or(r.host, str::to_owned),
             },
             interfaces_json: r.interfaces_json,
             naming: NamingScheme::parse(&r.naming_scheme),
+            required_node: caller.node().map(str::to_owned),
         };
         let planned = self.engine.attach(&input).await.map_err(fail)?;
         let interfaces = planned
@@ -249,6 +259,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::InterfacesRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
+        let caller = self.policy.caller(&request)?;
         let r = request.into_inner();
         let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
         let records = self
@@ -256,6 +267,7 @@ impl Ipam for IpamService {
             .interfaces(&r.container_id, namespace)
             .await
             .map_err(fail)?;
+        authz::confine(&caller, "Interfaces", records.iter().map(|(r, _)| r))?;
         let interfaces = records
             .into_iter()
             .enumerate()
@@ -283,8 +295,18 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::DetachRequest>,
     ) -> Result<Response<pb::DetachResponse>, Status> {
+        let caller = self.policy.caller(&request)?;
         let r = request.into_inner();
         let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
+        if caller.node().is_some() {
+            let records = self
+                .engine
+                .store()
+                .endpoints_of_container(&r.container_id, namespace)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            authz::confine(&caller, "Detach", records.iter())?;
+        }
         let released = self
             .engine
             .detach(&r.container_id, namespace)
@@ -297,9 +319,14 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let caller = self.policy.caller(&request)?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
-        let owner = owner_info(r.owner.as_ref())?;
+        let mut owner = owner_info(r.owner.as_ref())?;
+        if let Some(node) = caller.node() {
+            authz::pod_on_node(self.engine.store().as_ref(), &owner, node).await?;
+            owner.host = node.to_owned();
+        }
         let addresses = self
             .engine
             .allocate(&network, &owner, &r.ip, &r.ip6)
@@ -318,10 +345,25 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = self.policy.caller(&request)?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
         let owner = owner_key(r.owner.as_ref())?;
         self.engine.network(&network).map_err(fail)?;
+        if caller.node().is_some() {
+            let record = self
+                .engine
+                .store()
+                .get_endpoint(&owner, pod_namespace(r.owner.as_ref()))
+                .await
+                .map_err(|e| fail(e.into()))?;
+            // Nothing recorded: nothing this node may free (an address left without a
+            // record by a crash is the orphan reclaimer's).
+            let Some(record) = record else {
+                return Ok(Response::new(pb::ReleaseResponse::default()));
+            };
+            authz::confine(&caller, "Release", [&record])?;
+        }
         let released = self
             .engine
             .release(&network, &owner, pod_namespace(r.owner.as_ref()))
@@ -334,6 +376,9 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::ReclaimOrphanRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.policy
+            .caller(&request)?
+            .require_admin("ReclaimOrphan")?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
         let address: std::net::IpAddr = r
@@ -358,6 +403,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        self.policy.caller(&request)?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
         let owner = owner_key(r.owner.as_ref())?;
@@ -382,6 +428,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::GcRequest>,
     ) -> Result<Response<pb::GcResponse>, Status> {
+        let caller = self.policy.caller(&request)?;
         let r = request.into_inner();
         let network = match r.network.as_ref() {
             Some(n) => Some(network_key(Some(n), "network")?),
@@ -396,7 +443,7 @@ impl Ipam for IpamService {
         }
         let released = self
             .engine
-            .gc(&valid, network.as_ref())
+            .gc(&valid, network.as_ref(), caller.node())
             .await
             .map_err(fail)?;
         Ok(Response::new(pb::GcResponse { released }))
@@ -404,8 +451,9 @@ impl Ipam for IpamService {
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.policy.caller(&request)?;
         let ready = match self.engine.ready().await {
             Ok(()) => true,
             Err(why) => {
@@ -426,6 +474,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::GetNetworkRequest>,
     ) -> Result<Response<pb::NetworkInfo>, Status> {
+        self.policy.caller(&request)?;
         let network = network_key(request.get_ref().network.as_ref(), "network")?;
         let plan = self.engine.network(&network).map_err(fail)?;
         let listed = self
@@ -451,6 +500,9 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<Self::ListAllocationsStream>, Status> {
+        self.policy
+            .caller(&request)?
+            .require_admin("ListAllocations")?;
         let network = match request.get_ref().network.as_ref() {
             Some(n) => Some(network_key(Some(n), "network")?),
             None => None,
@@ -483,8 +535,7 @@ impl Ipam for IpamService {
 
 /// The engine's counters as the Status RPC reports them.
 fn counters(metrics: &Metrics) -> pb::Counters {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let get = |c: &prometheus_client::metrics::counter::Counter| c.get();
     pb::Counters {
         allocations: get(&metrics.allocations),
         rounds: get(&metrics.rounds),

@@ -3,6 +3,10 @@
 //! namespace's, then the `default` ClusterNetwork, whose AllowedTenants is enforced; a refused
 //! pod gets nothing allocated. Runs on the real API server (the manifests are the testkit's
 //! fixtures modelled on DANM's examples).
+//!
+//! ipamd (its engine, or its binary) acts as `danm_testkit::identity` says: the
+//! administrator, or with `DANM_TESTS_AS_SERVICE_ACCOUNTS` the danm-ipamd ServiceAccount of
+//! `deploy/base`. The networks are written, and the results read, as the administrator.
 
 use std::sync::Arc;
 
@@ -12,6 +16,7 @@ use danm_ipamd::store::Store;
 use danm_ipamd::store::kube::KubeStore;
 use danm_ipamd::worker::WorkerConfig;
 use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::identity;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 
@@ -87,10 +92,12 @@ async fn attach_follows_danm_on_its_4_0_examples() {
     let plane = ControlPlane::shared().await;
     let client = plane.client().await;
     let ipamd_namespace = plane.namespace("danm-system").await;
-    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone(), &ipamd_namespace).await);
+    // The networks are created as the administrator: ipamd's Role may not (a Deployment
+    // does not use `--networks`).
+    let admin_store = KubeStore::new(client.clone(), &ipamd_namespace).await;
     for file in ["7_default_cnet.yaml", "6_static_tnet.yaml"] {
         for net in danm_ipamd::networks::parse_manifests(&example(file)).unwrap() {
-            store.put_network(net).await.unwrap();
+            admin_store.put_network(net).await.unwrap();
         }
     }
     // A DanmNet with a subnet, for a pod that asks for an address by annotation.
@@ -99,8 +106,10 @@ async fn attach_follows_danm_on_its_4_0_examples() {
     )
     .unwrap()
     {
-        store.put_network(net).await.unwrap();
+        admin_store.put_network(net).await.unwrap();
     }
+    let ipamd_client = identity::client_for(plane, "ipamd", &[]).await;
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(ipamd_client, &ipamd_namespace).await);
     let engine = Engine::start(Arc::clone(&store), WorkerConfig::default())
         .await
         .unwrap();
@@ -226,13 +235,16 @@ async fn deleting_a_network_lets_the_garbage_collector_remove_its_shards() {
     let client = plane.client().await;
     let ns = plane.namespace("gc").await;
     let ipamd_namespace = plane.namespace("danm-system").await;
-    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone(), &ipamd_namespace).await);
+    let admin_store = KubeStore::new(client.clone(), &ipamd_namespace).await;
     let manifest = format!(
         "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {{name: doomed, namespace: {ns}}}\nspec: {{NetworkID: doomed, NetworkType: macvlan, Options: {{cidr: 10.77.0.0/16, net6: 'fd00:77::/64'}}}}\n"
     );
     for net in danm_ipamd::networks::parse_manifests(&manifest).unwrap() {
-        store.put_network(net).await.unwrap();
+        // As the administrator, as above.
+        admin_store.put_network(net).await.unwrap();
     }
+    let ipamd_client = identity::client_for(plane, "ipamd", &[]).await;
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(ipamd_client, &ipamd_namespace).await);
     let engine = Engine::start(Arc::clone(&store), WorkerConfig::default())
         .await
         .unwrap();
@@ -313,10 +325,11 @@ async fn the_ipamd_binary_serves_from_the_real_api_server_over_tls() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let log = tempfile::NamedTempFile::new().unwrap();
+    let kubeconfig = identity::kubeconfig_for(plane, "ipamd", &[]).await;
     let mut ipamd = Command::new(env!("CARGO_BIN_EXE_ipamd"))
         .args(["--store", "kube", "--namespace", &ipamd_namespace])
         .args(["--listen", &listen, "--orphan-grace-seconds", "0"])
-        .env("KUBECONFIG", plane.kubeconfig())
+        .env("KUBECONFIG", &kubeconfig)
         .env("NO_COLOR", "1")
         .stdout(log.reopen().unwrap())
         .stderr(Stdio::null())

@@ -25,7 +25,6 @@ fn owner(ns: &str, pod: &str, cid: &str) -> Option<pb::Owner> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn showalloc_reads_the_api_while_ipamd_is_down_and_runs_as_a_kubectl_plugin() {
     let plane = ControlPlane::shared().await;
-    let client = plane.client().await;
     let tenant_a = plane.namespace("show-a").await;
     let tenant_b = plane.namespace("show-b").await;
     let ipamd_ns = plane.namespace("show-ipamd").await;
@@ -37,7 +36,10 @@ async fn showalloc_reads_the_api_while_ipamd_is_down_and_runs_as_a_kubectl_plugi
         .unwrap();
 
     // ipamd allocates for pods of two namespaces, then stops.
-    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone(), &ipamd_ns).await);
+    // ipamd acts as its identity (danm_testkit::identity); showalloc, a user's tool, as
+    // the administrator.
+    let ipamd_client = danm_testkit::identity::client_for(plane, "ipamd", &[]).await;
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(ipamd_client, &ipamd_ns).await);
     let engine = Engine::start(store, EngineConfig::default()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

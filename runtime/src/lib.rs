@@ -56,11 +56,20 @@ pub enum LogFormat {
 
 /// Logs to standard error in `format`, filtered by `RUST_LOG` (default `info`).
 pub fn logging(format: LogFormat) {
+    logging_to(format, std::io::stderr);
+}
+
+/// Logs to `writer` (standard output for ipamd, whose tests and quick start read it) in
+/// `format`, filtered by `RUST_LOG` (default `info`).
+pub fn logging_to<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
@@ -95,6 +104,19 @@ pub async fn serve_admin(
     addr: SocketAddr,
     metrics: impl Fn() -> String + Send + Sync + 'static,
 ) -> Result<SocketAddr, RuntimeError> {
+    serve_admin_with(addr, metrics, || async { Ok(()) }).await
+}
+
+/// As [`serve_admin`], with `/readyz` answering 503 and the reason while `ready` says not.
+pub async fn serve_admin_with<F, R>(
+    addr: SocketAddr,
+    metrics: impl Fn() -> String + Send + Sync + 'static,
+    ready: F,
+) -> Result<SocketAddr, RuntimeError>
+where
+    F: Fn() -> R + Clone + Send + Sync + 'static,
+    R: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RuntimeError::Listen { addr, source })?;
@@ -102,10 +124,19 @@ pub async fn serve_admin(
         .local_addr()
         .map_err(|source| RuntimeError::Listen { addr, source })?;
     let metrics = Arc::new(metrics);
+    let readyz = move || {
+        let ready = ready.clone();
+        async move {
+            match ready().await {
+                Ok(()) => (axum::http::StatusCode::OK, "ok".to_owned()),
+                Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, why),
+            }
+        }
+    };
     let router = Router::new()
         .route("/metrics", get(move || async move { metrics() }))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }));
+        .route("/readyz", get(readyz));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "admin server stopped");

@@ -10,6 +10,8 @@
 //! * [`webhook`]: registering our admission webhook with the API server, and a
 //!   round-robin TCP forwarder in front of several webhook processes.
 //! * [`fixtures`]: manifests modelled on DANM's examples, written in this repository.
+//! * [`identity`]: the identity a component under test acts as: the administrator, or
+//!   (with `DANM_TESTS_AS_SERVICE_ACCOUNTS`) its ServiceAccount and RBAC from `deploy/base`.
 //! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
 //!   figures with the real API server's, and for the tests that pin where the two agree.
 
@@ -17,6 +19,7 @@ pub mod apiserver;
 pub mod control_plane;
 pub mod fault_proxy;
 pub mod fixtures;
+pub mod identity;
 pub mod webhook;
 
 /// Serves `router` on `listener` in a task until the returned sender is used or dropped,
@@ -41,4 +44,24 @@ pub(crate) fn serve_until_stopped(
         }
     });
     stop
+}
+
+/// `kubectl kustomize <dir>` with the test control plane's kubectl (built, not started):
+/// the YAML it prints; a panic with kubectl's error when the build fails.
+pub fn kustomize(dir: &std::path::Path) -> String {
+    let kubectl = control_plane::binaries()
+        .expect("the test control plane's binaries")
+        .join("kubectl");
+    let out = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 YAML")
 }

@@ -110,7 +110,9 @@ fn start(
             resync: Duration::from_secs(1),
             node: "test-node".into(),
         };
-        netwatcher::run(plane.client().await, links, config, metrics, async {
+        // netwatcher acts as its ServiceAccount when the run asks for it.
+        let client = danm_testkit::identity::client_for(plane, "netwatcher", &[]).await;
+        netwatcher::run(client, links, config, metrics, async {
             let _ = stopped.await;
         })
         .await;

@@ -5,11 +5,13 @@
 //! DANM's annotations alone, and a second replica takes over when the leader is killed.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec};
 use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::identity;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Endpoints, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -30,7 +32,8 @@ impl Drop for Replica {
     }
 }
 
-fn replica(plane: &ControlPlane, identity: &str, lease_ns: &str) -> Replica {
+/// A svcwatcher process; `kubeconfig` is what it acts as (`danm_testkit::identity`).
+fn replica(kubeconfig: &Path, identity: &str, lease_ns: &str) -> Replica {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -46,7 +49,7 @@ fn replica(plane: &ControlPlane, identity: &str, lease_ns: &str) -> Replica {
             "--admin-listen",
             &admin,
         ])
-        .env("KUBECONFIG", plane.kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -222,9 +225,11 @@ async fn the_demo_services_get_the_right_interfaces_and_follow_the_pods() {
             .unwrap();
     }
     let lease_ns = plane.namespace("svcwatcher").await;
+    // Its Lease Role (in danm-system when installed) is given in the Lease's namespace.
+    let kubeconfig = identity::kubeconfig_for(plane, "svcwatcher", &[&lease_ns]).await;
     let mut replicas = vec![
-        replica(plane, "sw-a", &lease_ns),
-        replica(plane, "sw-b", &lease_ns),
+        replica(&kubeconfig, "sw-a", &lease_ns),
+        replica(&kubeconfig, "sw-b", &lease_ns),
     ];
 
     // The Deployments' pods: two load balancers, three internal processors.

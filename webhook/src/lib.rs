@@ -15,6 +15,7 @@
 //! * [`server`]: HTTPS (rustls) with the admission paths, `/metrics`, `/healthz`, `/readyz`.
 //! * [`metrics`]: the Prometheus metrics.
 
+pub mod certs;
 pub mod metrics;
 pub mod review;
 pub mod server;

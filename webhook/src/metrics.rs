@@ -19,6 +19,13 @@ pub struct AdmissionLabels {
     pub result: &'static str,
 }
 
+/// Labels of a denial's rule.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// The rule a denied object broke (one count per problem found).
+    pub rule: String,
+}
+
 /// Labels of an admission's duration.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
@@ -42,6 +49,8 @@ pub struct Metrics {
     registry: Registry,
     /// Admissions by path, kind, operation and result.
     pub admissions: Family<AdmissionLabels, Counter>,
+    /// Problems found in denied objects, by rule.
+    pub denials: Family<RuleLabels, Counter>,
     /// Seconds per admission, by path.
     pub duration: HistogramFamily,
     /// Ids reserved for TenantNetworks.
@@ -73,6 +82,12 @@ impl Metrics {
             "Admission requests answered, by path, kind, operation and result",
             admissions.clone(),
         );
+        let denials = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "denials",
+            "Problems found in denied objects, by the rule they break",
+            denials.clone(),
+        );
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         registry.register(
             "admission_duration_seconds",
@@ -100,6 +115,7 @@ impl Metrics {
         Metrics {
             registry,
             admissions,
+            denials,
             duration,
             reserved,
             freed,

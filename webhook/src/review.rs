@@ -16,7 +16,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde_json::Value;
 
-use crate::metrics::{AdmissionLabels, Metrics, PathLabels};
+use crate::metrics::{AdmissionLabels, Metrics, PathLabels, RuleLabels};
 use crate::tenants::{Tenants, TenantsError};
 use crate::usage::Usage;
 
@@ -94,6 +94,13 @@ impl Admission {
             Outcome::Denied(denial) => {
                 let rules: Vec<String> =
                     denial.problems.iter().map(|p| p.rule.to_string()).collect();
+                for problem in &denial.problems {
+                    let rule = problem.rule.label();
+                    self.metrics
+                        .denials
+                        .get_or_create(&RuleLabels { rule })
+                        .inc();
+                }
                 tracing::info!(
                     object = %subject, operation, user = request.user_info.username.as_deref().unwrap_or_default(),
                     rules = ?rules, reason = %denial, "denied"

@@ -535,6 +535,29 @@ async fn malformed_reviews_get_400_and_bad_objects_are_denied_with_the_field() {
         metrics.contains("danm_webhook_admissions_total{") && metrics.contains("result=\"denied\""),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("danm_webhook_denials_total{rule=\""),
+        "no denials by rule: {metrics}"
+    );
+
+    // The same registry on the plain-HTTP admin port (--admin-listen), for scrapers that
+    // do not speak TLS: the denial above was a schema one.
+    let admin = reqwest::get(format!("http://{}/metrics", bed.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "danm_webhook_admissions_total{",
+        "danm_webhook_denials_total{rule=\"schema\"}",
+        "danm_webhook_admission_duration_seconds_count",
+    ] {
+        assert!(
+            admin.contains(series),
+            "no {series} on the admin port: {admin}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,7 +569,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::write(dir.path().join("tls.crt"), &first.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &first.key_pem).unwrap();
     let port = danm_testkit::control_plane::free_port();
-    let mut process = common::start_webhook(plane, "webhook-reload", port, dir.path());
+    let mut process = common::start_webhook(plane, "webhook-reload", port, dir.path()).await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     common::wait_ready(plane, addr, &mut process).await;
 

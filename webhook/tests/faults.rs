@@ -25,7 +25,14 @@ async fn ids_stay_distinct_and_nothing_leaks_when_the_api_server_fails_the_webho
     let proxy = FaultProxy::start(plane).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, proxy.kubeconfig()).unwrap();
+    // Through the proxy as the webhook's identity: its token, if it is a ServiceAccount's,
+    // is forwarded for the API server to judge.
+    let identity = danm_testkit::identity::kubeconfig_for(plane, "webhook", &[]).await;
+    std::fs::write(
+        &kubeconfig,
+        danm_testkit::identity::through_proxy(&identity, &proxy.url()),
+    )
+    .unwrap();
     let bed = common::setup_on(plane, &kubeconfig).await;
     let ns = plane.namespace("faults").await;
     let tns: Api<TenantNetwork> = Api::namespaced(plane.client().await, &ns);

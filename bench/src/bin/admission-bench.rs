@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let forwarder = danm_testkit::webhook::round_robin(backends)?;
     let configurations = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/webhook/webhook-configurations.yaml");
+        .join("../deploy/base/webhook/webhook-configurations.yaml");
     danm_testkit::webhook::register(&plane, &configurations, forwarder).await?;
     let tc: TenantConfig = serde_json::from_value(json!({
         "apiVersion": "danm.io/v1", "kind": "TenantConfig", "metadata": {"name": "bench"},

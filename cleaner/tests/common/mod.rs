@@ -1,8 +1,14 @@
 //! A test bed for the cleaner: the real control plane, ipamd on it (in this process, on a
 //! loopback port), and helpers that make pods, nodes and allocations.
+//!
+//! The cleaner (library and binary) and ipamd act as the identities `danm_testkit::identity`
+//! gives them: the administrator, or with `DANM_TESTS_AS_SERVICE_ACCOUNTS` their
+//! ServiceAccounts of `deploy/base`. The helpers that set up and check act as the
+//! administrator.
 
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +20,7 @@ use danm_ipamd::store::kube::KubeStore;
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::identity;
 use k8s_openapi::api::core::v1::{Container, Node, NodeCondition, NodeStatus, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use tonic::transport::Channel;
@@ -24,7 +31,12 @@ pub static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The control plane, a namespace, and ipamd serving on it.
 pub struct Bed {
     pub plane: &'static ControlPlane,
+    /// The administrator: for setting up and checking.
     pub client: kube::Client,
+    /// What the cleaner talks to the API server with (its binary through `KUBECONFIG`,
+    /// its library through [`Bed::cleaner_client`]).
+    pub cleaner_kubeconfig: PathBuf,
+    pub cleaner_client: kube::Client,
     pub ns: String,
     /// `http://127.0.0.1:port`.
     pub ipamd_url: String,
@@ -38,7 +50,13 @@ impl Bed {
         let client = plane.client().await;
         let ns = plane.namespace(prefix).await;
         let ipamd_ns = plane.namespace(&format!("{prefix}-ipamd")).await;
-        let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone(), &ipamd_ns).await);
+        // ipamd's Release and ReclaimOrphan, which the cleaner calls, run as ipamd.
+        let ipamd_client = identity::client_for(plane, "ipamd", &[]).await;
+        let store: Arc<dyn Store> = Arc::new(KubeStore::new(ipamd_client, &ipamd_ns).await);
+        let cleaner_kubeconfig = identity::kubeconfig_for(plane, "cleaner", &[]).await;
+        let cleaner_client = danm_testkit::control_plane::client_from_file(&cleaner_kubeconfig)
+            .await
+            .unwrap();
         let engine = Engine::start(store, EngineConfig::default()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ipamd_url = format!("http://{}", listener.local_addr().unwrap());
@@ -51,6 +69,8 @@ impl Bed {
         Bed {
             plane,
             client,
+            cleaner_kubeconfig,
+            cleaner_client,
             ns,
             ipamd_url,
             ipamd,
@@ -61,7 +81,7 @@ impl Bed {
     /// A Freer on this bed.
     pub fn freer(&self, dry_run: bool) -> Freer {
         Freer {
-            client: self.client.clone(),
+            client: self.cleaner_client.clone(),
             ipamd: self.ipamd.clone(),
             dry_run,
         }

@@ -229,6 +229,21 @@ pub enum Rule {
     Schema,
 }
 
+impl Rule {
+    /// A short name for metric labels: `DanmNet-3`, `TenantNetwork-2`, `TenantConfig-1`,
+    /// `unnumbered`, `ours`, `schema`.
+    pub fn label(&self) -> String {
+        match self {
+            Rule::DanmNet(n) => format!("DanmNet-{n}"),
+            Rule::TenantNetwork(n) => format!("TenantNetwork-{n}"),
+            Rule::TenantConfig(n) => format!("TenantConfig-{n}"),
+            Rule::Unnumbered => "unnumbered".into(),
+            Rule::Ours => "ours".into(),
+            Rule::Schema => "schema".into(),
+        }
+    }
+}
+
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

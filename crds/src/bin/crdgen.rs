@@ -1,17 +1,22 @@
-//! Writes every danm.io CRD to `crds/manifests/` (or the folder given as first argument).
+//! Writes every danm.io CRD to `crds/manifests/` and to `deploy/base/crds/` (kustomize reads
+//! files only from inside its own tree, so the deployment carries a copy), or only to the
+//! folder given as first argument.
 
 use std::path::PathBuf;
 
 fn main() -> std::io::Result<()> {
-    let dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests"));
-    std::fs::create_dir_all(&dir)?;
-    for (file, crd) in danm_crds::all_crds() {
-        let path = dir.join(file);
-        std::fs::write(&path, danm_crds::render_crd(&crd))?;
-        println!("wrote {}", path.display());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dirs = match std::env::args().nth(1) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![root.join("manifests"), root.join("../deploy/base/crds")],
+    };
+    for dir in dirs {
+        std::fs::create_dir_all(&dir)?;
+        for (file, crd) in danm_crds::all_crds() {
+            let path = dir.join(file);
+            std::fs::write(&path, danm_crds::render_crd(&crd))?;
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use danm_ipamd::authz::Policy;
 use danm_ipamd::engine::{Engine, EngineConfig};
+use danm_ipamd::metrics::{self, RpcMetrics};
 use danm_ipamd::worker::WorkerConfig;
 use danm_ipamd::{networks, server, store};
 
@@ -33,9 +35,17 @@ struct Args {
     /// gRPC listen address.
     #[arg(long, env = "IPAMD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "IPAMD_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    /// Log format (to standard output).
+    #[arg(long, env = "IPAMD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: danm_runtime::LogFormat,
+    /// Admin HTTP listen address, e.g. 0.0.0.0:9090: /metrics (Prometheus), /healthz,
+    /// /readyz. None by default (several ipamd may run on one host in tests and demos).
+    #[arg(long, env = "IPAMD_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// A plaintext listener serving only the gRPC health service, for kubelet's gRPC
+    /// readiness probe (which cannot speak TLS); e.g. 0.0.0.0:50052.
+    #[arg(long, env = "IPAMD_HEALTH_LISTEN")]
+    health_listen: Option<String>,
     /// Addresses held with no endpoint record (left by a crash between the shard write and
     /// the record write) are freed once seen so for this many seconds; 0 disables.
     #[arg(long, env = "IPAMD_ORPHAN_GRACE_SECONDS", default_value_t = 600)]
@@ -55,8 +65,39 @@ struct Args {
     #[arg(long, env = "IPAMD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Require client certificates signed by this PEM CA (mutual TLS; needs --tls-cert).
-    #[arg(long, env = "IPAMD_TLS_CLIENT_CA", requires = "tls_cert")]
-    tls_client_ca: Option<PathBuf>,
+    /// Repeat for several CAs, e.g. the cluster CA (which signs the kubelets' client
+    /// certificates) and DANM's own (which signs the cleaner's).
+    #[arg(
+        long,
+        env = "IPAMD_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        value_delimiter = ','
+    )]
+    tls_client_ca: Vec<PathBuf>,
+    /// Who may call what when clients present certificates (--tls-client-ca): `nodes` (a
+    /// node's CNI, CN system:node:NAME in group system:nodes, only for pods bound to that
+    /// node; the --admin-clients for everything; anyone else refused) or `any-client`
+    /// (every certificate the CAs signed may do everything). `nodes` needs --store kube.
+    #[arg(long, env = "IPAMD_AUTHORIZATION", value_enum, default_value = "nodes")]
+    authorization: AuthorizationMode,
+    /// Client certificate common names that may call every RPC for any node (the cleaner,
+    /// showalloc, ipamctl), comma-separated.
+    #[arg(
+        long,
+        env = "IPAMD_ADMIN_CLIENTS",
+        value_delimiter = ',',
+        default_value = "danm-cleaner"
+    )]
+    admin_clients: Vec<String>,
+}
+
+/// `--authorization`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuthorizationMode {
+    /// Node-scoped.
+    Nodes,
+    /// Every authenticated client may do everything.
+    AnyClient,
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,17 +120,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match args.log_format.as_str() {
-        "json" => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        "text" => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        other => anyhow::bail!("--log-format {other:?} is not one of: text, json"),
-    }
-
+    danm_runtime::logging_to(args.log_format, std::io::stdout);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             server::TlsFiles {
@@ -101,6 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let policy = policy(&args)?;
     // Mistakes no retry can fix end ipamd at once; an unreachable store is waited for.
     store::select::check(&args.store)?;
     let manifests = match &args.networks {
@@ -139,15 +171,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let health = match &args.health_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--health-listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let rpc_metrics = RpcMetrics::default();
+    if let Some(addr) = args.admin_listen {
+        let registry = metrics::registry(&engine, &rpc_metrics);
+        let weak = Arc::downgrade(&engine);
+        let ready = move || {
+            let engine = weak.upgrade();
+            async move {
+                match engine {
+                    Some(engine) => engine.ready().await,
+                    None => Err("stopping".to_owned()),
+                }
+            }
+        };
+        danm_runtime::serve_admin_with(addr, move || metrics::encode(&registry), ready).await?;
+    }
     tracing::info!(
         listen = %listener.local_addr()?,
         store = %store.describe(),
         networks = engine.networks().len(),
         tls = tls.is_some(),
-        mutual_tls = args.tls_client_ca.is_some(),
+        mutual_tls = !args.tls_client_ca.is_empty(),
+        authorization = ?policy,
         "ipamd serving"
     );
-    Ok(server::serve_with_tls(engine, listener, tls, danm_runtime::shutdown_signal()).await?)
+    let options = server::ServeOptions {
+        tls,
+        policy,
+        rpc_metrics,
+        health,
+    };
+    Ok(server::serve_with(engine, listener, options, danm_runtime::shutdown_signal()).await?)
+}
+
+/// The authorization policy the flags ask for; refused when it cannot be enforced.
+fn policy(args: &Args) -> anyhow::Result<Policy> {
+    if args.tls_client_ca.is_empty() || args.authorization == AuthorizationMode::AnyClient {
+        return Ok(Policy::Open);
+    }
+    if args.store != "kube" {
+        anyhow::bail!(
+            "--authorization nodes checks each pod's spec.nodeName and needs --store kube; use --authorization any-client with --store {}",
+            args.store
+        );
+    }
+    Ok(Policy::Nodes {
+        admins: args.admin_clients.iter().cloned().collect(),
+    })
 }
 
 /// Opens the store, puts the `--networks` manifests in it and starts the engine.

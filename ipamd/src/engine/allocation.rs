@@ -12,7 +12,6 @@
 //!   record, or finds addresses now held by another fingerprint, and frees nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use danm_core::{AddressRequest, AllocError, Family, NetworkKey, NetworkPlan, OwnerKey, PerFamily};
 
@@ -65,10 +64,9 @@ impl Engine {
         match self.store.create_endpoint(record).await {
             Ok(()) => {
                 self.renew_reused(worker, key, namespace, &granted).await?;
-                self.metrics.allocations.fetch_add(
-                    granted.held.iter().filter(|(_, h)| h.is_some()).count() as u64,
-                    Ordering::Relaxed,
-                );
+                self.metrics
+                    .allocations
+                    .inc_by(granted.held.iter().filter(|(_, h)| h.is_some()).count() as u64);
                 tracing::info!(network = %plan.key, owner = %key, ip = %addresses.ip, ip6 = %addresses.ip6, "allocated");
                 Ok(addresses)
             }
@@ -196,6 +194,7 @@ impl Engine {
         self.store
             .delete_endpoint(&record.owner, Some(&record.namespace))
             .await?;
+        self.metrics.releases.inc_by(freed.len() as u64);
         tracing::info!(network = %record.network, owner = %record.owner, ?freed, "released");
         Ok(freed)
     }

@@ -24,11 +24,24 @@ impl Engine {
         }
         // With an API server, the pod's own annotation is the truth; without one, the
         // caller sends the interface list.
-        let (interfaces, pod_uid) = match self.store.pod(&pod.pod_namespace, &pod.pod_name).await {
-            Ok(Some(info)) => (info.interfaces.unwrap_or_default(), info.uid),
-            Ok(None) => (input.interfaces_json.clone(), pod.pod_uid.clone()),
+        let info = match self.store.pod(&pod.pod_namespace, &pod.pod_name).await {
+            Ok(info) => info,
             Err(StoreError::NotFound(what)) => return Err(EngineError::PodNotFound(what)),
             Err(e) => return Err(e.into()),
+        };
+        if let Some(caller) = &input.required_node {
+            let bound = info.as_ref().map(|i| i.node_name.as_str());
+            if bound != Some(caller.as_str()) {
+                return Err(EngineError::PodOnOtherNode {
+                    pod: format!("{}/{}", pod.pod_namespace, pod.pod_name),
+                    caller: caller.clone(),
+                    bound: bound.map(str::to_owned),
+                });
+            }
+        }
+        let (interfaces, pod_uid) = match info {
+            Some(info) => (info.interfaces.unwrap_or_default(), info.uid),
+            None => (input.interfaces_json.clone(), pod.pod_uid.clone()),
         };
         let pod = &OwnerInfo {
             pod_uid: if pod_uid.is_empty() {
@@ -215,17 +228,22 @@ impl Engine {
         Ok(freed)
     }
 
-    /// CNI GC: releases every owner (on `network`, if given) that is not in `valid`. Works
+    /// CNI GC: releases every owner (on `network`, if given; attached on `host`, if given)
+    /// that is not in `valid`. Works
     /// from the store's (possibly cached) list of records; each release reads its record
     /// afresh.
     pub async fn gc(
         &self,
         valid: &HashSet<OwnerKey>,
         network: Option<&NetworkKey>,
+        host: Option<&str>,
     ) -> Result<Vec<String>, EngineError> {
         let mut freed = Vec::new();
         for record in self.store.list_endpoints().await? {
-            if valid.contains(&record.owner) || network.is_some_and(|n| *n != record.network) {
+            if valid.contains(&record.owner)
+                || network.is_some_and(|n| *n != record.network)
+                || host.is_some_and(|h| h != record.spec.host)
+            {
                 continue;
             }
             freed.extend(

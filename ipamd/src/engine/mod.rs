@@ -86,6 +86,21 @@ pub struct AttachInput {
     pub interfaces_json: String,
     /// Naming scheme.
     pub naming: NamingScheme,
+    /// With node authorization, the caller's node: the pod must be bound to it.
+    pub required_node: Option<String>,
+}
+
+/// One pool of a served network, as the metrics report it.
+#[derive(Clone, Debug)]
+pub struct PoolReport {
+    /// The network.
+    pub network: NetworkKey,
+    /// The family.
+    pub family: Family,
+    /// Addresses of the dynamic pool, reserved ones excluded.
+    pub capacity: u128,
+    /// Addresses held (static ones too), as the worker's cache last saw them.
+    pub used: u64,
 }
 
 /// One allocated address as listed.
@@ -308,6 +323,30 @@ impl Engine {
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
+    }
+
+    /// Every served network's pools: capacity and what is held, per family.
+    pub fn pool_usage(&self) -> Vec<PoolReport> {
+        let networks = self.networks.read().expect("lock");
+        let mut out = Vec::new();
+        for state in networks.values() {
+            let NetworkState::Serving { plan, worker } = state else {
+                continue;
+            };
+            let used = worker.usage();
+            for family in [Family::V4, Family::V6] {
+                if let Some(f) = plan.family(family) {
+                    out.push(PoolReport {
+                        network: plan.key.clone(),
+                        family,
+                        capacity: f.capacity(),
+                        used: *used.get(family),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.network, a.family).cmp(&(&b.network, b.family)));
+        out
     }
 
     /// Whether the engine can serve: the store answers, networks are loaded (true once

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use danm_core::layout::{local_offset, shard_first, shard_index};
 use danm_core::{Family, NetworkKey, NetworkPlan};
@@ -86,9 +85,7 @@ impl Engine {
                 .await?
             {
                 tracing::warn!(network = %network, %address, fingerprint = format!("{fingerprint:016x}"), "reclaimed an address no endpoint record names");
-                self.metrics
-                    .orphans_reclaimed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.orphans_reclaimed.inc();
                 freed.push(address);
             }
             self.orphans_seen
@@ -118,9 +115,7 @@ impl Engine {
             .await?;
         if let Some(address) = &freed {
             tracing::warn!(network = %network, %address, fingerprint = format!("{fingerprint:016x}"), "reclaimed an address no endpoint record names, as the cleaner asked");
-            self.metrics
-                .orphans_reclaimed
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.orphans_reclaimed.inc();
         }
         Ok(freed)
     }

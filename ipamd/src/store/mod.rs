@@ -116,11 +116,13 @@ pub struct EndpointRecord {
     pub spec: DanmEpSpec,
 }
 
-/// What the API says of a pod: its UID and its `danm.io/interfaces` annotation.
+/// What the API says of a pod: its UID, node and `danm.io/interfaces` annotation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
     /// UID.
     pub uid: String,
+    /// `spec.nodeName` (empty while unscheduled).
+    pub node_name: String,
     /// The annotation, if the pod has one.
     pub interfaces: Option<String>,
 }

@@ -23,7 +23,6 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use danm_core::layout::{shard_first, shard_index, shard_len};
@@ -34,7 +33,7 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::EngineError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolUsage};
 use crate::store::{Store, StoreError, Version};
 use pending::{Change, Op, Pending, PendingKind};
 pub use pending::{Granted, Held};
@@ -54,6 +53,7 @@ enum Job {
 pub struct WorkerHandle {
     network: NetworkKey,
     queue: mpsc::UnboundedSender<Job>,
+    usage: Arc<PoolUsage>,
 }
 
 impl WorkerHandle {
@@ -69,8 +69,18 @@ impl WorkerHandle {
         let (queue, rx) = mpsc::unbounded_channel();
         let network = plan.key.clone();
         let mut worker = Worker::new(plan, uid, store, metrics, config);
+        let usage = Arc::clone(&worker.usage);
         tokio::spawn(async move { worker.run(rx).await });
-        WorkerHandle { network, queue }
+        WorkerHandle {
+            network,
+            queue,
+            usage,
+        }
+    }
+
+    /// Addresses held per family, as the worker's cache saw them after its last round.
+    pub fn usage(&self) -> PerFamily<u64> {
+        self.usage.get()
     }
 
     async fn ask<T>(
@@ -207,8 +217,10 @@ impl Worker {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rounds.inc();
+            self.metrics.batch_size.observe(queue.len() as f64);
             queue = self.round(queue).await;
+            self.publish_usage();
         }
     }
 
@@ -287,9 +299,7 @@ impl Worker {
             }
         });
         let results = join_all(writes).await;
-        self.metrics
-            .shard_writes
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        self.metrics.shard_writes.inc_by(keys.len() as u64);
 
         let mut store_trouble = None;
         for ((family, index), result) in keys.iter().copied().zip(results) {
@@ -315,7 +325,7 @@ impl Worker {
                 }
                 Err(e) => {
                     if matches!(e, StoreError::Conflict(_) | StoreError::AlreadyExists(_)) {
-                        self.metrics.conflicts.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.conflicts.inc();
                         // Another replica writes this shard: take new addresses elsewhere,
                         // or the replica that re-reads first keeps winning it.
                         if shard_ops.iter().any(|op| op.change == Change::Insert) {
@@ -415,7 +425,7 @@ impl Worker {
                 p.abandon(error);
                 continue;
             }
-            self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+            self.metrics.retries.inc();
             next.push(p);
         }
         if store_trouble.is_some() && !next.is_empty() {

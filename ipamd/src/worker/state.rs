@@ -3,14 +3,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use danm_core::codec::CodecError;
 use danm_core::policy::pool_point;
 use danm_core::{AllocError, Family, NetworkPlan, PerFamily, ShardBits};
 
 use crate::error::EngineError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PoolUsage};
 use crate::store::{ShardKey, Store, StoredShard, Version};
 
 /// Tunables of a worker.
@@ -63,6 +62,8 @@ pub(super) struct Worker {
     /// State of the generator that picks where to move after losing a shard.
     pub(super) hop_state: u64,
     pub(super) loaded: bool,
+    /// Addresses held per family, published after every round for the metrics.
+    pub(super) usage: Arc<PoolUsage>,
 }
 
 fn start_cursor(plan: &NetworkPlan, family: Family, hint: u16) -> u128 {
@@ -98,6 +99,7 @@ impl Worker {
             fresh: BTreeSet::new(),
             hop_state,
             loaded: false,
+            usage: Arc::default(),
         }
     }
 
@@ -115,7 +117,7 @@ impl Worker {
                 );
             }
             Err(reason) => {
-                self.metrics.corrupt_shards.fetch_add(1, Ordering::Relaxed);
+                self.metrics.corrupt_shards.inc();
                 tracing::error!(
                     shard = %shard.key.name(),
                     network = %self.plan.key,
@@ -124,6 +126,22 @@ impl Worker {
                 );
                 self.shards.insert(key, Cached::Corrupt { reason });
             }
+        }
+    }
+
+    /// Publishes what the cached shards hold (cheap: a count per cached shard).
+    pub(super) fn publish_usage(&self) {
+        for family in [Family::V4, Family::V6] {
+            let held: u64 = self
+                .shards
+                .iter()
+                .filter(|((f, _), _)| *f == family)
+                .map(|(_, cached)| match cached {
+                    Cached::Good { bits, .. } => u64::from(bits.len()),
+                    Cached::Corrupt { .. } => 0,
+                })
+                .sum();
+            self.usage.set(family, held);
         }
     }
 

@@ -613,10 +613,16 @@ impl ControlPlane {
     /// Applies YAML manifests with `kubectl apply` as the administrator; returns kubectl's
     /// output, or its error output.
     pub fn kubectl_apply(&self, yaml: &str) -> Result<String, String> {
+        self.kubectl_with_input(&["apply", "-f", "-"], yaml)
+    }
+
+    /// Runs kubectl (as the administrator) with `args`, `input` on its standard input: its
+    /// standard output, or its standard error when it fails.
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> Result<String, String> {
         use std::io::Write as _;
         let mut child = self
             .kubectl()
-            .args(["apply", "-f", "-"])
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -626,7 +632,7 @@ impl ControlPlane {
             .stdin
             .take()
             .expect("stdin is piped")
-            .write_all(yaml.as_bytes())
+            .write_all(input.as_bytes())
             .map_err(|e| format!("kubectl stdin: {e}"))?;
         let out = child
             .wait_with_output()

@@ -43,9 +43,13 @@ struct Args {
     /// seconds (a deleted TenantNetwork's id is freed at once, through the watch).
     #[arg(long, env = "WEBHOOK_RECONCILE_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     reconcile_seconds: u64,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "WEBHOOK_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    /// Log format (to standard output).
+    #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: danm_runtime::LogFormat,
+    /// Admin HTTP listen address, e.g. 0.0.0.0:9090: /metrics (as on the HTTPS port, for
+    /// scrapers that do not speak TLS), /healthz, /readyz. None by default.
+    #[arg(long, env = "WEBHOOK_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,16 +71,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    match args.log_format.as_str() {
-        "json" => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        "text" => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        other => anyhow::bail!("--log-format {other:?} is not one of: text, json"),
-    }
+    danm_runtime::logging_to(args.log_format, std::io::stdout);
     let cert = ReloadingCert::start(
         TlsFiles {
             cert: args.tls_cert.clone(),
@@ -88,6 +83,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = args.admin_listen {
+        let served = Arc::clone(&metrics);
+        danm_runtime::serve_admin(addr, move || served.encode()).await?;
+    }
     let tenants = Tenants::start(
         client.clone(),
         Arc::clone(&metrics),

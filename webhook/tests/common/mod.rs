@@ -1,8 +1,12 @@
 //! The webhook's test bed: the real control plane, two webhook processes behind a TCP
 //! round-robin forwarder (a Service in front of a Deployment's replicas; each
 //! webhook closes a connection after 64 requests, so the API server's calls reach both),
-//! registered with `deploy/webhook/webhook-configurations.yaml`
+//! registered with `deploy/base/webhook/webhook-configurations.yaml`
 //! (clientConfig pointed at the forwarder), and DANM's `1_good_tconf` as the TenantConfig.
+//!
+//! The webhooks act as `danm_testkit::identity` says: the administrator, or with
+//! `DANM_TESTS_AS_SERVICE_ACCOUNTS` the danm-webhook ServiceAccount of `deploy/base`. The
+//! test's own requests stay the administrator's.
 
 #![allow(dead_code)]
 
@@ -14,6 +18,7 @@ use std::time::Duration;
 use danm_crds::{TenantConfig, TenantNetwork};
 use danm_testkit::control_plane::{ControlPlane, Spawned, free_port};
 use danm_testkit::fixtures;
+use danm_testkit::identity;
 use kube::api::{Api, DeleteParams, PostParams};
 use tokio::sync::OnceCell;
 
@@ -26,6 +31,9 @@ pub struct Bed {
     pub plane: &'static ControlPlane,
     /// The two webhooks' own addresses.
     pub replicas: Vec<SocketAddr>,
+    /// The plain-HTTP admin server (`--admin-listen`: /metrics, /healthz, /readyz) of the
+    /// first webhook, `replicas[0]`.
+    pub admin: SocketAddr,
     pub processes: std::sync::Mutex<Vec<Spawned>>,
     /// Where the API server calls them.
     pub forwarder: SocketAddr,
@@ -39,25 +47,32 @@ pub async fn bed() -> &'static Bed {
     BED.get_or_init(setup).await
 }
 
-/// Starts a webhook process on `port` with the certificate files in `cert_dir`.
-pub fn start_webhook(
+/// Starts a webhook process on `port` with the certificate files in `cert_dir`, acting as
+/// the webhook's identity.
+pub async fn start_webhook(
     plane: &ControlPlane,
     name: &str,
     port: u16,
     cert_dir: &std::path::Path,
 ) -> Spawned {
-    start_webhook_on(plane, plane.kubeconfig(), name, port, cert_dir)
+    let kubeconfig = identity::kubeconfig_for(plane, "webhook", &[]).await;
+    start_webhook_on(plane, &kubeconfig, name, port, cert_dir, None)
 }
 
-/// [`start_webhook`], talking to the API server through `kubeconfig`.
+/// [`start_webhook`], talking to the API server through `kubeconfig`, with its admin
+/// server on `admin` if given.
 pub fn start_webhook_on(
     plane: &ControlPlane,
     kubeconfig: &std::path::Path,
     name: &str,
     port: u16,
     cert_dir: &std::path::Path,
+    admin: Option<SocketAddr>,
 ) -> Spawned {
     let mut command = Command::new(env!("CARGO_BIN_EXE_webhook"));
+    if let Some(admin) = admin {
+        command.args(["--admin-listen", &admin.to_string()]);
+    }
     command
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info,danm_webhook=debug")
@@ -100,17 +115,20 @@ pub async fn wait_ready(plane: &ControlPlane, addr: SocketAddr, process: &mut Sp
     panic!("webhook on {addr} never ready:\n{}", process.log_tail(40));
 }
 
-/// `deploy/webhook/webhook-configurations.yaml`.
+/// `deploy/base/webhook/webhook-configurations.yaml`.
 pub fn configurations() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/webhook/webhook-configurations.yaml")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/base/webhook/webhook-configurations.yaml")
 }
 
 async fn setup() -> Bed {
     let plane = ControlPlane::shared().await;
-    setup_on(plane, plane.kubeconfig()).await
+    let kubeconfig = identity::kubeconfig_for(plane, "webhook", &[]).await;
+    setup_on(plane, &kubeconfig).await
 }
 
-/// A bed whose webhooks talk to the API server through `kubeconfig` (a fault proxy's, say).
+/// A bed whose webhooks talk to the API server through `kubeconfig` (the webhook's
+/// identity's, or a fault proxy's).
 pub async fn setup_on(plane: &'static ControlPlane, kubeconfig: &std::path::Path) -> Bed {
     let cert = plane.serving_cert(&["127.0.0.1", "localhost"]);
     let cert_dir = std::env::temp_dir().join(format!("danm-webhook-test-{}", std::process::id()));
@@ -119,11 +137,15 @@ pub async fn setup_on(plane: &'static ControlPlane, kubeconfig: &std::path::Path
     std::fs::write(cert_dir.join("tls.key"), &cert.key_pem).unwrap();
 
     let ports = [free_port(), free_port()];
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut processes: Vec<Spawned> = ports
         .iter()
         .enumerate()
         .map(|(i, port)| {
-            start_webhook_on(plane, kubeconfig, &format!("webhook-{i}"), *port, &cert_dir)
+            // One admin server is enough to test it; a second would need its own port.
+            let admin = (i == 0).then_some(admin);
+            let name = format!("webhook-{i}");
+            start_webhook_on(plane, kubeconfig, &name, *port, &cert_dir, admin)
         })
         .collect();
     let replicas: Vec<SocketAddr> = ports
@@ -141,6 +163,7 @@ pub async fn setup_on(plane: &'static ControlPlane, kubeconfig: &std::path::Path
     let bed = Bed {
         plane,
         replicas,
+        admin,
         processes: std::sync::Mutex::new(processes),
         forwarder,
         cert_dir,
@@ -239,25 +262,8 @@ pub async fn delete_tenant_networks(plane: &ControlPlane, namespace: &str) {
 /// Runs the control plane's kubectl with `args` and `stdin`: whether it succeeded, and
 /// what it printed on stderr.
 pub fn kubectl(plane: &ControlPlane, args: &[&str], stdin: &str) -> (bool, String) {
-    use std::io::Write as _;
-    use std::process::Stdio;
-    let mut child = plane
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(stdin.as_bytes())
-        .expect("kubectl reads its stdin");
-    let out = child.wait_with_output().expect("kubectl ends");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    match plane.kubectl_with_input(args, stdin) {
+        Ok(_) => (true, String::new()),
+        Err(stderr) => (false, stderr),
+    }
 }

@@ -496,6 +496,11 @@ impl Store for KubeStore {
             .map_err(map_err(|| format!("pod {namespace}/{name}")))?;
         Ok(Some(PodInfo {
             uid: pod.uid().unwrap_or_default(),
+            node_name: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
             interfaces: pod
                 .annotations()
                 .get(danm_crds::INTERFACES_ANNOTATION)

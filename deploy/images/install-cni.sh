@@ -1,0 +1,49 @@
+#!/bin/sh
+# Installs DANM's CNI plugins on the node (the danm-cni-installer DaemonSet runs it; see
+# deploy/base/cni/installer.yaml), then waits until the pod is stopped. Each file is
+# written beside its target and renamed over it, so the container runtime never reads a
+# half-written plugin or configuration.
+set -eu
+
+bin_dir="${CNI_BIN_DIR:-/host/opt/cni/bin}"
+conf_dir="${CNI_CONF_DIR:-/host/etc/cni/net.d}"
+template="${DANM_CNI_TEMPLATE:-/etc/danm/cni/00-danm.conf.template}"
+ca="${DANM_IPAMD_CA:-/etc/danm/ca/ca.crt}"
+
+host="${DANM_IPAMD_SERVICE_HOST:-}"
+port="${DANM_IPAMD_SERVICE_PORT_GRPC:-}"
+if [ -z "$host" ] || [ -z "$port" ]; then
+  # Kubernetes sets these only for Services that existed when the pod started.
+  echo "install-cni: DANM_IPAMD_SERVICE_HOST/DANM_IPAMD_SERVICE_PORT_GRPC unset: the Service danm-ipamd did not exist when this pod started" >&2
+  exit 1
+fi
+case "$host" in
+  *:*) host="[$host]" ;; # an IPv6 ClusterIP in a URL
+esac
+
+install_file() { # source target mode
+  cp "$1" "$2.danm-tmp"
+  chmod "$3" "$2.danm-tmp"
+  mv -f "$2.danm-tmp" "$2"
+}
+
+mkdir -p "$bin_dir" "$conf_dir/danm"
+for plugin in danm danm-ipam; do
+  install_file "/opt/danm/bin/$plugin" "$bin_dir/$plugin" 0755
+done
+install_file "$ca" "$conf_dir/danm/ipamd-ca.crt" 0644
+
+# Only the two variables are replaced: the template is JSON, not a shell script.
+sed -e "s|\${DANM_IPAMD_SERVICE_HOST}|$host|g" \
+    -e "s|\${DANM_IPAMD_SERVICE_PORT_GRPC}|$port|g" \
+    "$template" > "$conf_dir/00-danm.conf.danm-tmp"
+chmod 0644 "$conf_dir/00-danm.conf.danm-tmp"
+mv -f "$conf_dir/00-danm.conf.danm-tmp" "$conf_dir/00-danm.conf"
+echo "install-cni: installed danm and danm-ipam in $bin_dir; $conf_dir/00-danm.conf calls ipamd at https://$host:$port"
+
+# Stay up (a DaemonSet pod that exits is restarted), ending at once on SIGTERM.
+trap 'exit 0' TERM INT
+while :; do
+  sleep 3600 &
+  wait $!
+done

@@ -1,0 +1,226 @@
+//! Who may call what: ipamd authorizes every RPC by the caller's TLS client certificate.
+//!
+//! With `--tls-client-ca`, every caller presents a certificate that chains to one of the
+//! given CAs (rustls checks that before any RPC runs). Its subject names the caller:
+//!
+//! * a **node**: common name `system:node:<name>` with organization `system:nodes`, the
+//!   identity Kubernetes gives each kubelet (`/var/lib/kubelet/pki/kubelet-client-current.pem`),
+//!   which the CNI plugins on that node present. A node may Attach and Allocate only for pods
+//!   whose `spec.nodeName` is that node, and Detach, Release, Interfaces and Gc only what was
+//!   attached on it (the endpoint record's host, which ipamd itself sets to the caller's node
+//!   at Attach); it may read Status, GetNetwork and Check;
+//! * an **administrator**: a common name listed in `--admin-clients` (the cleaner's
+//!   `danm-cleaner`), which may call everything, for any node;
+//! * anyone else: refused, `PERMISSION_DENIED`, whatever the RPC.
+//!
+//! Why client certificates and not ServiceAccount tokens checked by a TokenReview: every
+//! node already has its kubelet certificate, signed by the cluster CA, so the CNI needs no
+//! new secret; the check is offline (no API round trip per CNI call, nothing to cache, no
+//! call that fails while the API server is slow); and the identity is bound to the TLS
+//! connection, so it cannot be replayed like a bearer token.
+
+use std::collections::BTreeSet;
+
+use tonic::{Request, Status};
+
+use crate::engine::OwnerInfo;
+use crate::store::{EndpointRecord, Store};
+
+/// The organization of node certificates.
+const NODES_GROUP: &str = "system:nodes";
+/// The prefix of a node certificate's common name.
+const NODE_PREFIX: &str = "system:node:";
+
+/// How callers are authorized.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Every caller may do everything: no client certificates are asked for (plain TLS or
+    /// plaintext), or any certificate the CA signed is trusted alike.
+    #[default]
+    Open,
+    /// Node-scoped: see the module's overview.
+    Nodes {
+        /// Common names that may call everything.
+        admins: BTreeSet<String>,
+    },
+}
+
+/// The caller of one RPC, as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Authorization is off: everything is allowed.
+    Unrestricted,
+    /// An administrator (its common name).
+    Admin(String),
+    /// The CNI of this node.
+    Node(String),
+}
+
+impl Caller {
+    /// The node the caller is confined to, if any.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Caller::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Refuses a node where only administrators may go.
+    pub fn require_admin(&self, rpc: &str) -> Result<(), Status> {
+        match self {
+            Caller::Node(node) => Err(denied(format!(
+                "{rpc} is for administrators; node {node} may not call it"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A PERMISSION_DENIED status.
+pub fn denied(message: String) -> Status {
+    Status::permission_denied(message)
+}
+
+impl Policy {
+    /// Who is calling, from the request's client certificate; refused when the policy does
+    /// not know the identity.
+    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let Policy::Nodes { admins } = self else {
+            return Ok(Caller::Unrestricted);
+        };
+        let certs = request.peer_certs().ok_or_else(|| {
+            denied("a client certificate is required (node or administrator identity)".into())
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| denied("a client certificate is required".into()))?;
+        let subject = Subject::of(leaf.as_ref())
+            .ok_or_else(|| denied("the client certificate cannot be read".into()))?;
+        identify(&subject, admins)
+    }
+}
+
+/// Refuses a node caller any record attached on another node (the record's host, which
+/// ipamd sets to the caller's node at Attach and Allocate).
+pub fn confine<'a>(
+    caller: &Caller,
+    rpc: &str,
+    records: impl IntoIterator<Item = &'a EndpointRecord>,
+) -> Result<(), Status> {
+    let Some(node) = caller.node() else {
+        return Ok(());
+    };
+    match records.into_iter().find(|r| r.spec.host != node) {
+        Some(other) => Err(denied(format!(
+            "{rpc}: node {node} may not touch pod {}/{}, attached on {:?}",
+            other.namespace, other.spec.pod, other.spec.host
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses unless the API says `owner`'s pod is bound to `node`.
+pub async fn pod_on_node(store: &dyn Store, owner: &OwnerInfo, node: &str) -> Result<(), Status> {
+    let pod = format!("{}/{}", owner.pod_namespace, owner.pod_name);
+    if owner.pod_namespace.is_empty() || owner.pod_name.is_empty() {
+        return Err(denied(format!(
+            "node {node} must name the pod (owner.pod_namespace, owner.pod_name)"
+        )));
+    }
+    match store.pod(&owner.pod_namespace, &owner.pod_name).await {
+        Ok(Some(info)) if info.node_name == node => Ok(()),
+        Ok(Some(info)) => Err(denied(format!(
+            "node {node} may not allocate for pod {pod}, which is bound to {:?}",
+            info.node_name
+        ))),
+        Ok(None) => Err(denied(format!(
+            "node authorization needs a store that reads pods (--store kube); cannot check pod {pod}"
+        ))),
+        Err(e) => Err(crate::service::status(&e.into())),
+    }
+}
+
+/// What authorization reads of a certificate's subject.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// The common name.
+    pub common_name: String,
+    /// Every organization.
+    pub organizations: Vec<String>,
+}
+
+impl Subject {
+    /// Reads the subject of a DER certificate.
+    pub fn of(der: &[u8]) -> Option<Subject> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let text = |a: &x509_parser::x509::AttributeTypeAndValue| a.as_str().ok().map(String::from);
+        Some(Subject {
+            common_name: subject.iter_common_name().next().and_then(text)?,
+            organizations: subject.iter_organization().filter_map(text).collect(),
+        })
+    }
+}
+
+/// The caller a subject names under the node policy.
+pub fn identify(subject: &Subject, admins: &BTreeSet<String>) -> Result<Caller, Status> {
+    let cn = &subject.common_name;
+    if admins.contains(cn) {
+        return Ok(Caller::Admin(cn.clone()));
+    }
+    match cn.strip_prefix(NODE_PREFIX) {
+        Some(node)
+            if !node.is_empty() && subject.organizations.iter().any(|o| o == NODES_GROUP) =>
+        {
+            Ok(Caller::Node(node.to_owned()))
+        }
+        Some(_) => Err(denied(format!(
+            "client {cn:?} is not a node identity: a node certificate has organization {NODES_GROUP}"
+        ))),
+        None => Err(denied(format!(
+            "client {cn:?} is neither a node (CN {NODE_PREFIX}<node>) nor one of the administrators"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(cn: &str, orgs: &[&str]) -> Subject {
+        Subject {
+            common_name: cn.into(),
+            organizations: orgs.iter().map(|o| o.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn nodes_need_the_nodes_group_and_admins_their_listed_name() {
+        let admins = BTreeSet::from(["danm-cleaner".to_owned()]);
+        assert_eq!(
+            identify(&subject("system:node:n1", &[NODES_GROUP]), &admins).unwrap(),
+            Caller::Node("n1".into())
+        );
+        assert_eq!(
+            identify(&subject("danm-cleaner", &[]), &admins).unwrap(),
+            Caller::Admin("danm-cleaner".into())
+        );
+        for (cn, orgs) in [
+            ("system:node:n1", &[][..]),
+            ("system:node:", &[NODES_GROUP][..]),
+            ("danm-cni", &[NODES_GROUP][..]),
+            ("system:admin", &["system:masters"][..]),
+        ] {
+            let refused = identify(&subject(cn, orgs), &admins).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{cn}");
+        }
+    }
+
+    #[test]
+    fn only_admins_pass_require_admin() {
+        assert!(Caller::Admin("a".into()).require_admin("X").is_ok());
+        assert!(Caller::Unrestricted.require_admin("X").is_ok());
+        let refused = Caller::Node("n1".into()).require_admin("X").unwrap_err();
+        assert!(refused.message().contains("n1"));
+    }
+}

@@ -1,0 +1,463 @@
+//! Node-scoped authorization over real mutual TLS, with the ipamd binary on the real API
+//! server (`--store kube --authorization nodes`): the CNI of node N (a certificate for
+//! `system:node:N` in `system:nodes`, as every kubelet has) may attach, allocate, detach and
+//! release only for pods bound to N; the cleaner's identity may release for any node;
+//! anyone else, no certificate, a certificate of an unknown CA and plaintext are refused,
+//! and nothing is allocated for a refused call. The admin port's metrics show it all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use danm_crds::DanmEp;
+use danm_proto::v1 as pb;
+use danm_proto::v1::ipam_client::IpamClient;
+use danm_testkit::control_plane::ControlPlane;
+use kube::api::{Api, ListParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// Two CAs (ipamd trusts both: the cluster's, for kubelets, and DANM's, for the cleaner)
+/// and a third nobody trusts; the server's certificate and one per client identity.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let key = KeyPair::generate().unwrap();
+            write(
+                &format!("{name}.pem"),
+                params.self_signed(&key).unwrap().pem(),
+            );
+            Issuer::new(params, key)
+        };
+        let (cluster, danm, stranger) = (ca("cluster-ca"), ca("danm-ca"), ca("stranger-ca"));
+        let issue = |file: &str,
+                     issuer: &Issuer<'_, KeyPair>,
+                     cn: &str,
+                     org: Option<&str>,
+                     server: bool| {
+            let names = if server {
+                vec!["localhost".to_owned()]
+            } else {
+                Vec::new()
+            };
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            if let Some(org) = org {
+                params
+                    .distinguished_name
+                    .push(DnType::OrganizationName, org);
+            }
+            params.extended_key_usages = vec![if server {
+                ExtendedKeyUsagePurpose::ServerAuth
+            } else {
+                ExtendedKeyUsagePurpose::ClientAuth
+            }];
+            let key = KeyPair::generate().unwrap();
+            write(
+                &format!("{file}.pem"),
+                params.signed_by(&key, issuer).unwrap().pem(),
+            );
+            write(&format!("{file}-key.pem"), key.serialize_pem());
+        };
+        issue("server", &danm, "danm-ipamd", None, true);
+        issue(
+            "node-a",
+            &cluster,
+            "system:node:node-a",
+            Some("system:nodes"),
+            false,
+        );
+        issue(
+            "node-b",
+            &cluster,
+            "system:node:node-b",
+            Some("system:nodes"),
+            false,
+        );
+        // A node name without the nodes group: not a node.
+        issue("fake-node", &danm, "system:node:node-a", None, false);
+        issue("cleaner", &danm, "danm-cleaner", None, false);
+        issue("stranger", &stranger, "danm-cleaner", None, false);
+        issue("someone", &danm, "someone", None, false);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+struct Ipamd {
+    child: Child,
+    grpc: String,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Drop for Ipamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn start_ipamd(kubeconfig: &Path, pki: &Pki, namespace: &str, log: &Path) -> Ipamd {
+    let (grpc, admin) = (free_addr(), free_addr());
+    let path = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let child = Command::new(env!("CARGO_BIN_EXE_ipamd"))
+        .args(["--store", "kube", "--namespace", namespace])
+        .args(["--listen", &grpc, "--admin-listen", &admin])
+        .args(["--orphan-grace-seconds", "0"])
+        .args([
+            "--tls-cert",
+            &path("server.pem"),
+            "--tls-key",
+            &path("server-key.pem"),
+        ])
+        .args(["--tls-client-ca", &path("cluster-ca.pem")])
+        .args(["--tls-client-ca", &path("danm-ca.pem")])
+        .args([
+            "--authorization",
+            "nodes",
+            "--admin-clients",
+            "danm-cleaner",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Ipamd {
+        child,
+        grpc,
+        admin,
+        log: log.to_owned(),
+    }
+}
+
+/// A client presenting `identity` (a file stem of [`Pki`]), or none.
+async fn client(
+    pki: &Pki,
+    ipamd: &Ipamd,
+    identity: Option<&str>,
+) -> Result<IpamClient<Channel>, tonic::transport::Error> {
+    let ca = std::fs::read(pki.path("danm-ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(id) = identity {
+        let cert = std::fs::read(pki.path(&format!("{id}.pem"))).unwrap();
+        let key = std::fs::read(pki.path(&format!("{id}-key.pem"))).unwrap();
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{}", ipamd.grpc))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(IpamClient::new(channel))
+}
+
+fn attach_request(ns: &str, pod: &str, cid: &str) -> pb::AttachRequest {
+    pb::AttachRequest {
+        container_id: cid.into(),
+        pod_namespace: ns.into(),
+        pod_name: pod.into(),
+        host: "whatever-the-caller-says".into(),
+        ..Default::default()
+    }
+}
+
+fn owner(ns: &str, pod: &str, cid: &str) -> Option<pb::Owner> {
+    Some(pb::Owner {
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        pod_namespace: ns.into(),
+        pod_name: pod.into(),
+        ..Default::default()
+    })
+}
+
+async fn danmeps(plane: &ControlPlane, ns: &str) -> Vec<DanmEp> {
+    Api::<DanmEp>::namespaced(plane.client().await, ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
+    match result {
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipamd_authorizes_every_call_by_the_callers_node() {
+    let plane = ControlPlane::shared().await;
+    let ns = plane.namespace("authz").await;
+    let ipamd_ns = plane.namespace("authz-ipamd").await;
+    let annotation = r#"[{"network":"authz","ip":"dynamic"}]"#;
+    let mut manifest = format!(
+        "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {{name: authz, namespace: {ns}}}\nspec: {{NetworkID: authz, NetworkType: macvlan, Options: {{cidr: 10.79.0.0/24}}}}\n"
+    );
+    for (pod, node) in [("on-a", "node-a"), ("on-b", "node-b"), ("on-a-2", "node-a")] {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, annotations: {{danm.io/interfaces: '{annotation}'}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: pause}}]}}\n"
+        ));
+    }
+    plane.kubectl_apply(&manifest).unwrap();
+    let pki = Pki::new();
+    let log = pki.path("ipamd.log");
+    // ipamd's own identity when the tests run as the manifests' ServiceAccounts.
+    let kubeconfig = danm_testkit::identity::kubeconfig_for(plane, "ipamd", &[]).await;
+    let ipamd = start_ipamd(&kubeconfig, &pki, &ipamd_ns, &log);
+
+    // node-a attaches its own pod, once ipamd serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attached = loop {
+        if let Ok(mut a) = client(&pki, &ipamd, Some("node-a")).await
+            && let Ok(answer) = a.attach(attach_request(&ns, "on-a", "cid-a")).await
+        {
+            break answer.into_inner();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ipamd did not serve node-a within 30 s: {}",
+            std::fs::read_to_string(&ipamd.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        attached.interfaces[0].ip.starts_with("10.79.0."),
+        "{attached:?}"
+    );
+    let eps = danmeps(plane, &ns).await;
+    assert_eq!(eps.len(), 1);
+    assert_eq!(
+        eps[0].spec.host, "node-a",
+        "the record's host is the caller's node, not what it said"
+    );
+
+    let mut a = client(&pki, &ipamd, Some("node-a")).await.unwrap();
+    let mut b = client(&pki, &ipamd, Some("node-b")).await.unwrap();
+    // node-b may not attach, allocate for, look at, detach or release node-a's pods...
+    let refused = b
+        .attach(attach_request(&ns, "on-a-2", "cid-b-steals"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("node-b") && refused.message().contains("node-a"),
+        "{refused:?}"
+    );
+    let allocate = pb::AllocateRequest {
+        network: Some(pb::NetworkRef {
+            kind: pb::NetworkKind::DanmNet as i32,
+            namespace: ns.clone(),
+            name: "authz".into(),
+        }),
+        owner: owner(&ns, "on-a-2", "cid-b-alloc"),
+        ip: "dynamic".into(),
+        ip6: String::new(),
+    };
+    assert_eq!(
+        code(b.allocate(allocate.clone()).await),
+        Code::PermissionDenied
+    );
+    let interfaces = pb::InterfacesRequest {
+        container_id: "cid-a".into(),
+        pod_namespace: ns.clone(),
+    };
+    assert_eq!(
+        code(b.interfaces(interfaces.clone()).await),
+        Code::PermissionDenied
+    );
+    let detach = pb::DetachRequest {
+        container_id: "cid-a".into(),
+        pod_namespace: ns.clone(),
+        pod_name: "on-a".into(),
+    };
+    assert_eq!(code(b.detach(detach.clone()).await), Code::PermissionDenied);
+    let release = pb::ReleaseRequest {
+        network: allocate.network.clone(),
+        owner: owner(&ns, "on-a", "cid-a"),
+    };
+    assert_eq!(
+        code(b.release(release.clone()).await),
+        Code::PermissionDenied
+    );
+    // ...its GC passes over them, and it may not list or reclaim for the cluster.
+    let gc = b.gc(pb::GcRequest::default()).await.unwrap().into_inner();
+    assert!(gc.released.is_empty(), "{gc:?}");
+    let list = pb::ListAllocationsRequest::default();
+    assert_eq!(
+        code(b.list_allocations(list.clone()).await),
+        Code::PermissionDenied
+    );
+    // Nothing of that changed anything.
+    let eps = danmeps(plane, &ns).await;
+    assert_eq!(eps.len(), 1, "{eps:?}");
+
+    // node-b attaches its own pod; node-a may allocate for its other pod.
+    b.attach(attach_request(&ns, "on-b", "cid-b"))
+        .await
+        .unwrap();
+    a.allocate(allocate).await.unwrap();
+    assert_eq!(
+        a.interfaces(interfaces)
+            .await
+            .unwrap()
+            .into_inner()
+            .interfaces
+            .len(),
+        1
+    );
+
+    // Identities that are neither a node nor an administrator, and a node name without
+    // the nodes group, are refused whatever they call.
+    for id in ["someone", "fake-node"] {
+        let mut c = client(&pki, &ipamd, Some(id)).await.unwrap();
+        assert_eq!(
+            code(c.status(pb::StatusRequest {}).await),
+            Code::PermissionDenied,
+            "{id}"
+        );
+        assert_eq!(
+            code(c.release(release.clone()).await),
+            Code::PermissionDenied,
+            "{id}"
+        );
+    }
+    // No certificate, or one of a CA ipamd does not trust: the handshake fails, no RPC runs.
+    for id in [None, Some("stranger")] {
+        let refused = match client(&pki, &ipamd, id).await {
+            Err(_) => true,
+            Ok(mut c) => c.status(pb::StatusRequest {}).await.is_err(),
+        };
+        assert!(refused, "{id:?} was served");
+    }
+    // Plaintext to the TLS port: refused.
+    let plain = async {
+        IpamClient::connect(format!("http://{}", ipamd.grpc))
+            .await
+            .ok()?
+            .status(pb::StatusRequest {})
+            .await
+            .ok()
+    };
+    assert!(plain.await.is_none(), "plaintext was served");
+
+    // The cleaner (an administrator, signed by the other CA) releases for any node and
+    // lists everything; node-a detaches its own.
+    let mut cleaner = client(&pki, &ipamd, Some("cleaner")).await.unwrap();
+    let listed = cleaner.list_allocations(list).await.unwrap().into_inner();
+    use futures::StreamExt;
+    assert_eq!(listed.collect::<Vec<_>>().await.len(), 3);
+    let released = cleaner.release(release).await.unwrap().into_inner();
+    assert_eq!(released.released.len(), 1, "{released:?}");
+    a.detach(pb::DetachRequest {
+        container_id: "cid-b-alloc".into(),
+        pod_namespace: ns.clone(),
+        pod_name: "on-a-2".into(),
+    })
+    .await
+    .unwrap();
+    let left: Vec<String> = danmeps(plane, &ns)
+        .await
+        .into_iter()
+        .map(|e| e.spec.pod)
+        .collect();
+    assert_eq!(left, ["on-b"]);
+
+    // The admin port: every series the dashboards use, with this test's traffic in them.
+    let metrics = reqwest::get(format!("http://{}/metrics", ipamd.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "danm_ipamd_allocations_total 3",
+        "danm_ipamd_releases_total 2",
+        "danm_ipamd_authorization_denied_total{method=\"Attach\"} 1",
+        "danm_ipamd_rpc_duration_seconds_count{method=\"Attach\",code=\"Ok\"}",
+        "danm_ipamd_rpc_duration_seconds_count{method=\"Release\",code=\"PermissionDenied\"}",
+        "danm_ipamd_batch_size_count",
+        "danm_ipamd_shard_writes_total",
+        "danm_ipamd_conflicts_total",
+        "danm_ipamd_retries_total",
+        "danm_ipamd_corrupt_shards_total 0",
+        &format!(
+            "danm_ipamd_pool_capacity{{kind=\"DanmNet\",namespace=\"{ns}\",network=\"authz\",family=\"ipv4\"}} 254"
+        ),
+        &format!(
+            "danm_ipamd_pool_used{{kind=\"DanmNet\",namespace=\"{ns}\",network=\"authz\",family=\"ipv4\"}} 1"
+        ),
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    let ready = reqwest::get(format!("http://{}/readyz", ipamd.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // Every RPC's log lines carry its request id.
+    let log = std::fs::read_to_string(&ipamd.log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("request_id=")
+            && l.contains("method=Attach")
+            && l.contains("allocated")),
+        "no request id on the allocation's log line:\n{log}"
+    );
+}
+
+/// Node authorization needs the pods' nodeName: with a store that has no pods, ipamd
+/// refuses to start and says what to do.
+#[test]
+fn node_authorization_without_the_kube_store_is_refused_at_start() {
+    let pki = Pki::new();
+    let path = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_ipamd"))
+        .args(["--store", "memory", "--listen", &free_addr()])
+        .args([
+            "--tls-cert",
+            &path("server.pem"),
+            "--tls-key",
+            &path("server-key.pem"),
+        ])
+        .args(["--tls-client-ca", &path("cluster-ca.pem")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--authorization nodes")
+            && stderr.contains("--store kube")
+            && stderr.contains("any-client"),
+        "{stderr}"
+    );
+}

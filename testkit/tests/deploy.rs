@@ -1,0 +1,602 @@
+//! `deploy/`: both overlays build with kustomize (the kubectl of the test control plane),
+//! hold every object the suite needs, apply on the real API server (server-side, dry run
+//! for the workloads), grant each identity only what it needs (asked of the real RBAC
+//! authorizer), follow the structural rules (ServiceAccounts, non-root, requests, no
+//! wildcards, Secrets only for danm-certs), and carry networks our webhook admits.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use danm_core::NetworkKind;
+use danm_core::admit::{
+    Environment, NetworkRequest, Operation, TenantConfigRequest, admit_network, admit_tenant_config,
+};
+use danm_crds::TenantConfig;
+use danm_testkit::control_plane::ControlPlane;
+use serde_json::{Value, json};
+
+const OVERLAYS: [&str; 2] = ["lightweight", "production"];
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn build(overlay: &str) -> Vec<Value> {
+    let text = danm_testkit::kustomize(&deploy_dir().join("overlays").join(overlay));
+    serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("the {overlay} build is not YAML: {e}"))
+}
+
+fn kind(o: &Value) -> &str {
+    o["kind"].as_str().unwrap_or_default()
+}
+
+fn name(o: &Value) -> &str {
+    o["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn names_of<'a>(objects: &'a [Value], k: &str) -> BTreeSet<&'a str> {
+    objects.iter().filter(|o| kind(o) == k).map(name).collect()
+}
+
+fn find<'a>(objects: &'a [Value], k: &str, n: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| kind(o) == k && name(o) == n)
+        .unwrap_or_else(|| panic!("no {k} {n}"))
+}
+
+fn set(items: &[&'static str]) -> BTreeSet<&'static str> {
+    items.iter().copied().collect()
+}
+
+#[test]
+fn both_overlays_build_with_every_object() {
+    for overlay in OVERLAYS {
+        let objects = build(overlay);
+        let has = |k: &str, expected: &[&'static str]| {
+            let found = names_of(&objects, k);
+            for n in expected {
+                assert!(found.contains(n), "{overlay}: no {k} {n} (found {found:?})");
+            }
+        };
+        has(
+            "CustomResourceDefinition",
+            &[
+                "danmnets.danm.io",
+                "tenantnetworks.danm.io",
+                "clusternetworks.danm.io",
+                "tenantconfigs.danm.io",
+                "danmeps.danm.io",
+                "allocationshards.danm.io",
+            ],
+        );
+        has("Namespace", &["danm-system"]);
+        let components = [
+            "danm-ipamd",
+            "danm-webhook",
+            "danm-netwatcher",
+            "danm-svcwatcher",
+            "danm-cleaner",
+            "danm-cni-installer",
+            "danm-certs",
+        ];
+        has("ServiceAccount", &components);
+        has("ClusterRole", &components[..5]);
+        has("ClusterRoleBinding", &components[..5]);
+        has("ClusterRole", &["danm-certs"]);
+        has("Role", &["danm-certs", "danm-svcwatcher-lease"]);
+        has("RoleBinding", &["danm-certs", "danm-svcwatcher-lease"]);
+        has(
+            "Deployment",
+            &["danm-ipamd", "danm-webhook", "danm-svcwatcher"],
+        );
+        has("DaemonSet", &["danm-netwatcher", "danm-cni-installer"]);
+        has("CronJob", &["danm-cleaner"]);
+        has("Job", &["danm-certs"]);
+        has("PodDisruptionBudget", &["danm-ipamd", "danm-webhook"]);
+        has("Service", &["danm-ipamd", "danm-webhook"]);
+        has("ConfigMap", &["danm-cni-config"]);
+        has("MutatingWebhookConfiguration", &["danm-webhook"]);
+        has("ValidatingWebhookConfiguration", &["danm-webhook"]);
+        match overlay {
+            "lightweight" => has("DanmNet", &["default", "internal", "overlay"]),
+            _ => {
+                has("TenantConfig", &["tenantconfig"]);
+                has("ClusterNetwork", &["default", "external"]);
+                has("TenantNetwork", &["internal", "backend", "flannel"]);
+            }
+        }
+
+        // What the brief fixes: ipamd's shape, and the webhooks calling danm-system.
+        let ipamd = find(&objects, "Deployment", "danm-ipamd");
+        assert_eq!(ipamd["spec"]["replicas"], 3);
+        assert_eq!(
+            find(&objects, "PodDisruptionBudget", "danm-ipamd")["spec"]["minAvailable"],
+            2
+        );
+        let ports: BTreeSet<(String, i64)> =
+            find(&objects, "Service", "danm-ipamd")["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap().to_owned(),
+                        p["port"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            ports,
+            [("grpc".to_owned(), 50051), ("metrics".to_owned(), 9090)].into()
+        );
+        let webhook_port = &find(&objects, "Service", "danm-webhook")["spec"]["ports"][0];
+        assert_eq!(
+            (&webhook_port["port"], &webhook_port["targetPort"]),
+            (&json!(443), &json!("https"))
+        );
+        for k in [
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ] {
+            for hook in find(&objects, k, "danm-webhook")["webhooks"]
+                .as_array()
+                .unwrap()
+            {
+                let service = &hook["clientConfig"]["service"];
+                assert_eq!(service["namespace"], "danm-system", "{k}");
+                assert_eq!(service["name"], "danm-webhook", "{k}");
+            }
+        }
+        // Every image is one of ours, at the released tag (the base's `images:` block).
+        for o in &objects {
+            for c in containers(o) {
+                let image = c["image"].as_str().unwrap_or_default();
+                assert!(
+                    image.starts_with("ghcr.io/danm-rs/") && image.ends_with(":0.1.0"),
+                    "{overlay}: {} {}: image {image}",
+                    kind(o),
+                    name(o)
+                );
+            }
+        }
+    }
+}
+
+/// The pod template of a workload, if `o` is one.
+fn pod_spec(o: &Value) -> Option<&Value> {
+    match kind(o) {
+        "Deployment" | "DaemonSet" | "Job" => Some(&o["spec"]["template"]["spec"]),
+        "CronJob" => Some(&o["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+fn containers(o: &Value) -> Vec<&Value> {
+    pod_spec(o)
+        .map(|spec| {
+            ["initContainers", "containers"]
+                .iter()
+                .filter_map(|k| spec[k].as_array())
+                .flatten()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn workloads_and_roles_follow_the_rules() {
+    // Root is needed only to change host links (netwatcher) and write host folders (CNI).
+    let root_allowed = set(&["danm-netwatcher", "danm-cni-installer"]);
+    for overlay in OVERLAYS {
+        let objects = build(overlay);
+        let accounts = names_of(&objects, "ServiceAccount");
+        for o in objects.iter().filter(|o| pod_spec(o).is_some()) {
+            let (k, n) = (kind(o), name(o));
+            let spec = pod_spec(o).unwrap();
+            let account = spec["serviceAccountName"].as_str().unwrap_or_default();
+            assert!(
+                accounts.contains(account),
+                "{overlay}: {k} {n} names ServiceAccount {account:?}, which the build lacks"
+            );
+            for c in containers(o) {
+                let requests = &c["resources"]["requests"];
+                assert!(
+                    requests["cpu"].is_string() && requests["memory"].is_string(),
+                    "{overlay}: {k} {n}: container {} has no cpu and memory requests",
+                    c["name"]
+                );
+                let context = &c["securityContext"];
+                assert_eq!(
+                    context["allowPrivilegeEscalation"], false,
+                    "{overlay}: {k} {n}"
+                );
+                assert_eq!(context["capabilities"]["drop"], json!(["ALL"]), "{k} {n}");
+                let non_root = context["runAsNonRoot"]
+                    .as_bool()
+                    .or(spec["securityContext"]["runAsNonRoot"].as_bool());
+                if root_allowed.contains(n) {
+                    continue;
+                }
+                assert_eq!(
+                    non_root,
+                    Some(true),
+                    "{overlay}: {k} {n} must run as non-root"
+                );
+                assert!(
+                    context["capabilities"]["add"].is_null(),
+                    "{overlay}: {k} {n} adds capabilities"
+                );
+            }
+        }
+        // netwatcher adds NET_ADMIN and nothing else.
+        let netwatcher = containers(find(&objects, "DaemonSet", "danm-netwatcher"))[0];
+        assert_eq!(
+            netwatcher["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN"])
+        );
+
+        for o in objects
+            .iter()
+            .filter(|o| matches!(kind(o), "Role" | "ClusterRole"))
+        {
+            let (k, n) = (kind(o), name(o));
+            for rule in o["rules"].as_array().expect("rules") {
+                for field in ["verbs", "resources", "apiGroups"] {
+                    let values = rule[field].as_array().cloned().unwrap_or_default();
+                    assert!(
+                        !values.contains(&json!("*")),
+                        "{overlay}: {k} {n} grants {field} *"
+                    );
+                }
+                assert!(
+                    rule["nonResourceURLs"].is_null(),
+                    "{overlay}: {k} {n} grants URLs"
+                );
+                let resources = rule["resources"].as_array().cloned().unwrap_or_default();
+                if resources.contains(&json!("secrets")) {
+                    assert_eq!(
+                        (k, n),
+                        ("Role", "danm-certs"),
+                        "{overlay}: only danm-certs' Role may mention secrets"
+                    );
+                }
+            }
+        }
+        // The binding of a namespaced Role must stay in danm-system.
+        for o in objects.iter().filter(|o| kind(o) == "Role") {
+            assert_eq!(
+                o["metadata"]["namespace"],
+                "danm-system",
+                "Role {}",
+                name(o)
+            );
+        }
+    }
+}
+
+#[test]
+fn overlay_networks_are_admitted_by_the_webhook_rules() {
+    for overlay in OVERLAYS {
+        let objects = build(overlay);
+        let tenant_config: Option<TenantConfig> =
+            objects.iter().find(|o| kind(o) == "TenantConfig").map(|o| {
+                let request = TenantConfigRequest {
+                    operation: Operation::Create,
+                    object: o,
+                    old: None,
+                    other: None,
+                };
+                if let Err(denial) = admit_tenant_config(&request) {
+                    panic!("{overlay}: the TenantConfig is refused: {denial}");
+                }
+                serde_json::from_value(o.clone()).expect("a TenantConfig")
+            });
+        let mut admitted = 0;
+        for o in &objects {
+            let network_kind = match kind(o) {
+                "DanmNet" => NetworkKind::DanmNet,
+                "TenantNetwork" => NetworkKind::TenantNetwork,
+                "ClusterNetwork" => NetworkKind::ClusterNetwork,
+                _ => continue,
+            };
+            let request = NetworkRequest {
+                operation: Operation::Create,
+                kind: network_kind,
+                namespace: o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                name: name(o),
+                object: Some(o),
+                old_object: None,
+            };
+            let mut first = |_: usize| 0;
+            let mut env = Environment {
+                tenant_config: tenant_config.as_ref(),
+                connected_pod: None,
+                choose: &mut first,
+                reservation_token: "deploy-test",
+            };
+            if let Err(denial) = admit_network(&request, &mut env) {
+                panic!("{overlay}: {} {} is refused: {denial}", kind(o), name(o));
+            }
+            admitted += 1;
+        }
+        assert!(admitted >= 3, "{overlay}: only {admitted} networks");
+    }
+}
+
+/// Runs kubectl (as the administrator) with `stdin`; its stdout, or a panic with stderr.
+fn kubectl(plane: &ControlPlane, args: &[&str], stdin: &str) -> String {
+    plane
+        .kubectl_with_input(args, stdin)
+        .unwrap_or_else(|stderr| panic!("kubectl {args:?} failed:\n{stderr}"))
+}
+
+/// The objects of `objects` of these kinds, as one List for `kubectl apply -f -`.
+fn list_of(objects: &[Value], kinds: &[&str]) -> String {
+    let items: Vec<&Value> = objects
+        .iter()
+        .filter(|o| kinds.contains(&kind(o)))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// Whether the real authorizer lets ServiceAccount `account` of danm-system do `what`.
+fn can(plane: &ControlPlane, account: &str, what: &[&str]) -> bool {
+    let out = plane
+        .kubectl()
+        .args(["auth", "can-i"])
+        .args(what)
+        .arg(format!("--as=system:serviceaccount:danm-system:{account}"))
+        .output()
+        .expect("kubectl runs");
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl auth can-i {what:?}: {other} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlays_apply_on_the_real_api_server() {
+    let plane = ControlPlane::shared().await;
+    let production = build("production");
+    // For real: what the workloads need to exist first (CRDs, the namespace) and the RBAC
+    // objects, so the authorizer below judges exactly what deploy/ grants.
+    let foundations = list_of(&production, &["CustomResourceDefinition", "Namespace"]);
+    kubectl(plane, &["apply", "--server-side", "-f", "-"], &foundations);
+    let crds = list_of(&production, &["CustomResourceDefinition"]);
+    kubectl(
+        plane,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            "-",
+        ],
+        &crds,
+    );
+    let rbac = list_of(
+        &production,
+        &[
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ],
+    );
+    kubectl(plane, &["apply", "--server-side", "-f", "-"], &rbac);
+
+    // Everything else of each overlay: validated, defaulted and admitted by the API
+    // server (no webhook of ours is registered here), not stored.
+    for overlay in OVERLAYS {
+        let text = danm_testkit::kustomize(&deploy_dir().join("overlays").join(overlay));
+        let out = kubectl(
+            plane,
+            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+            &text,
+        );
+        assert!(
+            out.contains("deployment.apps/danm-ipamd"),
+            "{overlay}: {out}"
+        );
+    }
+
+    // Least privilege, as the real RBAC authorizer sees it.
+    let components = [
+        "danm-ipamd",
+        "danm-webhook",
+        "danm-netwatcher",
+        "danm-svcwatcher",
+        "danm-cleaner",
+        "danm-cni-installer",
+    ];
+    for account in components {
+        for what in [
+            ["get", "secrets", "-n", "danm-system"],
+            ["list", "secrets", "-A", ""],
+        ] {
+            let what: Vec<&str> = what.into_iter().filter(|s| !s.is_empty()).collect();
+            assert!(!can(plane, account, &what), "{account} may {what:?}");
+        }
+    }
+    let yes = |account: &str, what: &[&str]| {
+        assert!(can(plane, account, what), "{account} may not {what:?}");
+    };
+    let no = |account: &str, what: &[&str]| {
+        assert!(!can(plane, account, what), "{account} may {what:?}");
+    };
+    // danm-certs: its Secrets by name, in danm-system only.
+    yes(
+        "danm-certs",
+        &["get", "secrets/danm-ipamd-tls", "-n", "danm-system"],
+    );
+    yes(
+        "danm-certs",
+        &["update", "secrets/danm-ca", "-n", "danm-system"],
+    );
+    yes("danm-certs", &["create", "secrets", "-n", "danm-system"]);
+    no("danm-certs", &["get", "secrets/other", "-n", "danm-system"]);
+    no("danm-certs", &["list", "secrets", "-n", "danm-system"]);
+    no("danm-certs", &["create", "secrets", "-n", "default"]);
+    yes(
+        "danm-certs",
+        &["patch", "mutatingwebhookconfigurations/danm-webhook"],
+    );
+    no(
+        "danm-certs",
+        &["patch", "mutatingwebhookconfigurations/other"],
+    );
+    // ipamd: shards and DanmEps anywhere, pods read-only.
+    yes(
+        "danm-ipamd",
+        &["patch", "allocationshards.danm.io", "-n", "t1"],
+    );
+    yes("danm-ipamd", &["create", "danmeps.danm.io", "-n", "t1"]);
+    yes("danm-ipamd", &["get", "pods", "-n", "t1"]);
+    no("danm-ipamd", &["delete", "pods", "-n", "t1"]);
+    no("danm-ipamd", &["create", "danmnets.danm.io", "-n", "t1"]);
+    // The webhook rewrites the TenantConfig only.
+    yes("danm-webhook", &["update", "tenantconfigs.danm.io"]);
+    no(
+        "danm-webhook",
+        &["update", "tenantnetworks.danm.io", "-n", "t1"],
+    );
+    // svcwatcher: its Lease in danm-system, not elsewhere; slices anywhere.
+    yes(
+        "danm-svcwatcher",
+        &["patch", "leases/danm-svcwatcher", "-n", "danm-system"],
+    );
+    no(
+        "danm-svcwatcher",
+        &["patch", "leases/other", "-n", "danm-system"],
+    );
+    no(
+        "danm-svcwatcher",
+        &["patch", "leases/danm-svcwatcher", "-n", "default"],
+    );
+    yes(
+        "danm-svcwatcher",
+        &["patch", "endpointslices.discovery.k8s.io", "-n", "t1"],
+    );
+    // netwatcher: Events, and reads.
+    yes(
+        "danm-netwatcher",
+        &["create", "events.events.k8s.io", "-n", "t1"],
+    );
+    no(
+        "danm-netwatcher",
+        &["update", "danmnets.danm.io", "-n", "t1"],
+    );
+    // The cleaner deletes records, never networks.
+    yes("danm-cleaner", &["delete", "danmeps.danm.io", "-n", "t1"]);
+    no("danm-cleaner", &["delete", "clusternetworks.danm.io"]);
+    // The CNI installer: nothing at all.
+    no("danm-cni-installer", &["get", "pods", "-n", "danm-system"]);
+    no(
+        "danm-cni-installer",
+        &["get", "configmaps", "-n", "danm-system"],
+    );
+}
+
+/// The cert-manager component (not in the overlays: it needs cert-manager's CRDs) builds
+/// on the base, replaces the danm-certs Job, and asks cainjector for both caBundles.
+#[test]
+fn the_cert_manager_component_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    // kustomize takes no absolute paths: deploy/, relative to the temporary folder.
+    let deploy = deploy_dir().canonicalize().unwrap();
+    let up = dir.path().canonicalize().unwrap().components().count() - 1;
+    let relative = Path::new(&"../".repeat(up)).join(deploy.strip_prefix("/").unwrap());
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n- {}\n",
+            relative.join("base").display(),
+            relative.join("components/cert-manager").display()
+        ),
+    )
+    .unwrap();
+    let objects: Vec<Value> =
+        serde_saphyr::from_multiple(&danm_testkit::kustomize(dir.path())).unwrap();
+    assert!(
+        names_of(&objects, "Job").is_empty(),
+        "danm-certs is left out"
+    );
+    assert!(!names_of(&objects, "ServiceAccount").contains("danm-certs"));
+    assert!(
+        !objects
+            .iter()
+            .any(|o| matches!(kind(o), "Role" | "ClusterRole")
+                && o["rules"].to_string().contains("secrets")),
+        "no role mentions secrets without danm-certs"
+    );
+    assert_eq!(
+        names_of(&objects, "Certificate"),
+        set(&[
+            "danm-ca",
+            "danm-webhook-tls",
+            "danm-ipamd-tls",
+            "danm-cleaner-tls"
+        ])
+    );
+    for k in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        assert_eq!(
+            find(&objects, k, "danm-webhook")["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            "danm-system/danm-webhook-tls"
+        );
+    }
+}
+
+/// Every series the Grafana dashboard queries is registered by its component (by name, in
+/// the component's metrics source; prometheus-client adds `_total` to counters).
+#[test]
+fn the_dashboard_queries_real_series() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/danm.json")).unwrap(),
+    )
+    .expect("danm.json is JSON");
+    let sources = [
+        ("ipamd", "ipamd/src/metrics.rs"),
+        ("webhook", "webhook/src/metrics.rs"),
+        ("netwatcher", "watchers/src/netwatcher/metrics.rs"),
+        ("svcwatcher", "watchers/src/svcwatcher/mod.rs"),
+        ("cleaner", "cleaner/src/metrics.rs"),
+    ];
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for series in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("danm_"))
+            {
+                let (component, source) = sources
+                    .iter()
+                    .find(|(c, _)| series.starts_with(&format!("danm_{c}_")))
+                    .unwrap_or_else(|| panic!("{series}: no component"));
+                let mut name = &series[format!("danm_{component}_").len()..];
+                for suffix in ["_bucket", "_count", "_sum", "_total"] {
+                    name = name.strip_suffix(suffix).unwrap_or(name);
+                }
+                let text = std::fs::read_to_string(root.join(source)).unwrap();
+                assert!(
+                    text.contains(&format!("\"{name}\"")),
+                    "{series} (panel {}): {source} registers no {name:?}",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 30, "only {checked} series checked");
+}

@@ -1,0 +1,104 @@
+//! Every command line in `deploy/` is one our binaries accept: each container's `command`
+//! and `args` (from the production overlay's build, with `--help` appended) run against the
+//! binary the workspace built. clap refuses an unknown flag or a bad value before it gets
+//! to `--help`, so a flag renamed in the code and not in the manifests fails here, not on a
+//! cluster. The CNI installer's shell script is not a binary of ours and is skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The workspace's binaries: `target/<profile>/`, two levels above this test's executable
+/// (`target/<profile>/deps/deploy_flags-...`). `cargo test --workspace` builds them all.
+fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+fn containers(object: &Value) -> Vec<&Value> {
+    let spec = match object["kind"].as_str() {
+        Some("CronJob") => &object["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        Some("Deployment" | "DaemonSet" | "Job" | "StatefulSet") => {
+            &object["spec"]["template"]["spec"]
+        }
+        _ => return Vec::new(),
+    };
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| spec[*k].as_array())
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn every_command_line_of_the_manifests_is_accepted_by_its_binary() {
+    let built = danm_testkit::kustomize(&deploy_dir().join("overlays/production"));
+    let objects: Vec<Value> = serde_saphyr::from_multiple(&built).unwrap();
+    let mut checked = Vec::new();
+    for object in &objects {
+        for container in containers(object) {
+            let words: Vec<String> = container["command"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(container["args"].as_array().into_iter().flatten())
+                .map(|w| w.as_str().expect("a string").to_owned())
+                .collect();
+            let Some(program) = words.first() else {
+                continue;
+            };
+            if program.ends_with(".sh") {
+                continue;
+            }
+            let Some(name) = program.strip_prefix("/usr/local/bin/") else {
+                panic!(
+                    "{} {}: command {program:?} is not one of our binaries in /usr/local/bin",
+                    object["kind"], object["metadata"]["name"]
+                );
+            };
+            let run = Command::new(workspace_binary(name))
+                .args(&words[1..])
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "{} {}: `{}` is refused by the binary:\n{}",
+                object["kind"],
+                object["metadata"]["name"],
+                words.join(" "),
+                String::from_utf8_lossy(&run.stderr)
+            );
+            checked.push(name.to_owned());
+        }
+    }
+    checked.sort();
+    checked.dedup();
+    assert_eq!(
+        checked,
+        [
+            "cleaner",
+            "danm-certs",
+            "ipamd",
+            "netwatcher",
+            "svcwatcher",
+            "webhook"
+        ],
+        "every binary of the suite has its command line checked"
+    );
+}
