@@ -492,12 +492,6 @@ fn combine(what: &str, errors: Vec<CniError>) -> CniError {
     CniError::new(code, what, details)
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
-}
-
 #[async_trait]
 impl Plugin for Danm {
     async fn add(&self, request: &Request) -> Result<CniResult, CniError> {
@@ -511,7 +505,7 @@ impl Plugin for Danm {
                 pod_uid: request.arg("K8S_POD_UID").unwrap_or_default().to_owned(),
                 container_id: request.container_id.clone(),
                 netns: request.netns.clone(),
-                host: hostname(),
+                host: ipamd::host_name(),
                 interfaces_json: config.interfaces.clone(),
                 naming_scheme: config.naming_scheme.clone(),
             })

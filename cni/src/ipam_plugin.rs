@@ -127,7 +127,7 @@ fn owner(request: &Request) -> pb::Owner {
         pod_name: request.arg("K8S_POD_NAME").unwrap_or_default().to_owned(),
         pod_uid: request.arg("K8S_POD_UID").unwrap_or_default().to_owned(),
         netns: request.netns.clone(),
-        host: String::new(),
+        host: ipamd::host_name(),
     }
 }
 
@@ -286,7 +286,8 @@ pub fn valid_attachments(config: &Value) -> Result<Vec<pb::Attachment>, CniError
         .collect()
 }
 
-/// GC against ipamd: everything (on `network`, if given) not in `valid` is released.
+/// GC against ipamd: everything this node attached (on `network`, if given) that is not in
+/// `valid` is released.
 pub async fn gc(
     address: &str,
     tls: Option<&ipamd::ClientTls>,
@@ -295,7 +296,11 @@ pub async fn gc(
 ) -> Result<(), CniError> {
     let mut client = ipamd::connect(address, CALL_TIMEOUT, tls).await?;
     client
-        .gc(pb::GcRequest { valid, network })
+        .gc(pb::GcRequest {
+            valid,
+            network,
+            host: ipamd::host_name(),
+        })
         .await
         .map_err(|s| ipamd::cni_error("garbage collection", &s))?;
     Ok(())

@@ -113,6 +113,14 @@ impl ClientTls {
     }
 }
 
+/// The name this node records as the host of what it attaches (the kernel's host name,
+/// as DANM did; with node authorization ipamd records the node's name instead).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// A connection to ipamd whose every call carries this CNI call's request id.
 pub type Client = IpamClient<InterceptedService<Channel, RequestId>>;
 

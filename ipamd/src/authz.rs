@@ -42,6 +42,10 @@ pub enum Policy {
     Nodes {
         /// Common names that may call everything.
         admins: BTreeSet<String>,
+        /// When set, the DER subject of the CA that alone may issue administrator
+        /// certificates (DANM's own; `--admin-client-ca`): an administrator CN from any
+        /// other CA, and a node identity from this one, are refused.
+        admin_issuer: Option<Vec<u8>>,
     },
 }
 
@@ -65,6 +69,11 @@ impl Caller {
         }
     }
 
+    /// Whether the caller is an administrator (not merely unrestricted).
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin(_))
+    }
+
     /// Refuses a node where only administrators may go.
     pub fn require_admin(&self, rpc: &str) -> Result<(), Status> {
         match self {
@@ -85,7 +94,11 @@ impl Policy {
     /// Who is calling, from the request's client certificate; refused when the policy does
     /// not know the identity.
     pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let Policy::Nodes { admins } = self else {
+        let Policy::Nodes {
+            admins,
+            admin_issuer,
+        } = self
+        else {
             return Ok(Caller::Unrestricted);
         };
         let certs = request.peer_certs().ok_or_else(|| {
@@ -96,27 +109,65 @@ impl Policy {
             .ok_or_else(|| denied("a client certificate is required".into()))?;
         let subject = Subject::of(leaf.as_ref())
             .ok_or_else(|| denied("the client certificate cannot be read".into()))?;
-        identify(&subject, admins)
+        let caller = identify(&subject, admins)?;
+        if let Some(issuer) = admin_issuer {
+            let from_admin_ca = subject.issuer == *issuer;
+            match &caller {
+                Caller::Admin(cn) if !from_admin_ca => {
+                    return Err(denied(format!(
+                        "client {cn:?} is an administrator name, but its certificate is not from --admin-client-ca"
+                    )));
+                }
+                Caller::Node(node) if from_admin_ca => {
+                    return Err(denied(format!(
+                        "node {node}'s certificate comes from --admin-client-ca, which issues administrators only"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(caller)
     }
 }
 
-/// Refuses a node caller any record attached on another node (the record's host, which
-/// ipamd sets to the caller's node at Attach and Allocate).
-pub fn confine<'a>(
+/// The DER subject of the first certificate of a PEM file (a CA, for `admin_issuer`).
+pub fn pem_subject(pem: &[u8]) -> Option<Vec<u8>> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).ok()?;
+    Some(cert.subject().as_raw().to_vec())
+}
+
+/// Refuses a node caller any record attached on another node. The record's host says
+/// where it was attached (ipamd sets it to the caller's node at Attach and Allocate); a
+/// record whose host is not the caller's (written before node authorization, when the CNI
+/// sent the kernel's host name) is allowed only if the API says its pod, with the
+/// recorded UID, is bound to the caller's node.
+pub async fn confine(
+    store: &dyn Store,
     caller: &Caller,
     rpc: &str,
-    records: impl IntoIterator<Item = &'a EndpointRecord>,
+    records: &[&EndpointRecord],
 ) -> Result<(), Status> {
     let Some(node) = caller.node() else {
         return Ok(());
     };
-    match records.into_iter().find(|r| r.spec.host != node) {
-        Some(other) => Err(denied(format!(
-            "{rpc}: node {node} may not touch pod {}/{}, attached on {:?}",
-            other.namespace, other.spec.pod, other.spec.host
-        ))),
-        None => Ok(()),
+    for record in records.iter().filter(|r| r.spec.host != node) {
+        let bound = match store.pod(&record.namespace, &record.spec.pod).await {
+            Ok(Some(pod)) => {
+                pod.node_name == node
+                    && (record.spec.pod_uid.is_empty() || pod.uid == record.spec.pod_uid)
+            }
+            Ok(None) | Err(crate::store::StoreError::NotFound(_)) => false,
+            Err(e) => return Err(crate::service::status(&e.into())),
+        };
+        if !bound {
+            return Err(denied(format!(
+                "{rpc}: node {node} may not touch pod {}/{}, attached on {:?}",
+                record.namespace, record.spec.pod, record.spec.host
+            )));
+        }
     }
+    Ok(())
 }
 
 /// Refuses unless the API says `owner`'s pod is bound to `node`.
@@ -147,6 +198,8 @@ pub struct Subject {
     pub common_name: String,
     /// Every organization.
     pub organizations: Vec<String>,
+    /// The DER issuer name.
+    pub issuer: Vec<u8>,
 }
 
 impl Subject {
@@ -158,6 +211,7 @@ impl Subject {
         Some(Subject {
             common_name: subject.iter_common_name().next().and_then(text)?,
             organizations: subject.iter_organization().filter_map(text).collect(),
+            issuer: cert.issuer().as_raw().to_vec(),
         })
     }
 }
@@ -191,6 +245,7 @@ mod tests {
         Subject {
             common_name: cn.into(),
             organizations: orgs.iter().map(|o| o.to_string()).collect(),
+            issuer: Vec::new(),
         }
     }
 

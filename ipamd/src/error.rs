@@ -36,6 +36,14 @@ pub enum EngineError {
     /// The pod to attach does not exist (Kubernetes store).
     #[error("{0} not found")]
     PodNotFound(String),
+    /// The owner key (container id and interface) is recorded for another pod.
+    #[error("owner {owner} is held by pod {pod}, not by the pod asking")]
+    OwnerOfAnotherPod {
+        /// The owner key.
+        owner: String,
+        /// `namespace/name` of the pod holding it.
+        pod: String,
+    },
     /// Node authorization: the caller's node is not the pod's.
     #[error("node {caller} may not attach pod {pod}: it is bound to {}", bound.as_deref().map_or("no node this store can tell".to_owned(), |b| format!("{b:?}")))]
     PodOnOtherNode {

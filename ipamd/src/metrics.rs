@@ -3,7 +3,7 @@
 //! on the admin port (`/metrics`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use danm_core::{Family as IpFamily, PerFamily};
 use prometheus_client::collector::Collector;
@@ -101,24 +101,26 @@ impl Default for RpcMetrics {
 pub struct PoolUsage {
     v4: AtomicU64,
     v6: AtomicU64,
+    /// Whether the worker has loaded its shards yet (it does on its first request).
+    known: AtomicBool,
 }
 
 impl PoolUsage {
-    /// Records what a family holds now.
-    pub fn set(&self, family: IpFamily, held: u64) {
-        match family {
-            IpFamily::V4 => &self.v4,
-            IpFamily::V6 => &self.v6,
-        }
-        .store(held, Ordering::Relaxed);
+    /// Records what each family holds now.
+    pub fn set(&self, held: PerFamily<u64>) {
+        self.v4.store(held.v4, Ordering::Relaxed);
+        self.v6.store(held.v6, Ordering::Relaxed);
+        self.known.store(true, Ordering::Release);
     }
 
-    /// What each family holds.
-    pub fn get(&self) -> PerFamily<u64> {
-        PerFamily::new(
-            self.v4.load(Ordering::Relaxed),
-            self.v6.load(Ordering::Relaxed),
-        )
+    /// What each family holds; None before the worker has loaded its shards.
+    pub fn get(&self) -> Option<PerFamily<u64>> {
+        self.known.load(Ordering::Acquire).then(|| {
+            PerFamily::new(
+                self.v4.load(Ordering::Relaxed),
+                self.v6.load(Ordering::Relaxed),
+            )
+        })
     }
 }
 
@@ -216,17 +218,20 @@ impl Collector for Pools {
             ),
             (
                 "pool_used",
-                "Addresses held in a network (as this replica's cache last saw them)",
+                "Addresses held in a network, as this replica's cache last saw them (absent until the replica serves the network once)",
                 false,
             ),
         ] {
-            let gauge = ConstGauge::new(0i64);
+            let gauge = ConstGauge::new(0f64);
             let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             for pool in &pools {
                 let value = if capacity {
-                    pool.capacity
+                    pool.capacity as f64
                 } else {
-                    u128::from(pool.used)
+                    match pool.used {
+                        Some(used) => used as f64,
+                        None => continue,
+                    }
                 };
                 let labels = PoolLabels {
                     kind: pool.network.kind.as_str(),
@@ -237,8 +242,8 @@ impl Collector for Pools {
                         IpFamily::V6 => "ipv6",
                     },
                 };
-                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
-                    .encode(family.encode_family(&labels)?)?;
+                // f64: an IPv6 pool's capacity does not fit an i64.
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())

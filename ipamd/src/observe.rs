@@ -24,6 +24,21 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// passed through without metrics.
 const IPAM_PATH: &str = "/danm.ipam.v1.Ipam/";
 
+/// The methods of `danm.ipam.v1.Ipam` (`proto/danm/ipam/v1/ipam.proto`).
+const METHODS: [&str; 11] = [
+    "Attach",
+    "Detach",
+    "Interfaces",
+    "Allocate",
+    "Release",
+    "Check",
+    "Gc",
+    "Status",
+    "GetNetwork",
+    "ListAllocations",
+    "ReclaimOrphan",
+];
+
 /// The layer: wraps the server's service in [`Observed`].
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
@@ -73,14 +88,17 @@ where
         // The clone is ready only once polled; the ready one is taken (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(method) = request
-            .uri()
-            .path()
-            .strip_prefix(IPAM_PATH)
-            .map(str::to_owned)
-        else {
+        let Some(method) = request.uri().path().strip_prefix(IPAM_PATH) else {
             return Box::pin(inner.call(request));
         };
+        // Only the service's methods become labels: a path is the caller's to choose, and
+        // a label per made-up name would grow the metrics without bound.
+        let method = METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("unknown")
+            .to_owned();
         let id = request
             .headers()
             .get(REQUEST_ID)
@@ -142,4 +160,20 @@ fn new_request_id() -> String {
             ^ u64::from(std::process::id()).rotate_left(40)
     });
     format!("{epoch:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_of_the_service_is_known() {
+        let proto = include_str!("../../proto/proto/danm/ipam/v1/ipam.proto");
+        let rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert_eq!(rpcs, METHODS);
+    }
 }

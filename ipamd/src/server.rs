@@ -121,6 +121,14 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let shutdown = shutdown.boxed().shared();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // NOT_SERVING until the first readiness check says otherwise (tonic-health starts the
+    // overall status as SERVING).
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health_reporter
+        .set_service_status(IPAM_SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+        .await;
     tokio::spawn(report_health(
         Arc::downgrade(&engine),
         health_reporter,
@@ -143,7 +151,7 @@ pub async fn serve_with(
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
-    builder
+    let served = builder
         .layer(ObserveLayer::new(options.rpc_metrics))
         .add_service(health_service)
         .add_service(reflection)
@@ -156,11 +164,16 @@ pub async fn serve_with(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
-        .await?;
+        .await;
     if let Some(task) = health_only {
-        task.await.map_err(|_| ServeError::HealthListener)??;
+        if served.is_err() {
+            // The probe must not keep answering for a server that is gone.
+            task.abort();
+        } else {
+            task.await.map_err(|_| ServeError::HealthListener)??;
+        }
     }
-    Ok(())
+    Ok(served?)
 }
 
 /// Keeps the health service's answer in step with the engine: SERVING while the store

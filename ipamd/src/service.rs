@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{self, Policy};
 use crate::engine::{AttachInput, Engine, EngineError, Metrics, OwnerInfo};
+use crate::store::EndpointRecord;
 
 /// The gRPC service over an engine.
 #[derive(Debug, Clone)]
@@ -69,6 +70,7 @@ pub fn status(error: &EngineError) -> Status {
         },
         EngineError::Attach { source, .. } => status(source).code(),
         EngineError::PodOnOtherNode { .. } => Code::PermissionDenied,
+        EngineError::OwnerOfAnotherPod { .. } => Code::FailedPrecondition,
         EngineError::Store(_)
         | EngineError::Contention { .. }
         | EngineError::ShuttingDown
@@ -267,7 +269,8 @@ impl Ipam for IpamService {
             .interfaces(&r.container_id, namespace)
             .await
             .map_err(fail)?;
-        authz::confine(&caller, "Interfaces", records.iter().map(|(r, _)| r))?;
+        let held: Vec<&EndpointRecord> = records.iter().map(|(r, _)| r).collect();
+        authz::confine(self.engine.store().as_ref(), &caller, "Interfaces", &held).await?;
         let interfaces = records
             .into_iter()
             .enumerate()
@@ -305,7 +308,8 @@ impl Ipam for IpamService {
                 .endpoints_of_container(&r.container_id, namespace)
                 .await
                 .map_err(|e| fail(e.into()))?;
-            authz::confine(&caller, "Detach", records.iter())?;
+            let held: Vec<&EndpointRecord> = records.iter().collect();
+            authz::confine(self.engine.store().as_ref(), &caller, "Detach", &held).await?;
         }
         let released = self
             .engine
@@ -362,7 +366,7 @@ impl Ipam for IpamService {
             let Some(record) = record else {
                 return Ok(Response::new(pb::ReleaseResponse::default()));
             };
-            authz::confine(&caller, "Release", [&record])?;
+            authz::confine(self.engine.store().as_ref(), &caller, "Release", &[&record]).await?;
         }
         let released = self
             .engine
@@ -441,9 +445,21 @@ impl Ipam for IpamService {
                     .map_err(|e| Status::invalid_argument(format!("valid[{i}]: {e}")))?,
             );
         }
+        // A runtime's GC lists one node's attachments: only that node's are candidates.
+        let host = match caller.node() {
+            Some(node) => Some(node),
+            None if !r.host.is_empty() => Some(r.host.as_str()),
+            None if caller.is_admin() => None,
+            None => {
+                return Err(invalid(
+                    "host",
+                    "is required: a CNI GC covers one node's attachments",
+                ));
+            }
+        };
         let released = self
             .engine
-            .gc(&valid, network.as_ref(), caller.node())
+            .gc(&valid, network.as_ref(), host)
             .await
             .map_err(fail)?;
         Ok(Response::new(pb::GcResponse { released }))

@@ -530,3 +530,52 @@ async fn a_crash_between_shard_and_record_is_reclaimed_after_the_grace_period() 
     );
     ipamd.stop().await;
 }
+
+/// CNI GC covers one node's attachments: an unscoped Gc is refused to a caller that is not
+/// an administrator, and a Gc for one host frees only what was attached on that host.
+#[tokio::test]
+async fn gc_frees_only_the_named_hosts_attachments() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    add_networks(
+        store.as_ref(),
+        "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {name: gcnet, namespace: default}\nspec: {NetworkID: gcnet, NetworkType: macvlan, Options: {cidr: 10.61.0.0/24}}\n",
+    )
+    .await;
+    let ipamd = Ipamd::start(store).await;
+    let mut client = ipamd.client().await;
+    for (cid, host) in [("on-h1", "h1"), ("also-h1", "h1"), ("on-h2", "h2")] {
+        let mut request = alloc("gcnet", cid, "dynamic", "");
+        request.owner.as_mut().unwrap().host = host.into();
+        client.allocate(request).await.unwrap();
+    }
+    let unscoped = client.gc(pb::GcRequest::default()).await.unwrap_err();
+    assert_eq!(unscoped.code(), Code::InvalidArgument, "{unscoped:?}");
+    assert!(unscoped.message().contains("host"), "{unscoped:?}");
+    let freed = client
+        .gc(pb::GcRequest {
+            valid: vec![pb::Attachment {
+                container_id: "also-h1".into(),
+                ifname: "eth0".into(),
+            }],
+            network: dnet("default", "gcnet"),
+            host: "h1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(freed.released.len(), 1, "only on-h1: {freed:?}");
+    let left: Vec<String> = ipamd
+        .engine
+        .list_allocations(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| l.endpoint.map(|e| e.owner.container_id))
+        .collect();
+    let left: HashSet<String> = left.into_iter().collect();
+    assert_eq!(
+        left,
+        HashSet::from(["also-h1".to_owned(), "on-h2".to_owned()])
+    );
+    ipamd.stop().await;
+}

@@ -96,6 +96,16 @@ impl Pki {
         issue("cleaner", &danm, "danm-cleaner", None, false);
         issue("stranger", &stranger, "danm-cleaner", None, false);
         issue("someone", &danm, "someone", None, false);
+        // The right names from the wrong CA: the administrator's name from the cluster CA,
+        // a node identity from DANM's (which issues administrators only).
+        issue("cluster-cleaner", &cluster, "danm-cleaner", None, false);
+        issue(
+            "danm-node",
+            &danm,
+            "system:node:node-a",
+            Some("system:nodes"),
+            false,
+        );
         Pki { dir }
     }
 
@@ -144,6 +154,7 @@ fn start_ipamd(kubeconfig: &Path, pki: &Pki, namespace: &str, log: &Path) -> Ipa
             "--admin-clients",
             "danm-cleaner",
         ])
+        .args(["--admin-client-ca", &path("danm-ca.pem")])
         .env("KUBECONFIG", kubeconfig)
         .env("NO_COLOR", "1")
         .stdout(std::fs::File::create(log).unwrap())
@@ -323,6 +334,45 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
     let eps = danmeps(plane, &ns).await;
     assert_eq!(eps.len(), 1, "{eps:?}");
 
+    // node-a naming node-a's other pod but the container of its first pod gets nothing of
+    // it, and a failed attach rolls none of it back.
+    let refused = a
+        .attach(attach_request(&ns, "on-a-2", "cid-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("held by pod"), "{refused:?}");
+    assert_eq!(
+        danmeps(plane, &ns).await.len(),
+        1,
+        "on-a's record is intact"
+    );
+    // A node reads what nodes read, not what administrators do.
+    let network_ref = pb::GetNetworkRequest {
+        network: allocate.network.clone(),
+    };
+    a.get_network(network_ref).await.unwrap();
+    a.status(pb::StatusRequest {}).await.unwrap();
+    let reclaim = pb::ReclaimOrphanRequest {
+        network: allocate.network.clone(),
+        address: "10.79.0.9".into(),
+        fingerprint: "0000000000000001".into(),
+    };
+    assert_eq!(
+        code(a.reclaim_orphan(reclaim).await),
+        Code::PermissionDenied
+    );
+    // The caller's request id comes back, and is on ipamd's log lines of the call.
+    let mut traced = tonic::Request::new(pb::StatusRequest {});
+    traced
+        .metadata_mut()
+        .insert("x-request-id", "e2e-trace-42".parse().unwrap());
+    let answer = a.status(traced).await.unwrap();
+    assert_eq!(
+        answer.metadata().get("x-request-id").unwrap(),
+        "e2e-trace-42"
+    );
+
     // node-b attaches its own pod; node-a may allocate for its other pod.
     b.attach(attach_request(&ns, "on-b", "cid-b"))
         .await
@@ -340,7 +390,7 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
 
     // Identities that are neither a node nor an administrator, and a node name without
     // the nodes group, are refused whatever they call.
-    for id in ["someone", "fake-node"] {
+    for id in ["someone", "fake-node", "cluster-cleaner", "danm-node"] {
         let mut c = client(&pki, &ipamd, Some(id)).await.unwrap();
         assert_eq!(
             code(c.status(pb::StatusRequest {}).await),
@@ -378,15 +428,21 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
     let listed = cleaner.list_allocations(list).await.unwrap().into_inner();
     use futures::StreamExt;
     assert_eq!(listed.collect::<Vec<_>>().await.len(), 3);
-    let released = cleaner.release(release).await.unwrap().into_inner();
+    let mut traced = tonic::Request::new(release);
+    traced
+        .metadata_mut()
+        .insert("x-request-id", "cleaner-trace-7".parse().unwrap());
+    let released = cleaner.release(traced).await.unwrap().into_inner();
     assert_eq!(released.released.len(), 1, "{released:?}");
-    a.detach(pb::DetachRequest {
+    let detach_own = pb::DetachRequest {
         container_id: "cid-b-alloc".into(),
         pod_namespace: ns.clone(),
         pod_name: "on-a-2".into(),
-    })
-    .await
-    .unwrap();
+    };
+    a.detach(detach_own.clone()).await.unwrap();
+    // A second DEL of the same container succeeds and frees nothing (CNI DEL is idempotent).
+    let again = a.detach(detach_own).await.unwrap().into_inner();
+    assert!(again.released.is_empty(), "{again:?}");
     let left: Vec<String> = danmeps(plane, &ns)
         .await
         .into_iter()
@@ -432,6 +488,11 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
             && l.contains("method=Attach")
             && l.contains("allocated")),
         "no request id on the allocation's log line:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("request_id=cleaner-trace-7") && l.contains("released")),
+        "the caller's request id is not on the release's log line:\n{log}"
     );
 }
 

@@ -111,9 +111,10 @@ fn both_overlays_build_with_every_object() {
         // What the brief fixes: ipamd's shape, and the webhooks calling danm-system.
         let ipamd = find(&objects, "Deployment", "danm-ipamd");
         assert_eq!(ipamd["spec"]["replicas"], 3);
+        // One replica at a time may be evicted (a drain works on clusters of any size).
         assert_eq!(
-            find(&objects, "PodDisruptionBudget", "danm-ipamd")["spec"]["minAvailable"],
-            2
+            find(&objects, "PodDisruptionBudget", "danm-ipamd")["spec"]["maxUnavailable"],
+            1
         );
         let ports: BTreeSet<(String, i64)> =
             find(&objects, "Service", "danm-ipamd")["spec"]["ports"]

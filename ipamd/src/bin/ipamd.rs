@@ -89,6 +89,11 @@ struct Args {
         default_value = "danm-cleaner"
     )]
     admin_clients: Vec<String>,
+    /// The CA that alone may issue --admin-clients certificates (give it with
+    /// --tls-client-ca too): an administrator name from another CA (the cluster's, say)
+    /// is refused, and so is a node identity from this one.
+    #[arg(long, env = "IPAMD_ADMIN_CLIENT_CA")]
+    admin_client_ca: Option<PathBuf>,
 }
 
 /// `--authorization`.
@@ -223,7 +228,21 @@ fn policy(args: &Args) -> anyhow::Result<Policy> {
             args.store
         );
     }
+    let admin_issuer = match &args.admin_client_ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--admin-client-ca {}", path.display()))?;
+            Some(danm_ipamd::authz::pem_subject(&pem).with_context(|| {
+                format!(
+                    "--admin-client-ca {}: no PEM certificate in it",
+                    path.display()
+                )
+            })?)
+        }
+        None => None,
+    };
     Ok(Policy::Nodes {
+        admin_issuer,
         admins: args.admin_clients.iter().cloned().collect(),
     })
 }

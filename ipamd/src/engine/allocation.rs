@@ -41,9 +41,11 @@ impl Engine {
         check_requests(&plan, &requests)?;
         self.allocate_checked(&plan, &worker, &key, owner, requests)
             .await
+            .map(|(addresses, _)| addresses)
     }
 
-    /// Allocates what `requests` asks (already checked against `plan`).
+    /// Allocates what `requests` asks (already checked against `plan`): the addresses, and
+    /// whether this call recorded them (false when the owner already held them).
     pub(super) async fn allocate_checked(
         &self,
         plan: &Arc<NetworkPlan>,
@@ -51,12 +53,13 @@ impl Engine {
         key: &OwnerKey,
         owner: &OwnerInfo,
         requests: PerFamily<AddressRequest>,
-    ) -> Result<Addresses, EngineError> {
+    ) -> Result<(Addresses, bool), EngineError> {
         let namespace = Some(owner.pod_namespace.as_str()).filter(|n| !n.is_empty());
         let lock = self.owner_lock(key);
         let _guard = lock.lock().await;
         if let Some(existing) = self.store.get_endpoint(key, namespace).await? {
-            return existing_addresses(&existing, &plan.key, key);
+            same_pod(&existing, owner, key)?;
+            return Ok((existing_addresses(&existing, &plan.key, key)?, false));
         }
         let granted = worker.allocate(key.fingerprint(), requests).await?;
         let addresses = format_addresses(plan, &requests, &granted.held);
@@ -68,7 +71,7 @@ impl Engine {
                     .allocations
                     .inc_by(granted.held.iter().filter(|(_, h)| h.is_some()).count() as u64);
                 tracing::info!(network = %plan.key, owner = %key, ip = %addresses.ip, ip6 = %addresses.ip6, "allocated");
-                Ok(addresses)
+                Ok((addresses, true))
             }
             Err(StoreError::AlreadyExists(_)) => {
                 // Either our own create landed and its answer was lost (the client retried
@@ -79,13 +82,15 @@ impl Engine {
                     .get_endpoint(key, namespace)
                     .await?
                     .ok_or_else(|| EngineError::NotAllocated(key.to_string()))?;
-                let theirs = existing_addresses(&existing, &plan.key, key)?;
-                if theirs == addresses {
+                let theirs = existing_addresses(&existing, &plan.key, key);
+                let ours = theirs.as_ref().is_ok_and(|t| *t == addresses);
+                if ours {
                     self.renew_reused(worker, key, namespace, &granted).await?;
                 } else {
                     self.give_back(worker, key, &granted).await;
                 }
-                Ok(theirs)
+                same_pod(&existing, owner, key)?;
+                Ok((theirs?, ours))
             }
             Err(e) => {
                 // The outcome is unknown (a timeout may have landed): look before giving
@@ -95,7 +100,7 @@ impl Engine {
                         let theirs = existing_addresses(&existing, &plan.key, key)?;
                         if theirs == addresses {
                             self.renew_reused(worker, key, namespace, &granted).await?;
-                            return Ok(addresses);
+                            return Ok((addresses, true));
                         }
                         self.give_back(worker, key, &granted).await;
                     }
@@ -253,4 +258,21 @@ impl Engine {
         }
         Ok(addresses)
     }
+}
+
+/// Refuses an owner key already recorded for another pod: a container id belongs to one
+/// pod, so a caller naming another pod's container must get nothing of it (and, on a
+/// failed Attach, roll nothing of it back).
+fn same_pod(record: &EndpointRecord, owner: &OwnerInfo, key: &OwnerKey) -> Result<(), EngineError> {
+    let differ = |a: &str, b: &str| !a.is_empty() && !b.is_empty() && a != b;
+    if differ(&record.namespace, &owner.pod_namespace)
+        || differ(&record.spec.pod, &owner.pod_name)
+        || differ(&record.spec.pod_uid, &owner.pod_uid)
+    {
+        return Err(EngineError::OwnerOfAnotherPod {
+            owner: key.to_string(),
+            pod: format!("{}/{}", record.namespace, record.spec.pod),
+        });
+    }
+    Ok(())
 }

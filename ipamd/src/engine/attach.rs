@@ -131,8 +131,10 @@ impl Engine {
         ))
         .await;
         if let Some(index) = results.iter().position(Result::is_err) {
+            // Only what this call recorded is rolled back: a record the owner already held
+            // (a retried ADD) stays for the runtime's DEL.
             for ((_, plan, _, _, owner, _), result) in planned.iter().zip(&results) {
-                if result.is_ok()
+                if matches!(result, Ok((_, true)))
                     && let Err(e) = self
                         .release(&plan.key, owner, Some(&pod.pod_namespace))
                         .await
@@ -161,7 +163,7 @@ impl Engine {
                     ifname,
                     network,
                     connection,
-                    addresses: r.expect("all succeeded"),
+                    addresses: r.expect("all succeeded").0,
                 },
             )
             .collect())

@@ -99,8 +99,9 @@ pub struct PoolReport {
     pub family: Family,
     /// Addresses of the dynamic pool, reserved ones excluded.
     pub capacity: u128,
-    /// Addresses held (static ones too), as the worker's cache last saw them.
-    pub used: u64,
+    /// Addresses held (static ones too), as the worker's cache last saw them; None before
+    /// the worker has served the network once.
+    pub used: Option<u64>,
 }
 
 /// One allocated address as listed.
@@ -340,7 +341,7 @@ impl Engine {
                         network: plan.key.clone(),
                         family,
                         capacity: f.capacity(),
-                        used: *used.get(family),
+                        used: used.map(|u| *u.get(family)),
                     });
                 }
             }

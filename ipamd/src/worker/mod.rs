@@ -78,8 +78,9 @@ impl WorkerHandle {
         }
     }
 
-    /// Addresses held per family, as the worker's cache saw them after its last round.
-    pub fn usage(&self) -> PerFamily<u64> {
+    /// Addresses held per family, as the worker's cache saw them after its last round;
+    /// None before its first round (shards are loaded on the first request).
+    pub fn usage(&self) -> Option<PerFamily<u64>> {
         self.usage.get()
     }
 

@@ -131,18 +131,18 @@ impl Worker {
 
     /// Publishes what the cached shards hold (cheap: a count per cached shard).
     pub(super) fn publish_usage(&self) {
-        for family in [Family::V4, Family::V6] {
-            let held: u64 = self
-                .shards
+        let held = |family: Family| -> u64 {
+            self.shards
                 .iter()
                 .filter(|((f, _), _)| *f == family)
                 .map(|(_, cached)| match cached {
                     Cached::Good { bits, .. } => u64::from(bits.len()),
                     Cached::Corrupt { .. } => 0,
                 })
-                .sum();
-            self.usage.set(family, held);
-        }
+                .sum()
+        };
+        self.usage
+            .set(PerFamily::new(held(Family::V4), held(Family::V6)));
     }
 
     pub(super) fn shard_key(&self, family: Family, index: u128) -> ShardKey {
