@@ -51,6 +51,16 @@ pub async fn kubeconfig_for(plane: &ControlPlane, component: &str, namespaces: &
     if !as_service_accounts() {
         return plane.kubeconfig().to_path_buf();
     }
+    service_account_kubeconfig(plane, component, namespaces).await
+}
+
+/// [`kubeconfig_for`] as a ServiceAccount, whatever the environment says (the end-to-end
+/// cluster always runs its components as the manifests' identities).
+pub async fn service_account_kubeconfig(
+    plane: &ControlPlane,
+    component: &str,
+    namespaces: &[&str],
+) -> PathBuf {
     let account = format!("danm-{component}");
     let objects = rbac_of(&account, namespaces);
     plane.create_namespace(SYSTEM_NAMESPACE).await;

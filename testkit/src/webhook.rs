@@ -100,10 +100,16 @@ pub async fn register(
 /// backend in turn. Runs on a thread of its own (it outlives any test's runtime); returns
 /// its address.
 pub fn round_robin(backends: Vec<SocketAddr>) -> std::io::Result<SocketAddr> {
+    round_robin_on("127.0.0.1:0", backends)
+}
+
+/// [`round_robin`], listening on `bind` (e.g. an address of a test bridge, for clients in
+/// other network namespaces).
+pub fn round_robin_on(bind: &str, backends: Vec<SocketAddr>) -> std::io::Result<SocketAddr> {
     if backends.is_empty() {
         return Err(std::io::Error::other("no backend to forward to"));
     }
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let std_listener = std::net::TcpListener::bind(bind)?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,0 +1,273 @@
+//! The whole suite on one machine: the real control plane with kube-scheduler and
+//! kube-controller-manager (Deployments, ReplicaSets, scheduling and garbage collection are
+//! Kubernetes' own), N nodes ([`crate::node`]) on the test's bridges ([`crate::fabric`]),
+//! and DANM's components as processes with the flags, identities and RBAC of `deploy/`:
+//! ipamd (three replicas, `--store kube`, mutual TLS with node authorization, behind a
+//! round-robin forwarder that stands for the `danm-ipamd` Service).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use danm_testkit::control_plane::{ControlPlane, Options, Spawned, free_port};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::json;
+
+use crate::fabric::{Fabric, HOST_ADDRESS, Machine};
+use crate::node::{NodeAgent, NodeConfig};
+
+/// The namespace of DANM's components, as in `deploy/base`.
+pub const SYSTEM_NAMESPACE: &str = "danm-system";
+/// The name ipamd's certificate carries, as the CNI installer's `serverName`.
+const IPAMD_NAME: &str = "danm-ipamd.danm-system.svc";
+
+/// The workspace's binaries: `target/<profile>/`, two levels above the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: `cargo test --workspace` builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// The suite's certificates: one CA for all (the cluster's and DANM's), ipamd's serving
+/// certificate, one client certificate per node (CN `system:node:<node>`, as kubelets'),
+/// the cleaner's.
+pub struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "e2e-ca");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().expect("a key");
+        std::fs::write(
+            dir.join("ca.pem"),
+            params.self_signed(&key).expect("the CA").pem(),
+        )
+        .expect("ca.pem");
+        let pki = Pki {
+            dir: dir.to_owned(),
+            issuer: Issuer::new(params, key),
+        };
+        pki.issue("ipamd", IPAMD_NAME, None, true);
+        pki.issue("cleaner", "danm-cleaner", None, false);
+        pki
+    }
+
+    /// Writes `<file>.pem` (certificate then key, as the kubelet's
+    /// `kubelet-client-current.pem`) and returns its path.
+    fn issue(&self, file: &str, cn: &str, org: Option<&str>, server: bool) -> PathBuf {
+        let names = if server {
+            vec![cn.to_owned()]
+        } else {
+            Vec::new()
+        };
+        let mut params = CertificateParams::new(names).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(org) = org {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, org);
+        }
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
+        let path = self.dir.join(format!("{file}.pem"));
+        std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).expect("a PEM");
+        path
+    }
+
+    /// The CA's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A file of [`Pki`] by stem.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(format!("{file}.pem"))
+    }
+}
+
+/// See the module overview.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, `node-1`...
+    pub nodes: Vec<NodeAgent>,
+    /// ipamd's replicas (drop one to kill it).
+    pub ipamd: Vec<Spawned>,
+    /// Where the CNI reaches ipamd (the forwarder on the management bridge).
+    pub ipamd_address: SocketAddr,
+    /// The certificates.
+    pub pki: Pki,
+    /// The bridges (dropped after the nodes).
+    pub fabric: Fabric,
+    /// The control plane (dropped last).
+    pub plane: ControlPlane,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the control plane, ipamd and `nodes` nodes.
+    pub async fn start(nodes: u8) -> Cluster {
+        let plane = ControlPlane::start(Options {
+            scheduler: true,
+            ..Options::default()
+        })
+        .await
+        .expect("the control plane starts");
+        plane.create_namespace(SYSTEM_NAMESPACE).await;
+        let dir = tempfile::tempdir().expect("a folder");
+        let pki = Pki::new(dir.path());
+        let fabric = Fabric::new();
+        let ipamd_kubeconfig =
+            danm_testkit::identity::service_account_kubeconfig(&plane, "ipamd", &[]).await;
+        let replicas: Vec<(SocketAddr, Spawned)> = (0..3)
+            .map(|i| start_ipamd(&plane, &pki, &ipamd_kubeconfig, i))
+            .collect();
+        let ipamd_address = danm_testkit::webhook::round_robin_on(
+            &format!("{HOST_ADDRESS}:0"),
+            replicas.iter().map(|(a, _)| *a).collect(),
+        )
+        .expect("the forwarder starts");
+        let ipamd: Vec<Spawned> = replicas.into_iter().map(|(_, p)| p).collect();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            ipamd,
+            ipamd_address,
+            pki,
+            fabric,
+            plane,
+            dir,
+        };
+        cluster.wait_ipamd_serving().await;
+        for index in 1..=nodes {
+            cluster.add_node(index).await;
+        }
+        cluster
+    }
+
+    /// Adds node `node-<index>`.
+    pub async fn add_node(&mut self, index: u8) {
+        let name = format!("node-{index}");
+        let machine = Arc::new(Machine::new(&self.fabric, index));
+        let cert = self.pki.issue(
+            &name,
+            &format!("system:node:{name}"),
+            Some("system:nodes"),
+            false,
+        );
+        let net_d = self.dir.path().join(&name).join("net.d");
+        std::fs::create_dir_all(&net_d).expect("net.d");
+        let cni_config = json!({
+            "cniVersion": "1.1.0", "name": "danm", "type": "danm",
+            "ipamd": format!("https://{}", self.ipamd_address),
+            "cniDir": net_d,
+            "ipamdTLS": {"ca": self.pki.ca(), "cert": cert, "key": cert, "serverName": IPAMD_NAME},
+        });
+        std::fs::write(net_d.join("00-danm.conf"), cni_config.to_string()).expect("00-danm.conf");
+        let agent = NodeAgent::start(
+            self.plane.client().await,
+            machine,
+            NodeConfig {
+                name,
+                danm: binary("danm"),
+                cni_config,
+            },
+        )
+        .await;
+        self.nodes.push(agent);
+    }
+
+    /// Waits until every replica answers the health service.
+    async fn wait_ipamd_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for replica in &mut self.ipamd {
+            while !replica.log().contains("ipamd serving") {
+                if let Some(status) = replica.exited() {
+                    panic!("ipamd exited ({status}):\n{}", replica.log_tail(30));
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "ipamd not serving after 60 s:\n{}",
+                    replica.log_tail(30)
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// `kubectl` with `args` and `input`; its output, or a panic with its error.
+    pub fn kubectl(&self, args: &[&str], input: &str) -> String {
+        self.plane
+            .kubectl_with_input(args, input)
+            .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
+    }
+}
+
+/// Starts ipamd replica `index` as the Deployment does, on loopback; its address.
+fn start_ipamd(
+    plane: &ControlPlane,
+    pki: &Pki,
+    kubeconfig: &Path,
+    index: u16,
+) -> (SocketAddr, Spawned) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("an address");
+    let mut command = Command::new(binary("ipamd"));
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_COLOR", "1")
+        .args(["--store", "kube", "--namespace", SYSTEM_NAMESPACE])
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--tls-cert")
+        .arg(pki.path("ipamd"))
+        .arg("--tls-key")
+        .arg(pki.path("ipamd"))
+        .arg("--tls-client-ca")
+        .arg(pki.ca())
+        .args([
+            "--authorization",
+            "nodes",
+            "--admin-clients",
+            "danm-cleaner",
+        ])
+        .args(["--start-hint", &(index * 21_845).to_string()]);
+    let process = plane
+        .spawn_beside(&format!("ipamd-{index}"), command)
+        .expect("ipamd starts");
+    (listen, process)
+}

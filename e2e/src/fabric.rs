@@ -1,0 +1,151 @@
+//! The machines of the end-to-end cluster: each node is a network namespace with two veth
+//! links into two bridges of the test's own, neither with an uplink:
+//!
+//! * `eth0`, management: the node's address on `192.0.2.0/24` (TEST-NET-1), where it reaches
+//!   ipamd (the bridge's host side holds `192.0.2.1`, ipamd's listen address);
+//! * `eth1`, the "physical" interface the pods' macvlans and the tenants' VxLANs ride on,
+//!   on a data bridge that nothing but the nodes joins.
+//!
+//! Everything is removed on drop: the bridges, the node namespaces and what is left in
+//! them.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The host's address on the management bridge: where ipamd listens.
+pub const HOST_ADDRESS: &str = "192.0.2.1";
+
+/// Runs `ip` with `args`; panics with its error when it fails.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether this process runs as root (network namespaces need it).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A short name unique to this process (interface names are at most 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The two bridges.
+#[derive(Debug)]
+pub struct Fabric {
+    /// The management bridge (host side `192.0.2.1/24`).
+    pub management: String,
+    /// The data bridge.
+    pub data: String,
+}
+
+impl Fabric {
+    /// Creates both bridges, up.
+    pub fn new() -> Fabric {
+        assert!(
+            is_root(),
+            "the end-to-end cluster builds network namespaces: run as root (CI does)"
+        );
+        let management = unique("e2em");
+        let data = unique("e2ed");
+        for bridge in [&management, &data] {
+            ip(&["link", "add", bridge, "type", "bridge"]);
+            ip(&["link", "set", bridge, "up"]);
+        }
+        ip(&[
+            "addr",
+            "add",
+            &format!("{HOST_ADDRESS}/24"),
+            "dev",
+            &management,
+        ]);
+        Fabric { management, data }
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for bridge in [&self.management, &self.data] {
+            let _ = Command::new("ip").args(["link", "del", bridge]).status();
+        }
+    }
+}
+
+/// A node's network namespace, joined to both bridges.
+#[derive(Debug)]
+pub struct Machine {
+    /// The namespace's name (`/var/run/netns/<name>`).
+    pub netns: String,
+    /// Its management address.
+    pub address: String,
+}
+
+impl Machine {
+    /// The `index`th machine (1-based, at most 200) on `fabric`.
+    pub fn new(fabric: &Fabric, index: u8) -> Machine {
+        let netns = unique("e2en");
+        ip(&["netns", "add", &netns]);
+        let address = format!("192.0.2.{}", 10 + u16::from(index));
+        for (link, bridge) in [("eth0", &fabric.management), ("eth1", &fabric.data)] {
+            let host_side = unique("e2ev");
+            ip(&[
+                "link", "add", &host_side, "type", "veth", "peer", "name", link, "netns", &netns,
+            ]);
+            ip(&["link", "set", &host_side, "master", bridge, "up"]);
+            ip(&["-n", &netns, "link", "set", link, "up"]);
+        }
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ]);
+        Machine { netns, address }
+    }
+
+    /// `ip` inside the machine.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.netns.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command run inside the machine's namespace (`ip netns exec`).
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // The veths go with the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}

@@ -1,0 +1,11 @@
+//! The end-to-end suite's cluster on one machine (test support only):
+//!
+//! * [`fabric`]: the nodes' network namespaces and the two bridges they hang off;
+//! * [`node`]: a node's `Node` object and its agent, which plays kubelet's network part
+//!   (a namespace per pod, CNI ADD and DEL through the real `danm` binary, the pod's status);
+//! * [`cluster`]: the control plane with kube-scheduler, the nodes, and DANM's components
+//!   as processes with the flags, identities and RBAC of `deploy/`.
+
+pub mod cluster;
+pub mod fabric;
+pub mod node;
