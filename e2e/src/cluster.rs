@@ -18,7 +18,8 @@ use rcgen::{
 };
 use serde_json::json;
 
-use crate::fabric::{Fabric, HOST_ADDRESS, Machine};
+use crate::fabric::{Fabric, Machine};
+use crate::tunnel;
 use crate::node::{NodeAgent, NodeConfig};
 
 /// The namespace of DANM's components, as in `deploy/base`.
@@ -127,7 +128,7 @@ pub struct Cluster {
     pub nodes: Vec<NodeAgent>,
     /// ipamd's replicas (drop one to kill it).
     pub ipamd: Vec<Spawned>,
-    /// Where the CNI reaches ipamd (the forwarder on the management bridge).
+    /// The forwarder in front of ipamd's replicas (the `danm-ipamd` Service), on the host.
     pub ipamd_address: SocketAddr,
     /// The certificates.
     pub pki: Pki,
@@ -156,11 +157,9 @@ impl Cluster {
         let replicas: Vec<(SocketAddr, Spawned)> = (0..3)
             .map(|i| start_ipamd(&plane, &pki, &ipamd_kubeconfig, i))
             .collect();
-        let ipamd_address = danm_testkit::webhook::round_robin_on(
-            &format!("{HOST_ADDRESS}:0"),
-            replicas.iter().map(|(a, _)| *a).collect(),
-        )
-        .expect("the forwarder starts");
+        let ipamd_address =
+            danm_testkit::webhook::round_robin(replicas.iter().map(|(a, _)| *a).collect())
+                .expect("the forwarder starts");
         let ipamd: Vec<Spawned> = replicas.into_iter().map(|(_, p)| p).collect();
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -188,11 +187,18 @@ impl Cluster {
             Some("system:nodes"),
             false,
         );
-        let net_d = self.dir.path().join(&name).join("net.d");
+        let node_dir = self.dir.path().join(&name);
+        let net_d = node_dir.join("net.d");
         std::fs::create_dir_all(&net_d).expect("net.d");
+        // ipamd's Service, as the node's processes see it.
+        let ipamd_port = tunnel::offer(
+            &tunnel::netns_path(&machine.netns),
+            &node_dir,
+            self.ipamd_address,
+        );
         let cni_config = json!({
             "cniVersion": "1.1.0", "name": "danm", "type": "danm",
-            "ipamd": format!("https://{}", self.ipamd_address),
+            "ipamd": format!("https://127.0.0.1:{ipamd_port}"),
             "cniDir": net_d,
             "ipamdTLS": {"ca": self.pki.ca(), "cert": cert, "key": cert, "serverName": IPAMD_NAME},
         });
@@ -226,6 +232,69 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+
+    /// A gRPC client of ipamd (through the forwarder) with the cleaner's identity, an
+    /// administrator: for ListAllocations.
+    pub async fn admin_ipamd(
+        &self,
+    ) -> danm_proto::v1::ipam_client::IpamClient<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+        let read = |p: PathBuf| std::fs::read(p).expect("a PEM");
+        let pem = read(self.pki.path("cleaner"));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(self.pki.ca())))
+            .identity(Identity::from_pem(&pem, &pem))
+            .domain_name(IPAMD_NAME);
+        let endpoint = Channel::from_shared(format!("https://{}", self.ipamd_address))
+            .expect("a URL")
+            .tls_config(tls)
+            .expect("TLS settings");
+        // The forwarder, as a Service whose endpoints lag, may pick a replica that was
+        // killed: the next connection goes to the next one.
+        let mut last = None;
+        for _ in 0..6 {
+            match endpoint.connect().await {
+                Ok(channel) => return danm_proto::v1::ipam_client::IpamClient::new(channel),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("ipamd does not answer: {last:?}")
+    }
+
+    /// Every address ipamd holds (of every network), as `network address` lines.
+    pub async fn allocations(&self) -> Vec<String> {
+        use futures::StreamExt;
+        let mut stream = self
+            .admin_ipamd()
+            .await
+            .list_allocations(danm_proto::v1::ListAllocationsRequest::default())
+            .await
+            .expect("ListAllocations")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            let a = item.expect("an allocation");
+            let network = a.network.map(|n| format!("{}/{}", n.namespace, n.name)).unwrap_or_default();
+            out.push(format!("{network} {}", a.address));
+        }
+        out
+    }
+
+    /// What a user looks at when something does not come up: pods, events, ipamd's logs.
+    pub fn diagnose(&self) -> String {
+        let get = |args: &[&str]| {
+            self.plane
+                .kubectl_with_input(args, "")
+                .unwrap_or_else(|e| format!("kubectl {}: {e}", args.join(" ")))
+        };
+        let mut out = get(&["get", "pods", "-A", "-o", "wide"]);
+        out.push_str(&get(&["get", "events", "-A"]));
+        for (i, replica) in self.ipamd.iter().enumerate() {
+            out.push_str(&format!("--- ipamd-{i}\n{}", replica.log_tail(15)));
+        }
+        out
     }
 
     /// `kubectl` with `args` and `input`; its output, or a panic with its error.

@@ -1,8 +1,9 @@
 //! The machines of the end-to-end cluster: each node is a network namespace with two veth
 //! links into two bridges of the test's own, neither with an uplink:
 //!
-//! * `eth0`, management: the node's address on `192.0.2.0/24` (TEST-NET-1), where it reaches
-//!   ipamd (the bridge's host side holds `192.0.2.1`, ipamd's listen address);
+//! * `eth0`, management: the node's address on `192.0.2.0/24` (TEST-NET-1), its
+//!   InternalIP (the host's services reach the nodes through [`crate::tunnel`]: this
+//!   machine drops what namespaces send to the host's addresses);
 //! * `eth1`, the "physical" interface the pods' macvlans and the tenants' VxLANs ride on,
 //!   on a data bridge that nothing but the nodes joins.
 //!
@@ -11,9 +12,6 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-
-/// The host's address on the management bridge: where ipamd listens.
-pub const HOST_ADDRESS: &str = "192.0.2.1";
 
 /// Runs `ip` with `args`; panics with its error when it fails.
 pub fn ip(args: &[&str]) -> String {
@@ -52,7 +50,7 @@ pub fn unique(prefix: &str) -> String {
 /// The two bridges.
 #[derive(Debug)]
 pub struct Fabric {
-    /// The management bridge (host side `192.0.2.1/24`).
+    /// The management bridge.
     pub management: String,
     /// The data bridge.
     pub data: String,
@@ -71,13 +69,6 @@ impl Fabric {
             ip(&["link", "add", bridge, "type", "bridge"]);
             ip(&["link", "set", bridge, "up"]);
         }
-        ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_ADDRESS}/24"),
-            "dev",
-            &management,
-        ]);
         Fabric { management, data }
     }
 }

@@ -128,6 +128,12 @@ async fn register(client: &kube::Client, name: &str, address: &str) {
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .expect("the Node's status is written");
+    // The API server taints a new Node not-ready; the node lifecycle controller (which
+    // this control plane does not run: no kubelet heartbeats) lifts it once Ready.
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": null}})))
+        .await
+        .expect("the Node's taints are lifted");
 }
 
 fn now() -> String {
@@ -184,7 +190,7 @@ impl Agent {
         }
     }
 
-    async fn handle(&self, pod: Pod, gone: bool) {
+    async fn handle(self: Arc<Self>, pod: Pod, gone: bool) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         if gone || pod.metadata.deletion_timestamp.is_some() {
             self.tear_down(&pod, &uid).await;
@@ -223,23 +229,26 @@ impl Agent {
         }
     }
 
-    async fn set_up(&self, pod: &Pod, uid: &str) -> Result<(), String> {
+    async fn set_up(self: &Arc<Self>, pod: &Pod, uid: &str) -> Result<(), String> {
         let sandbox = Sandbox {
             netns: unique("e2ep"),
             container_id: format!("{}{}", uid.replace('-', ""), unique("c")),
         };
-        crate::fabric::ip(&["netns", "add", &sandbox.netns]);
-        let result = self.cni("ADD", pod, uid, &sandbox);
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.cni("DEL", pod, uid, &sandbox);
+        // Processes run off the async threads: 200 pods at once must not stall the watch.
+        let (agent, p, u, s) = (Arc::clone(self), pod.clone(), uid.to_owned(), sandbox.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            crate::fabric::ip(&["netns", "add", &s.netns]);
+            let result = agent.cni("ADD", &p, &u, &s);
+            if result.is_err() {
+                let _ = agent.cni("DEL", &p, &u, &s);
                 let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &sandbox.netns])
+                    .args(["netns", "del", &s.netns])
                     .status();
-                return Err(e);
             }
-        };
+            result
+        })
+        .await
+        .map_err(|e| format!("the ADD task: {e}"))??;
         self.sandboxes
             .lock()
             .expect("lock")
@@ -280,15 +289,27 @@ impl Agent {
         Ok(())
     }
 
-    async fn tear_down(&self, pod: &Pod, uid: &str) {
+    async fn tear_down(self: &Arc<Self>, pod: &Pod, uid: &str) {
         let sandbox = self.sandboxes.lock().expect("lock").remove(uid);
         if let Some(sandbox) = sandbox {
-            if let Err(e) = self.cni("DEL", pod, uid, &sandbox) {
-                tracing::warn!(error = %e, "CNI DEL failed");
-            }
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &sandbox.netns])
-                .status();
+            let (agent, pod, uid) = (Arc::clone(self), pod.clone(), uid.to_owned());
+            let _ = tokio::task::spawn_blocking(move || {
+                // As kubelet, a failed DEL is retried: the pod is not finished before its
+                // network is torn down.
+                for attempt in 1..=60 {
+                    match agent.cni("DEL", &pod, &uid, &sandbox) {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::info!(error = %e, attempt, "CNI DEL failed; retrying");
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                    }
+                }
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &sandbox.netns])
+                    .status();
+            })
+            .await;
         }
     }
 

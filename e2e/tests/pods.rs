@@ -59,7 +59,7 @@ spec:
 "#;
 
 /// Polls `check` every 200 ms until it returns Some, for at most `seconds`.
-async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(seconds: u64, cluster: &Cluster, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -69,7 +69,11 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {seconds} s\n{}",
+            cluster.diagnose()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -90,13 +94,17 @@ fn pod_ip(pod: &Pod) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("danm_e2e=info")
+        .with_test_writer()
+        .try_init();
     let cluster = Cluster::start(2).await;
     let client = cluster.plane.client().await;
     cluster.kubectl(&["apply", "-f", "-"], NETWORK);
     cluster.kubectl(&["apply", "-f", "-"], &deployment(4));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "e2e-pods");
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), "e2e-pods");
-    let running = eventually(90, "4 web pods ready", || async {
+    let running = eventually(90, &cluster, "4 web pods ready", || async {
         let list = pods
             .list(&ListParams::default().labels("app=web"))
             .await
@@ -140,7 +148,7 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
     }
 
     cluster.kubectl(&["apply", "-f", "-"], &deployment(0));
-    eventually(60, "every web pod gone and its DanmEp freed", || async {
+    eventually(60, &cluster, "every web pod gone and its DanmEp freed", || async {
         let left = pods
             .list(&ListParams::default().labels("app=web"))
             .await
@@ -154,7 +162,7 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
 
     // A static address comes back to a pod re-created under the same name.
     cluster.kubectl(&["apply", "-f", "-"], STATIC_POD);
-    let first = eventually(60, "static-0 ready", || async {
+    let first = eventually(60, &cluster, "static-0 ready", || async {
         let pod = pods.get_opt("static-0").await.ok()??;
         ready(&pod).then_some(pod)
     })
@@ -165,7 +173,7 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
         "",
     );
     cluster.kubectl(&["apply", "-f", "-"], STATIC_POD);
-    let second = eventually(60, "static-0 ready again", || async {
+    let second = eventually(60, &cluster, "static-0 ready again", || async {
         let pod = pods.get_opt("static-0").await.ok()??;
         (ready(&pod) && pod.metadata.uid != first.metadata.uid).then_some(pod)
     })

@@ -1,0 +1,97 @@
+//! A way from a node's namespace to a service of the host (ipamd, the API server): this
+//! machine lets namespaces talk to each other but drops what they send to the host's own
+//! addresses. So each service is offered inside the node's namespace on its loopback, and
+//! every connection made there is carried to the host through a unix socket (the file
+//! system is shared by every namespace): a listener in the node's namespace, a unix
+//! socket, a dialer in the host's. What a node's process sees is a local port, as a
+//! kubelet sees a Service's address.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Offers `target` (a host address) on `127.0.0.1:<port>` inside the namespace at
+/// `netns_path`; returns the port. `dir` holds the unix socket. Runs on two threads of its
+/// own for as long as the process lives (the namespace's end ends the listener).
+pub fn offer(netns_path: &Path, dir: &Path, target: SocketAddr) -> u16 {
+    let socket = dir.join(format!("tunnel-{}.sock", target.port()));
+    let host_side = UnixListener::bind_std(&socket);
+    spawn_host_side(host_side, target);
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let netns_path = netns_path.to_owned();
+    std::thread::spawn(move || {
+        let inside = std::fs::File::open(&netns_path).expect("the node's namespace");
+        nix::sched::setns(&inside, nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the node's namespace");
+        // This thread now lives in the node's namespace: its sockets are created there.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a loopback port in the node's namespace");
+            port_tx
+                .send(listener.local_addr().expect("bound").port())
+                .expect("the caller waits");
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = UnixStream::connect(&socket).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+    });
+    port_rx.recv().expect("the tunnel's port")
+}
+
+trait BindStd {
+    fn bind_std(path: &Path) -> std::os::unix::net::UnixListener;
+}
+
+impl BindStd for UnixListener {
+    fn bind_std(path: &Path) -> std::os::unix::net::UnixListener {
+        let _ = std::fs::remove_file(path);
+        let listener =
+            std::os::unix::net::UnixListener::bind(path).expect("a unix socket for the tunnel");
+        listener.set_nonblocking(true).expect("non-blocking");
+        listener
+    }
+}
+
+fn spawn_host_side(listener: std::os::unix::net::UnixListener, target: SocketAddr) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let listener = UnixListener::from_std(listener).expect("a tokio unix listener");
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = outbound.set_nodelay(true);
+                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+    });
+}
+
+/// The path of a namespace made by `ip netns add`.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/var/run/netns").join(name)
+}
