@@ -86,8 +86,10 @@ impl Pki {
     /// Writes `<file>.pem` (certificate then key, as the kubelet's
     /// `kubelet-client-current.pem`) and returns its path.
     fn issue(&self, file: &str, cn: &str, org: Option<&str>, server: bool) -> PathBuf {
+        // A server certificate also names 127.0.0.1: the cleaner reaches ipamd there, with
+        // no server-name override.
         let names = if server {
-            vec![cn.to_owned()]
+            vec![cn.to_owned(), "127.0.0.1".to_owned()]
         } else {
             Vec::new()
         };
@@ -144,6 +146,7 @@ impl Cluster {
     pub async fn start(nodes: u8) -> Cluster {
         let plane = ControlPlane::start(Options {
             scheduler: true,
+            pod_gc: true,
             ..Options::default()
         })
         .await
@@ -280,6 +283,55 @@ impl Cluster {
             out.push(format!("{network} {}", a.address));
         }
         out
+    }
+
+    /// Node `name` dies: its agent stops, its pods' namespaces and its own vanish (no CNI
+    /// DEL), and its Node object is deleted, as when a machine is lost and removed.
+    pub async fn kill_node(&mut self, name: &str) {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"));
+        self.nodes.remove(index).kill();
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+            kube::Api::all(self.plane.client().await);
+        nodes
+            .delete(name, &Default::default())
+            .await
+            .expect("the Node is deleted");
+    }
+
+    /// One `cleaner --once` pass as the CronJob runs it (its ServiceAccount, its client
+    /// certificate to ipamd), with no grace for orphans; its report (JSON).
+    pub async fn run_cleaner(&self) -> serde_json::Value {
+        let kubeconfig =
+            danm_testkit::identity::service_account_kubeconfig(&self.plane, "cleaner", &[])
+                .await;
+        let cleaner = self.pki.path("cleaner");
+        let out = Command::new(binary("cleaner"))
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["--once", "--grace", "0s", "-o", "json"])
+            .arg("--ipamd")
+            .arg(format!("https://{}", self.ipamd_address))
+            .arg("--ipamd-ca")
+            .arg(self.pki.ca())
+            .arg("--ipamd-cert")
+            .arg(&cleaner)
+            .arg("--ipamd-key")
+            .arg(&cleaner)
+            .output()
+            .expect("the cleaner runs");
+        assert!(
+            out.status.success(),
+            "cleaner --once failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("the cleaner's report: {e}: {}", String::from_utf8_lossy(&out.stdout))
+        })
     }
 
     /// What a user looks at when something does not come up: pods, events, ipamd's logs.

@@ -94,6 +94,10 @@ pub struct Options {
     /// Where etcd keeps its data (default: inside the control plane's folder under the
     /// system's temporary directory).
     pub etcd_data_dir: Option<PathBuf>,
+    /// Also run the pod garbage collector, which deletes the pods of nodes that no longer
+    /// exist (after its 40 s quarantine): for tests whose nodes die. Off by default: other
+    /// tests bind pods to nodes that never exist.
+    pub pod_gc: bool,
 }
 
 /// A running control plane. See the module overview.
@@ -227,7 +231,7 @@ impl ControlPlane {
         plane.wait_ready(&client, "kube-apiserver").await?;
         plane.apply_crds(&client).await?;
         // The controllers start after the CRDs exist, so the garbage collector knows them.
-        plane.start_controller_manager()?;
+        plane.start_controller_manager(options.pod_gc)?;
         if options.scheduler {
             plane.start_scheduler()?;
         }
@@ -327,10 +331,15 @@ impl ControlPlane {
         ]
     }
 
-    fn start_controller_manager(&self) -> Result<(), Error> {
+    fn start_controller_manager(&self, pod_gc: bool) -> Result<(), Error> {
         let mut args = self.component_args();
+        let controllers = if pod_gc {
+            format!("{CONTROLLERS},podgc")
+        } else {
+            CONTROLLERS.to_owned()
+        };
         args.extend([
-            format!("--controllers={CONTROLLERS}"),
+            format!("--controllers={controllers}"),
             format!("--cert-dir={}", self.dir.join("kcm-certs").display()),
             format!(
                 "--service-account-private-key-file={}",
