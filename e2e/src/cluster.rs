@@ -19,8 +19,8 @@ use rcgen::{
 use serde_json::json;
 
 use crate::fabric::{Fabric, Machine};
-use crate::tunnel;
 use crate::node::{NodeAgent, NodeConfig};
+use crate::tunnel;
 
 /// The namespace of DANM's components, as in `deploy/base`.
 pub const SYSTEM_NAMESPACE: &str = "danm-system";
@@ -128,6 +128,10 @@ impl Pki {
 pub struct Cluster {
     /// The nodes, `node-1`...
     pub nodes: Vec<NodeAgent>,
+    /// Each node's netwatcher, in the node's namespace, by node name.
+    pub netwatchers: Vec<(String, Spawned)>,
+    /// svcwatcher.
+    pub svcwatcher: Spawned,
     /// ipamd's replicas (drop one to kill it).
     pub ipamd: Vec<Spawned>,
     /// The forwarder in front of ipamd's replicas (the `danm-ipamd` Service), on the host.
@@ -164,8 +168,11 @@ impl Cluster {
             danm_testkit::webhook::round_robin(replicas.iter().map(|(a, _)| *a).collect())
                 .expect("the forwarder starts");
         let ipamd: Vec<Spawned> = replicas.into_iter().map(|(_, p)| p).collect();
+        let svcwatcher = start_svcwatcher(&plane).await;
         let mut cluster = Cluster {
             nodes: Vec::new(),
+            netwatchers: Vec::new(),
+            svcwatcher,
             ipamd,
             ipamd_address,
             pki,
@@ -206,6 +213,17 @@ impl Cluster {
             "ipamdTLS": {"ca": self.pki.ca(), "cert": cert, "key": cert, "serverName": IPAMD_NAME},
         });
         std::fs::write(net_d.join("00-danm.conf"), cni_config.to_string()).expect("00-danm.conf");
+        // The demo's `management` network is delegated to Debian's bridge plugin (flannel's
+        // stand-in), with a subnet per node as flannel gives.
+        let management = json!({
+            "cniVersion": "1.0.0", "name": "management", "type": "bridge", "bridge": "mgmt0",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("198.19.{index}.0/24")}]],
+                     "dataDir": node_dir.join("host-local")},
+        });
+        std::fs::write(net_d.join("management.conf"), management.to_string())
+            .expect("management.conf");
+        let netwatcher = self.start_netwatcher(&name, &machine, &node_dir).await;
+        self.netwatchers.push((name.clone(), netwatcher));
         let agent = NodeAgent::start(
             self.plane.client().await,
             machine,
@@ -217,6 +235,35 @@ impl Cluster {
         )
         .await;
         self.nodes.push(agent);
+    }
+
+    /// netwatcher in the node's namespace, as the DaemonSet runs it (host network, its
+    /// ServiceAccount), reaching the API server through a tunnel.
+    async fn start_netwatcher(&self, node: &str, machine: &Machine, dir: &Path) -> Spawned {
+        let kubeconfig =
+            danm_testkit::identity::service_account_kubeconfig(&self.plane, "netwatcher", &[])
+                .await;
+        let api: SocketAddr = self
+            .plane
+            .url()
+            .trim_start_matches("https://")
+            .parse()
+            .expect("the API server's address");
+        let port = tunnel::offer(&tunnel::netns_path(&machine.netns), dir, api);
+        let text = std::fs::read_to_string(&kubeconfig)
+            .expect("the kubeconfig")
+            .replace(self.plane.url(), &format!("https://127.0.0.1:{port}"));
+        let inside = dir.join("netwatcher.kubeconfig");
+        std::fs::write(&inside, text).expect("the node's kubeconfig");
+        let mut command = machine.command(&binary("netwatcher"));
+        command
+            .arg("--kubeconfig")
+            .arg(&inside)
+            .args(["--node-name", node, "--resync", "5s"])
+            .args(["--admin-listen", "127.0.0.1:9091"]);
+        self.plane
+            .spawn_beside(&format!("netwatcher-{node}"), command)
+            .expect("netwatcher starts")
     }
 
     /// Waits until every replica answers the health service.
@@ -279,7 +326,10 @@ impl Cluster {
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {
             let a = item.expect("an allocation");
-            let network = a.network.map(|n| format!("{}/{}", n.namespace, n.name)).unwrap_or_default();
+            let network = a
+                .network
+                .map(|n| format!("{}/{}", n.namespace, n.name))
+                .unwrap_or_default();
             out.push(format!("{network} {}", a.address));
         }
         out
@@ -294,6 +344,7 @@ impl Cluster {
             .position(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"));
         self.nodes.remove(index).kill();
+        self.netwatchers.retain(|(node, _)| node != name);
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
             kube::Api::all(self.plane.client().await);
         nodes
@@ -306,8 +357,7 @@ impl Cluster {
     /// certificate to ipamd), with no grace for orphans; its report (JSON).
     pub async fn run_cleaner(&self) -> serde_json::Value {
         let kubeconfig =
-            danm_testkit::identity::service_account_kubeconfig(&self.plane, "cleaner", &[])
-                .await;
+            danm_testkit::identity::service_account_kubeconfig(&self.plane, "cleaner", &[]).await;
         let cleaner = self.pki.path("cleaner");
         let out = Command::new(binary("cleaner"))
             .env("KUBECONFIG", &kubeconfig)
@@ -330,7 +380,10 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("the cleaner's report: {e}: {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "the cleaner's report: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
@@ -355,6 +408,22 @@ impl Cluster {
             .kubectl_with_input(args, input)
             .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
     }
+}
+
+/// svcwatcher as its Deployment runs it (its ServiceAccount, its Lease in danm-system).
+async fn start_svcwatcher(plane: &ControlPlane) -> Spawned {
+    let kubeconfig =
+        danm_testkit::identity::service_account_kubeconfig(plane, "svcwatcher", &[]).await;
+    let mut command = Command::new(binary("svcwatcher"));
+    command
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--namespace", SYSTEM_NAMESPACE])
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{}", free_port()));
+    plane
+        .spawn_beside("svcwatcher", command)
+        .expect("svcwatcher starts")
 }
 
 /// Starts ipamd replica `index` as the Deployment does, on loopback; its address.

@@ -5,7 +5,8 @@
 //!   InternalIP (the host's services reach the nodes through [`crate::tunnel`]: this
 //!   machine drops what namespaces send to the host's addresses);
 //! * `eth1`, the "physical" interface the pods' macvlans and the tenants' VxLANs ride on,
-//!   on a data bridge that nothing but the nodes joins.
+//!   on a data bridge that nothing but the nodes joins (its address, on `192.0.3.0/24`, is
+//!   the VxLANs' local address).
 //!
 //! Everything is removed on drop: the bridges, the node namespaces and what is left in
 //! them.
@@ -69,6 +70,17 @@ impl Fabric {
             ip(&["link", "add", bridge, "type", "bridge"]);
             ip(&["link", "set", bridge, "up"]);
         }
+        // VxLANs find each other by multicast (DANM's group per VNI): flood it, with no
+        // IGMP querier to learn from.
+        ip(&[
+            "link",
+            "set",
+            &data,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         Fabric { management, data }
     }
 }
@@ -105,6 +117,9 @@ impl Machine {
             ip(&["-n", &netns, "link", "set", link, "up"]);
         }
         ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        // The "physical" link's own address: the local address of netwatcher's VxLANs.
+        let underlay = format!("192.0.3.{}/24", 10 + u16::from(index));
+        ip(&["-n", &netns, "addr", "add", &underlay, "dev", "eth1"]);
         ip(&[
             "-n",
             &netns,

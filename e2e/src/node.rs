@@ -55,8 +55,15 @@ pub struct NodeAgent {
 }
 
 impl Drop for NodeAgent {
+    /// The agent stops and every pod namespace goes, with no CNI DEL (a test that fails
+    /// half-way leaves nothing on the machine).
     fn drop(&mut self) {
         self.task.abort();
+        for sandbox in self.sandboxes.lock().expect("lock").values() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &sandbox.netns])
+                .status();
+        }
     }
 }
 
@@ -96,12 +103,7 @@ impl NodeAgent {
 
     /// The node dies: its agent stops and every pod namespace vanishes, with no CNI DEL.
     pub fn kill(self) {
-        self.task.abort();
-        for sandbox in self.sandboxes.lock().expect("lock").values() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &sandbox.netns])
-                .status();
-        }
+        drop(self);
     }
 }
 
@@ -131,7 +133,11 @@ async fn register(client: &kube::Client, name: &str, address: &str) {
     // The API server taints a new Node not-ready; the node lifecycle controller (which
     // this control plane does not run: no kubelet heartbeats) lifts it once Ready.
     nodes
-        .patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"taints": null}})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"taints": null}})),
+        )
         .await
         .expect("the Node's taints are lifted");
 }
@@ -235,7 +241,12 @@ impl Agent {
             container_id: format!("{}{}", uid.replace('-', ""), unique("c")),
         };
         // Processes run off the async threads: 200 pods at once must not stall the watch.
-        let (agent, p, u, s) = (Arc::clone(self), pod.clone(), uid.to_owned(), sandbox.clone());
+        let (agent, p, u, s) = (
+            Arc::clone(self),
+            pod.clone(),
+            uid.to_owned(),
+            sandbox.clone(),
+        );
         let result = tokio::task::spawn_blocking(move || {
             crate::fabric::ip(&["netns", "add", &s.netns]);
             let result = agent.cni("ADD", &p, &u, &s);
@@ -253,13 +264,7 @@ impl Agent {
             .lock()
             .expect("lock")
             .insert(uid.to_owned(), sandbox);
-        let ips: Vec<String> = result["ips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip["address"].as_str())
-            .filter_map(|a| a.split('/').next().map(str::to_owned))
-            .collect();
+        let ips = pod_ips(&result);
         let containers: Vec<Value> = pod
             .spec
             .as_ref()
@@ -355,6 +360,32 @@ impl Agent {
         }
         serde_json::from_slice(&out.stdout).map_err(|e| format!("CNI {command} result: {e}"))
     }
+}
+
+/// The pod's IPs as kubelet reports them: one per family, of the interface `eth0` (the
+/// pod's primary), from a CNI result.
+fn pod_ips(result: &Value) -> Vec<String> {
+    let names: Vec<&str> = result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["name"].as_str().unwrap_or_default())
+        .collect();
+    let mut ips: Vec<String> = Vec::new();
+    for ip in result["ips"].as_array().into_iter().flatten() {
+        let on_eth0 = ip["interface"]
+            .as_u64()
+            .and_then(|i| names.get(i as usize))
+            .is_some_and(|n| *n == "eth0");
+        let Some(address) = ip["address"].as_str().and_then(|a| a.split('/').next()) else {
+            continue;
+        };
+        let v6 = address.contains(':');
+        if on_eth0 && !ips.iter().any(|known| known.contains(':') == v6) {
+            ips.push(address.to_owned());
+        }
+    }
+    ips
 }
 
 fn namespace(pod: &Pod) -> String {

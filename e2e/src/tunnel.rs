@@ -95,3 +95,47 @@ fn spawn_host_side(listener: std::os::unix::net::UnixListener, target: SocketAdd
 pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
 }
+
+/// Whether a TCP connection from the namespace `from` reaches `address:port` served in the
+/// namespace `to` (a listener there, a connection and a few bytes): what two pods' processes
+/// would do over their interfaces.
+pub fn tcp_reaches(from: &str, to: &str, address: std::net::IpAddr, port: u16) -> bool {
+    fn enter(name: &str) -> Result<(), String> {
+        let file = std::fs::File::open(netns_path(name)).map_err(|e| e.to_string())?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+    }
+    let target = SocketAddr::new(address, port);
+    let to = to.to_owned();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || -> Result<Vec<u8>, String> {
+        enter(&to)?;
+        let listener =
+            std::net::TcpListener::bind(target).map_err(|e| format!("bind {target}: {e}"))?;
+        let _ = ready_tx.send(());
+        listener.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+        let mut got = vec![0u8; 4];
+        std::io::Read::read_exact(&mut stream, &mut got).map_err(|e| e.to_string())?;
+        Ok(got)
+    });
+    if ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .is_err()
+    {
+        return false;
+    }
+    let from = from.to_owned();
+    let client = std::thread::spawn(move || -> Result<(), String> {
+        enter(&from)?;
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(5))
+                .map_err(|e| format!("connect {target}: {e}"))?;
+        std::io::Write::write_all(&mut stream, b"ping").map_err(|e| e.to_string())
+    });
+    let sent = client.join().map(|r| r.is_ok()).unwrap_or(false);
+    if !sent {
+        // Unblock the listener so its thread ends.
+        return false;
+    }
+    matches!(server.join(), Ok(Ok(bytes)) if bytes == b"ping")
+}

@@ -60,11 +60,19 @@ fn node_of(pod: &Pod) -> String {
 async fn wait_ready(cluster: &Cluster, pods: &Api<Pod>, seconds: u64, what: &str) -> Vec<Pod> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     loop {
-        let list = pods.list(&ListParams::default().labels("app=six")).await.unwrap().items;
+        let list = pods
+            .list(&ListParams::default().labels("app=six"))
+            .await
+            .unwrap()
+            .items;
         if list.len() == 6 && list.iter().all(ready) {
             return list;
         }
-        assert!(Instant::now() < deadline, "{what}: not within {seconds} s\n{}", cluster.diagnose());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {seconds} s\n{}",
+            cluster.diagnose()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -91,26 +99,53 @@ async fn a_dead_nodes_addresses_are_freed_by_the_cleaner_and_its_pods_replaced()
     // addresses, whose DanmEps nobody deleted.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let list = pods.list(&ListParams::default().labels("app=six")).await.unwrap().items;
-        let gone = !list.iter().any(|p| dead_uids.contains(p.metadata.uid.as_ref().unwrap()));
+        let list = pods
+            .list(&ListParams::default().labels("app=six"))
+            .await
+            .unwrap()
+            .items;
+        let gone = !list
+            .iter()
+            .any(|p| dead_uids.contains(p.metadata.uid.as_ref().unwrap()));
         if gone {
             break;
         }
-        assert!(Instant::now() < deadline, "the dead node's pods are not deleted\n{}", cluster.diagnose());
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's pods are not deleted\n{}",
+            cluster.diagnose()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let leaked = eps.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(leaked.len(), 6, "the dead pods' DanmEps are still there");
-    let list = pods.list(&ListParams::default().labels("app=six")).await.unwrap().items;
-    assert!(list.iter().filter(|p| ready(p)).count() < 6, "the replacements cannot start yet");
+    let list = pods
+        .list(&ListParams::default().labels("app=six"))
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        list.iter().filter(|p| ready(p)).count() < 6,
+        "the replacements cannot start yet"
+    );
 
     let report = cluster.run_cleaner().await;
     let text = report.to_string();
-    assert!(text.contains("pod-gone") || text.contains("node-gone"), "{report:#}");
+    assert!(
+        text.contains("pod-gone") || text.contains("node-gone"),
+        "{report:#}"
+    );
     let after = wait_ready(&cluster, &pods, 90, "the replacements ready").await;
-    assert!(after.iter().all(|p| node_of(p) == "node-1"), "every pod now runs on node-1");
+    assert!(
+        after.iter().all(|p| node_of(p) == "node-1"),
+        "every pod now runs on node-1"
+    );
     let records = eps.list(&ListParams::default()).await.unwrap().items;
-    assert_eq!(records.len(), 6, "one DanmEp per live pod, none of the dead ones");
+    assert_eq!(
+        records.len(),
+        6,
+        "one DanmEp per live pod, none of the dead ones"
+    );
     for record in &records {
         assert!(!dead_uids.contains(&record.spec.pod_uid), "{record:?}");
     }

@@ -148,16 +148,21 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
     }
 
     cluster.kubectl(&["apply", "-f", "-"], &deployment(0));
-    eventually(60, &cluster, "every web pod gone and its DanmEp freed", || async {
-        let left = pods
-            .list(&ListParams::default().labels("app=web"))
-            .await
-            .ok()?
-            .items
-            .len();
-        let records = eps.list(&ListParams::default()).await.ok()?.items.len();
-        (left == 0 && records == 0).then_some(())
-    })
+    eventually(
+        60,
+        &cluster,
+        "every web pod gone and its DanmEp freed",
+        || async {
+            let left = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?
+                .items
+                .len();
+            let records = eps.list(&ListParams::default()).await.ok()?.items.len();
+            (left == 0 && records == 0).then_some(())
+        },
+    )
     .await;
 
     // A static address comes back to a pod re-created under the same name.

@@ -71,7 +71,11 @@ async fn two_hundred_pods_come_and_go_while_an_ipamd_replica_dies() {
     drop(killed);
     let deadline = Instant::now() + Duration::from_secs(300);
     let running = loop {
-        let list = pods.list(&ListParams::default().labels("app=many")).await.unwrap().items;
+        let list = pods
+            .list(&ListParams::default().labels("app=many"))
+            .await
+            .unwrap()
+            .items;
         if list.len() == 200 && list.iter().all(ready) {
             break list;
         }
@@ -95,7 +99,10 @@ async fn two_hundred_pods_come_and_go_while_an_ipamd_replica_dies() {
         .iter()
         .map(|r| r.spec.interface.address.trim_end_matches("/22").to_owned())
         .collect();
-    assert_eq!(recorded, addresses, "the DanmEps name exactly the pods' addresses");
+    assert_eq!(
+        recorded, addresses,
+        "the DanmEps name exactly the pods' addresses"
+    );
     let held = cluster.allocations().await;
     assert_eq!(held.len(), 200, "ipamd's shards hold exactly 200 addresses");
 
@@ -103,7 +110,12 @@ async fn two_hundred_pods_come_and_go_while_an_ipamd_replica_dies() {
     cluster.kubectl(&["apply", "-f", "-"], &deployment(0));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let left = pods.list(&ListParams::default().labels("app=many")).await.unwrap().items.len();
+        let left = pods
+            .list(&ListParams::default().labels("app=many"))
+            .await
+            .unwrap()
+            .items
+            .len();
         let records = eps.list(&ListParams::default()).await.unwrap().items.len();
         if left == 0 && records == 0 {
             break;
@@ -115,7 +127,10 @@ async fn two_hundred_pods_come_and_go_while_an_ipamd_replica_dies() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert!(cluster.allocations().await.is_empty(), "every address freed");
+    assert!(
+        cluster.allocations().await.is_empty(),
+        "every address freed"
+    );
     println!(
         "200 pods ready in {:.1} s (one ipamd replica killed at 3 s), all gone in {:.1} s",
         up.as_secs_f64(),

@@ -74,13 +74,17 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
             format!("{vxlan} is outside 1-16777214"),
         );
     }
+    // Linux's routing table ids are 32-bit; 253-255 are its default, main and local tables,
+    // which a pod's policy routes must not land in. (DANM's own demo uses table 300.)
     if let Some(table) = opts.rt_tables
-        && !(0..=255).contains(&table)
+        && (!(0..=i64::from(u32::MAX)).contains(&table) || (253..=255).contains(&table))
     {
         problem(
             "spec.Options.rt_tables",
             Rule::Ours,
-            format!("{table} is outside 0-255"),
+            format!(
+                "{table} is not a usable routing table: 0 (none) or 1-4294967295 but 253-255 (the kernel's default, main and local tables)"
+            ),
         );
     }
 
@@ -370,6 +374,28 @@ mod tests {
             network_type: "macvlan".into(),
             allowed_tenants: None,
             options: opts,
+        }
+    }
+
+    #[test]
+    fn any_linux_routing_table_but_the_kernels_own_is_accepted() {
+        let with_table = |table: i64| {
+            plan(
+                key(),
+                &spec(NetworkOptions {
+                    cidr: Some("10.0.0.0/24".into()),
+                    rt_tables: Some(table),
+                    ..Default::default()
+                }),
+            )
+        };
+        // DANM's svcwatcher demo uses table 300.
+        for good in [0, 1, 200, 252, 256, 300, i64::from(u32::MAX)] {
+            assert!(with_table(good).is_ok(), "{good}");
+        }
+        for bad in [-1, 253, 254, 255, i64::from(u32::MAX) + 1] {
+            let e = with_table(bad).unwrap_err().to_string();
+            assert!(e.contains("spec.Options.rt_tables"), "{bad}: {e}");
         }
     }
 

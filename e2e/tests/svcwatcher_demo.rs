@@ -1,0 +1,191 @@
+//! DANM's svcwatcher demo (our copies in `e2e/fixtures/svcwatcher_demo/`, adapted to this
+//! kernel: see their header), applied with kubectl in its documented order: Namespaces,
+//! networks, Deployments, Services. Every pod gets its interfaces named as DANM names them
+//! with addresses from ipamd (the delegated management network's from the bridge plugin),
+//! netwatcher builds the VxLANs on every node, each Service's EndpointSlices hold exactly
+//! the right interfaces' addresses, and a load balancer reaches an internal processor over
+//! the internal network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use danm_e2e::cluster::Cluster;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/fixtures/svcwatcher_demo/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A pod's interfaces in its namespace: name -> IPv4 address.
+fn interfaces(netns: &str) -> BTreeMap<String, String> {
+    let shown: Value = serde_json::from_str(&danm_e2e::fabric::ip(&[
+        "-n", netns, "-j", "-4", "addr", "show",
+    ]))
+    .unwrap();
+    shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["ifname"] != "lo")
+        .filter_map(|l| {
+            let address = l["addr_info"].as_array()?.first()?["local"]
+                .as_str()?
+                .to_owned();
+            Some((l["ifname"].as_str()?.to_owned(), address))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn danms_svcwatcher_demo_runs_on_the_one_machine_cluster() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("danm_e2e=warn")
+        .with_test_writer()
+        .try_init();
+    let cluster = Cluster::start(2).await;
+    let client = cluster.plane.client().await;
+    for file in [
+        "1_namespaces.yaml",
+        "2_networks.yaml",
+        "3_deployments.yaml",
+        "4_services.yaml",
+    ] {
+        cluster.kubectl(&["apply", "-f", "-"], &fixture(file));
+    }
+    let all: Api<Pod> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pods = loop {
+        let list = all
+            .list(&ListParams::default().labels("app"))
+            .await
+            .unwrap()
+            .items;
+        let demo: Vec<Pod> = list
+            .into_iter()
+            .filter(|p| {
+                matches!(
+                    p.metadata.namespace.as_deref(),
+                    Some("example-vnf" | "external-client")
+                )
+            })
+            .collect();
+        if demo.len() == 9 && demo.iter().all(ready) {
+            break demo;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo's 9 pods not ready in 120 s\n{}",
+            cluster.diagnose()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Interfaces as DANM names them: eth0 first, then the network's prefix and sequence.
+    let mut by_app: BTreeMap<String, Vec<(String, BTreeMap<String, String>)>> = BTreeMap::new();
+    for pod in &pods {
+        let app = pod.metadata.labels.as_ref().unwrap()["app"].clone();
+        let node_name = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+        let node = cluster.nodes.iter().find(|n| n.name == node_name).unwrap();
+        let netns = node
+            .sandbox_netns(pod.metadata.uid.as_deref().unwrap())
+            .unwrap();
+        by_app
+            .entry(app)
+            .or_default()
+            .push((netns.clone(), interfaces(&netns)));
+    }
+    let names = |app: &str| -> BTreeSet<String> {
+        by_app[app]
+            .iter()
+            .flat_map(|(_, i)| i.keys().cloned())
+            .collect()
+    };
+    assert_eq!(
+        names("loadbalancer"),
+        BTreeSet::from(["eth0".into(), "ext1".into(), "int2".into()])
+    );
+    assert_eq!(
+        names("internal-processor"),
+        BTreeSet::from(["eth0".into(), "int1".into()])
+    );
+    assert_eq!(names("external-client"), BTreeSet::from(["eth0".into()]));
+    for (_, ifaces) in &by_app["loadbalancer"] {
+        assert!(
+            ifaces["eth0"].starts_with("198.19."),
+            "management from the bridge plugin: {ifaces:?}"
+        );
+        assert!(ifaces["ext1"].starts_with("198.18.20."), "{ifaces:?}");
+        assert!(ifaces["int2"].starts_with("198.18.21."), "{ifaces:?}");
+    }
+    // netwatcher built the VxLANs on every node.
+    for node in &cluster.nodes {
+        let links = node.machine.ip(&["-d", "link", "show"]);
+        assert!(
+            links.contains("vx_internal") && links.contains("vx_external"),
+            "{}: {links}",
+            node.name
+        );
+    }
+
+    // Each Service's EndpointSlices hold exactly its pods' addresses on its network.
+    let addresses = |app: &str, iface: &str| -> BTreeSet<String> {
+        by_app[app].iter().map(|(_, i)| i[iface].clone()).collect()
+    };
+    let expected = [
+        ("vnf-internal-lb", addresses("loadbalancer", "int2")),
+        (
+            "vnf-internal-processor",
+            addresses("internal-processor", "int1"),
+        ),
+        ("vnf-external-svc", addresses("loadbalancer", "ext1")),
+    ];
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "example-vnf");
+    for (service, want) in expected {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = slices
+                .list(
+                    &ListParams::default().labels(&format!("kubernetes.io/service-name={service}")),
+                )
+                .await
+                .unwrap()
+                .items;
+            let got: BTreeSet<String> = listed
+                .iter()
+                .flat_map(|s| s.endpoints.iter().flat_map(|e| e.addresses.clone()))
+                .collect();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service}: {got:?}, want {want:?}\n{}",
+                cluster.diagnose()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    // A load balancer reaches an internal processor over the internal network.
+    let (lb_netns, _) = &by_app["loadbalancer"][0];
+    let (processor_netns, processor) = &by_app["internal-processor"][0];
+    let target: std::net::IpAddr = processor["int1"].parse().unwrap();
+    assert!(
+        danm_e2e::tunnel::tcp_reaches(lb_netns, processor_netns, target, 5555),
+        "no TCP from the load balancer to {target}:5555"
+    );
+}
