@@ -27,17 +27,18 @@ pub const SYSTEM_NAMESPACE: &str = "danm-system";
 /// The name ipamd's certificate carries, as the CNI installer's `serverName`.
 const IPAMD_NAME: &str = "danm-ipamd.danm-system.svc";
 
-/// The workspace's binaries: `target/<profile>/`, two levels above the test executable.
+/// The workspace's binaries, in `target/<profile>/`: beside this executable, or one level
+/// up from a test's (`target/<profile>/deps/`).
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join(name);
+    let exe = std::env::current_exe().expect("this executable's path");
+    let mut dir = exe.parent().expect("a folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built: `cargo test --workspace` builds every binary",
+        "{} is not built: `cargo build --workspace --bins` (`cargo test --workspace` does)",
         path.display()
     );
     path
@@ -132,6 +133,8 @@ pub struct Cluster {
     pub netwatchers: Vec<(String, Spawned)>,
     /// svcwatcher.
     pub svcwatcher: Spawned,
+    /// The webhook, once [`Cluster::start_webhook`] has run.
+    pub webhook: Option<Spawned>,
     /// ipamd's replicas (drop one to kill it).
     pub ipamd: Vec<Spawned>,
     /// The forwarder in front of ipamd's replicas (the `danm-ipamd` Service), on the host.
@@ -173,6 +176,7 @@ impl Cluster {
             nodes: Vec::new(),
             netwatchers: Vec::new(),
             svcwatcher,
+            webhook: None,
             ipamd,
             ipamd_address,
             pki,
@@ -333,6 +337,52 @@ impl Cluster {
             out.push(format!("{network} {}", a.address));
         }
         out
+    }
+
+    /// Starts the webhook as its Deployment runs it (its ServiceAccount, TLS only) and
+    /// registers `deploy/base/webhook/webhook-configurations.yaml` with the API server,
+    /// pointed at it; returns once it answers.
+    pub async fn start_webhook(&mut self) {
+        let kubeconfig =
+            danm_testkit::identity::service_account_kubeconfig(&self.plane, "webhook", &[]).await;
+        let cert = self.plane.serving_cert(&["127.0.0.1"]);
+        let (crt, key) = (
+            self.dir.path().join("webhook.crt"),
+            self.dir.path().join("webhook.key"),
+        );
+        std::fs::write(&crt, &cert.cert_pem).expect("the webhook's certificate");
+        std::fs::write(&key, &cert.key_pem).expect("the webhook's key");
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
+        let mut command = Command::new(binary("webhook"));
+        command
+            .env("KUBECONFIG", &kubeconfig)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--tls-cert")
+            .arg(&crt)
+            .arg("--tls-key")
+            .arg(&key);
+        let process = self
+            .plane
+            .spawn_beside("webhook", command)
+            .expect("the webhook starts");
+        let configurations = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/base/webhook/webhook-configurations.yaml");
+        danm_testkit::webhook::register(&self.plane, &configurations, listen)
+            .await
+            .expect("the webhook is registered");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !process.log().contains("webhook serving") {
+            assert!(
+                Instant::now() < deadline,
+                "the webhook is not serving:\n{}",
+                process.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.webhook = Some(process);
     }
 
     /// Node `name` dies: its agent stops, its pods' namespaces and its own vanish (no CNI

@@ -85,6 +85,12 @@ impl Fabric {
     }
 }
 
+impl Default for Fabric {
+    fn default() -> Fabric {
+        Fabric::new()
+    }
+}
+
 impl Drop for Fabric {
     fn drop(&mut self) {
         for bridge in [&self.management, &self.data] {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
+use danm_e2e::pods::{node_of, ready, wait_ready};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -43,52 +44,15 @@ spec:
       containers: [{name: c, image: registry.invalid/six:1}]
 "#;
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn node_of(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default()
-}
-
-async fn wait_ready(cluster: &Cluster, pods: &Api<Pod>, seconds: u64, what: &str) -> Vec<Pod> {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("app=six"))
-            .await
-            .unwrap()
-            .items;
-        if list.len() == 6 && list.iter().all(ready) {
-            return list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {seconds} s\n{}",
-            cluster.diagnose()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_addresses_are_freed_by_the_cleaner_and_its_pods_replaced() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("danm_e2e=warn")
-        .with_test_writer()
-        .try_init();
+    danm_e2e::pods::init_logs();
     let mut cluster = Cluster::start(2).await;
     let client = cluster.plane.client().await;
     cluster.kubectl(&["apply", "-f", "-"], MANIFESTS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "e2e-death");
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), "e2e-death");
-    let before = wait_ready(&cluster, &pods, 90, "6 pods ready").await;
+    let before = wait_ready(&cluster, &pods, "app=six", 6, 90).await;
     let dead: Vec<&Pod> = before.iter().filter(|p| node_of(p) == "node-2").collect();
     assert!(!dead.is_empty(), "the scheduler put some pods on node-2");
     let dead_uids: Vec<String> = dead.iter().filter_map(|p| p.metadata.uid.clone()).collect();
@@ -135,7 +99,7 @@ async fn a_dead_nodes_addresses_are_freed_by_the_cleaner_and_its_pods_replaced()
         text.contains("pod-gone") || text.contains("node-gone"),
         "{report:#}"
     );
-    let after = wait_ready(&cluster, &pods, 90, "the replacements ready").await;
+    let after = wait_ready(&cluster, &pods, "app=six", 6, 90).await;
     assert!(
         after.iter().all(|p| node_of(p) == "node-1"),
         "every pod now runs on node-1"

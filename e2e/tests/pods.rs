@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
+use danm_e2e::pods::{pod_ip, ready};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -78,26 +79,9 @@ where
     }
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn pod_ip(pod: &Pod) -> String {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_nothing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("danm_e2e=info")
-        .with_test_writer()
-        .try_init();
+    danm_e2e::pods::init_logs();
     let cluster = Cluster::start(2).await;
     let client = cluster.plane.client().await;
     cluster.kubectl(&["apply", "-f", "-"], NETWORK);

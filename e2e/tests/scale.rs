@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
+use danm_e2e::pods::ready;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -45,19 +46,9 @@ spec:
     )
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_pods_come_and_go_while_an_ipamd_replica_dies() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("danm_e2e=warn")
-        .with_test_writer()
-        .try_init();
+    danm_e2e::pods::init_logs();
     let mut cluster = Cluster::start(3).await;
     let client = cluster.plane.client().await;
     cluster.kubectl(&["apply", "-f", "-"], NETWORK);

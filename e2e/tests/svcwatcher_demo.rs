@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use danm_e2e::cluster::Cluster;
+use danm_e2e::pods::ready;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
@@ -23,12 +24,8 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
+/// A pod's network namespace and its interfaces there (name -> IPv4 address).
+type Sandbox = (String, BTreeMap<String, String>);
 
 /// A pod's interfaces in its namespace: name -> IPv4 address.
 fn interfaces(netns: &str) -> BTreeMap<String, String> {
@@ -52,10 +49,7 @@ fn interfaces(netns: &str) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn danms_svcwatcher_demo_runs_on_the_one_machine_cluster() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("danm_e2e=warn")
-        .with_test_writer()
-        .try_init();
+    danm_e2e::pods::init_logs();
     let cluster = Cluster::start(2).await;
     let client = cluster.plane.client().await;
     for file in [
@@ -95,7 +89,7 @@ async fn danms_svcwatcher_demo_runs_on_the_one_machine_cluster() {
     };
 
     // Interfaces as DANM names them: eth0 first, then the network's prefix and sequence.
-    let mut by_app: BTreeMap<String, Vec<(String, BTreeMap<String, String>)>> = BTreeMap::new();
+    let mut by_app: BTreeMap<String, Vec<Sandbox>> = BTreeMap::new();
     for pod in &pods {
         let app = pod.metadata.labels.as_ref().unwrap()["app"].clone();
         let node_name = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
