@@ -22,7 +22,12 @@ metadata: {name: internal, namespace: e2e-pods}
 spec:
   NetworkID: internal
   NetworkType: macvlan
-  Options: {host_device: eth1, cidr: 198.18.1.0/24, allocation_pool: {start: 198.18.1.10, end: 198.18.1.200}}
+  Options:
+    host_device: eth1
+    cidr: 198.18.1.0/24
+    allocation_pool: {start: 198.18.1.10, end: 198.18.1.200}
+    # A subnet of the unique-local /48 of the end-to-end suite.
+    net6: fd2e:2e00:e2e0:1::/64
 "#;
 
 fn deployment(replicas: u32) -> String {
@@ -38,7 +43,7 @@ spec:
     metadata:
       labels: {{app: web}}
       annotations:
-        danm.io/interfaces: '[{{"network":"internal","ip":"dynamic"}}]'
+        danm.io/interfaces: '[{{"network":"internal","ip":"dynamic","ip6":"dynamic"}}]'
     spec:
       terminationGracePeriodSeconds: 1
       containers: [{{name: web, image: registry.invalid/web:1}}]
@@ -100,6 +105,19 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
     addresses.sort();
     addresses.dedup();
     assert_eq!(addresses.len(), 4, "4 distinct addresses: {addresses:?}");
+    // Dual stack: each pod reports an IPv6 address of the network too, all distinct.
+    let v6: std::collections::BTreeSet<String> = running
+        .iter()
+        .filter_map(|p| {
+            let ips = p.status.as_ref()?.pod_ips.clone()?;
+            ips.into_iter().map(|i| i.ip).find(|ip| ip.contains(':'))
+        })
+        .collect();
+    assert_eq!(v6.len(), 4, "{v6:?}");
+    assert!(
+        v6.iter().all(|a| a.starts_with("fd2e:2e00:e2e0:1:")),
+        "{v6:?}"
+    );
     let nodes: std::collections::BTreeSet<String> = running
         .iter()
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
@@ -116,6 +134,13 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
             .expect("the pod's sandbox");
         let shown = danm_e2e::fabric::ip(&["-n", &netns, "-o", "addr", "show", "dev", "eth0"]);
         assert!(shown.contains(&format!("{ip}/24")), "{shown}");
+        let ip6 = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ips.clone())
+            .and_then(|ips| ips.into_iter().map(|i| i.ip).find(|ip| ip.contains(':')))
+            .unwrap();
+        assert!(shown.contains(&format!("{ip6}/64")), "{shown}");
     }
     let records = eps.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(records.len(), 4);
