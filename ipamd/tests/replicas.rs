@@ -2,16 +2,19 @@
 //! allocate 5,000 addresses from one /16, release half, allocate 2,500 again. No address is
 //! ever given twice, counts are exact, every live allocation has its DanmEp, and no
 //! AllocationShard comes near 64 KiB. Then the same with faults injected (by the fault proxy
-//! the replicas reach the API server through), and with one replica killed (SIGKILL)
-//! mid-load. The three runs take turns: each one's replicas watch every network of the
-//! cluster, and its reclaimers would see another run's in-flight allocations.
+//! the replicas reach the API server through), with one replica killed (SIGKILL) mid-load,
+//! and with one replica stopped (SIGTERM) mid-load: it answers every call it had taken,
+//! refuses the rest (UNAVAILABLE), exits 0, and leaves nothing half-written (that run
+//! has no orphan reclaimer to hide a leftover). The four runs take turns: each one's
+//! replicas watch every network of the cluster, and its reclaimers would see another
+//! run's in-flight allocations.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::free_port;
@@ -64,18 +67,51 @@ fn retryable(s: &tonic::Status) -> bool {
     )
 }
 
+/// What the callers saw of replica 0 around its SIGTERM.
+#[derive(Default)]
+struct Seen {
+    /// Set once SIGTERM has been sent to replica 0.
+    terminated: AtomicBool,
+    /// Calls replica 0 answered after that: the ones it had in flight.
+    answered_after_term: AtomicUsize,
+    /// Every call replica 0 refused after that: its code and message.
+    refusals_after_term: std::sync::Mutex<Vec<(Code, String)>>,
+}
+
+impl Seen {
+    /// Notes how replica `replica` ended a call.
+    fn note<T>(&self, replica: usize, outcome: &Result<T, tonic::Status>) {
+        if replica != 0 || !self.terminated.load(Ordering::SeqCst) {
+            return;
+        }
+        match outcome {
+            Ok(_) => {
+                self.answered_after_term.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(s) => self
+                .refusals_after_term
+                .lock()
+                .unwrap()
+                .push((s.code(), s.message().to_owned())),
+        }
+    }
+}
+
 /// Calls until it succeeds, moving to the next replica on UNAVAILABLE (as kubelet retries a
 /// failed CNI call and a Service sends it to a live replica).
-async fn allocate(clients: &[Client], ns: &str, first: usize, cid: &str) -> String {
+async fn allocate(clients: &[Client], seen: &Seen, ns: &str, first: usize, cid: &str) -> String {
     for attempt in 0..400 {
-        let mut c = clients[(first + attempt) % clients.len()].clone();
+        let replica = (first + attempt) % clients.len();
+        let mut c = clients[replica].clone();
         let request = pb::AllocateRequest {
             network: net(ns),
             owner: owner(ns, cid),
             ip: "dynamic".into(),
             ip6: String::new(),
         };
-        match c.allocate(request).await {
+        let outcome = c.allocate(request).await;
+        seen.note(replica, &outcome);
+        match outcome {
             Ok(r) => return r.into_inner().ip,
             Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(10)).await,
             Err(s) => panic!("allocate {cid}: {s:?}"),
@@ -84,16 +120,18 @@ async fn allocate(clients: &[Client], ns: &str, first: usize, cid: &str) -> Stri
     panic!("allocate {cid}: still unavailable after 400 tries");
 }
 
-async fn release(clients: &[Client], ns: &str, first: usize, cid: &str) {
+async fn release(clients: &[Client], seen: &Seen, ns: &str, first: usize, cid: &str) {
     for attempt in 0..400 {
-        let mut c = clients[(first + attempt) % clients.len()].clone();
-        match c
+        let replica = (first + attempt) % clients.len();
+        let mut c = clients[replica].clone();
+        let outcome = c
             .release(pb::ReleaseRequest {
                 network: net(ns),
                 owner: owner(ns, cid),
             })
-            .await
-        {
+            .await;
+        seen.note(replica, &outcome);
+        match outcome {
             Ok(_) => return,
             Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(10)).await,
             Err(s) => panic!("release {cid}: {s:?}"),
@@ -121,6 +159,8 @@ enum Trouble {
     Faults(u32),
     /// SIGKILL replica 0 once this many allocations are done; the others go on.
     Kill(usize),
+    /// SIGTERM replica 0 once this many allocations are done; the others go on.
+    Term(usize),
 }
 
 async fn run(trouble: Trouble) {
@@ -130,8 +170,12 @@ async fn run(trouble: Trouble) {
     };
     // A short orphan grace lets the test see leftovers (of a killed replica, or of requests
     // abandoned under faults) reclaimed. 3 s is far above any allocation's time between its
-    // shard write and its record write here (injected timeouts hang 50 ms).
-    let grace = if trouble == Trouble::None { "0" } else { "3" };
+    // shard write and its record write here (injected timeouts hang 50 ms). A clean run, and
+    // a graceful stop, must leave none: no reclaimer runs ("0" turns it off).
+    let grace = match trouble {
+        Trouble::None | Trouble::Term(_) => "0",
+        Trouble::Faults(_) | Trouble::Kill(_) => "3",
+    };
     let _turn = ONE_RUN_AT_A_TIME.lock().await;
     let plane = ControlPlane::shared().await;
     let ns = plane.namespace("replicas").await;
@@ -177,7 +221,7 @@ async fn run(trouble: Trouble) {
                 grace,
             ])
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,danm_runtime=info")
             .env("NO_COLOR", "1")
             .stdout(std::fs::File::create(dir.path().join(format!("replica-{i}.log"))).unwrap())
             .stderr(Stdio::inherit())
@@ -200,12 +244,14 @@ async fn run(trouble: Trouble) {
     proxy.faults().set_all(fault_ppm);
 
     let clients = Arc::new(clients);
+    let seen = Arc::new(Seen::default());
     let held: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let phase = |count: usize, prefix: &'static str| {
         let next = Arc::new(AtomicUsize::new(0));
         (0..96)
             .map(|caller| {
                 let clients = Arc::clone(&clients);
+                let seen = Arc::clone(&seen);
                 let next = Arc::clone(&next);
                 let held = Arc::clone(&held);
                 let ns = ns.clone();
@@ -216,7 +262,7 @@ async fn run(trouble: Trouble) {
                             return;
                         }
                         let cid = format!("{prefix}{n}");
-                        let ip = allocate(&clients, &ns, caller % 3, &cid).await;
+                        let ip = allocate(&clients, &seen, &ns, caller % 3, &cid).await;
                         held.lock().await.insert(cid, ip);
                     }
                 })
@@ -232,6 +278,12 @@ async fn run(trouble: Trouble) {
         replicas[0].0.kill().unwrap();
         replicas[0].0.wait().unwrap();
     }
+    if let Trouble::Term(after) = trouble {
+        while held.lock().await.len() < after {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        terminate(&mut replicas[0].0, &seen, &dir.path().join("replica-0.log")).await;
+    }
     for t in first {
         t.await.unwrap();
     }
@@ -246,11 +298,12 @@ async fn run(trouble: Trouble) {
     let mut tasks = Vec::new();
     for (i, chunk) in to_release.chunks(to_release.len().div_ceil(96)).enumerate() {
         let clients = Arc::clone(&clients);
+        let seen = Arc::clone(&seen);
         let chunk = chunk.to_vec();
         let ns = ns.clone();
         tasks.push(tokio::spawn(async move {
             for cid in chunk {
-                release(&clients, &ns, i % 3, &cid).await;
+                release(&clients, &seen, &ns, i % 3, &cid).await;
             }
         }));
     }
@@ -268,7 +321,33 @@ async fn run(trouble: Trouble) {
         t.await.unwrap();
     }
     proxy.faults().set_all(0);
-    if trouble != Trouble::None {
+    if let Trouble::Term(_) = trouble {
+        // Graceful: the calls replica 0 had taken were answered; the rest were refused with
+        // UNAVAILABLE (the listener closed, or the stream came after its GOAWAY), or
+        // CANCELLED by the client's own transport (hyper's "operation was canceled": a call
+        // still queued on the connection when the GOAWAY closed it, never sent). Both are
+        // codes the CNI turns into "try again later"; none is a call cut off half-done,
+        // which the exact count below would see (this run has no reclaimer).
+        let refusals = seen.refusals_after_term.lock().unwrap().clone();
+        let answered = seen.answered_after_term.load(Ordering::Relaxed);
+        println!(
+            "after SIGTERM replica 0 answered {answered} calls and refused {}",
+            refusals.len()
+        );
+        assert!(answered > 0, "no call in flight at SIGTERM was answered");
+        let otherwise: Vec<&(Code, String)> = refusals
+            .iter()
+            .filter(|(code, message)| {
+                *code != Code::Unavailable
+                    && !(*code == Code::Cancelled && message == "operation was canceled")
+            })
+            .collect();
+        assert!(
+            otherwise.is_empty(),
+            "calls to the stopping replica failed otherwise than UNAVAILABLE: {otherwise:?}"
+        );
+    }
+    if matches!(trouble, Trouble::Faults(_) | Trouble::Kill(_)) {
         // The (surviving) reclaimers: grace 3 s, a scan every 1.5 s; a leftover is freed
         // 3 to 6 s after it was made, later when the machine is loaded (the three tests of
         // this file run at once). Wait for the count to settle, up to 60 s.
@@ -317,8 +396,9 @@ async fn run(trouble: Trouble) {
         .unwrap();
     let (requests, writes, largest_write) = proxy.counters();
     println!(
-        "faults {fault_ppm} ppm, kill {}: {} shards, {allocated} addresses allocated for 5000 live owners, largest shard object {largest} bytes (largest write {largest_write}); {requests} API requests, {writes} writes; {} faults injected",
+        "faults {fault_ppm} ppm, kill {}, term {}: {} shards, {allocated} addresses allocated for 5000 live owners, largest shard object {largest} bytes (largest write {largest_write}); {requests} API requests, {writes} writes; {} faults injected",
         matches!(trouble, Trouble::Kill(_)),
+        matches!(trouble, Trouble::Term(_)),
         shards.len(),
         proxy.faults().injected.load(Ordering::Relaxed)
     );
@@ -357,6 +437,29 @@ async fn run(trouble: Trouble) {
         .delete("big", &Default::default())
         .await
         .unwrap();
+}
+
+/// Sends SIGTERM to `replica` (noted in `seen` once sent) and waits for it to exit 0,
+/// saying so in its log (`log`).
+async fn terminate(replica: &mut Child, seen: &Seen, log: &std::path::Path) {
+    let pid = replica.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
+    seen.terminated.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = replica.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 0 still runs 30 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "replica 0 ended with {status}:\n{log}");
+    assert!(log.contains("shutting down"), "{log}");
 }
 
 /// Every address the shards hold (decoded as ipamd decodes them).
@@ -401,4 +504,9 @@ async fn three_replicas_under_injected_faults_give_no_address_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_load_leaves_nothing_behind() {
     run(Trouble::Kill(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_mid_load_finishes_its_calls_and_leaves_nothing_half_written() {
+    run(Trouble::Term(1500)).await;
 }
