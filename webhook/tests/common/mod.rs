@@ -69,10 +69,25 @@ pub fn start_webhook_on(
     cert_dir: &std::path::Path,
     admin: Option<SocketAddr>,
 ) -> Spawned {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_webhook"));
+    let mut command = webhook_command(kubeconfig, port, cert_dir, GRACE_SECONDS);
     if let Some(admin) = admin {
         command.args(["--admin-listen", &admin.to_string()]);
     }
+    plane
+        .spawn_beside(name, command)
+        .expect("the webhook starts")
+}
+
+/// The webhook's command line: on `127.0.0.1:port` with the certificate files in
+/// `cert_dir`, talking to the API server through `kubeconfig`, freeing reservations no
+/// TenantNetwork carries after `grace_seconds` (reconciled every second).
+pub fn webhook_command(
+    kubeconfig: &std::path::Path,
+    port: u16,
+    cert_dir: &std::path::Path,
+    grace_seconds: u64,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_webhook"));
     command
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info,danm_webhook=debug")
@@ -82,11 +97,9 @@ pub fn start_webhook_on(
         .arg("--tls-key")
         .arg(cert_dir.join("tls.key"))
         .args(["--tls-reload-seconds", "1"])
-        .args(["--reservation-grace-seconds", &GRACE_SECONDS.to_string()])
+        .args(["--reservation-grace-seconds", &grace_seconds.to_string()])
         .args(["--reconcile-seconds", "1"]);
-    plane
-        .spawn_beside(name, command)
-        .expect("the webhook starts")
+    command
 }
 
 /// An HTTPS client trusting the control plane's CA.
