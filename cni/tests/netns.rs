@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 use danm_ipamd::engine::Engine;
 use danm_ipamd::store::Store;
@@ -125,6 +125,34 @@ impl Drop for HostLink {
     }
 }
 
+/// The log of the ipamds of this process (every test's), kept to be searched.
+static IPAMD_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Where ipamd's log lines go: [`IPAMD_LOG`].
+struct IpamdLog;
+
+impl std::io::Write for IpamdLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        IPAMD_LOG.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends ipamd's log lines (debug and up) to [`IPAMD_LOG`], once per process.
+fn capture_ipamd_log() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("danm_ipamd=debug"))
+            .with_ansi(false)
+            .with_writer(|| IpamdLog)
+            .init();
+    });
+}
+
 /// ipamd in this process, on a memory store with `yaml`'s networks.
 struct Ipamd {
     addr: SocketAddr,
@@ -133,6 +161,7 @@ struct Ipamd {
 
 impl Ipamd {
     async fn start(yaml: &str) -> Ipamd {
+        capture_ipamd_log();
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         for net in danm_ipamd::networks::parse_manifests(yaml).unwrap() {
             store.put_network(net).await.unwrap();
@@ -653,12 +682,27 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         "highest common version of cniVersions"
     );
     assert!(t2.stdout["ips"][0].get("version").is_none());
-    expect_error(
-        &danm("ADD", "c-t3", &ns.path(), &tiny).await,
-        100,
-        "exhausted",
-    );
+    let full = danm("ADD", "c-t3", &ns.path(), &tiny).await;
+    expect_error(&full, 100, "exhausted");
     assert_eq!(ipamd.allocated().await, 2);
+    // The error names the CNI call's request id, which ipamd's log line of the refusal
+    // carries: one id from the runtime's log to ipamd's.
+    let details = full.stdout["details"].as_str().unwrap_or_default();
+    let id = details
+        .split("(request id ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no request id in the error: {}", full.stdout));
+    assert!(id.starts_with("cni-"), "{id}");
+    let log = String::from_utf8_lossy(&IPAMD_LOG.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("request_id={id}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("request refused")),
+        "ipamd did not log the refusal under request id {id}: {lines:?}"
+    );
 
     // ipamd unreachable.
     let gone = danm_conf(
