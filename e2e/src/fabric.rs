@@ -151,6 +151,36 @@ impl Machine {
         command.args(["netns", "exec", &self.netns]).arg(program);
         command
     }
+
+    /// `GET http://127.0.0.1:<port><path>` from inside the machine (a node-local admin
+    /// server, as a node's Prometheus agent scrapes it): the status line and body, or why
+    /// not. Blocking: it runs on a thread of its own that enters the namespace.
+    pub fn http_get(&self, port: u16, path: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let netns = crate::tunnel::netns_path(&self.netns);
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        std::thread::spawn(move || {
+            let inside = std::fs::File::open(&netns).map_err(|e| e.to_string())?;
+            nix::sched::setns(&inside, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+                .map_err(|e| format!("127.0.0.1:{port}: {e}"))?;
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            stream
+                .write_all(request.as_bytes())
+                .map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            stream
+                .read_to_string(&mut answer)
+                .map_err(|e| e.to_string())?;
+            Ok(answer)
+        })
+        .join()
+        .map_err(|_| "the scraping thread panicked".to_owned())?
+    }
 }
 
 impl Drop for Machine {

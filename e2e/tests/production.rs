@@ -1,7 +1,8 @@
 //! DANM's production mode on the one-machine cluster: a TenantConfig with a VxLAN profile,
 //! a TenantNetwork admitted and mutated by the webhook (registered with the API server,
-//! running as its ServiceAccount), netwatcher's `vx_` link on every node, and pods on two
-//! nodes attached over it that reach each other through the VxLAN.
+//! running as its ServiceAccount), netwatcher's `vx_` link on every node (counted on the
+//! `/metrics` of its admin server, scraped on the node), and pods on two nodes attached
+//! over it that reach each other through the VxLAN.
 
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,21 @@ async fn a_tenant_network_gets_a_vxlan_from_the_webhook_and_its_pods_talk_over_i
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+        // Its admin server, scraped on the node as Prometheus would: the link it created
+        // is counted, and it is ready.
+        let metrics = node.machine.http_get(9091, "/metrics").unwrap();
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        let created = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("danm_netwatcher_links_created_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(
+            created.is_some_and(|n| n >= 1.0),
+            "{}: no link counted as created:\n{metrics}",
+            node.name
+        );
+        let ready = node.machine.http_get(9091, "/readyz").unwrap();
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     }
 
     // The pods come up over it, one per node, and reach each other.
