@@ -151,6 +151,12 @@ async fn vxlan_links_follow_the_networks_and_are_reconciled() {
     );
     assert_eq!(group_v4(500).to_string(), "239.0.1.244");
     assert!(o.devices["ens-nw"].up, "the parent is brought up");
+    // Ready (`/readyz`) once a sync has succeeded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(why) = metrics.readiness() {
+        assert!(Instant::now() < deadline, "not ready: {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A second network with the same NetworkID and VNI shares the link; it goes with the last.
     plane

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use danm_runtime::{LogFormat, kube_client, logging, parse_duration, serve_admin, shutdown_signal};
+use danm_runtime::{
+    LogFormat, kube_client, logging, parse_duration, serve_admin_with, shutdown_signal,
+};
 use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
 
 /// Keeps this node's VLAN and VxLAN host links as the DanmNets, TenantNetworks and
@@ -45,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
     let links = NodeLinks::new(netlink.handle().clone());
     let metrics = Arc::new(Metrics::new());
     let served = Arc::clone(&metrics);
-    serve_admin(args.admin_listen, move || served.encode()).await?;
+    let probed = Arc::clone(&metrics);
+    let ready = move || std::future::ready(probed.readiness());
+    serve_admin_with(args.admin_listen, move || served.encode(), ready).await?;
     tracing::info!(node = %args.node_name, admin = %args.admin_listen, "keeping host links");
     let config = Config {
         resync: args.resync,

@@ -1,4 +1,5 @@
-//! netwatcher's Prometheus metrics, served at `/metrics` on its admin port.
+//! netwatcher's Prometheus metrics, served at `/metrics` on its admin port, and its
+//! readiness, served at `/readyz`: ready once a sync has succeeded, until one fails.
 
 use danm_core::hostlinks::Action;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +25,8 @@ pub struct Metrics {
     failed: Family<ReasonLabels, Counter>,
     sync_failures: Counter,
     managed: Gauge,
+    /// Why the node's links are not known to be right: `None` after a successful sync.
+    not_ready: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for Metrics {
@@ -73,6 +76,7 @@ impl Metrics {
             failed,
             sync_failures,
             managed,
+            not_ready: std::sync::Mutex::new(Some("no sync yet".to_owned())),
         }
     }
 
@@ -97,9 +101,24 @@ impl Metrics {
         self.failed.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    /// A sync failed.
-    pub fn sync_failed(&self) {
+    /// A sync failed, for `why`: not ready until one succeeds.
+    pub fn sync_failed(&self, why: &str) {
         self.sync_failures.inc();
+        *self.not_ready.lock().expect("not poisoned") =
+            Some(format!("the last sync failed: {why}"));
+    }
+
+    /// A sync succeeded: ready.
+    pub fn synced(&self) {
+        *self.not_ready.lock().expect("not poisoned") = None;
+    }
+
+    /// Ready (the last sync succeeded), or why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        match &*self.not_ready.lock().expect("not poisoned") {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
     }
 
     /// Links wanted at the last sync.
@@ -113,5 +132,30 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_after_a_sync_until_one_fails() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.readiness(), Err("no sync yet".to_owned()));
+        metrics.synced();
+        assert_eq!(metrics.readiness(), Ok(()));
+        metrics.sync_failed("netlink: permission denied");
+        assert_eq!(
+            metrics.readiness(),
+            Err("the last sync failed: netlink: permission denied".to_owned())
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("danm_netwatcher_sync_failures_total 1")
+        );
+        metrics.synced();
+        assert_eq!(metrics.readiness(), Ok(()));
     }
 }

@@ -159,12 +159,13 @@ pub async fn run(
         networks.extend(snapshot(&clusternets));
         let wait = match sync(&networks, &links, &recorder, &metrics, &mut reported).await {
             Ok(()) => {
+                metrics.synced();
                 backoff = Duration::from_secs(1);
                 config.resync
             }
             Err(e) => {
                 // The error policy: retry the whole sync, with a growing pause.
-                metrics.sync_failed();
+                metrics.sync_failed(&e.to_string());
                 tracing::warn!(error = %e, retry_in = ?backoff, "sync failed");
                 let wait = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
