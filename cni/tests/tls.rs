@@ -1,7 +1,8 @@
 //! TLS between the plugins and ipamd: ipamd serves with a certificate and requires client
 //! certificates from a CA (mutual TLS); `danm-ipam` (and `danm`, through the same client)
 //! connects with `ipamdTLS`. Without a client certificate, with an untrusted server, or in
-//! plain text, nothing is allocated.
+//! plain text, nothing is allocated. A renewed server certificate written over the files
+//! is served to new connections without a restart.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use danm_ipamd::engine::Engine;
-use danm_ipamd::server::TlsFiles;
 use danm_ipamd::store::Store;
 use danm_ipamd::store::memory::MemoryStore;
+use danm_ipamd::tls::TlsFiles;
 use danm_ipamd::worker::WorkerConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -36,7 +37,7 @@ struct Pki {
 
 impl Pki {
     /// A CA, a server certificate for `localhost`, a client certificate; and a second,
-    /// unrelated CA.
+    /// unrelated CA, with a server certificate for `localhost` of its own (`renewed`).
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
@@ -52,17 +53,33 @@ impl Pki {
             Issuer::new(params, key)
         };
         let issuer = ca("ca.pem");
-        let _other = ca("other-ca.pem");
-        for (name, san, usage) in [
-            ("server", "localhost", ExtendedKeyUsagePurpose::ServerAuth),
-            ("client", "danm-cni", ExtendedKeyUsagePurpose::ClientAuth),
+        let other = ca("other-ca.pem");
+        for (name, san, usage, issuer) in [
+            (
+                "server",
+                "localhost",
+                ExtendedKeyUsagePurpose::ServerAuth,
+                &issuer,
+            ),
+            (
+                "client",
+                "danm-cni",
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &issuer,
+            ),
+            (
+                "renewed",
+                "localhost",
+                ExtendedKeyUsagePurpose::ServerAuth,
+                &other,
+            ),
         ] {
             let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
             params.extended_key_usages = vec![usage];
             let key = KeyPair::generate().unwrap();
             write(
                 &format!("{name}.pem"),
-                params.signed_by(&key, &issuer).unwrap().pem(),
+                params.signed_by(&key, issuer).unwrap().pem(),
             );
             write(&format!("{name}-key.pem"), key.serialize_pem());
         }
@@ -74,6 +91,8 @@ impl Pki {
     }
 }
 
+/// ipamd in this process with the PKI's server certificate (its files checked every
+/// second), requiring client certificates of its CA.
 async fn ipamd_with_mutual_tls(pki: &Pki) -> (u16, Arc<Engine>) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     for net in danm_ipamd::networks::parse_manifests(NETWORK).unwrap() {
@@ -85,7 +104,7 @@ async fn ipamd_with_mutual_tls(pki: &Pki) -> (u16, Arc<Engine>) {
         key: pki.path("server-key.pem"),
         client_ca: vec![pki.path("ca.pem")],
     }
-    .load()
+    .server_config(std::time::Duration::from_secs(1))
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -194,4 +213,36 @@ async fn danm_ipam_allocates_over_mutual_tls_and_nothing_else_gets_in() {
 
     assert_eq!(allocated().await, 1, "only the mutual-TLS call allocated");
     assert!(Path::new(env!("CARGO_BIN_EXE_danm")).is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let pki = Pki::new();
+    let (port, engine) = ipamd_with_mutual_tls(&pki).await;
+    let https = format!("https://127.0.0.1:{port}");
+    let ipam = |tls: Value| json!({"type": "danm-ipam", "ipamd": https, "network": "tls", "ipamdTLS": tls});
+    let (ok, out) = run("c-before", ipam(tls(&pki, "ca.pem", true))).await;
+    assert!(ok, "{out}");
+
+    // The renewal (from another CA here, so that the client can tell) is written over the
+    // files, key first, as a Secret volume update or cert-manager would.
+    std::fs::copy(pki.path("renewed-key.pem"), pki.path("server-key.pem")).unwrap();
+    std::fs::copy(pki.path("renewed.pem"), pki.path("server.pem")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (ok, out) = run("c-after", ipam(tls(&pki, "other-ca.pem", true))).await;
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is not served: {out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // New connections get the renewed certificate only.
+    let (ok, out) = run("c-old-ca", ipam(tls(&pki, "ca.pem", true))).await;
+    assert!(!ok, "{out}");
+    assert_eq!(out["code"], 11, "{out}");
+    assert_eq!(engine.list_allocations(None).await.unwrap().len(), 2);
 }

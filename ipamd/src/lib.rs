@@ -9,7 +9,8 @@
 //!   workers share.
 //! * [`networks`]: networks from YAML manifests (the embedded store's `--networks DIR`).
 //! * [`service`]: the `danm.ipam.v1.Ipam` gRPC service and its status codes;
-//!   [`server`] serves it with gRPC health and reflection; [`authz`] decides who may call
+//!   [`server`] serves it with gRPC health and reflection, over [`tls`] when configured
+//!   (a renewed certificate served without a restart); [`authz`] decides who may call
 //!   what (node-scoped, by client certificate); [`observe`] gives every RPC a request id,
 //!   its latency and code in the metrics.
 //! * [`showalloc`]: the showalloc CLI's rendering, in DANM's format.
@@ -24,4 +25,5 @@ pub mod server;
 pub mod service;
 pub mod showalloc;
 pub mod store;
+pub mod tls;
 pub mod worker;

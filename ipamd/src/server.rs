@@ -16,15 +16,6 @@ use crate::service::IpamService;
 /// Why serving failed or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A TLS file cannot be read.
-    #[error("cannot read TLS file {path}")]
-    TlsFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// The reflection service could not be built from the descriptors.
     #[error("gRPC reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -45,47 +36,12 @@ pub async fn serve(
     serve_with_tls(engine, listener, None, shutdown).await
 }
 
-/// The server's TLS material, as PEM files.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    /// Certificate chain.
-    pub cert: std::path::PathBuf,
-    /// Private key.
-    pub key: std::path::PathBuf,
-    /// CAs that client certificates must chain to; empty: clients are not asked for one.
-    pub client_ca: Vec<std::path::PathBuf>,
-}
-
-impl TlsFiles {
-    /// Reads the files into tonic's configuration, naming the file that cannot be read.
-    pub fn load(&self) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| ServeError::TlsFile {
-                path: p.to_owned(),
-                source,
-            })
-        };
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
-        if !self.client_ca.is_empty() {
-            // One PEM bundle of every CA: rustls trusts each certificate in it.
-            let mut bundle = Vec::new();
-            for ca in &self.client_ca {
-                bundle.extend(read(ca)?);
-                bundle.push(b'\n');
-            }
-            config = config.client_ca_root(Certificate::from_pem(bundle));
-        }
-        Ok(config)
-    }
-}
-
 /// How to serve, beyond the engine and its listener.
 #[derive(Debug, Default)]
 pub struct ServeOptions {
-    /// TLS (with client certificates required when it has a client CA); None: plaintext.
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// TLS (with client certificates required when it has a client verifier, see
+    /// [`crate::tls::TlsFiles`]); None: plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Who may call what.
     pub policy: Policy,
     /// Where RPC latencies and refusals are recorded.
@@ -101,7 +57,7 @@ pub struct ServeOptions {
 pub async fn serve_with_tls(
     engine: Arc<Engine>,
     listener: TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let options = ServeOptions {
@@ -147,24 +103,28 @@ pub async fn serve_with(
         }
         None => None,
     };
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let served = builder
+    let router = tonic::transport::Server::builder()
         .layer(ObserveLayer::new(options.rpc_metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(IpamServer::new(IpamService::with_policy(
             engine,
             options.policy,
-        )))
-        // No Nagle: small answers must not wait for the client's delayed ACK (40 ms).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await;
+        )));
+    let served = match options.tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+                .await
+        }
+        None => {
+            // No Nagle: small answers must not wait for the client's delayed ACK (40 ms).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    };
     if let Some(task) = health_only {
         if served.is_err() {
             // The probe must not keep answering for a server that is gone.

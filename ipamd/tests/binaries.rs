@@ -237,7 +237,28 @@ fn ipamd_refuses_bad_flags_with_clear_errors() {
         ],
     );
     assert!(
-        !ok && text.contains("cannot read TLS file /nonexistent/cert.pem"),
+        !ok && text.contains("cannot read certificate from /nonexistent/cert.pem"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_ipamd"),
+        &[
+            "--store",
+            "memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+            "--tls-client-ca",
+            "/nonexistent/ca.pem",
+            "--authorization",
+            "any-client",
+        ],
+    );
+    assert!(
+        !ok && text.contains("--tls-client-ca /nonexistent/ca.pem"),
         "{text}"
     );
     let (ok, text) = run(env!("CARGO_BIN_EXE_ipamd"), &["--help"]);

@@ -8,9 +8,9 @@
 //! * [`serve_admin`]: the admin server, `/metrics` (Prometheus text), `/healthz` and
 //!   `/readyz`, on a port of its own;
 //! * [`shutdown_signal`]: SIGTERM or Ctrl-C, for graceful shutdown;
-//! * [`parse_duration`]: durations as flags take them (`10m`, `90s`).
-//!
-//! * [`elect`]: Lease leader election (`kube-lease-manager`), for replicated writers.
+//! * [`parse_duration`]: durations as flags take them (`10m`, `90s`);
+//! * [`elect`]: Lease leader election (`kube-lease-manager`), for replicated writers;
+//! * [`tls`]: a serving certificate reloaded when its files change (webhook, ipamd).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+
+pub mod tls;
 
 /// Why the plumbing failed.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@
 //! * [`tenants`]: the TenantConfig side: reserving ids with optimistic concurrency, freeing
 //!   them when their TenantNetwork goes, reconciling what a failed create left.
 //! * [`usage`]: which pods are connected to which network (a DanmEp index).
-//! * [`tls`]: the serving certificate, reloaded when its files change.
+//! * the serving certificate, reloaded when its files change: `danm_runtime::tls`.
 //! * [`server`]: HTTPS (rustls) with the admission paths, `/metrics`, `/healthz`, `/readyz`.
 //! * [`metrics`]: the Prometheus metrics.
 
@@ -20,5 +20,4 @@ pub mod metrics;
 pub mod review;
 pub mod server;
 pub mod tenants;
-pub mod tls;
 pub mod usage;

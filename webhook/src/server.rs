@@ -24,7 +24,7 @@ use tokio_rustls::server::TlsStream;
 use tower::ServiceExt as _;
 
 use crate::review::{Admission, Path};
-use crate::tls::ReloadingCert;
+use danm_runtime::tls::ReloadingCert;
 
 /// Largest AdmissionReview accepted: a TenantConfig and its old copy, each up to etcd's
 /// 1.5 MiB object limit, with room to spare.
@@ -112,7 +112,9 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(Arc::new(cert.server_config()));
+    // HTTP/2 first: the API server multiplexes its calls on one connection.
+    let alpn: [&[u8]; 2] = [b"h2", b"http/1.1"];
+    let acceptor = TlsAcceptor::from(Arc::new(cert.server_config(&alpn, None)));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

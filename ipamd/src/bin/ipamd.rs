@@ -64,6 +64,10 @@ struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "IPAMD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How often --tls-cert and --tls-key are checked for a change, in seconds: a renewed
+    /// pair is served to new connections without a restart.
+    #[arg(long, env = "IPAMD_TLS_RELOAD_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    tls_reload_seconds: u64,
     /// Require client certificates signed by this PEM CA (mutual TLS; needs --tls-cert).
     /// Repeat for several CAs, e.g. the cluster CA (which signs the kubelets' client
     /// certificates) and DANM's own (which signs the cleaner's).
@@ -128,12 +132,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     danm_runtime::logging_to(args.log_format, std::io::stdout);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
-            server::TlsFiles {
+            danm_ipamd::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: args.tls_client_ca.clone(),
             }
-            .load()?,
+            .server_config(Duration::from_secs(args.tls_reload_seconds))?,
         ),
         _ => None,
     };

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use danm_runtime::tls::{ReloadingCert, TlsFiles};
 use danm_webhook::metrics::Metrics;
 use danm_webhook::review::Admission;
 use danm_webhook::server;
 use danm_webhook::tenants::{Tenants, TenantsConfig};
-use danm_webhook::tls::{ReloadingCert, TlsFiles};
 use danm_webhook::usage::Usage;
 
 /// Validates and mutates DanmNet, TenantNetwork, ClusterNetwork and TenantConfig objects,

@@ -1,5 +1,6 @@
-//! The serving certificate, reloaded when its files change (cert-manager renews it in
-//! place): every new TLS handshake gets the newest certificate, no restart needed.
+//! A serving certificate reloaded when its files change (cert-manager and danm-certs renew
+//! it in place): every new TLS handshake gets the newest certificate, no restart needed.
+//! The webhook and ipamd serve with it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -151,16 +153,25 @@ impl ReloadingCert {
         Ok(cert)
     }
 
-    /// A rustls server configuration serving this certificate (HTTP/1.1 and HTTP/2).
-    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    /// A rustls server configuration serving this certificate with these ALPN protocols
+    /// (e.g. `h2`), asking clients for a certificate that `clients` accepts if given.
+    pub fn server_config(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        clients: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> rustls::ServerConfig {
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .expect("ring supports the default protocol versions");
+        let builder = match clients {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         config
     }
 }
