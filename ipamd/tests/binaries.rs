@@ -223,44 +223,33 @@ fn ipamd_refuses_bad_flags_with_clear_errors() {
         !ok && text.contains("--tls-key"),
         "a certificate needs its key: {text}"
     );
-    let (ok, text) = run(
-        env!("CARGO_BIN_EXE_ipamd"),
-        &[
-            "--store",
-            "memory",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "/nonexistent/cert.pem",
-            "--tls-key",
-            "/nonexistent/key.pem",
-        ],
-    );
-    assert!(
-        !ok && text.contains("cannot read certificate from /nonexistent/cert.pem"),
-        "{text}"
-    );
-    let (ok, text) = run(
-        env!("CARGO_BIN_EXE_ipamd"),
-        &[
-            "--store",
-            "memory",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            "/nonexistent/cert.pem",
-            "--tls-key",
-            "/nonexistent/key.pem",
-            "--tls-client-ca",
-            "/nonexistent/ca.pem",
-            "--authorization",
-            "any-client",
-        ],
-    );
-    assert!(
-        !ok && text.contains("--tls-client-ca /nonexistent/ca.pem"),
-        "{text}"
-    );
+    // A TLS file that cannot be read is named: the certificate, or a client CA.
+    let tls = [
+        "--store",
+        "memory",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ];
+    let with_client_ca = [
+        "--tls-client-ca",
+        "/nonexistent/ca.pem",
+        "--authorization",
+        "any-client",
+    ];
+    for (extra, named) in [
+        (
+            &[][..],
+            "cannot read certificate from /nonexistent/cert.pem",
+        ),
+        (&with_client_ca[..], "--tls-client-ca /nonexistent/ca.pem"),
+    ] {
+        let (ok, text) = run(env!("CARGO_BIN_EXE_ipamd"), &[&tls[..], extra].concat());
+        assert!(!ok && text.contains(named), "{text}");
+    }
     let (ok, text) = run(env!("CARGO_BIN_EXE_ipamd"), &["--help"]);
     assert!(
         ok && text.contains("--networks") && text.contains("--tls-client-ca"),
