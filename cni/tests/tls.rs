@@ -14,10 +14,7 @@ use danm_ipamd::store::Store;
 use danm_ipamd::store::memory::MemoryStore;
 use danm_ipamd::tls::TlsFiles;
 use danm_ipamd::worker::WorkerConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use danm_testkit::pki::{TestCa, Usage};
 use serde_json::{Value, json};
 
 const NETWORK: &str = "
@@ -40,49 +37,11 @@ impl Pki {
     /// unrelated CA, with a server certificate for `localhost` of its own (`renewed`).
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let key = KeyPair::generate().unwrap();
-            write(name, params.self_signed(&key).unwrap().pem());
-            Issuer::new(params, key)
-        };
-        let issuer = ca("ca.pem");
-        let other = ca("other-ca.pem");
-        for (name, san, usage, issuer) in [
-            (
-                "server",
-                "localhost",
-                ExtendedKeyUsagePurpose::ServerAuth,
-                &issuer,
-            ),
-            (
-                "client",
-                "danm-cni",
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &issuer,
-            ),
-            (
-                "renewed",
-                "localhost",
-                ExtendedKeyUsagePurpose::ServerAuth,
-                &other,
-            ),
-        ] {
-            let mut params = CertificateParams::new(vec![san.to_owned()]).unwrap();
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().unwrap();
-            write(
-                &format!("{name}.pem"),
-                params.signed_by(&key, issuer).unwrap().pem(),
-            );
-            write(&format!("{name}-key.pem"), key.serialize_pem());
-        }
+        let ca = TestCa::new(dir.path(), "ca");
+        let other = TestCa::new(dir.path(), "other-ca");
+        ca.issue_files("server", "localhost", None, &["localhost"], Usage::Server);
+        ca.issue_files("client", "danm-cni", None, &["danm-cni"], Usage::Client);
+        other.issue_files("renewed", "localhost", None, &["localhost"], Usage::Server);
         Pki { dir }
     }
 

@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danm_testkit::control_plane::{ControlPlane, Options, Spawned, free_port};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use danm_testkit::pki::{TestCa, Usage};
 use serde_json::json;
 
 use crate::fabric::{Fabric, Machine};
@@ -47,37 +44,17 @@ pub fn binary(name: &str) -> PathBuf {
 /// The suite's certificates: one CA for all (the cluster's and DANM's), ipamd's serving
 /// certificate, one client certificate per node (CN `system:node:<node>`, as kubelets'),
 /// the cleaner's.
+#[derive(Debug)]
 pub struct Pki {
     dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl std::fmt::Debug for Pki {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
-    }
+    ca: TestCa,
 }
 
 impl Pki {
     fn new(dir: &Path) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "e2e-ca");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("a key");
-        std::fs::write(
-            dir.join("ca.pem"),
-            params.self_signed(&key).expect("the CA").pem(),
-        )
-        .expect("ca.pem");
         let pki = Pki {
             dir: dir.to_owned(),
-            issuer: Issuer::new(params, key),
+            ca: TestCa::new(dir, "ca"),
         };
         pki.issue("ipamd", IPAMD_NAME, None, true);
         pki.issue("cleaner", "danm-cleaner", None, false);
@@ -89,27 +66,13 @@ impl Pki {
     fn issue(&self, file: &str, cn: &str, org: Option<&str>, server: bool) -> PathBuf {
         // A server certificate also names 127.0.0.1: the cleaner reaches ipamd there, with
         // no server-name override.
-        let names = if server {
-            vec![cn.to_owned(), "127.0.0.1".to_owned()]
+        let issued = if server {
+            self.ca.issue(cn, org, &[cn, "127.0.0.1"], Usage::Server)
         } else {
-            Vec::new()
+            self.ca.issue(cn, org, &[], Usage::Client)
         };
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        if let Some(org) = org {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, org);
-        }
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().expect("a key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed");
         let path = self.dir.join(format!("{file}.pem"));
-        std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).expect("a PEM");
+        std::fs::write(&path, format!("{}{}", issued.cert_pem, issued.key_pem)).expect("a PEM");
         path
     }
 

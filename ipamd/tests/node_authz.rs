@@ -13,11 +13,8 @@ use danm_crds::DanmEp;
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::pki::{TestCa, Usage};
 use kube::api::{Api, ListParams};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -30,82 +27,40 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let key = KeyPair::generate().unwrap();
-            write(
-                &format!("{name}.pem"),
-                params.self_signed(&key).unwrap().pem(),
-            );
-            Issuer::new(params, key)
-        };
+        let ca = |name: &str| TestCa::new(dir.path(), name);
         let (cluster, danm, stranger) = (ca("cluster-ca"), ca("danm-ca"), ca("stranger-ca"));
-        let issue = |file: &str,
-                     issuer: &Issuer<'_, KeyPair>,
-                     cn: &str,
-                     org: Option<&str>,
-                     server: bool| {
-            let names = if server {
-                vec!["localhost".to_owned()]
-            } else {
-                Vec::new()
-            };
-            let mut params = CertificateParams::new(names).unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            if let Some(org) = org {
-                params
-                    .distinguished_name
-                    .push(DnType::OrganizationName, org);
-            }
-            params.extended_key_usages = vec![if server {
-                ExtendedKeyUsagePurpose::ServerAuth
-            } else {
-                ExtendedKeyUsagePurpose::ClientAuth
-            }];
-            let key = KeyPair::generate().unwrap();
-            write(
-                &format!("{file}.pem"),
-                params.signed_by(&key, issuer).unwrap().pem(),
-            );
-            write(&format!("{file}-key.pem"), key.serialize_pem());
-        };
-        issue("server", &danm, "danm-ipamd", None, true);
-        issue(
-            "node-a",
-            &cluster,
-            "system:node:node-a",
-            Some("system:nodes"),
-            false,
-        );
-        issue(
-            "node-b",
-            &cluster,
-            "system:node:node-b",
-            Some("system:nodes"),
-            false,
-        );
-        // A node name without the nodes group: not a node.
-        issue("fake-node", &danm, "system:node:node-a", None, false);
-        issue("cleaner", &danm, "danm-cleaner", None, false);
-        issue("stranger", &stranger, "danm-cleaner", None, false);
-        issue("someone", &danm, "someone", None, false);
-        // The right names from the wrong CA: the administrator's name from the cluster CA,
-        // a node identity from DANM's (which issues administrators only).
-        issue("cluster-cleaner", &cluster, "danm-cleaner", None, false);
-        issue(
-            "danm-node",
-            &danm,
-            "system:node:node-a",
-            Some("system:nodes"),
-            false,
-        );
+        danm.issue_files("server", "danm-ipamd", None, &["localhost"], Usage::Server);
+        let clients: [(&str, &TestCa, &str, Option<&str>); 8] = [
+            (
+                "node-a",
+                &cluster,
+                "system:node:node-a",
+                Some("system:nodes"),
+            ),
+            (
+                "node-b",
+                &cluster,
+                "system:node:node-b",
+                Some("system:nodes"),
+            ),
+            // A node name without the nodes group: not a node.
+            ("fake-node", &danm, "system:node:node-a", None),
+            ("cleaner", &danm, "danm-cleaner", None),
+            ("stranger", &stranger, "danm-cleaner", None),
+            ("someone", &danm, "someone", None),
+            // The right names from the wrong CA: the administrator's name from the cluster
+            // CA, a node identity from DANM's (which issues administrators only).
+            ("cluster-cleaner", &cluster, "danm-cleaner", None),
+            (
+                "danm-node",
+                &danm,
+                "system:node:node-a",
+                Some("system:nodes"),
+            ),
+        ];
+        for (stem, ca, cn, org) in clients {
+            ca.issue_files(stem, cn, org, &[], Usage::Client);
+        }
         Pki { dir }
     }
 

@@ -12,6 +12,7 @@
 //! * [`fixtures`]: manifests modelled on DANM's examples, written in this repository.
 //! * [`identity`]: the identity a component under test acts as: the administrator, or
 //!   (with `DANM_TESTS_AS_SERVICE_ACCOUNTS`) its ServiceAccount and RBAC from `deploy/base`.
+//! * [`pki`]: test CAs and the server and client certificates they issue, as PEM files.
 //! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
 //!   figures with the real API server's, and for the tests that pin where the two agree.
 
@@ -20,6 +21,7 @@ pub mod control_plane;
 pub mod fault_proxy;
 pub mod fixtures;
 pub mod identity;
+pub mod pki;
 pub mod webhook;
 
 /// Serves `router` on `listener` in a task until the returned sender is used or dropped,
