@@ -200,6 +200,8 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 /// A gRPC error of ipamd as a CNI error; `what` says what was being done.
 pub fn cni_error(what: &str, status: &Status) -> CniError {
     let code = match status.code() {
+        // Refused by an ipamd that is stopping (an HTTP/2 GOAWAY), never carried out.
+        _ if danm_proto::status::never_carried_out(status) => ErrorCode::TryAgainLater,
         Code::NotFound | Code::InvalidArgument => ErrorCode::InvalidConfig,
         Code::ResourceExhausted => ErrorCode::PoolExhausted,
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {

@@ -203,5 +203,9 @@ async fn a_renewed_server_certificate_is_served_without_a_restart() {
     let (ok, out) = run("c-old-ca", ipam(tls(&pki, "ca.pem", true))).await;
     assert!(!ok, "{out}");
     assert_eq!(out["code"], 11, "{out}");
+    assert!(
+        out.to_string().contains("UnknownIssuer"),
+        "not refused for its issuer: {out}"
+    );
     assert_eq!(engine.list_allocations(None).await.unwrap().len(), 2);
 }

@@ -94,20 +94,28 @@ async fn a_tenant_network_gets_a_vxlan_from_the_webhook_and_its_pods_talk_over_i
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         // Its admin server, scraped on the node as Prometheus would: the link it created
-        // is counted, and it is ready.
-        let metrics = node.machine.http_get(9091, "/metrics").unwrap();
-        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-        let created = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("danm_netwatcher_links_created_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        assert!(
-            created.is_some_and(|n| n >= 1.0),
-            "{}: no link counted as created:\n{metrics}",
-            node.name
-        );
-        let ready = node.machine.http_get(9091, "/readyz").unwrap();
-        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        // is counted (once its sync has ended), and it is ready.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let metrics = node.machine.http_get(9091, "/metrics").unwrap();
+            let ready = node.machine.http_get(9091, "/readyz").unwrap();
+            let created = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("danm_netwatcher_links_created_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            if metrics.starts_with("HTTP/1.1 200")
+                && created.is_some_and(|n| n >= 1.0)
+                && ready.starts_with("HTTP/1.1 200")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no link counted as created, or not ready:\n{metrics}\n{ready}",
+                node.name
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     // The pods come up over it, one per node, and reach each other.

@@ -19,7 +19,7 @@ pub enum ServeError {
     /// The reflection service could not be built from the descriptors.
     #[error("gRPC reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The gRPC server failed (TLS configuration, transport).
+    /// The gRPC server failed (transport).
     #[error("gRPC server")]
     Transport(#[from] tonic::transport::Error),
     /// The plaintext health listener's task panicked.

@@ -21,16 +21,35 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate or key.
-    #[error(transparent)]
+    #[error("--tls-cert/--tls-key")]
     Cert(#[from] danm_runtime::tls::TlsError),
-    /// A client CA file cannot be read or holds no certificate rustls accepts.
-    #[error("--tls-client-ca {path}: {message}")]
-    ClientCa {
+    /// A client CA file cannot be read as PEM.
+    #[error("--tls-client-ca {path}")]
+    ClientCaRead {
         /// The file.
         path: PathBuf,
         /// Why.
-        message: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
     },
+    /// A client CA file holds no certificate.
+    #[error("--tls-client-ca {path}: no CERTIFICATE block")]
+    ClientCaEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate of a client CA file is not a usable trust anchor.
+    #[error("--tls-client-ca {path}: a certificate is not usable as a CA")]
+    ClientCaCert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client certificate verifier cannot be built from the CAs.
+    #[error("--tls-client-ca")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
 }
 
 /// The server's TLS material, as PEM files.
@@ -72,32 +91,32 @@ impl TlsFiles {
     fn client_verifier(
         &self,
     ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        // Every certificate of every file must be a usable CA: a bundle with a bad one is
+        // refused at start, not half-trusted.
         let mut roots = rustls::RootCertStore::empty();
         for path in &self.client_ca {
-            let fail = |message: String| TlsError::ClientCa {
-                path: path.clone(),
-                message,
-            };
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|source| TlsError::ClientCaRead {
+                    path: path.clone(),
+                    source,
+                })?;
             if certs.is_empty() {
-                return Err(fail("no CERTIFICATE block".into()));
+                return Err(TlsError::ClientCaEmpty { path: path.clone() });
             }
             for cert in certs {
-                roots.add(cert).map_err(|e| fail(e.to_string()))?;
+                roots.add(cert).map_err(|source| TlsError::ClientCaCert {
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
-        let last = self.client_ca.last().cloned().unwrap_or_default();
         rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             Arc::new(rustls::crypto::ring::default_provider()),
         )
         .build()
-        .map_err(|e| TlsError::ClientCa {
-            path: last,
-            message: e.to_string(),
-        })
+        .map_err(TlsError::ClientVerifier)
     }
 }
 

@@ -243,7 +243,7 @@ fn ipamd_refuses_bad_flags_with_clear_errors() {
     for (extra, named) in [
         (
             &[][..],
-            "cannot read certificate from /nonexistent/cert.pem",
+            "--tls-cert/--tls-key: cannot read certificate from /nonexistent/cert.pem",
         ),
         (&with_client_ca[..], "--tls-client-ca /nonexistent/ca.pem"),
     ] {

@@ -59,12 +59,13 @@ fn owner(ns: &str, cid: &str) -> Option<pb::Owner> {
     })
 }
 
-/// Whether a status means "try again, maybe elsewhere" (a replica down or busy).
+/// Whether a status means "try again, maybe elsewhere" (a replica down, stopping or busy).
 fn retryable(s: &tonic::Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
-    )
+    danm_proto::status::never_carried_out(s)
+        || matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        )
 }
 
 /// What the callers saw of replica 0 around its SIGTERM.
@@ -74,8 +75,9 @@ struct Seen {
     terminated: AtomicBool,
     /// Calls replica 0 answered after that: the ones it had in flight.
     answered_after_term: AtomicUsize,
-    /// Every call replica 0 refused after that: its code and message.
-    refusals_after_term: std::sync::Mutex<Vec<(Code, String)>>,
+    /// Every call replica 0 refused after that: whether it was never carried out (see
+    /// `danm_proto::status`), and the status.
+    refusals_after_term: std::sync::Mutex<Vec<(bool, String)>>,
 }
 
 impl Seen {
@@ -92,7 +94,7 @@ impl Seen {
                 .refusals_after_term
                 .lock()
                 .unwrap()
-                .push((s.code(), s.message().to_owned())),
+                .push((danm_proto::status::never_carried_out(s), format!("{s:?}"))),
         }
     }
 }
@@ -322,12 +324,11 @@ async fn run(trouble: Trouble) {
     }
     proxy.faults().set_all(0);
     if let Trouble::Term(_) = trouble {
-        // Graceful: the calls replica 0 had taken were answered; the rest were refused with
-        // UNAVAILABLE (the listener closed, or the stream came after its GOAWAY), or
-        // CANCELLED by the client's own transport (hyper's "operation was canceled": a call
-        // still queued on the connection when the GOAWAY closed it, never sent). Both are
-        // codes the CNI turns into "try again later"; none is a call cut off half-done,
-        // which the exact count below would see (this run has no reclaimer).
+        // Graceful: the calls replica 0 had taken were answered; the rest were refused in
+        // ways that say they were never carried out (`danm_proto::status`: UNAVAILABLE once
+        // the listener closed, a stream refused by its GOAWAY, a call the client's transport
+        // cancelled unsent), which the CNI turns into "try again later". None is a call cut
+        // off half-done, which the exact count below would see (this run has no reclaimer).
         let refusals = seen.refusals_after_term.lock().unwrap().clone();
         let answered = seen.answered_after_term.load(Ordering::Relaxed);
         println!(
@@ -335,16 +336,14 @@ async fn run(trouble: Trouble) {
             refusals.len()
         );
         assert!(answered > 0, "no call in flight at SIGTERM was answered");
-        let otherwise: Vec<&(Code, String)> = refusals
+        let otherwise: Vec<&String> = refusals
             .iter()
-            .filter(|(code, message)| {
-                *code != Code::Unavailable
-                    && !(*code == Code::Cancelled && message == "operation was canceled")
-            })
+            .filter(|(never_carried_out, _)| !never_carried_out)
+            .map(|(_, status)| status)
             .collect();
         assert!(
             otherwise.is_empty(),
-            "calls to the stopping replica failed otherwise than UNAVAILABLE: {otherwise:?}"
+            "calls to the stopping replica failed otherwise than refused: {otherwise:?}"
         );
     }
     if matches!(trouble, Trouble::Faults(_) | Trouble::Kill(_)) {
@@ -459,7 +458,10 @@ async fn terminate(replica: &mut Child, seen: &Seen, log: &std::path::Path) {
     };
     let log = std::fs::read_to_string(log).unwrap_or_default();
     assert!(status.success(), "replica 0 ended with {status}:\n{log}");
-    assert!(log.contains("shutting down"), "{log}");
+    let graceful = log
+        .lines()
+        .any(|l| l.contains("danm_runtime") && l.contains("shutting down"));
+    assert!(graceful, "no graceful shutdown in the log:\n{log}");
 }
 
 /// Every address the shards hold (decoded as ipamd decodes them).

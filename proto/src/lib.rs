@@ -1,9 +1,11 @@
 //! The `danm.ipam.v1.Ipam` gRPC API of ipamd: generated message types, client and server,
-//! and the encoded file descriptor set for gRPC server reflection.
+//! the encoded file descriptor set for gRPC server reflection, and [`status`]: whether a
+//! failed call was never carried out (safe to try again).
 
-#![allow(missing_debug_implementations, clippy::all)]
+pub mod status;
 
 /// `danm.ipam.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("danm.ipam.v1");
 }

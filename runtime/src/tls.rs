@@ -128,11 +128,15 @@ impl ReloadingCert {
             current: RwLock::new(Arc::new(files.load()?)),
             files,
         });
-        let watched = Arc::clone(&cert);
+        // The watcher holds the certificate weakly: it ends once nothing serves with it.
+        let watched = Arc::downgrade(&cert);
+        let mut seen = cert.files.stamp();
         tokio::spawn(async move {
-            let mut seen = watched.files.stamp();
             loop {
                 tokio::time::sleep(every).await;
+                let Some(watched) = watched.upgrade() else {
+                    return;
+                };
                 let now = watched.files.stamp();
                 if now == seen {
                     continue;

@@ -206,7 +206,10 @@ async fn sigterm_answers_the_reviews_in_flight_and_leaves_nothing_half_written()
     };
     let log = webhook.log();
     assert!(status.success(), "exited with {status}:\n{log}");
-    assert!(log.contains("shutting down"), "{log}");
+    let graceful = log
+        .lines()
+        .any(|l| l.contains("danm_runtime") && l.contains("shutting down"));
+    assert!(graceful, "no graceful shutdown in the log:\n{log}");
     assert!(!log.contains("did not finish in time"), "{log}");
     for c in callers {
         c.await.unwrap();
