@@ -81,6 +81,9 @@ pub struct RpcMetrics {
     pub duration: RpcHistograms,
     /// RPCs refused by authorization, by method.
     pub denied: Family<MethodLabels, Counter>,
+    /// TLS handshakes that failed or timed out (no client certificate, an unknown CA,
+    /// plaintext on the TLS port).
+    pub tls_handshake_failures: Counter,
 }
 
 impl Default for RpcMetrics {
@@ -92,6 +95,7 @@ impl Default for RpcMetrics {
         RpcMetrics {
             duration: Family::new_with_constructor(histogram),
             denied: Family::default(),
+            tls_handshake_failures: Counter::default(),
         }
     }
 }
@@ -179,6 +183,11 @@ pub fn registry(engine: &Arc<Engine>, rpc: &RpcMetrics) -> Registry {
         "authorization_denied",
         "RPCs refused because the caller may not make them, by method",
         rpc.denied.clone(),
+    );
+    registry.register(
+        "tls_handshake_failures",
+        "TLS handshakes on the gRPC port that failed or timed out (no or untrusted client certificate, plaintext)",
+        rpc.tls_handshake_failures.clone(),
     );
     registry.register_collector(Box::new(Pools(Arc::downgrade(engine))));
     registry

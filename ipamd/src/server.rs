@@ -103,6 +103,7 @@ pub async fn serve_with(
         }
         None => None,
     };
+    let handshake_failures = options.rpc_metrics.tls_handshake_failures.clone();
     let router = tonic::transport::Server::builder()
         .layer(ObserveLayer::new(options.rpc_metrics))
         .add_service(health_service)
@@ -114,7 +115,10 @@ pub async fn serve_with(
     let served = match options.tls {
         Some(tls) => {
             router
-                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
+                .serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls, handshake_failures),
+                    shutdown,
+                )
                 .await
         }
         None => {

@@ -120,11 +120,13 @@ impl TlsFiles {
     }
 }
 
-/// The connections of `listener` once their TLS handshake is done. Ends (closing the
-/// listener) when the stream is dropped: the server has stopped taking connections.
+/// The connections of `listener` once their TLS handshake is done; a handshake that fails
+/// or times out is counted in `failures`. Ends (closing the listener) when the stream is
+/// dropped: the server has stopped taking connections.
 pub(crate) fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    failures: prometheus_client::metrics::counter::Counter,
 ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (ready, mut connections) = tokio::sync::mpsc::channel(64);
@@ -143,14 +145,20 @@ pub(crate) fn incoming(
             };
             // No Nagle: small answers must not wait for the client's delayed ACK (40 ms).
             let _ = tcp.set_nodelay(true);
-            let (acceptor, ready) = (acceptor.clone(), ready.clone());
+            let (acceptor, ready, failures) = (acceptor.clone(), ready.clone(), failures.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = ready.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        failures.inc();
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        failures.inc();
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
                 }
             });
         }

@@ -432,6 +432,15 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
     ] {
         assert!(metrics.contains(series), "no {series} in:\n{metrics}");
     }
+    // The callers without a certificate, with one of an unknown CA, and in plaintext.
+    let failed_handshakes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("danm_ipamd_tls_handshake_failures_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(
+        failed_handshakes.is_some_and(|n| n >= 3),
+        "failed handshakes not counted:\n{metrics}"
+    );
     let ready = reqwest::get(format!("http://{}/readyz", ipamd.admin))
         .await
         .unwrap();
