@@ -19,8 +19,8 @@ use crate::delegate::{self, Delegation};
 use crate::exec::Plugin;
 use crate::ipam_plugin;
 use crate::ipamd::{self, DEFAULT_IPAMD};
-use crate::netlink::{self, Backend, Netlink};
 use crate::protocol::{CniError, CniResult, ErrorCode, Interface, IpConfig, Request, Route};
+use danm_netlink::{self as netlink, Backend, LinkId, Netlink};
 
 /// DANM's limit for a whole ADD.
 pub const ADD_LIMIT: Duration = Duration::from_secs(10);
@@ -108,15 +108,49 @@ fn backend(network_type: &str) -> Option<Backend> {
 }
 
 /// The host link a built-in interface hangs off: netwatcher's VxLAN or VLAN link, or the
-/// network's host device (DANM's names).
+/// network's host device (DANM's names, from `danm_core::hostlinks`, as netwatcher names
+/// them).
 pub fn parent_device(plan: &pb::InterfacePlan) -> String {
-    if plan.vxlan > 0 {
-        format!("vx_{}", plan.network_id)
+    danm_core::hostlinks::parent_link(&plan.network_id, plan.vlan, plan.vxlan, &plan.host_device)
+}
+
+/// Why the parent link is not this network's: a VxLAN or VLAN link of the right name whose
+/// id (or device) is another network's. Tenants choose NetworkIDs, so a link named after
+/// this network's may hold another tenant's segment: attaching to it would put the pod
+/// there. `None` when the parent is right (or is a plain host device).
+fn parent_mismatch(
+    plan: &pb::InterfacePlan,
+    parent: &str,
+    id: Option<LinkId>,
+    device_index: Option<u32>,
+) -> Option<String> {
+    let lower_ok = |index: u32| device_index.is_none_or(|d| d == index);
+    let wanted = if plan.vxlan > 0 {
+        format!("VxLAN {} over {}", plan.vxlan, plan.host_device)
     } else if plan.vlan > 0 {
-        format!("{}.{}", plan.network_id, plan.vlan)
+        format!("VLAN {} on {}", plan.vlan, plan.host_device)
     } else {
-        plan.host_device.clone()
-    }
+        return None;
+    };
+    let found = match id {
+        Some(LinkId::Vxlan { vni, lower }) => {
+            if plan.vxlan > 0 && vni == plan.vxlan && lower_ok(lower) {
+                return None;
+            }
+            format!("VxLAN {vni}")
+        }
+        Some(LinkId::Vlan { id, lower }) => {
+            if plan.vxlan == 0 && u32::from(id) == plan.vlan && lower_ok(lower) {
+                return None;
+            }
+            format!("VLAN {id}")
+        }
+        None => "not a VLAN or VxLAN link".to_owned(),
+    };
+    Some(format!(
+        "host link {parent} is {found} (or on another device), not this network's {wanted}: \
+         another network holds the name (see the network's Events); nothing was attached"
+    ))
 }
 
 /// What one interface of an ADD did, so it can be undone.
@@ -198,10 +232,21 @@ impl Danm {
         backend: Backend,
     ) -> Result<(Built, CniResult), (Option<Built>, CniError)> {
         let fail = |code, e: String| (None, failed(plan, code, e));
+        if let Err(e) = danm_core::names::plain(&plan.network_id)
+            && (plan.vlan > 0 || plan.vxlan > 0)
+        {
+            return Err(fail(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "NetworkID {:?} cannot name a host link: {e}",
+                    plan.network_id
+                ),
+            ));
+        }
         let parent = parent_device(plan);
         let host = Netlink::host().map_err(|e| fail(ErrorCode::InterfaceFailed, e.to_string()))?;
-        let Some((parent_index, _)) = host
-            .find(&parent)
+        let Some((parent_index, id)) = host
+            .link_id(&parent)
             .await
             .map_err(|e| fail(ErrorCode::InterfaceFailed, e.to_string()))?
         else {
@@ -210,6 +255,16 @@ impl Danm {
                 format!("host device {parent:?} does not exist on this node"),
             ));
         };
+        if plan.vlan > 0 || plan.vxlan > 0 {
+            let device = host
+                .find(&plan.host_device)
+                .await
+                .map_err(|e| fail(ErrorCode::InterfaceFailed, e.to_string()))?
+                .map(|(index, _)| index);
+            if let Some(why) = parent_mismatch(plan, &parent, id, device) {
+                return Err(fail(ErrorCode::InterfaceFailed, why));
+            }
+        }
         let netns = std::fs::File::open(&request.netns).map_err(|e| {
             (
                 None,
@@ -747,6 +802,17 @@ mod tests {
         let d = DanmConfig::parse(&json!({})).unwrap();
         assert_eq!(d.ipamd, DEFAULT_IPAMD);
         assert_eq!(d.interfaces, "");
+        // A node identified by its agent's token (ipamd --node-identity sa-token), passed
+        // on to danm-ipam as written.
+        let t = DanmConfig::parse(&json!({"ipamdTLS": {
+            "ca": "/etc/cni/net.d/danm/ipamd-ca.crt", "token": "/etc/cni/net.d/danm/node-token"}}))
+        .unwrap();
+        let tls = t.tls.unwrap();
+        assert_eq!(
+            tls.token,
+            Some(PathBuf::from("/etc/cni/net.d/danm/node-token"))
+        );
+        assert_eq!(tls.to_json()["token"], "/etc/cni/net.d/danm/node-token");
     }
 
     #[test]
@@ -779,6 +845,33 @@ mod tests {
         assert_eq!(parent_device(&p), "internal.500");
         p.vxlan = 600;
         assert_eq!(parent_device(&p), "vx_internal");
+        // The parent must carry this network's id, on its device.
+        let vx = |vni, lower| Some(LinkId::Vxlan { vni, lower });
+        assert_eq!(
+            parent_mismatch(&p, "vx_internal", vx(600, 3), Some(3)),
+            None
+        );
+        let why = parent_mismatch(&p, "vx_internal", vx(601, 3), Some(3)).unwrap();
+        assert!(
+            why.contains("VxLAN 601") && why.contains("VxLAN 600 over ens3"),
+            "{why}"
+        );
+        assert!(parent_mismatch(&p, "vx_internal", vx(600, 4), Some(3)).is_some());
+        assert!(parent_mismatch(&p, "vx_internal", None, Some(3)).is_some());
+        p.vxlan = 0;
+        let vlan = |id, lower| Some(LinkId::Vlan { id, lower });
+        assert_eq!(
+            parent_mismatch(&p, "internal.500", vlan(500, 3), Some(3)),
+            None
+        );
+        assert!(parent_mismatch(&p, "internal.500", vlan(501, 3), Some(3)).is_some());
+        assert!(parent_mismatch(&p, "internal.500", vx(500, 3), Some(3)).is_some());
+        p.vlan = 0;
+        assert_eq!(
+            parent_mismatch(&p, "ens3", None, None),
+            None,
+            "a plain device"
+        );
         assert_eq!(backend(""), Some(Backend::Ipvlan));
         assert_eq!(backend("macvlan"), Some(Backend::Macvlan));
         assert_eq!(backend("sriov"), None);

@@ -26,8 +26,9 @@ impl Delegation {
         network_id: &str,
         network_type: &str,
     ) -> Result<Delegation, CniError> {
-        let single = cni_dir.join(format!("{network_id}.conf"));
-        let chain = cni_dir.join(format!("{network_id}.conflist"));
+        plugin_name("NetworkType", network_type)?;
+        let single = config_file(cni_dir, network_id, ".conf")?;
+        let chain = config_file(cni_dir, network_id, ".conflist")?;
         let read = |path: &PathBuf| -> Result<Value, CniError> {
             let text = std::fs::read(path).map_err(|e| {
                 CniError::new(
@@ -75,6 +76,7 @@ impl Delegation {
                             String::new(),
                         )
                     })?;
+                    plugin_name(&format!("{}: plugins[{i}].type", chain.display()), kind)?;
                     let mut config = p.clone();
                     config["cniVersion"] = version.clone();
                     config["name"] = name.clone();
@@ -117,11 +119,21 @@ impl Delegation {
         }
     }
 
-    /// Whether `network_id` has a configuration file in `cni_dir`.
+    /// Whether `network_id` has a configuration file in `cni_dir` (never, for a NetworkID
+    /// that is not a plain name).
     pub fn has_file(cni_dir: &Path, network_id: &str) -> bool {
-        ["conf", "conflist"]
-            .iter()
-            .any(|ext| cni_dir.join(format!("{network_id}.{ext}")).is_file())
+        [".conf", ".conflist"].iter().any(|ext| {
+            danm_core::names::file_in(cni_dir, network_id, ext).is_ok_and(|p| p.is_file())
+        })
+    }
+
+    /// Every file this delegation would open and every program it would run, given the
+    /// `CNI_PATH` folders (for the fuzz target and tests: each must be inside its folder).
+    pub fn programs<'a>(&'a self, path: &'a [PathBuf]) -> impl Iterator<Item = PathBuf> + 'a {
+        self.plugins.iter().flat_map(move |(kind, _)| {
+            path.iter()
+                .filter_map(move |dir| danm_core::names::file_in(dir, kind, "").ok())
+        })
     }
 
     /// Replaces the `ipam` section of the first plugin.
@@ -182,10 +194,11 @@ pub async fn call(
     ifname: &str,
     config: &Value,
 ) -> Result<Option<Value>, CniError> {
+    plugin_name("plugin type", kind)?;
     let binary = request
         .path
         .iter()
-        .map(|dir| dir.join(kind))
+        .filter_map(|dir| danm_core::names::file_in(dir, kind, "").ok())
         .find(|p| p.is_file())
         .ok_or_else(|| {
             CniError::new(
@@ -257,6 +270,46 @@ pub async fn call(
     Ok(stdout)
 }
 
+/// Refuses a plugin name that is not a plain name: it is run from `CNI_PATH`, and a name
+/// with a separator (`/sbin/reboot`, `../../usr/bin/x`) would run a program outside it, as
+/// root (libcni's CVE-2021-20206). ipamd and the webhook refuse such networks; this is the
+/// second line.
+fn plugin_name(field: &str, kind: &str) -> Result<(), CniError> {
+    danm_core::names::plain(kind).map_err(|e| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("{field} {kind:?} is not a plugin name: nothing outside CNI_PATH is run"),
+            e.to_string(),
+        )
+    })
+}
+
+/// `<cni_dir>/<network_id><suffix>`, refused when the NetworkID is not a plain name (it
+/// would read a file outside `cniDir`).
+pub fn config_file(cni_dir: &Path, network_id: &str, suffix: &str) -> Result<PathBuf, CniError> {
+    danm_core::names::file_in(cni_dir, network_id, suffix).map_err(|e| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "NetworkID {network_id:?} is not a plain name: no file outside {} is read",
+                cni_dir.display()
+            ),
+            e.to_string(),
+        )
+    })
+}
+
+/// Whether `device` looks like a PCI address (`0000:03:02.1`): hex digits, `:` and `.`,
+/// so it stays one component of a sysfs path.
+fn is_pci_address(device: &str) -> bool {
+    !device.is_empty()
+        && device.len() <= 32
+        && device
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        && !device.starts_with('.')
+}
+
 fn join_paths(paths: &[PathBuf]) -> String {
     paths
         .iter()
@@ -277,6 +330,13 @@ fn args_text(request: &Request) -> String {
 /// The physical function (its netdev name) of the virtual function `device` (a PCI
 /// address), from sysfs under `sys_root` (`/sys` on a node).
 pub fn pf_name(sys_root: &Path, device: &str) -> Result<String, CniError> {
+    if !is_pci_address(device) {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("SR-IOV device {device:?} is not a PCI address"),
+            String::new(),
+        ));
+    }
     let dir = sys_root
         .join("bus/pci/devices")
         .join(device)

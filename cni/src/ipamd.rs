@@ -21,7 +21,9 @@ pub const DEFAULT_IPAMD: &str = "http://127.0.0.1:50051";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// TLS to ipamd (`ipamdTLS` in a configuration): the CA that signed ipamd's certificate,
-/// and the plugin's own certificate and key when ipamd requires client certificates.
+/// and the node's identity: the plugin's own certificate and key (the kubelet's), or a
+/// token file (the node agent's ServiceAccount token, for ipamd's `--node-identity
+/// sa-token`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientTls {
     /// `ca`: PEM CA certificate(s) to verify ipamd with.
@@ -30,6 +32,8 @@ pub struct ClientTls {
     pub cert: Option<PathBuf>,
     /// `key`: its PEM private key.
     pub key: Option<PathBuf>,
+    /// `token`: a file holding a bearer token, sent on every call.
+    pub token: Option<PathBuf>,
     /// `serverName`: the name ipamd's certificate is checked against (default: the host
     /// of the address).
     pub server_name: Option<String>,
@@ -44,7 +48,7 @@ impl ClientTls {
         let bad = |what: String| CniError::new(ErrorCode::InvalidConfig, what, String::new());
         let o = v.as_object().ok_or_else(|| {
             bad(format!(
-                "{field}: must be an object with ca, cert, key, serverName"
+                "{field}: must be an object with ca, cert, key, token, serverName"
             ))
         })?;
         let text = |k: &str| -> Result<Option<String>, CniError> {
@@ -57,11 +61,11 @@ impl ClientTls {
             }
         };
         for k in o.keys() {
-            if !["ca", "cert", "key", "serverName"].contains(&k.as_str()) {
+            if !["ca", "cert", "key", "token", "serverName"].contains(&k.as_str()) {
                 return Err(CniError::new(
                     ErrorCode::UnsupportedField,
                     format!("{field}.{k}: unknown field"),
-                    "known: ca, cert, key, serverName".to_owned(),
+                    "known: ca, cert, key, token, serverName".to_owned(),
                 ));
             }
         }
@@ -74,6 +78,7 @@ impl ClientTls {
             ca: ca.into(),
             cert: cert.map(PathBuf::from),
             key: key.map(PathBuf::from),
+            token: text("token")?.map(PathBuf::from),
             server_name: text("serverName")?,
         }))
     }
@@ -85,10 +90,37 @@ impl ClientTls {
             v["cert"] = json!(c);
             v["key"] = json!(k);
         }
+        if let Some(t) = &self.token {
+            v["token"] = json!(t);
+        }
         if let Some(n) = &self.server_name {
             v["serverName"] = json!(n);
         }
         v
+    }
+
+    /// The `authorization` value of the token file, if one is configured.
+    fn bearer(&self) -> Result<Option<tonic::metadata::AsciiMetadataValue>, CniError> {
+        let Some(path) = &self.token else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            CniError::new(
+                ErrorCode::IoFailure,
+                format!("cannot read the token file {}", path.display()),
+                e.to_string(),
+            )
+        })?;
+        format!("Bearer {}", token.trim())
+            .parse()
+            .map(Some)
+            .map_err(|_| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("{} does not hold a token", path.display()),
+                    String::new(),
+                )
+            })
     }
 
     fn load(&self) -> Result<ClientTlsConfig, CniError> {
@@ -121,8 +153,9 @@ pub fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// A connection to ipamd whose every call carries this CNI call's request id.
-pub type Client = IpamClient<InterceptedService<Channel, RequestId>>;
+/// A connection to ipamd whose every call carries this CNI call's request id (and the
+/// node's token, when one is configured).
+pub type Client = IpamClient<InterceptedService<Channel, CallHeaders>>;
 
 /// The id of this CNI call (one plugin process serves one call), sent to ipamd as
 /// `x-request-id` on every RPC so ipamd's log lines of the call carry it, and named in
@@ -137,14 +170,21 @@ pub fn request_id() -> &'static str {
     })
 }
 
-/// Adds [`request_id`] to every call.
-#[derive(Clone, Debug)]
-pub struct RequestId;
+/// Adds [`request_id`] to every call, and the node's bearer token if there is one.
+#[derive(Clone, Debug, Default)]
+pub struct CallHeaders {
+    bearer: Option<tonic::metadata::AsciiMetadataValue>,
+}
 
-impl tonic::service::Interceptor for RequestId {
+impl tonic::service::Interceptor for CallHeaders {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Ok(id) = request_id().parse() {
             request.metadata_mut().insert("x-request-id", id);
+        }
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
         }
         Ok(request)
     }
@@ -157,6 +197,12 @@ pub async fn connect(
     timeout: Duration,
     tls: Option<&ClientTls>,
 ) -> Result<Client, CniError> {
+    let headers = CallHeaders {
+        bearer: match tls {
+            Some(tls) => tls.bearer()?,
+            None => None,
+        },
+    };
     let mut endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| {
             CniError::new(
@@ -183,7 +229,7 @@ pub async fn connect(
             source_chain(&e),
         )
     })?;
-    Ok(IpamClient::with_interceptor(channel, RequestId))
+    Ok(IpamClient::with_interceptor(channel, headers))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

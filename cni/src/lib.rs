@@ -5,8 +5,8 @@
 //! * [`exec`]: the one wrapper that owns the environment, stdin, stdout and exit codes; the
 //!   plugins implement [`exec::Plugin`].
 //! * [`danm`]: the metaplugin: one Attach to ipamd, then every interface in parallel
-//!   (built-in ipvlan/macvlan over [`netlink`], anything else through [`delegate`]), rolled
-//!   back as a whole on any failure.
+//!   (built-in ipvlan/macvlan over `danm_netlink`, anything else through [`delegate`]),
+//!   rolled back as a whole on any failure.
 //! * [`ipam_plugin`]: `danm-ipam`, ipamd as the IPAM of any CNI configuration.
 //! * [`ipamd`]: the gRPC client and the mapping of its errors to CNI codes.
 
@@ -15,5 +15,4 @@ pub mod delegate;
 pub mod exec;
 pub mod ipam_plugin;
 pub mod ipamd;
-pub mod netlink;
 pub mod protocol;

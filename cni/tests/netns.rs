@@ -468,7 +468,7 @@ async fn the_macvlan_plugin_uses_danm_ipam_directly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kernel without ipvlan: this machine's kernel has no ipvlan links (the request itself is unit-tested in danm_cni::netlink)"]
+#[ignore = "kernel without ipvlan: this machine's kernel has no ipvlan links (the request itself is unit-tested in danm_netlink::socket)"]
 async fn an_ipvlan_interface_is_built_in_the_pod_namespace() {
     let (a, b) = (Veth::new(), Veth::new());
     let yaml = networks(&a.name, &b.name).replace("NetworkType: macvlan", "NetworkType: ipvlan");

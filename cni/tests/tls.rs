@@ -62,9 +62,11 @@ async fn ipamd_with_mutual_tls(pki: &Pki) -> (u16, Arc<Engine>) {
         cert: pki.path("server.pem"),
         key: pki.path("server-key.pem"),
         client_ca: vec![pki.path("ca.pem")],
+        client_cert_optional: false,
     }
     .server_config(std::time::Duration::from_secs(1))
-    .unwrap();
+    .unwrap()
+    .0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(danm_ipamd::server::serve_with_tls(

@@ -10,6 +10,14 @@
 //! a missing link is created, a link whose parameters differ is re-created, a link of a
 //! network that is gone is removed, and only links netwatcher marked as its own are touched.
 //! Networks that share a NetworkID and id share one link, which goes with the last of them.
+//!
+//! Tenants choose NetworkIDs, so two networks may ask one link name with different devices
+//! or ids. The webhook refuses that at admission ([`LinkTable`] is its index); should two
+//! such networks exist anyway, the link is never taken from the network that holds it: a
+//! link on the node that fits one claim stays that claim's, and a link not made yet goes to
+//! the administrators' kinds before TenantNetworks, then to the older network. The others
+//! are reported as [`LinkProblem::Conflict`], and the CNI refuses to attach their pods to a
+//! parent whose id is not theirs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -17,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use danm_crds::NetworkSpec;
 
-use crate::NetworkKey;
+use crate::{NetworkKey, NetworkKind};
 
 /// The VxLAN UDP port DANM uses (IANA's).
 pub const VXLAN_PORT: u16 = 4789;
@@ -63,6 +71,40 @@ pub struct WantedLink {
     pub spec: LinkSpec,
     /// The networks that use it.
     pub networks: Vec<NetworkKey>,
+    /// Other networks that ask for the same name with other parameters, by precedence:
+    /// each gets the link only if the node's link already fits it (see [`plan`]).
+    pub rivals: Vec<Rival>,
+}
+
+/// A claim on a link name that differs from the [`WantedLink`]'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rival {
+    /// What it asks.
+    pub spec: LinkSpec,
+    /// The networks that ask it.
+    pub networks: Vec<NetworkKey>,
+}
+
+/// The VLAN link of a network (DANM's name): `<NetworkID>.<id>`.
+pub fn vlan_link_name(network_id: &str, id: u32) -> String {
+    format!("{network_id}.{id}")
+}
+
+/// The VxLAN link of a network (DANM's name): `vx_<NetworkID>`.
+pub fn vxlan_link_name(network_id: &str) -> String {
+    format!("vx_{network_id}")
+}
+
+/// The host link an interface of a network built by DANM hangs off: its VxLAN link, else
+/// its VLAN link, else its `host_device` (what the CNI attaches to).
+pub fn parent_link(network_id: &str, vlan: u32, vxlan: u32, host_device: &str) -> String {
+    if vxlan > 0 {
+        vxlan_link_name(network_id)
+    } else if vlan > 0 {
+        vlan_link_name(network_id, vlan)
+    } else {
+        host_device.to_owned()
+    }
 }
 
 /// Why a network's link cannot be kept.
@@ -109,9 +151,16 @@ impl fmt::Display for LinkProblem {
                 "host link name {name:?} is longer than {MAX_NAME} characters: shorten the NetworkID"
             ),
             LinkProblem::BadId(why) => f.write_str(why),
+            // Another tenant's network is not named to this one's owner.
+            LinkProblem::Conflict { name, holder } if holder.kind == NetworkKind::TenantNetwork => {
+                write!(
+                    f,
+                    "host link {name} is held by a TenantNetwork with another device or id: choose another NetworkID"
+                )
+            }
             LinkProblem::Conflict { name, holder } => write!(
                 f,
-                "host link {name} is already asked for by {holder} with other parameters"
+                "host link {name} is held by {holder} with another device or id: choose another NetworkID"
             ),
             LinkProblem::NoDevice(device) => {
                 write!(f, "host_device {device} does not exist on this node")
@@ -142,7 +191,7 @@ pub fn network_links(spec: &NetworkSpec) -> Result<Vec<(String, LinkSpec)>, Link
             .filter(|v| (1..=4094).contains(v))
             .ok_or_else(|| LinkProblem::BadId(format!("Options.vlan {vlan} is not in 1-4094")))?;
         out.push((
-            format!("{}.{id}", spec.network_id),
+            vlan_link_name(&spec.network_id, u32::from(id)),
             LinkSpec::Vlan {
                 parent: parent.to_owned(),
                 id,
@@ -157,7 +206,7 @@ pub fn network_links(spec: &NetworkSpec) -> Result<Vec<(String, LinkSpec)>, Link
                 LinkProblem::BadId(format!("Options.vxlan {vxlan} is not in 1-{MAX_VNI}"))
             })?;
         out.push((
-            format!("vx_{}", spec.network_id),
+            vxlan_link_name(&spec.network_id),
             LinkSpec::Vxlan {
                 parent: parent.to_owned(),
                 vni,
@@ -170,17 +219,19 @@ pub fn network_links(spec: &NetworkSpec) -> Result<Vec<(String, LinkSpec)>, Link
     Ok(out)
 }
 
-/// Every link the networks ask for, by name, and the networks whose links cannot be kept.
-/// When networks ask for one name with different parameters, the first in key order keeps
-/// it and the others are reported.
+/// Every link the networks ask for, by name, and the networks whose links cannot be kept
+/// (a bad id, a name too long). Each network comes with its creation time (RFC 3339, as
+/// the API server writes it). When networks ask one name with different parameters, the
+/// first by precedence (administrators' kinds before TenantNetworks, then the older, then
+/// by key) is the [`WantedLink`]'s and the others are its [`Rival`]s: [`plan`] decides.
 pub fn wanted_links<'a>(
-    networks: impl IntoIterator<Item = (&'a NetworkKey, &'a NetworkSpec)>,
+    networks: impl IntoIterator<Item = (&'a NetworkKey, &'a NetworkSpec, &'a str)>,
 ) -> (BTreeMap<String, WantedLink>, Vec<(NetworkKey, LinkProblem)>) {
     let mut sorted: Vec<_> = networks.into_iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    sorted.sort_by(|a, b| precedence(a.0, a.2).cmp(&precedence(b.0, b.2)));
     let mut wanted: BTreeMap<String, WantedLink> = BTreeMap::new();
     let mut problems = Vec::new();
-    for (key, spec) in sorted {
+    for (key, spec, _) in sorted {
         let links = match network_links(spec) {
             Ok(links) => links,
             Err(problem) => {
@@ -189,29 +240,36 @@ pub fn wanted_links<'a>(
             }
         };
         for (name, spec) in links {
-            match wanted.get_mut(&name) {
-                None => {
-                    wanted.insert(
-                        name.clone(),
-                        WantedLink {
-                            name,
-                            spec,
-                            networks: vec![key.clone()],
-                        },
-                    );
-                }
-                Some(w) if w.spec == spec => w.networks.push(key.clone()),
-                Some(w) => problems.push((
-                    key.clone(),
-                    LinkProblem::Conflict {
+            let Some(w) = wanted.get_mut(&name) else {
+                wanted.insert(
+                    name.clone(),
+                    WantedLink {
                         name,
-                        holder: w.networks[0].clone(),
+                        spec,
+                        networks: vec![key.clone()],
+                        rivals: Vec::new(),
                     },
-                )),
+                );
+                continue;
+            };
+            if w.spec == spec {
+                w.networks.push(key.clone());
+            } else if let Some(r) = w.rivals.iter_mut().find(|r| r.spec == spec) {
+                r.networks.push(key.clone());
+            } else {
+                w.rivals.push(Rival {
+                    spec,
+                    networks: vec![key.clone()],
+                });
             }
         }
     }
     (wanted, problems)
+}
+
+/// The order in which networks get a contested link name.
+fn precedence<'a>(key: &'a NetworkKey, created: &'a str) -> (bool, &'a str, &'a NetworkKey) {
+    (key.kind == NetworkKind::TenantNetwork, created, key)
 }
 
 /// DANM's multicast group of a VNI over IPv4: 239.0.0.0 + VNI.
@@ -333,52 +391,101 @@ fn fits(have: &LinkParams, wanted: &LinkParams, device: &Device) -> bool {
     }
 }
 
+/// A link spec with every parameter resolved against the node's devices.
+fn resolve(spec: &LinkSpec, devices: &HashMap<String, Device>) -> Result<LinkParams, LinkProblem> {
+    let parent = spec.parent();
+    let device = devices
+        .get(parent)
+        .ok_or_else(|| LinkProblem::NoDevice(parent.to_owned()))?;
+    Ok(match spec {
+        LinkSpec::Vlan { id, .. } => LinkParams::Vlan {
+            parent: device.index,
+            id: *id,
+        },
+        LinkSpec::Vxlan { vni, .. } => {
+            let (local, group) = match (device.v4, device.v6) {
+                (Some(v4), _) => (IpAddr::V4(v4), IpAddr::V4(group_v4(*vni))),
+                (None, Some(v6)) => (IpAddr::V6(v6), IpAddr::V6(group_v6(*vni))),
+                (None, None) => return Err(LinkProblem::NoAddress(parent.to_owned())),
+            };
+            LinkParams::Vxlan {
+                parent: device.index,
+                vni: *vni,
+                local,
+                group,
+                port: VXLAN_PORT,
+            }
+        }
+    })
+}
+
+/// Whether the node's link `observed` already does what `spec` asks.
+fn holds(
+    observed: Option<&ObservedLink>,
+    spec: &LinkSpec,
+    devices: &HashMap<String, Device>,
+) -> bool {
+    let (Some(link), Ok(params)) = (observed, resolve(spec, devices)) else {
+        return false;
+    };
+    let device = &devices[spec.parent()];
+    link.params
+        .as_ref()
+        .is_some_and(|p| fits(p, &params, device))
+}
+
 /// What to do to the node's links (`observed`, with its `devices` by name) so that they are
-/// the `wanted` ones; and the links that cannot be made, with why.
+/// the `wanted` ones; and what cannot be done, with the networks concerned and why. A
+/// contested name stays with the claim the node's link already fits (re-creating it would
+/// take down every pod interface on it); a name no link fits yet goes to the first claim.
+/// The other claims are reported as conflicts.
 pub fn plan(
     wanted: &BTreeMap<String, WantedLink>,
     devices: &HashMap<String, Device>,
     observed: &[ObservedLink],
-) -> (Vec<Action>, Vec<(String, LinkProblem)>) {
+) -> (Vec<Action>, Vec<(Vec<NetworkKey>, LinkProblem)>) {
     let mut actions = Vec::new();
     let mut problems = Vec::new();
     let by_name: HashMap<&str, &ObservedLink> =
         observed.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut devices_up = Vec::new();
     for w in wanted.values() {
-        let parent = w.spec.parent();
-        let Some(device) = devices.get(parent) else {
-            problems.push((w.name.clone(), LinkProblem::NoDevice(parent.to_owned())));
-            continue;
-        };
-        let params = match &w.spec {
-            LinkSpec::Vlan { id, .. } => LinkParams::Vlan {
-                parent: device.index,
-                id: *id,
-            },
-            LinkSpec::Vxlan { vni, .. } => {
-                let (local, group) = match (device.v4, device.v6) {
-                    (Some(v4), _) => (IpAddr::V4(v4), IpAddr::V4(group_v4(*vni))),
-                    (None, Some(v6)) => (IpAddr::V6(v6), IpAddr::V6(group_v6(*vni))),
-                    (None, None) => {
-                        problems.push((w.name.clone(), LinkProblem::NoAddress(parent.to_owned())));
-                        continue;
-                    }
-                };
-                LinkParams::Vxlan {
-                    parent: device.index,
-                    vni: *vni,
-                    local,
-                    group,
-                    port: VXLAN_PORT,
-                }
+        let existing = by_name.get(w.name.as_str()).copied();
+        let mut claims: Vec<(&LinkSpec, &Vec<NetworkKey>)> =
+            std::iter::once((&w.spec, &w.networks))
+                .chain(w.rivals.iter().map(|r| (&r.spec, &r.networks)))
+                .collect();
+        if let Some(at) = claims
+            .iter()
+            .position(|(spec, _)| holds(existing, spec, devices))
+        {
+            let holder = claims.remove(at);
+            claims.insert(0, holder);
+        }
+        let (spec, holders) = claims[0];
+        for (_, losers) in &claims[1..] {
+            problems.push((
+                (*losers).clone(),
+                LinkProblem::Conflict {
+                    name: w.name.clone(),
+                    holder: holders[0].clone(),
+                },
+            ));
+        }
+        let params = match resolve(spec, devices) {
+            Ok(params) => params,
+            Err(problem) => {
+                problems.push((holders.clone(), problem));
+                continue;
             }
         };
+        let parent = spec.parent();
+        let device = &devices[parent];
         if !device.up && !devices_up.contains(&parent) {
             devices_up.push(parent);
             actions.push(Action::DeviceUp(parent.to_owned()));
         }
-        match by_name.get(w.name.as_str()) {
+        match existing {
             None => actions.push(Action::Create {
                 name: w.name.clone(),
                 params,
@@ -394,7 +501,7 @@ pub fn plan(
                 name: w.name.clone(),
                 recreate: Some(params),
             }),
-            Some(_) => problems.push((w.name.clone(), LinkProblem::Foreign(w.name.clone()))),
+            Some(_) => problems.push((holders.clone(), LinkProblem::Foreign(w.name.clone()))),
         }
     }
     for l in observed {
@@ -407,6 +514,10 @@ pub fn plan(
     }
     (actions, problems)
 }
+
+mod table;
+
+pub use table::{LinkClash, LinkTable};
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,8 @@
 //!   fingerprint per allocation) to and from its base64 payload with CRC32.
 //! * [`policy`]: `dynamic` / static / `none` requests and the search for a free address.
 //! * [`input`]: what every field of a request must look like (no surrounding whitespace).
+//! * [`names`]: the one rule by which a string from an object becomes a file, program or
+//!   link name (a plain name: one path component).
 //! * [`owner`]: the owner key (container id + interface name) of an allocation.
 //! * [`interfaces`]: the `danm.io/interfaces` pod annotation and DANM's interface naming.
 //! * [`admit`]: admission of networks and TenantConfigs (DANM's validation rules and
@@ -31,6 +33,7 @@ pub mod interfaces;
 pub mod layout;
 pub mod leak;
 pub mod migrate;
+pub mod names;
 pub mod network;
 pub mod owner;
 pub mod policy;

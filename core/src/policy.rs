@@ -12,6 +12,7 @@ use crate::addr::Family;
 use crate::codec::ShardBits;
 use crate::layout::{SHARD_SIZE, local_offset, shard_first, shard_index};
 use crate::network::FamilyPlan;
+use danm_crds::StaticScope;
 
 /// What a pod asked for one family of one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +115,19 @@ pub enum AllocError {
         address: IpAddr,
         /// The CIDR.
         cidr: String,
+    },
+    /// A static address outside the allocation pool of a network that keeps static
+    /// addresses inside it.
+    #[error(
+        "static address {address} is outside the allocation pool {pool} of {network}, which keeps static addresses inside it (spec.Options.static_scope: pool)"
+    )]
+    OutsidePool {
+        /// The network.
+        network: String,
+        /// The address.
+        address: IpAddr,
+        /// The pool, as `start-end`.
+        pool: String,
     },
     /// A static address written with another prefix length than the network's.
     #[error(
@@ -253,7 +267,8 @@ pub fn pool_point(first: u128, last: u128, fraction: u16) -> u128 {
     first + at
 }
 
-/// Checks a static address against the network: inside the CIDR and not reserved. Returns
+/// Checks a static address against the network: inside the CIDR (inside the pool when the
+/// network keeps static addresses there) and not reserved. Returns
 /// its offset. Whether it is free is the shard's to say.
 pub fn check_static(
     network: &str,
@@ -285,6 +300,13 @@ pub fn check_static(
             why: why.to_string(),
         });
     }
+    if plan.statics == StaticScope::Pool && !plan.in_pool(offset) {
+        return Err(AllocError::OutsidePool {
+            network: network.to_owned(),
+            address,
+            pool: describe_pool(plan),
+        });
+    }
     Ok(offset)
 }
 
@@ -303,6 +325,7 @@ mod tests {
             cidr,
             pool: Some(pool),
             reserved: BTreeMap::from([(5, Reservation::Gateway("x".into()))]),
+            statics: StaticScope::Cidr,
         }
     }
 
@@ -392,6 +415,31 @@ mod tests {
             check_static("n", &p, "10.0.0.5".parse().unwrap(), None),
             Err(AllocError::Reserved { .. })
         ));
+    }
+
+    /// A network that keeps static addresses in its pool refuses the rest of its CIDR (a
+    /// router's or an appliance's address), naming the option; DANM's scope allows it.
+    #[test]
+    fn static_addresses_outside_the_pool_are_refused_where_the_network_says_so() {
+        let mut p = plan("10.0.0.0/24", (100, 200));
+        let router = "10.0.0.1".parse().unwrap();
+        assert_eq!(check_static("n", &p, router, None), Ok(1), "DANM's scope");
+        p.statics = StaticScope::Pool;
+        let e = check_static("n", &p, router, None).unwrap_err();
+        assert!(matches!(e, AllocError::OutsidePool { .. }));
+        assert!(
+            e.to_string().contains("10.0.0.100-10.0.0.200")
+                && e.to_string().contains("spec.Options.static_scope"),
+            "{e}"
+        );
+        assert_eq!(
+            check_static("n", &p, "10.0.0.150".parse().unwrap(), None),
+            Ok(150)
+        );
+        for edge in ["10.0.0.100", "10.0.0.200"] {
+            assert!(check_static("n", &p, edge.parse().unwrap(), None).is_ok());
+        }
+        assert!(check_static("n", &p, "10.0.0.201".parse().unwrap(), None).is_err());
     }
 
     /// DANM refused a static address whose prefix was not its network's ("static ip is

@@ -10,7 +10,6 @@ use danm_core::admit::{
 };
 use danm_core::network::{NetworkKind, Rule};
 use danm_crds::{IfaceProfile, TenantConfig, VniReservation};
-use json_patch::Patch;
 use serde_json::{Value, json};
 
 use NetworkKind::{ClusterNetwork, DanmNet, TenantNetwork};
@@ -98,6 +97,7 @@ impl Call<'_> {
                 connected_pod: self.connected,
                 choose: &mut first,
                 reservation_token: "token-1",
+                links: &danm_core::hostlinks::LinkTable::default(),
             },
         )
     }
@@ -562,7 +562,7 @@ fn tenant_config_object(body: &Value) -> Value {
     object
 }
 
-fn tc(operation: Operation, body: Value, old: Option<Value>) -> Result<Patch, Denial> {
+fn tc(operation: Operation, body: Value, old: Option<Value>) -> Result<Admitted, Denial> {
     let object = tenant_config_object(&body);
     let old = old.map(|o| tenant_config_object(&o));
     admit_tenant_config(&TenantConfigRequest {
@@ -574,7 +574,7 @@ fn tc(operation: Operation, body: Value, old: Option<Value>) -> Result<Patch, De
 }
 
 #[track_caller]
-fn tc_refused(result: Result<Patch, Denial>, field: &str, rule: Rule) {
+fn tc_refused(result: Result<Admitted, Denial>, field: &str, rule: Rule) {
     let denial = result.expect_err("refused");
     assert!(
         denial
@@ -692,10 +692,24 @@ fn tenantconfig_rules_of_ours() {
         None,
     )
     .unwrap();
+    // Ids beyond them (a TenantConfig carried over from DANM) are admitted with a warning
+    // and never handed out; a range with no valid id is refused.
+    let carried = tc(
+        Create,
+        json!({"hostDevices": [{"name": "ens4", "vniType": "vlan", "vniRange": "4000-5000"}]}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        carried.warnings,
+        [
+            "hostDevices[0].vniRange: 4095-5000 outside 1-4094 (the vlan ids) will never be handed out"
+        ]
+    );
     tc_refused(
         tc(
             Create,
-            json!({"hostDevices": [{"name": "ens4", "vniType": "vlan", "vniRange": "4000-4095"}]}),
+            json!({"hostDevices": [{"name": "ens4", "vniType": "vlan", "vniRange": "4095-5000"}]}),
             None,
         ),
         "hostDevices[0].vniRange",
@@ -749,7 +763,9 @@ fn an_update_that_leaves_reservations_out_gets_them_back() {
     let applied = json!({"hostDevices": [
         {"name": "ens4", "vniType": "vlan", "vniRange": "1000-2500"},
         {"name": "ens5", "vniType": "vlan", "vniRange": "2000-3000"}]});
-    let patch = tc(Update, applied.clone(), Some(stored.clone())).unwrap();
+    let patch = tc(Update, applied.clone(), Some(stored.clone()))
+        .unwrap()
+        .patch;
     let mut doc = tenant_config_object(&applied);
     json_patch::patch(&mut doc, &patch).unwrap();
     assert_eq!(doc["hostDevices"][0]["reservations"], reservations);
@@ -760,7 +776,13 @@ fn an_update_that_leaves_reservations_out_gets_them_back() {
     let emptied = json!({"hostDevices": [
         {"name": "ens4", "vniType": "vlan", "vniRange": "1000-2000", "alloc": "", "reservations": {}},
         {"name": "ens5", "vniType": "vlan", "vniRange": "2000-3000"}]});
-    assert!(tc(Update, emptied, Some(stored)).unwrap().0.is_empty());
+    assert!(
+        tc(Update, emptied, Some(stored))
+            .unwrap()
+            .patch
+            .0
+            .is_empty()
+    );
 }
 
 #[test]
@@ -884,6 +906,7 @@ fn a_tenant_network_naming_no_device_gets_a_nic_profile_never_a_device_pool() {
                 connected_pod: None,
                 choose: &mut choose,
                 reservation_token: "t",
+                links: &danm_core::hostlinks::LinkTable::default(),
             },
         )
         .unwrap();
@@ -936,6 +959,7 @@ fn reserved_ids_are_skipped_and_an_exhausted_range_is_refused() {
         network: "ns/x".into(),
         token: t.into(),
         since: "2026-01-01T00:00:00Z".into(),
+        link: String::new(),
     };
     config.host_devices[0]
         .reservations
@@ -989,6 +1013,7 @@ fn the_reservation_annotation_is_the_webhooks() {
                 connected_pod: None,
                 choose: &mut first,
                 reservation_token: "fresh",
+                links: &danm_core::hostlinks::LinkTable::default(),
             },
         )
     };
@@ -1057,6 +1082,7 @@ fn a_retried_admission_gets_the_id_its_token_already_holds() {
             network: "ns/net".into(),
             token: "token-1".into(),
             since: "2026-01-01T00:00:00Z".into(),
+            link: String::new(),
         },
     );
     let spec = json!({"NetworkID": "n", "Options": {}});
@@ -1071,4 +1097,32 @@ fn a_retried_admission_gets_the_id_its_token_already_holds() {
         doc["metadata"]["annotations"][RESERVATION_ANNOTATION],
         "token-1"
     );
+}
+
+/// What replaying DANM's own admission tables found (issue 24): an UPDATE that carries no
+/// stored object cannot skip the rules on changes, and a pool whose only address is
+/// reserved is refused, naming the field.
+#[test]
+fn departures_found_by_danms_admission_tables() {
+    let spec = json!({"NetworkID": "n", "Options": {"host_device": "ens4", "vlan": 1000}});
+    let mut call = Call::new(TenantNetwork, Update, spec);
+    call.old = None;
+    let denial = call.run().unwrap_err();
+    assert!(
+        denial
+            .problems
+            .iter()
+            .any(|p| p.field == "request.oldObject"),
+        "{denial}"
+    );
+    let only_broadcast = json!({"NetworkID": "n", "NetworkType": "macvlan", "Options": {
+        "cidr": "10.0.0.0/24",
+        "allocation_pool": {"start": "10.0.0.255", "end": "10.0.0.255"}}});
+    for kind in [DanmNet, ClusterNetwork] {
+        refused(
+            Call::new(kind, Create, only_broadcast.clone()),
+            "spec.Options.allocation_pool",
+            Rule::Ours,
+        );
+    }
 }

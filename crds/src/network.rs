@@ -73,12 +73,29 @@ pub struct NetworkOptions {
     /// Routing table of the policy-based routes (`proutes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rt_tables: Option<i64>,
+    /// Where a pod may ask for a static address: `pool` (inside the allocation pool
+    /// only) or `cidr` (anywhere in the subnet but its reserved addresses, as DANM
+    /// allowed). Default: `pool` for a TenantNetwork (which may not choose `cidr`), `cidr`
+    /// for a DanmNet or ClusterNetwork. Not one of DANM's fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_scope: Option<StaticScope>,
     /// DANM's IPv4 allocation bit array (base64). Legacy: migrated into AllocationShards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alloc: Option<String>,
     /// DANM's IPv6 allocation bit array (base64). Legacy: migrated into AllocationShards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alloc6: Option<String>,
+}
+
+/// Where static addresses may be taken (`spec.Options.static_scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticScope {
+    /// Inside the allocation pool only: the addresses outside it (a router's, an
+    /// appliance's) cannot be claimed by a pod.
+    Pool,
+    /// Anywhere in the CIDR but its reserved addresses (DANM's behaviour).
+    Cidr,
 }
 
 /// An address range `start`..=`end`; `lastIp` is DANM's dynamic allocation cursor.

@@ -35,6 +35,15 @@ pub struct TenantConfig {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub network_ids: BTreeMap<String, String>,
+    /// The NetworkTypes TenantNetworks may use (the default `ipvlan` counts as `ipvlan`);
+    /// empty: any, as in DANM. Not one of DANM's fields. A tenant's NetworkType names the
+    /// CNI plugin every node runs for its pods: list the ones tenants may have.
+    #[serde(
+        rename = "allowedNetworkTypes",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub allowed_network_types: Vec<String>,
 }
 
 /// One host device a tenant may use.
@@ -60,6 +69,14 @@ pub struct IfaceProfile {
     #[serde(default)]
     #[schemars(transform = without_default)]
     pub reservations: BTreeMap<String, VniReservation>,
+    /// The most ids of this profile the TenantNetworks of one namespace may hold; none: no
+    /// limit (DANM had none). Not one of DANM's fields.
+    #[serde(
+        rename = "maxPerNamespace",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_per_namespace: Option<u32>,
 }
 
 fn without_default(schema: &mut schemars::Schema) {
@@ -78,6 +95,12 @@ pub struct VniReservation {
     /// exist (its create failed after admission) is freed once it is older than the grace
     /// period.
     pub since: String,
+    /// The host link the TenantNetwork's id names (`vx_<NetworkID>` or
+    /// `<NetworkID>.<id>`): no other TenantNetwork may be given a link of that name, which
+    /// this field lets the webhook check in the same optimistic-concurrency write that
+    /// reserves the id. Empty in reservations made before it existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub link: String,
 }
 
 impl kube::Resource for TenantConfig {

@@ -32,6 +32,12 @@ for plugin in danm danm-ipam; do
   install_file "/opt/danm/bin/$plugin" "$bin_dir/$plugin" 0755
 done
 install_file "$ca" "$conf_dir/danm/ipamd-ca.crt" 0644
+# With deploy/components/node-token: the pod's ServiceAccount token (renewed by the
+# kubelet), which the plugin presents to ipamd as the node's identity; root's alone.
+token="${DANM_NODE_TOKEN:-}"
+if [ -n "$token" ]; then
+  install_file "$token" "$conf_dir/danm/node-token" 0600
+fi
 
 # Only the two variables are replaced: the template is JSON, not a shell script.
 sed -e "s|\${DANM_IPAMD_SERVICE_HOST}|$host|g" \
@@ -41,9 +47,19 @@ chmod 0644 "$conf_dir/00-danm.conf.danm-tmp"
 mv -f "$conf_dir/00-danm.conf.danm-tmp" "$conf_dir/00-danm.conf"
 echo "install-cni: installed danm and danm-ipam in $bin_dir; $conf_dir/00-danm.conf calls ipamd at https://$host:$port"
 
-# Stay up (a DaemonSet pod that exits is restarted), ending at once on SIGTERM.
+# Stay up (a DaemonSet pod that exits is restarted), ending at once on SIGTERM, and keep
+# the node's copy of the CA bundle in step with the ConfigMap: a CA rotation publishes the
+# old and the new CA together (kubelet updates the mounted ConfigMap within a minute or
+# so), and the plugin reads the file at every call.
 trap 'exit 0' TERM INT
 while :; do
-  sleep 3600 &
+  sleep "${DANM_CA_SYNC_SECONDS:-30}" &
   wait $!
+  if ! cmp -s "$ca" "$conf_dir/danm/ipamd-ca.crt"; then
+    install_file "$ca" "$conf_dir/danm/ipamd-ca.crt" 0644
+    echo "install-cni: the CA bundle changed; $conf_dir/danm/ipamd-ca.crt updated"
+  fi
+  if [ -n "$token" ] && ! cmp -s "$token" "$conf_dir/danm/node-token"; then
+    install_file "$token" "$conf_dir/danm/node-token" 0600
+  fi
 done

@@ -98,6 +98,8 @@ pub struct Cluster {
     pub svcwatcher: Spawned,
     /// The webhook, once [`Cluster::start_webhook`] has run.
     pub webhook: Option<Spawned>,
+    /// Where it listens.
+    webhook_address: Option<SocketAddr>,
     /// ipamd's replicas (drop one to kill it).
     pub ipamd: Vec<Spawned>,
     /// The forwarder in front of ipamd's replicas (the `danm-ipamd` Service), on the host.
@@ -140,6 +142,7 @@ impl Cluster {
             netwatchers: Vec::new(),
             svcwatcher,
             webhook: None,
+            webhook_address: None,
             ipamd,
             ipamd_address,
             pki,
@@ -331,21 +334,41 @@ impl Cluster {
             .plane
             .spawn_beside("webhook", command)
             .expect("the webhook starts");
-        let configurations = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/base/webhook/webhook-configurations.yaml");
-        danm_testkit::webhook::register(&self.plane, &configurations, listen)
-            .await
-            .expect("the webhook is registered");
+        self.webhook_address = Some(listen);
+        self.register_webhook().await;
+        // Ready once it decides: its watches have listed (a dry run reserves nothing).
+        let probe = "apiVersion: danm.io/v1\nkind: TenantConfig\nmetadata: {name: danm-readiness-probe}\nnetworkIds: {flannel: flannel}\n";
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !process.log().contains("webhook serving") {
+        loop {
+            let outcome = self
+                .plane
+                .kubectl_with_input(&["create", "--dry-run=server", "-f", "-"], probe);
+            let deciding = match &outcome {
+                Ok(_) => true,
+                Err(e) => !e.contains("could not decide") && !e.contains("failed calling webhook"),
+            };
+            if deciding {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "the webhook is not serving:\n{}",
+                "the webhook does not decide: {outcome:?}\n{}",
                 process.log_tail(20)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.webhook = Some(process);
+    }
+
+    /// Registers `deploy/base/webhook/webhook-configurations.yaml` with the API server,
+    /// pointed at the running webhook (again, after a test deleted the configurations).
+    pub async fn register_webhook(&self) {
+        let listen = self.webhook_address.expect("the webhook was started");
+        let configurations = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/base/webhook/webhook-configurations.yaml");
+        danm_testkit::webhook::register(&self.plane, &configurations, listen)
+            .await
+            .expect("the webhook is registered");
     }
 
     /// Node `name` dies: its agent stops, its pods' namespaces and its own vanish (no CNI

@@ -7,7 +7,8 @@
 //! pod's status (IPs, Running, Ready) through the status subresource. When the pod is being
 //! deleted it calls CNI DEL, removes the namespace and deletes the pod for good (grace 0,
 //! conditional on its UID), as kubelet does once the containers are gone. A failed ADD is
-//! retried every second, as kubelet retries a sandbox.
+//! retried every second, as kubelet retries a sandbox, and published as kubelet's
+//! `FailedCreatePodSandBox` Warning Event on the pod.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -217,11 +218,17 @@ impl Agent {
         if self.sandboxes.lock().expect("lock").contains_key(&uid) {
             return;
         }
+        let mut reported = String::new();
         loop {
             match self.set_up(&pod, &uid).await {
                 Ok(()) => return,
                 Err(why) => {
                     tracing::info!(pod = %format!("{}/{}", namespace(&pod), name(&pod)), %why, "sandbox not ready; retrying");
+                    // As kubelet: a Warning Event on the pod, once per distinct failure.
+                    if why != reported {
+                        self.sandbox_failed(&pod, &why).await;
+                        reported = why;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace(&pod));
                     match pods.get_opt(&name(&pod)).await {
@@ -232,6 +239,26 @@ impl Agent {
                     }
                 }
             }
+        }
+    }
+
+    /// Publishes kubelet's `FailedCreatePodSandBox` Warning Event on `pod`.
+    async fn sandbox_failed(&self, pod: &Pod, why: &str) {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &namespace(pod));
+        let event = json!({
+            "metadata": {"generateName": format!("{}.", name(pod))},
+            "involvedObject": {"kind": "Pod", "namespace": namespace(pod), "name": name(pod),
+                               "uid": pod.metadata.uid, "apiVersion": "v1"},
+            "reason": "FailedCreatePodSandBox",
+            "message": format!("Failed to create pod sandbox: plugin type=\"danm\" failed (add): {why}"),
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": self.config.name},
+            "firstTimestamp": now(), "lastTimestamp": now(), "count": 1,
+        });
+        let event = serde_json::from_value(event).expect("an Event");
+        if let Err(e) = events.create(&PostParams::default(), &event).await {
+            tracing::warn!(error = %e, "cannot publish the sandbox's failure");
         }
     }
 

@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
             connected_pod: None,
             choose: &mut choose,
             reservation_token: "token",
+            links: &danm_core::hostlinks::LinkTable::default(),
         },
     ) else {
         return;

@@ -1,11 +1,15 @@
 //! Network validation on any spec (a DanmNet, TenantNetwork or ClusterNetwork anyone with
 //! the right to create one can write): it never panics and always answers (a plan or an
-//! error naming a field); a plan's pools lie inside their CIDRs.
+//! error naming a field); a plan's pools lie inside their CIDRs; and a network that passes
+//! names only files inside `cniDir` and programs inside `CNI_PATH` (its NetworkID and
+//! NetworkType are one path component each).
 #![no_main]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
+use danm_core::names::file_in;
 use danm_core::network::{NetworkKey, NetworkKind, plan};
 use danm_crds::{IpPool, IpPoolV6, NetworkOptions, NetworkSpec};
 use libfuzzer_sys::fuzz_target;
@@ -53,10 +57,26 @@ fn routes(u: &mut Unstructured<'_>) -> arbitrary::Result<Option<BTreeMap<String,
 }
 
 fn spec(u: &mut Unstructured<'_>) -> arbitrary::Result<NetworkSpec> {
-    let backend = ["ipvlan", "macvlan", "sriov", "flannel", "", "bridge"];
+    let backend = [
+        "ipvlan",
+        "macvlan",
+        "sriov",
+        "flannel",
+        "",
+        "bridge",
+        "/sbin/reboot",
+        "../../../usr/bin/x",
+        "..",
+        "a/b",
+    ];
+    let network_type = if bool::arbitrary(u)? {
+        (*u.choose(&backend)?).to_owned()
+    } else {
+        String::arbitrary(u)?
+    };
     Ok(NetworkSpec {
         network_id: text(u)?.unwrap_or_default(),
-        network_type: (*u.choose(&backend)?).to_owned(),
+        network_type,
         allowed_tenants: Option::<Vec<String>>::arbitrary(u)?,
         options: NetworkOptions {
             host_device: text(u)?,
@@ -88,6 +108,7 @@ fn spec(u: &mut Unstructured<'_>) -> arbitrary::Result<NetworkSpec> {
             routes: routes(u)?,
             routes6: routes(u)?,
             rt_tables: Option::<i64>::arbitrary(u)?,
+            static_scope: None,
             alloc: None,
             alloc6: None,
         },
@@ -106,6 +127,25 @@ fuzz_target!(|data: &[u8]| {
     ][usize::from(data.first().copied().unwrap_or(0)) % 3];
     match plan(NetworkKey::new(kind, "ns", "n"), &spec) {
         Ok(network) => {
+            let cni_dir = Path::new("/etc/cni/net.d");
+            let cni_path = Path::new("/opt/cni/bin");
+            for (name, suffix, dir) in [
+                (&spec.network_id, ".conf", cni_dir),
+                (&spec.network_id, ".conflist", cni_dir),
+                (&spec.network_type, "", cni_path),
+            ] {
+                if name.is_empty() {
+                    continue;
+                }
+                let file = file_in(dir, name, suffix)
+                    .expect("an admitted name is a plain name: the plugin accepts it");
+                assert_eq!(
+                    file.parent(),
+                    Some(dir),
+                    "{name:?} leaves {}",
+                    dir.display()
+                );
+            }
             for family in danm_core::Family::ALL {
                 if let Some(fp) = network.family(family)
                     && let Some((first, last)) = fp.pool

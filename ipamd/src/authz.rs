@@ -20,7 +20,11 @@
 //! connection, so it cannot be replayed like a bearer token.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use danm_runtime::tls::{ClientCaError, ReloadingClientCas};
+
+use crate::tokens::NodeTokens;
 use tonic::{Request, Status};
 
 use crate::engine::OwnerInfo;
@@ -32,7 +36,7 @@ const NODES_GROUP: &str = "system:nodes";
 const NODE_PREFIX: &str = "system:node:";
 
 /// How callers are authorized.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub enum Policy {
     /// Every caller may do everything: no client certificates are asked for (plain TLS or
     /// plaintext), or any certificate the CA signed is trusted alike.
@@ -42,11 +46,40 @@ pub enum Policy {
     Nodes {
         /// Common names that may call everything.
         admins: BTreeSet<String>,
-        /// When set, the DER subject of the CA that alone may issue administrator
-        /// certificates (DANM's own; `--admin-client-ca`): an administrator CN from any
-        /// other CA, and a node identity from this one, are refused.
-        admin_issuer: Option<Vec<u8>>,
+        /// When set, the CA that alone may issue administrator certificates (DANM's own;
+        /// `--admin-client-ca`): an administrator CN whose chain does not verify against
+        /// it, and a node identity whose chain does, are refused.
+        admin_ca: Option<AdminCa>,
+        /// When set (`--node-identity sa-token`), a node is who its bearer token says
+        /// (a TokenReview), not its certificate.
+        tokens: Option<Arc<NodeTokens>>,
     },
+}
+
+/// The CA of administrator certificates: a client's chain is verified against it alone
+/// (signatures, validity, client-auth usage), so a certificate from another CA that merely
+/// names the same issuer is not one of its. The file is re-read when it changes (a CA
+/// rotation).
+#[derive(Clone, Debug)]
+pub struct AdminCa(Arc<ReloadingClientCas>);
+
+impl AdminCa {
+    /// The CA(s) of the PEM file at `path`, re-read every `every` when it changes.
+    pub fn start(
+        path: &std::path::Path,
+        every: std::time::Duration,
+    ) -> Result<AdminCa, ClientCaError> {
+        Ok(AdminCa(ReloadingClientCas::start(
+            vec![path.to_owned()],
+            false,
+            every,
+        )?))
+    }
+
+    /// Whether the client's chain (leaf first) verifies against this CA.
+    fn issued(&self, chain: &[rustls::pki_types::CertificateDer<'_>]) -> bool {
+        self.0.verifies(chain)
+    }
 }
 
 /// The caller of one RPC, as the policy sees it.
@@ -85,22 +118,41 @@ impl Caller {
     }
 }
 
+/// The request's bearer token, if it carries one.
+fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
+    let Some(value) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| denied("the authorization header is not text".into()))?;
+    text.strip_prefix("Bearer ")
+        .map(Some)
+        .ok_or_else(|| denied("the authorization header is not a bearer token".into()))
+}
+
 /// A PERMISSION_DENIED status.
 pub fn denied(message: String) -> Status {
     Status::permission_denied(message)
 }
 
 impl Policy {
-    /// Who is calling, from the request's client certificate; refused when the policy does
-    /// not know the identity.
-    pub fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// Who is calling, from the request's bearer token (with `--node-identity sa-token`)
+    /// or its client certificate; refused when the policy does not know the identity.
+    pub async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let Policy::Nodes {
             admins,
-            admin_issuer,
+            admin_ca,
+            tokens,
         } = self
         else {
             return Ok(Caller::Unrestricted);
         };
+        if let Some(tokens) = tokens
+            && let Some(token) = bearer(request)?
+        {
+            return Ok(Caller::Node(tokens.node_of(token).await?));
+        }
         let certs = request.peer_certs().ok_or_else(|| {
             denied("a client certificate is required (node or administrator identity)".into())
         })?;
@@ -110,8 +162,8 @@ impl Policy {
         let subject = Subject::of(leaf.as_ref())
             .ok_or_else(|| denied("the client certificate cannot be read".into()))?;
         let caller = identify(&subject, admins)?;
-        if let Some(issuer) = admin_issuer {
-            let from_admin_ca = subject.issuer == *issuer;
+        if let Some(admin_ca) = admin_ca {
+            let from_admin_ca = admin_ca.issued(&certs);
             match &caller {
                 Caller::Admin(cn) if !from_admin_ca => {
                     return Err(denied(format!(
@@ -128,13 +180,6 @@ impl Policy {
         }
         Ok(caller)
     }
-}
-
-/// The DER subject of the first certificate of a PEM file (a CA, for `admin_issuer`).
-pub fn pem_subject(pem: &[u8]) -> Option<Vec<u8>> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&block.contents).ok()?;
-    Some(cert.subject().as_raw().to_vec())
 }
 
 /// Refuses a node caller any record attached on another node. The record's host says

@@ -26,4 +26,5 @@ pub mod service;
 pub mod showalloc;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod worker;

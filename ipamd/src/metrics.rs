@@ -129,7 +129,9 @@ impl PoolUsage {
 }
 
 /// The registry of everything ipamd reports.
-pub fn registry(engine: &Arc<Engine>, rpc: &RpcMetrics) -> Registry {
+/// The registry of ipamd's metrics. `tenant_names`: whether TenantNetworks' pools are
+/// named (else summed into one series per family: the metrics port is plaintext).
+pub fn registry(engine: &Arc<Engine>, rpc: &RpcMetrics, tenant_names: bool) -> Registry {
     let mut registry = Registry::with_prefix("danm_ipamd");
     let m = &engine.metrics;
     let counters = [
@@ -189,7 +191,10 @@ pub fn registry(engine: &Arc<Engine>, rpc: &RpcMetrics) -> Registry {
         "TLS handshakes on the gRPC port that failed or timed out (no or untrusted client certificate, plaintext)",
         rpc.tls_handshake_failures.clone(),
     );
-    registry.register_collector(Box::new(Pools(Arc::downgrade(engine))));
+    registry.register_collector(Box::new(Pools {
+        engine: Arc::downgrade(engine),
+        tenant_names,
+    }));
     registry
 }
 
@@ -201,9 +206,16 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
-/// Every pool's capacity and usage, read at scrape time from the engine.
+/// A pool row's labels: kind, namespace, network, family.
+type PoolKey = (&'static str, String, String, &'static str);
+
+/// Every pool's capacity and usage, read at scrape time from the engine; TenantNetworks'
+/// summed per family unless `tenant_names`.
 #[derive(Debug)]
-struct Pools(std::sync::Weak<Engine>);
+struct Pools {
+    engine: std::sync::Weak<Engine>,
+    tenant_names: bool,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
@@ -215,10 +227,40 @@ struct PoolLabels {
 
 impl Collector for Pools {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(engine) = self.0.upgrade() else {
+        let Some(engine) = self.engine.upgrade() else {
             return Ok(());
         };
         let pools = engine.pool_usage();
+        // (labels) -> (capacity, used), TenantNetworks folded together when not named.
+        let mut rows: std::collections::BTreeMap<PoolKey, (f64, Option<f64>)> =
+            std::collections::BTreeMap::new();
+        for pool in &pools {
+            let kind = pool.network.kind.as_str();
+            let named = self.tenant_names || kind != "TenantNetwork";
+            let key = (
+                kind,
+                if named {
+                    pool.network.namespace.clone()
+                } else {
+                    String::new()
+                },
+                if named {
+                    pool.network.name.clone()
+                } else {
+                    String::new()
+                },
+                match pool.family {
+                    IpFamily::V4 => "ipv4",
+                    IpFamily::V6 => "ipv6",
+                },
+            );
+            let row = rows.entry(key).or_insert((0.0, None));
+            // f64: an IPv6 pool's capacity does not fit an i64.
+            row.0 += pool.capacity as f64;
+            if let Some(used) = pool.used {
+                row.1 = Some(row.1.unwrap_or(0.0) + used as f64);
+            }
+        }
         for (name, help, capacity) in [
             (
                 "pool_capacity",
@@ -233,25 +275,21 @@ impl Collector for Pools {
         ] {
             let gauge = ConstGauge::new(0f64);
             let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-            for pool in &pools {
+            for ((kind, namespace, network, ip_family), (cap, used)) in &rows {
                 let value = if capacity {
-                    pool.capacity as f64
+                    *cap
                 } else {
-                    match pool.used {
-                        Some(used) => used as f64,
+                    match used {
+                        Some(used) => *used,
                         None => continue,
                     }
                 };
                 let labels = PoolLabels {
-                    kind: pool.network.kind.as_str(),
-                    namespace: pool.network.namespace.clone(),
-                    network: pool.network.name.clone(),
-                    family: match pool.family {
-                        IpFamily::V4 => "ipv4",
-                        IpFamily::V6 => "ipv6",
-                    },
+                    kind,
+                    namespace: namespace.clone(),
+                    network: network.clone(),
+                    family: ip_family,
                 };
-                // f64: an IPv6 pool's capacity does not fit an i64.
                 ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
             }
         }

@@ -62,6 +62,7 @@ pub fn status(error: &EngineError) -> Status {
             AllocError::BadRequest { .. }
             | AllocError::NoSubnet { .. }
             | AllocError::OutsideCidr { .. }
+            | AllocError::OutsidePool { .. }
             | AllocError::PrefixMismatch { .. }
             | AllocError::Reserved { .. } => Code::InvalidArgument,
             AllocError::InUse { .. } => Code::AlreadyExists,
@@ -221,7 +222,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::AttachRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
-        let caller = self.policy.caller(&request)?;
+        let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         if r.pod_namespace.is_empty() {
             return Err(invalid("pod_namespace", "must not be empty"));
@@ -261,7 +262,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::InterfacesRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
-        let caller = self.policy.caller(&request)?;
+        let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
         let records = self
@@ -298,7 +299,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::DetachRequest>,
     ) -> Result<Response<pb::DetachResponse>, Status> {
-        let caller = self.policy.caller(&request)?;
+        let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
         if caller.node().is_some() {
@@ -323,7 +324,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
-        let caller = self.policy.caller(&request)?;
+        let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
         let mut owner = owner_info(r.owner.as_ref())?;
@@ -349,7 +350,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let caller = self.policy.caller(&request)?;
+        let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
         let owner = owner_key(r.owner.as_ref())?;
@@ -381,7 +382,8 @@ impl Ipam for IpamService {
         request: Request<pb::ReclaimOrphanRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         self.policy
-            .caller(&request)?
+            .caller(&request)
+            .await?
             .require_admin("ReclaimOrphan")?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
@@ -407,7 +409,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        self.policy.caller(&request)?;
+        self.policy.caller(&request).await?;
         let r = request.into_inner();
         let network = network_key(r.network.as_ref(), "network")?;
         let owner = owner_key(r.owner.as_ref())?;
@@ -432,7 +434,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::GcRequest>,
     ) -> Result<Response<pb::GcResponse>, Status> {
-        let caller = self.policy.caller(&request)?;
+        let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         let network = match r.network.as_ref() {
             Some(n) => Some(network_key(Some(n), "network")?),
@@ -469,7 +471,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        self.policy.caller(&request)?;
+        self.policy.caller(&request).await?;
         let ready = match self.engine.ready().await {
             Ok(()) => true,
             Err(why) => {
@@ -490,7 +492,7 @@ impl Ipam for IpamService {
         &self,
         request: Request<pb::GetNetworkRequest>,
     ) -> Result<Response<pb::NetworkInfo>, Status> {
-        self.policy.caller(&request)?;
+        self.policy.caller(&request).await?;
         let network = network_key(request.get_ref().network.as_ref(), "network")?;
         let plan = self.engine.network(&network).map_err(fail)?;
         let listed = self
@@ -517,7 +519,8 @@ impl Ipam for IpamService {
         request: Request<pb::ListAllocationsRequest>,
     ) -> Result<Response<Self::ListAllocationsStream>, Status> {
         self.policy
-            .caller(&request)?
+            .caller(&request)
+            .await?
             .require_admin("ListAllocations")?;
         let network = match request.get_ref().network.as_ref() {
             Some(n) => Some(network_key(Some(n), "network")?),

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use danm_runtime::tls::ReloadingCert;
+use danm_runtime::tls::{ClientCaError, ReloadingCert, ReloadingClientCas};
 use futures::Stream;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
@@ -23,33 +21,9 @@ pub enum TlsError {
     /// The certificate or key.
     #[error("--tls-cert/--tls-key")]
     Cert(#[from] danm_runtime::tls::TlsError),
-    /// A client CA file cannot be read as PEM.
-    #[error("--tls-client-ca {path}")]
-    ClientCaRead {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// A client CA file holds no certificate.
-    #[error("--tls-client-ca {path}: no CERTIFICATE block")]
-    ClientCaEmpty {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A certificate of a client CA file is not a usable trust anchor.
-    #[error("--tls-client-ca {path}: a certificate is not usable as a CA")]
-    ClientCaCert {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: rustls::Error,
-    },
-    /// The client certificate verifier cannot be built from the CAs.
-    #[error("--tls-client-ca")]
-    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    /// The client CAs.
+    #[error("--tls-client-ca {}", .0.path().map(|p| p.display().to_string()).unwrap_or_default())]
+    ClientCa(#[from] ClientCaError),
 }
 
 /// The server's TLS material, as PEM files.
@@ -59,24 +33,32 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its private key, watched with it.
     pub key: PathBuf,
-    /// CAs that client certificates must chain to (read once, at start); empty: clients
-    /// are not asked for one.
+    /// CAs that client certificates must chain to, watched for changes (a CA rotation
+    /// publishes old and new together); empty: clients are not asked for one.
     pub client_ca: Vec<PathBuf>,
+    /// Whether a client may come without a certificate (nodes that send a token instead);
+    /// a certificate it presents must still chain to `client_ca`.
+    pub client_cert_optional: bool,
 }
 
 impl TlsFiles {
-    /// The rustls configuration (HTTP/2 only, as gRPC is): the certificate is read now and
-    /// again whenever its files change (checked every `reload_every`; a change that does not
-    /// load is logged and the previous certificate kept).
+    /// The rustls configuration (HTTP/2 only, as gRPC is): the certificate and the client
+    /// CAs are read now and again whenever their files change (checked every
+    /// `reload_every`; a change that does not load is logged and the previous one kept).
     pub fn server_config(
         &self,
         reload_every: Duration,
-    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let clients = if self.client_ca.is_empty() {
-            None
-        } else {
-            Some(self.client_verifier()?)
-        };
+    ) -> Result<(Arc<rustls::ServerConfig>, Arc<ReloadingCert>), TlsError> {
+        let clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> =
+            if self.client_ca.is_empty() {
+                None
+            } else {
+                Some(ReloadingClientCas::start(
+                    self.client_ca.clone(),
+                    self.client_cert_optional,
+                    reload_every,
+                )?)
+            };
         let cert = ReloadingCert::start(
             danm_runtime::tls::TlsFiles {
                 cert: self.cert.clone(),
@@ -84,39 +66,7 @@ impl TlsFiles {
             },
             reload_every,
         )?;
-        Ok(Arc::new(cert.server_config(&[b"h2"], clients)))
-    }
-
-    /// Requires a client certificate that chains to one of the client CAs.
-    fn client_verifier(
-        &self,
-    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
-        // Every certificate of every file must be a usable CA: a bundle with a bad one is
-        // refused at start, not half-trusted.
-        let mut roots = rustls::RootCertStore::empty();
-        for path in &self.client_ca {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect())
-                .map_err(|source| TlsError::ClientCaRead {
-                    path: path.clone(),
-                    source,
-                })?;
-            if certs.is_empty() {
-                return Err(TlsError::ClientCaEmpty { path: path.clone() });
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|source| TlsError::ClientCaCert {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-        }
-        rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .map_err(TlsError::ClientVerifier)
+        Ok((Arc::new(cert.server_config(&[b"h2"], clients)), cert))
     }
 }
 

@@ -256,3 +256,45 @@ fn ipamd_refuses_bad_flags_with_clear_errors() {
         "{text}"
     );
 }
+
+/// ipamd refuses to serve, unauthenticated, on an address other hosts reach (issue 24):
+/// any pod could then list, release and reclaim anyone's addresses. `--insecure` says it
+/// is meant, and is logged as a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_ipamd_on_a_reachable_address_needs_insecure() {
+    let port = free_port();
+    let everywhere = format!("0.0.0.0:{port}");
+    let (ok, text) = run(
+        env!("CARGO_BIN_EXE_ipamd"),
+        &["--store", "memory", "--listen", &everywhere],
+    );
+    assert!(
+        !ok && text.contains("no client is authenticated")
+            && text.contains("--tls-client-ca")
+            && text.contains("--insecure"),
+        "{text}"
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_ipamd"))
+            .args(["--store", "memory", "--listen", &everywhere, "--insecure"])
+            .env("NO_COLOR", "1")
+            .stdout(log.reopen().unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ctl = env!("CARGO_BIN_EXE_ipamctl");
+    let local = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run(ctl, &["--ipamd", &local, "status"]).0 {
+        assert!(Instant::now() < deadline, "ipamd --insecure did not serve");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        logged.contains("WARN") && logged.contains("--insecure"),
+        "{logged}"
+    );
+    drop(daemon);
+}

@@ -29,6 +29,10 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = |name: &str| TestCa::new(dir.path(), name);
         let (cluster, danm, stranger) = (ca("cluster-ca"), ca("danm-ca"), ca("stranger-ca"));
+        // A CA ipamd trusts (as it trusts the cluster's) whose name is DANM's CA's: its
+        // certificates name DANM's CA as their issuer, and only the chain tells them apart.
+        let impostor = TestCa::named(dir.path(), "impostor-ca", "danm-ca");
+        impostor.issue_files("impostor-cleaner", "danm-cleaner", None, &[], Usage::Client);
         danm.issue_files("server", "danm-ipamd", None, &["localhost"], Usage::Server);
         let clients: [(&str, &TestCa, &str, Option<&str>); 8] = [
             (
@@ -103,6 +107,7 @@ fn start_ipamd(kubeconfig: &Path, pki: &Pki, namespace: &str, log: &Path) -> Ipa
         ])
         .args(["--tls-client-ca", &path("cluster-ca.pem")])
         .args(["--tls-client-ca", &path("danm-ca.pem")])
+        .args(["--tls-client-ca", &path("impostor-ca.pem")])
         .args([
             "--authorization",
             "nodes",
@@ -345,7 +350,13 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
 
     // Identities that are neither a node nor an administrator, and a node name without
     // the nodes group, are refused whatever they call.
-    for id in ["someone", "fake-node", "cluster-cleaner", "danm-node"] {
+    for id in [
+        "someone",
+        "fake-node",
+        "cluster-cleaner",
+        "danm-node",
+        "impostor-cleaner",
+    ] {
         let mut c = client(&pki, &ipamd, Some(id)).await.unwrap();
         assert_eq!(
             code(c.status(pb::StatusRequest {}).await),

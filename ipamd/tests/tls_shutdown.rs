@@ -45,9 +45,11 @@ async fn a_tls_server_stopped_mid_load_answers_or_refuses_every_call_and_writes_
         cert: dir.path().join("server.pem"),
         key: dir.path().join("server-key.pem"),
         client_ca: vec![ca.path()],
+        client_cert_optional: false,
     }
     .server_config(Duration::from_secs(10))
-    .unwrap();
+    .unwrap()
+    .0;
 
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     add_networks(store.as_ref(), NETWORK).await;

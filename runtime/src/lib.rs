@@ -10,7 +10,9 @@
 //! * [`shutdown_signal`]: SIGTERM or Ctrl-C, for graceful shutdown;
 //! * [`parse_duration`]: durations as flags take them (`10m`, `90s`);
 //! * [`elect`]: Lease leader election (`kube-lease-manager`), for replicated writers;
-//! * [`tls`]: a serving certificate reloaded when its files change (webhook, ipamd).
+//! * [`tls`]: a serving certificate reloaded when its files change (webhook, ipamd);
+//! * [`index`]: a watch-fed index (relists and events handed to the index's code, and
+//!   whether every kind has been listed).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 
+pub mod index;
 pub mod tls;
 
 /// Why the plumbing failed.
@@ -212,9 +215,49 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from(d).map_err(|_| format!("{text:?} is negative"))
 }
 
+/// A listen address as flags take it: `10.0.0.7:9090`, `[fd00::7]:9090`, or
+/// `fd00::7:9090` (what `$(NODE_IP):9090` becomes in a manifest on an IPv6 node: the
+/// port is always the part after the last colon).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bad =
+        || format!("{text:?} is not an address and port like 10.0.0.7:9090 or [fd00::7]:9090");
+    let (ip, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|_| bad())?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_read_as_manifests_write_them() {
+        assert_eq!(
+            parse_listen("10.0.0.7:9090"),
+            Ok("10.0.0.7:9090".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen("[fd00::7]:9090"),
+            Ok("[fd00::7]:9090".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen("fd00::7:9090"),
+            Ok("[fd00::7]:9090".parse().unwrap())
+        );
+        for bad in [
+            "9090",
+            "node:9090",
+            "10.0.0.7",
+            "10.0.0.7:x",
+            "$(NODE_IP):9090",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_read_as_operators_write_them() {

@@ -103,6 +103,15 @@ impl TlsFiles {
 pub struct ReloadingCert {
     files: TlsFiles,
     current: RwLock<Arc<CertifiedKey>>,
+    /// When the certificate served now expires (Unix seconds), if it could be read.
+    not_after: std::sync::atomic::AtomicI64,
+}
+
+/// When the first certificate of a chain expires (Unix seconds).
+fn not_after_of(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 impl fmt::Debug for ReloadingCert {
@@ -124,8 +133,10 @@ impl ReloadingCert {
     /// watches them every `every`; a change that does not load is logged and the previous
     /// certificate kept.
     pub fn start(files: TlsFiles, every: Duration) -> Result<Arc<ReloadingCert>, TlsError> {
+        let loaded = files.load()?;
         let cert = Arc::new(ReloadingCert {
-            current: RwLock::new(Arc::new(files.load()?)),
+            not_after: std::sync::atomic::AtomicI64::new(not_after_of(&loaded).unwrap_or(0)),
+            current: RwLock::new(Arc::new(loaded)),
             files,
         });
         // The watcher holds the certificate weakly: it ends once nothing serves with it.
@@ -143,6 +154,10 @@ impl ReloadingCert {
                 }
                 match watched.files.load() {
                     Ok(loaded) => {
+                        watched.not_after.store(
+                            not_after_of(&loaded).unwrap_or(0),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         *watched.current.write().expect("lock") = Arc::new(loaded);
                         seen = now;
                         tracing::info!(cert = %watched.files.cert.display(), "serving certificate reloaded");
@@ -155,6 +170,19 @@ impl ReloadingCert {
             }
         });
         Ok(cert)
+    }
+
+    /// When the certificate served now expires (Unix seconds); `None` if it could not be
+    /// read.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(std::sync::atomic::Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// A Prometheus collector of `<prefix>_certificate_expiry_timestamp_seconds`: when the
+    /// served certificate expires (an alert fires 30 days before; see
+    /// `deploy/prometheus/alerts.yaml`).
+    pub fn expiry_collector(self: &Arc<Self>) -> CertificateExpiry {
+        CertificateExpiry(Arc::downgrade(self))
     }
 
     /// A rustls server configuration serving this certificate with these ALPN protocols
@@ -177,5 +205,243 @@ impl ReloadingCert {
             builder.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         config
+    }
+}
+
+/// See [`ReloadingCert::expiry_collector`].
+#[derive(Debug)]
+pub struct CertificateExpiry(std::sync::Weak<ReloadingCert>);
+
+impl prometheus_client::collector::Collector for CertificateExpiry {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let Some(not_after) = self.0.upgrade().and_then(|c| c.not_after()) else {
+            return Ok(());
+        };
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(not_after);
+        let metric = encoder.encode_descriptor(
+            "certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served now expires (Unix time)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// Why client CA files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientCaError {
+    /// A file cannot be read as PEM.
+    #[error("{path}: cannot read it as PEM")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A file holds no certificate.
+    #[error("{path}: no CERTIFICATE block")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate of a file is not a usable trust anchor.
+    #[error("{path}: a certificate is not usable as a CA")]
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The verifier cannot be built from the CAs.
+    #[error("no usable client CA")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
+impl ClientCaError {
+    /// The file at fault, if one is.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ClientCaError::Read { path, .. }
+            | ClientCaError::Empty { path }
+            | ClientCaError::Cert { path, .. } => Some(path),
+            ClientCaError::Verifier(_) => None,
+        }
+    }
+}
+
+/// Client certificates verified against the CAs of some PEM files, re-read when a file
+/// changes: a CA rotation publishes the old and the new CA together in one bundle, then
+/// drops the old one, and nothing needs a restart. Every certificate of every file must be
+/// a usable CA (a bundle with a bad one is refused, not half-trusted); a changed file that
+/// does not load is logged and the previous CAs kept.
+pub struct ReloadingClientCas {
+    files: Vec<PathBuf>,
+    optional: bool,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl fmt::Debug for ReloadingClientCas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingClientCas")
+            .field("files", &self.files)
+            .field("optional", &self.optional)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingClientCas {
+    /// Reads `files` now (a failure is fatal) and again every `every` when they change.
+    /// `optional`: a client without a certificate is let through the handshake (the
+    /// server then decides per request); otherwise the handshake requires one.
+    pub fn start(
+        files: Vec<PathBuf>,
+        optional: bool,
+        every: Duration,
+    ) -> Result<Arc<ReloadingClientCas>, ClientCaError> {
+        let verifier = load_client_cas(&files, optional)?;
+        let cas = Arc::new(ReloadingClientCas {
+            files,
+            optional,
+            current: RwLock::new(verifier),
+        });
+        let watched = Arc::downgrade(&cas);
+        let mut seen = stamps(&cas.files);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(watched) = watched.upgrade() else {
+                    return;
+                };
+                let now = stamps(&watched.files);
+                if now == seen {
+                    continue;
+                }
+                match load_client_cas(&watched.files, watched.optional) {
+                    Ok(verifier) => {
+                        *watched.current.write().expect("lock") = verifier;
+                        seen = now;
+                        tracing::info!(files = ?watched.files, "client CAs reloaded");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the changed client CAs do not load yet; keeping the previous ones")
+                    }
+                }
+            }
+        });
+        Ok(cas)
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.current.read().expect("lock"))
+    }
+
+    /// Whether `chain` (leaf first) verifies against the CAs now.
+    pub fn verifies(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.current()
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .is_ok()
+    }
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+fn load_client_cas(
+    files: &[PathBuf],
+    optional: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, ClientCaError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in files {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect())
+            .map_err(|source| ClientCaError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        if certs.is_empty() {
+            return Err(ClientCaError::Empty { path: path.clone() });
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|source| ClientCaError::Cert {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    );
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder.build().map_err(ClientCaError::Verifier)
+}
+
+impl ClientCertVerifier for ReloadingClientCas {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.optional
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // The hints of the CAs at start: a reload does not change what a client is told
+        // (rustls asks for a borrowed list); clients pick their certificate by their own
+        // configuration anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.current().supported_verify_schemes()
     }
 }

@@ -46,9 +46,18 @@ impl std::fmt::Debug for TestCa {
 impl TestCa {
     /// A new CA with common name `name`, written to `<dir>/<name>.pem`.
     pub fn new(dir: &Path, name: &str) -> TestCa {
+        TestCa::named(dir, name, name)
+    }
+
+    /// A new CA with common name `common_name`, written to `<dir>/<file>.pem` (two CAs
+    /// with one name: an impostor of another).
+    pub fn named(dir: &Path, file: &str, common_name: &str) -> TestCa {
+        let name = file;
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::DigitalSignature,

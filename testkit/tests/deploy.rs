@@ -7,10 +7,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use danm_core::NetworkKind;
 use danm_core::admit::{
     Environment, NetworkRequest, Operation, TenantConfigRequest, admit_network, admit_tenant_config,
 };
+use danm_core::hostlinks::LinkTable;
+use danm_core::{NetworkKey, NetworkKind};
 use danm_crds::TenantConfig;
 use danm_testkit::control_plane::ControlPlane;
 use serde_json::{Value, json};
@@ -277,6 +278,73 @@ fn workloads_and_roles_follow_the_rules() {
     }
 }
 
+/// The roles users get (aggregated into admin, edit, view) grant TenantNetworks and
+/// reads, never a write of DanmEps; the policies that keep DanmEps ipamd's and
+/// svcwatcher's writes its own name the base's ServiceAccounts in the base's namespace.
+#[test]
+fn user_roles_and_policies_keep_danms_records_danms() {
+    for overlay in OVERLAYS {
+        let objects = build(overlay);
+        let tenant = find(&objects, "ClusterRole", "danm-tenant");
+        let labels = &tenant["metadata"]["labels"];
+        for aggregate in ["admin", "edit"] {
+            assert_eq!(
+                labels[format!("rbac.authorization.k8s.io/aggregate-to-{aggregate}")],
+                "true",
+                "{overlay}: danm-tenant is not aggregated into {aggregate}"
+            );
+        }
+        let view = find(&objects, "ClusterRole", "danm-view");
+        assert_eq!(
+            view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+            "true"
+        );
+        for role in [tenant, view] {
+            for rule in role["rules"].as_array().unwrap() {
+                let resources = rule["resources"].as_array().unwrap();
+                let verbs: BTreeSet<&str> = rule["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let writes = !verbs.is_subset(&set(&["get", "list", "watch"]));
+                for r in resources.iter().filter_map(Value::as_str) {
+                    assert!(
+                        !(writes && r != "tenantnetworks"),
+                        "{overlay}: {} lets users write {r}",
+                        name(role)
+                    );
+                    assert!(
+                        !matches!(r, "allocationshards" | "tenantconfigs" | "clusternetworks")
+                            || !writes,
+                        "{overlay}: {} grants {r}",
+                        name(role)
+                    );
+                }
+            }
+        }
+        let accounts = names_of(&objects, "ServiceAccount");
+        for (policy, identities) in [
+            ("danm-danmep-writers", &["danm-ipamd", "danm-cleaner"][..]),
+            ("danm-svcwatcher-writes", &["danm-svcwatcher"][..]),
+        ] {
+            let text = find(&objects, "ValidatingAdmissionPolicy", policy).to_string();
+            for account in identities {
+                assert!(accounts.contains(account), "{overlay}: no {account}");
+                let user = format!("system:serviceaccount:danm-system:{account}");
+                assert!(
+                    text.contains(&user),
+                    "{overlay}: {policy} does not name {user}"
+                );
+            }
+            let binding = find(&objects, "ValidatingAdmissionPolicyBinding", policy);
+            assert_eq!(binding["spec"]["policyName"], policy);
+            assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+        }
+    }
+}
+
 #[test]
 fn overlay_networks_are_admitted_by_the_webhook_rules() {
     for overlay in OVERLAYS {
@@ -295,6 +363,7 @@ fn overlay_networks_are_admitted_by_the_webhook_rules() {
                 serde_json::from_value(o.clone()).expect("a TenantConfig")
             });
         let mut admitted = 0;
+        let mut links = LinkTable::default();
         for o in &objects {
             let network_kind = match kind(o) {
                 "DanmNet" => NetworkKind::DanmNet,
@@ -316,9 +385,17 @@ fn overlay_networks_are_admitted_by_the_webhook_rules() {
                 connected_pod: None,
                 choose: &mut first,
                 reservation_token: "deploy-test",
+                // The overlay's networks so far: none may take another's host link.
+                links: &links,
             };
-            if let Err(denial) = admit_network(&request, &mut env) {
-                panic!("{overlay}: {} {} is refused: {denial}", kind(o), name(o));
+            match admit_network(&request, &mut env) {
+                Ok(admitted) => {
+                    let key = NetworkKey::new(network_kind, request.namespace, request.name);
+                    links.insert(&key, admitted.spec.as_ref().expect("a created spec"));
+                }
+                Err(denial) => {
+                    panic!("{overlay}: {} {} is refused: {denial}", kind(o), name(o))
+                }
             }
             admitted += 1;
         }
@@ -507,27 +584,133 @@ async fn overlays_apply_on_the_real_api_server() {
 
 /// The cert-manager component (not in the overlays: it needs cert-manager's CRDs) builds
 /// on the base, replaces the danm-certs Job, and asks cainjector for both caBundles.
-#[test]
-fn the_cert_manager_component_builds() {
+/// The components of `deploy/components/`.
+const COMPONENTS: [&str; 5] = [
+    "cert-manager",
+    "apiserver-client-auth",
+    "administrator-nodes",
+    "monitoring",
+    "node-token",
+];
+
+/// `overlay` (a folder of deploy/) with `components`, built.
+fn build_with(overlay: &str, components: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     // kustomize takes no absolute paths: deploy/, relative to the temporary folder.
     let deploy = deploy_dir().canonicalize().unwrap();
     let up = dir.path().canonicalize().unwrap().components().count() - 1;
     let relative = Path::new(&"../".repeat(up)).join(deploy.strip_prefix("/").unwrap());
+    let listed: String = components
+        .iter()
+        .map(|c| format!("- {}\n", relative.join("components").join(c).display()))
+        .collect();
     std::fs::write(
         dir.path().join("kustomization.yaml"),
         format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n- {}\n",
-            relative.join("base").display(),
-            relative.join("components/cert-manager").display()
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n{listed}",
+            relative.join(overlay).display(),
         ),
     )
     .unwrap();
-    let objects: Vec<Value> =
-        serde_saphyr::from_multiple(&danm_testkit::kustomize(dir.path())).unwrap();
+    serde_saphyr::from_multiple(&danm_testkit::kustomize(dir.path())).unwrap()
+}
+
+/// No pod that runs on every node (a DaemonSet's) references a Secret, in any overlay and
+/// with any component: root on any node could read it, and a Secret of DANM's holds a
+/// private key (the CA's, or an identity's). Nodes get the CA certificate from a ConfigMap.
+#[test]
+fn no_pod_on_every_node_references_a_secret() {
+    let mut builds: Vec<(String, Vec<Value>)> =
+        OVERLAYS.iter().map(|o| (o.to_string(), build(o))).collect();
+    for component in COMPONENTS {
+        builds.push((
+            format!("production + {component}"),
+            build_with("overlays/production", &[component]),
+        ));
+    }
+    for (what, objects) in &builds {
+        let mut daemonsets = 0;
+        for o in objects.iter().filter(|o| kind(o) == "DaemonSet") {
+            daemonsets += 1;
+            let spec = pod_spec(o).unwrap();
+            let text = spec.to_string();
+            for needle in ["\"secret\"", "secretKeyRef", "secretRef", "secretName"] {
+                assert!(
+                    !text.contains(needle),
+                    "{what}: DaemonSet {} references a Secret ({needle}):\n{spec:#}",
+                    name(o)
+                );
+            }
+        }
+        assert!(daemonsets >= 2, "{what}: {daemonsets} DaemonSets");
+    }
+    // The administrator-nodes component keeps the administrator's credentials off the
+    // other nodes.
+    let objects = build_with("overlays/production", &["administrator-nodes"]);
+    for (k, n) in [
+        ("CronJob", "danm-cleaner"),
+        ("CronJob", "danm-certs-renew"),
+        ("Job", "danm-certs"),
+    ] {
+        assert_eq!(
+            pod_spec(find(&objects, k, n)).unwrap()["nodeSelector"]["danm.io/administrator-node"],
+            "true",
+            "{k} {n}"
+        );
+    }
+    // The node-token component gives the installer a pod-bound token, not a Secret, and
+    // ipamd the right to review it.
+    let objects = build_with("overlays/production", &["node-token"]);
+    let installer = pod_spec(find(&objects, "DaemonSet", "danm-cni-installer")).unwrap();
     assert!(
-        names_of(&objects, "Job").is_empty(),
+        installer["volumes"]
+            .to_string()
+            .contains("\"audience\":\"danm-ipamd\""),
+        "{installer:#}"
+    );
+    let ipamd_args = containers(find(&objects, "Deployment", "danm-ipamd"))[0]["args"].to_string();
+    assert!(ipamd_args.contains("sa-token"), "{ipamd_args}");
+    let template = find(&objects, "ConfigMap", "danm-cni-config")["data"]["00-danm.conf.template"]
+        .as_str()
+        .unwrap();
+    assert!(
+        template.contains("node-token") && !template.contains("kubelet-client"),
+        "{template}"
+    );
+    // The apiserver-client-auth component makes the webhook ask for the API server's
+    // certificate.
+    let objects = build_with("overlays/production", &["apiserver-client-auth"]);
+    let args = containers(find(&objects, "Deployment", "danm-webhook"))[0]["args"].to_string();
+    assert!(
+        args.contains("--client-ca") && args.contains("--client-name"),
+        "{args}"
+    );
+}
+
+#[test]
+fn the_cert_manager_component_builds() {
+    let objects = build_with("base", &["cert-manager"]);
+    assert!(
+        names_of(&objects, "Job").is_empty()
+            && !names_of(&objects, "CronJob").contains("danm-certs-renew"),
         "danm-certs is left out"
+    );
+    // The CA's key stays in cert-manager's namespace; trust-manager publishes its
+    // certificate alone as the ConfigMap the CNI installer mounts.
+    assert_eq!(
+        find(&objects, "Certificate", "danm-ca")["metadata"]["namespace"],
+        "cert-manager"
+    );
+    let bundle = find(&objects, "Bundle", "danm-ca");
+    assert_eq!(bundle["spec"]["target"]["configMap"]["key"], "ca.crt");
+    let installer = pod_spec(find(&objects, "DaemonSet", "danm-cni-installer")).unwrap();
+    assert!(
+        installer["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["configMap"]["name"] == "danm-ca"),
+        "{installer:#}"
     );
     assert!(!names_of(&objects, "ServiceAccount").contains("danm-certs"));
     assert!(

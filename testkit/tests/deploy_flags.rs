@@ -45,10 +45,60 @@ fn containers(object: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// What kubelet makes of `$(NAME)` in a command line: the value of the container's
+/// variable `NAME`. A variable from the downward API gets the kind of value the API
+/// gives (`status.hostIP`: an address); an unknown `$(NAME)` stays as written, as kubelet
+/// leaves it.
+fn expand(word: &str, container: &Value) -> String {
+    let mut out = word.to_owned();
+    for var in container["env"].as_array().into_iter().flatten() {
+        let name = var["name"].as_str().unwrap_or_default();
+        let value = match (
+            &var["value"],
+            var["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        ) {
+            (Value::String(v), _) => v.clone(),
+            (_, Some("status.hostIP" | "status.podIP")) => "10.0.0.7".to_owned(),
+            (_, Some(_)) => "example".to_owned(),
+            _ => continue,
+        };
+        out = out.replace(&format!("$({name})"), &value);
+    }
+    out
+}
+
+/// The production overlay with the components that change command lines.
+fn production_with_components() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    // kustomize takes no absolute paths: deploy/, relative to the temporary folder.
+    let deploy = deploy_dir().canonicalize().unwrap();
+    let up = dir.path().canonicalize().unwrap().components().count() - 1;
+    let relative = Path::new(&"../".repeat(up)).join(deploy.strip_prefix("/").unwrap());
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n- {}\n- {}\n",
+            relative.join("overlays/production").display(),
+            relative.join("components/apiserver-client-auth").display(),
+            relative.join("components/node-token").display(),
+        ),
+    )
+    .unwrap();
+    danm_testkit::kustomize(dir.path())
+}
+
 #[test]
 fn every_command_line_of_the_manifests_is_accepted_by_its_binary() {
-    let built = danm_testkit::kustomize(&deploy_dir().join("overlays/production"));
-    let objects: Vec<Value> = serde_saphyr::from_multiple(&built).unwrap();
+    for built in [
+        danm_testkit::kustomize(&deploy_dir().join("overlays/production")),
+        production_with_components(),
+    ] {
+        check_command_lines(&built);
+    }
+}
+
+fn check_command_lines(built: &str) {
+    let objects: Vec<Value> = serde_saphyr::from_multiple(built).unwrap();
     let mut checked = Vec::new();
     for object in &objects {
         for container in containers(object) {
@@ -57,7 +107,7 @@ fn every_command_line_of_the_manifests_is_accepted_by_its_binary() {
                 .into_iter()
                 .flatten()
                 .chain(container["args"].as_array().into_iter().flatten())
-                .map(|w| w.as_str().expect("a string").to_owned())
+                .map(|w| expand(w.as_str().expect("a string"), container))
                 .collect();
             let Some(program) = words.first() else {
                 continue;

@@ -432,10 +432,21 @@ async fn rbac_applies_to_users_and_service_accounts() {
         .await
         .unwrap();
     for client in [&alice, &robot] {
-        Api::<ConfigMap>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default())
-            .await
-            .unwrap();
+        // The authorizer sees a new binding through its informer: a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "the binding is not in force yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the binding never took effect: {e}"),
+            }
+        }
         forbidden(
             Api::<Secret>::namespaced(client.clone(), &ns)
                 .list(&ListParams::default())

@@ -6,10 +6,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danm_cni::netlink::Netlink;
 use danm_core::hostlinks::{LinkParams, ObservedLink, group_v4};
+use danm_netlink::Netlink;
+use danm_netlink::host::Observed;
 use danm_testkit::control_plane::ControlPlane;
-use danm_watchers::netwatcher::links::Observed;
 use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};

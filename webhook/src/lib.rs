@@ -11,11 +11,13 @@
 //! * [`tenants`]: the TenantConfig side: reserving ids with optimistic concurrency, freeing
 //!   them when their TenantNetwork goes, reconciling what a failed create left.
 //! * [`usage`]: which pods are connected to which network (a DanmEp index).
+//! * [`links`]: which host links the networks ask for (an index of the three kinds).
 //! * the serving certificate, reloaded when its files change: `danm_runtime::tls`.
 //! * [`server`]: HTTPS (rustls) with the admission paths, `/metrics`, `/healthz`, `/readyz`.
 //! * [`metrics`]: the Prometheus metrics.
 
 pub mod certs;
+pub mod links;
 pub mod metrics;
 pub mod review;
 pub mod server;

@@ -41,6 +41,15 @@ pub struct FreedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a request refused before it was read.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `unauthenticated` (an admission path without the API server's certificate),
+    /// `too_large` (a body over 4 MiB), `busy` (no room in the memory budget in time),
+    /// `connections` (too many connections from one address, or in all).
+    pub reason: &'static str,
+}
+
 type HistogramFamily = Family<PathLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric.
@@ -59,6 +68,8 @@ pub struct Metrics {
     pub freed: Family<FreedLabels, Counter>,
     /// TenantConfig writes that lost to a concurrent writer (and were retried).
     pub conflicts: Counter,
+    /// Requests and connections refused before being read, by reason.
+    pub refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,6 +123,12 @@ impl Metrics {
             "TenantConfig writes that lost to a concurrent writer and were retried",
             conflicts.clone(),
         );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "refused",
+            "Requests and connections refused before being read, by reason",
+            refused.clone(),
+        );
         Metrics {
             registry,
             admissions,
@@ -120,7 +137,15 @@ impl Metrics {
             reserved,
             freed,
             conflicts,
+            refused,
         }
+    }
+
+    /// Exports when `cert` (the one served) expires:
+    /// `danm_webhook_certificate_expiry_timestamp_seconds`.
+    pub fn track_certificate(&mut self, cert: &std::sync::Arc<danm_runtime::tls::ReloadingCert>) {
+        self.registry
+            .register_collector(Box::new(cert.expiry_collector()));
     }
 
     /// The metrics in Prometheus' text format.

@@ -16,6 +16,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde_json::Value;
 
+use crate::links::Links;
 use crate::metrics::{AdmissionLabels, Metrics, PathLabels, RuleLabels};
 use crate::tenants::{Tenants, TenantsError};
 use crate::usage::Usage;
@@ -49,6 +50,8 @@ pub struct Admission {
     pub tenants: Arc<Tenants>,
     /// Pods by network.
     pub usage: Arc<Usage>,
+    /// Host links by name and segment.
+    pub links: Arc<Links>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -81,6 +84,11 @@ impl Admission {
         let response = AdmissionResponse::from(&request);
         let (response, result) = match outcome {
             Outcome::Allowed(admitted) => {
+                let mut response = response;
+                if !admitted.warnings.is_empty() {
+                    tracing::info!(object = %subject, warnings = ?admitted.warnings, "admitted with warnings");
+                    response.warnings = Some(admitted.warnings.clone());
+                }
                 let response = if admitted.patch.0.is_empty() {
                     response
                 } else {
@@ -218,10 +226,7 @@ impl Admission {
             other: other.as_deref(),
         });
         match decided {
-            Ok(patch) => Outcome::Allowed(Box::new(Admitted {
-                patch,
-                ..Admitted::default()
-            })),
+            Ok(admitted) => Outcome::Allowed(Box::new(admitted)),
             Err(d) => Outcome::Denied(d),
         }
     }
@@ -233,6 +238,11 @@ impl Admission {
                 Ok(Err(d)) => Outcome::Denied(d),
                 Err(e) => Outcome::Failed(e.to_string()),
             };
+        }
+        if !self.links.is_synced() {
+            return Outcome::Failed(
+                "the network index has not listed the API server's networks yet; try again".into(),
+            );
         }
         let connected = if request.operation == Operation::Create {
             None
@@ -254,6 +264,7 @@ impl Admission {
                 connected_pod: connected.as_deref(),
                 choose: &mut never,
                 reservation_token: uid,
+                links: &self.links.read(),
             },
         ) {
             Ok(a) => Outcome::Allowed(Box::new(a)),

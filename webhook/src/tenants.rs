@@ -31,6 +31,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::links::Links;
 use crate::metrics::{FreedLabels, Metrics};
 
 /// How the ids are kept.
@@ -43,6 +44,10 @@ pub struct TenantsConfig {
     /// Attempts at a TenantConfig write before the admission gives up (and the API server
     /// reports the webhook's error to the client, who retries).
     pub attempts: u32,
+    /// Reservations of one namespace that no TenantNetwork carries yet, past which a create
+    /// of that namespace is answered "try again": what reviews that never become objects
+    /// (a caller other than the API server, where `--client-ca` is not set) can hold.
+    pub max_pending_per_namespace: usize,
 }
 
 impl Default for TenantsConfig {
@@ -51,6 +56,7 @@ impl Default for TenantsConfig {
             grace: Duration::from_secs(300),
             interval: Duration::from_secs(60),
             attempts: 8,
+            max_pending_per_namespace: 256,
         }
     }
 }
@@ -88,6 +94,16 @@ pub enum TenantsError {
     /// The caches have not listed the API server's objects yet.
     #[error("the webhook has not listed TenantConfigs and TenantNetworks yet; try again")]
     NotReady,
+    /// The namespace has too many reservations no TenantNetwork carries yet.
+    #[error(
+        "namespace {namespace} has {pending} VLAN/VxLAN ids reserved for TenantNetworks not stored yet (the limit); try again once they are stored or freed"
+    )]
+    TooManyPending {
+        /// The namespace.
+        namespace: String,
+        /// How many.
+        pending: usize,
+    },
 }
 
 /// An admission's outcome for a TenantNetwork CREATE.
@@ -138,11 +154,13 @@ struct Pending {
     reply: oneshot::Sender<Decision>,
 }
 
-/// Decides a TenantNetwork CREATE on `config` (a random NIC profile when none is named).
+/// Decides a TenantNetwork CREATE on `config` (a random NIC profile when none is named),
+/// with the host links the other networks ask for.
 fn decide(
     request: &NetworkRequest<'_>,
     token: &str,
     config: Option<&TenantConfig>,
+    links: &Links,
 ) -> Result<Admitted, Denial> {
     let mut choose = |n: usize| fastrand::usize(..n);
     admit_network(
@@ -152,6 +170,7 @@ fn decide(
             connected_pod: None,
             choose: &mut choose,
             reservation_token: token,
+            links: &links.read(),
         },
     )
 }
@@ -172,6 +191,7 @@ pub struct Tenants {
     writer: Mutex<Option<TenantConfig>>,
     gone: mpsc::UnboundedSender<Gone>,
     reservations: mpsc::UnboundedSender<Pending>,
+    links: Arc<Links>,
     metrics: Arc<Metrics>,
     config: TenantsConfig,
 }
@@ -186,7 +206,12 @@ impl std::fmt::Debug for Tenants {
 
 impl Tenants {
     /// Starts the watches of TenantConfigs and TenantNetworks and the reconciliation.
-    pub fn start(client: Client, metrics: Arc<Metrics>, config: TenantsConfig) -> Arc<Tenants> {
+    pub fn start(
+        client: Client,
+        links: Arc<Links>,
+        metrics: Arc<Metrics>,
+        config: TenantsConfig,
+    ) -> Arc<Tenants> {
         let (configs, config_writer) = reflector::store();
         let (networks, network_writer) = reflector::store();
         let (gone, gone_rx) = mpsc::unbounded_channel();
@@ -198,6 +223,7 @@ impl Tenants {
             writer: Mutex::new(None),
             gone,
             reservations,
+            links,
             metrics,
             config,
         });
@@ -237,11 +263,12 @@ impl Tenants {
         tenants
     }
 
-    /// Whether both watches have listed what exists (without waiting).
+    /// Whether the watches have listed what exists (without waiting).
     pub fn is_ready(&self) -> bool {
         use futures::FutureExt as _;
         self.configs.wait_until_ready().now_or_never().is_some()
             && self.networks.wait_until_ready().now_or_never().is_some()
+            && self.links.is_synced()
     }
 
     /// The TenantConfig TenantNetworks use: as DANM, the first by name.
@@ -264,7 +291,7 @@ impl Tenants {
         if !self.is_ready() {
             return Err(TenantsError::NotReady);
         }
-        let first = decide(request, token, self.current().as_deref());
+        let first = decide(request, token, self.current().as_deref(), &self.links);
         let needs_write = matches!(&first, Ok(a) if a.reservation.is_some());
         if !needs_write || dry_run {
             return Ok(first);
@@ -313,23 +340,32 @@ impl Tenants {
             // The TenantConfig went away since the first decision: decide again, without it.
             return batch
                 .iter()
-                .map(|p| Ok(decide(&p.request.borrow(), &p.token, None)))
+                .map(|p| Ok(decide(&p.request.borrow(), &p.token, None, &self.links)))
                 .collect();
         };
         let name = snapshot.name_any();
         let api: Api<TenantConfig> = Api::all(self.client.clone());
         let mut latest = self.writer.lock().await;
         // The newer of this replica's last write and the watch's copy (another replica may
-        // have written since): starting from an old copy costs a conflict.
+        // have written since): starting from an old copy costs a conflict. Only a copy of
+        // the same object: a TenantConfig deleted and created again has a new uid and
+        // starts its generation at 1 again.
         let mut config = match latest.as_ref() {
             Some(c)
-                if c.name_any() == name
+                if same_object(c, &snapshot)
                     && c.metadata.generation >= snapshot.metadata.generation =>
             {
                 c.clone()
             }
             _ => (*snapshot).clone(),
         };
+        // Tokens the stored TenantNetworks carry: a reservation without one is pending.
+        let carried: HashSet<String> = self
+            .networks
+            .state()
+            .iter()
+            .filter_map(|tn| tn.annotations().get(RESERVATION_ANNOTATION).cloned())
+            .collect();
         for attempt in 0..self.config.attempts {
             let mut working = config.clone();
             // The grace period counts from the write: the network is stored just after.
@@ -337,7 +373,15 @@ impl Tenants {
             let mut decisions = Vec::with_capacity(batch.len());
             let mut picks = Vec::new();
             for p in batch {
-                let decision = decide(&p.request.borrow(), &p.token, Some(&working));
+                let pending = pending_in(&working, &p.request.namespace, &p.token, &carried);
+                if pending >= self.config.max_pending_per_namespace {
+                    decisions.push(Err(TenantsError::TooManyPending {
+                        namespace: p.request.namespace.clone(),
+                        pending,
+                    }));
+                    continue;
+                }
+                let decision = decide(&p.request.borrow(), &p.token, Some(&working), &self.links);
                 if let Ok(admitted) = &decision
                     && let Some(pick) = &admitted.reservation
                 {
@@ -345,6 +389,7 @@ impl Tenants {
                         network: format!("{}/{}", p.request.namespace, p.request.name),
                         token: p.token.clone(),
                         since: since.clone(),
+                        link: pick.link.clone(),
                     };
                     vni::reserve(&mut working, pick, holder.clone())
                         .expect("an id decided on this very copy is free in it");
@@ -490,7 +535,7 @@ impl Tenants {
                         // reads of the API server above are made without it).
                         let mut latest = self.writer.lock().await;
                         if latest.as_ref().is_some_and(|c| {
-                            c.name_any() == name
+                            same_object(c, &written)
                                 && c.metadata.generation <= written.metadata.generation
                         }) {
                             *latest = Some(written);
@@ -562,6 +607,31 @@ fn gone_of(tn: &TenantNetwork) -> Gone {
         _ => None,
     };
     Gone { token, legacy }
+}
+
+/// Reservations of `namespace` in `config` that no stored TenantNetwork carries (other
+/// than `token`'s own, a retried admission).
+fn pending_in(
+    config: &TenantConfig,
+    namespace: &str,
+    token: &str,
+    carried: &HashSet<String>,
+) -> usize {
+    let prefix = format!("{namespace}/");
+    vni::reservations(config)
+        .iter()
+        .filter(|h| {
+            h.holder.network.starts_with(&prefix)
+                && h.holder.token != token
+                && !carried.contains(&h.holder.token)
+        })
+        .count()
+}
+
+/// Whether two copies are of one object: same name and uid (a TenantConfig deleted and
+/// created again is another object, whatever its generation says).
+fn same_object(a: &TenantConfig, b: &TenantConfig) -> bool {
+    a.name_any() == b.name_any() && a.metadata.uid == b.metadata.uid
 }
 
 fn expired(held: &HeldVni, now: jiff::Timestamp, grace: Duration) -> bool {

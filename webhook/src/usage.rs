@@ -12,11 +12,9 @@ use std::sync::{Arc, RwLock};
 
 use danm_core::{NetworkKey, NetworkKind};
 use danm_crds::DanmEp;
-use futures::StreamExt;
+use danm_runtime::index::{Change, Synced, follow};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
 
 /// Namespace and name of a DanmEp.
 type EndpointRef = (String, String);
@@ -61,55 +59,42 @@ impl Index {
 /// The index; see the module overview.
 #[derive(Debug)]
 pub struct Usage {
-    index: RwLock<Index>,
-    synced: watch::Sender<bool>,
+    index: Arc<RwLock<Index>>,
+    synced: Arc<Synced>,
 }
 
 impl Usage {
     /// An index fed by a watch of every DanmEp; the watch runs as long as the runtime.
     pub fn start(client: Client) -> Arc<Usage> {
-        let usage = Arc::new(Usage {
-            index: RwLock::default(),
-            synced: watch::channel(false).0,
-        });
-        let fed = Arc::clone(&usage);
-        tokio::spawn(async move {
-            let api: Api<DanmEp> = Api::all(client);
-            let mut stream = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            let mut relist: Option<Index> = None;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => relist = Some(Index::default()),
-                    Ok(watcher::Event::InitApply(ep)) => {
-                        if let Some(buffer) = relist.as_mut() {
-                            buffer.insert(&ep);
+        let index: Arc<RwLock<Index>> = Arc::default();
+        let synced = Arc::new(Synced::new(1));
+        let fed = Arc::clone(&index);
+        follow(
+            Api::<DanmEp>::all(client),
+            "DanmEp",
+            Arc::clone(&synced),
+            move |change| {
+                let mut index = fed.write().expect("lock");
+                match change {
+                    Change::Relisted(all) => {
+                        *index = Index::default();
+                        for ep in &all {
+                            index.insert(ep);
                         }
                     }
-                    Ok(watcher::Event::InitDone) => {
-                        if let Some(buffer) = relist.take() {
-                            let count = buffer.network_of.len();
-                            *fed.index.write().expect("lock") = buffer;
-                            fed.synced.send_replace(true);
-                            tracing::info!(count, "DanmEp index listed every DanmEp");
-                        }
+                    Change::Applied(ep) => index.insert(&ep),
+                    Change::Deleted(ep) => {
+                        index.remove(&(ep.namespace().unwrap_or_default(), ep.name_any()))
                     }
-                    Ok(watcher::Event::Apply(ep)) => fed.index.write().expect("lock").insert(&ep),
-                    Ok(watcher::Event::Delete(ep)) => {
-                        let at = (ep.namespace().unwrap_or_default(), ep.name_any());
-                        fed.index.write().expect("lock").remove(&at);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "DanmEp watch failed, retrying"),
                 }
-            }
-        });
-        usage
+            },
+        );
+        Arc::new(Usage { index, synced })
     }
 
     /// Whether the first full list is in.
     pub fn is_synced(&self) -> bool {
-        *self.synced.borrow()
+        self.synced.is_synced()
     }
 
     /// A pod connected to the network (`namespace/name`), if any.

@@ -92,10 +92,8 @@ fn danm_certs(plane: &ControlPlane, args: &[&str]) -> Output {
 
 fn options(namespace: &str, webhook_configuration: &str) -> Options {
     Options {
-        namespace: namespace.to_owned(),
-        webhook_configuration: webhook_configuration.to_owned(),
-        renew_before: Duration::from_secs(30 * 24 * 3600),
         require_webhook_configurations: true,
+        ..Options::new(namespace, webhook_configuration)
     }
 }
 
@@ -184,8 +182,14 @@ async fn assert_material(client: &Client, ns: &str, webhook_configuration: &str)
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let ca_secret = secrets.get("danm-ca").await.unwrap();
     assert_eq!(ca_secret.type_.as_deref(), Some("Opaque"));
-    assert_eq!(keys(&ca_secret), ["ca.crt", "ca.key"]);
+    assert_eq!(keys(&ca_secret), ["ca-bundle.crt", "ca.crt", "ca.key"]);
     let ca_pem = text(&ca_secret, "ca.crt");
+    // No rotation under way: the trust bundle is the CA alone.
+    assert_eq!(
+        text(&ca_secret, "ca-bundle.crt").trim(),
+        ca_pem.trim(),
+        "the trust bundle of a steady CA"
+    );
     let ca_der = der(&ca_pem);
     let ca = parse(&ca_der);
     assert!(ca.is_ca());
@@ -387,7 +391,7 @@ async fn the_suites_tls_material_is_created_once_and_repaired_alone() {
     assert_material(&client, &ns, &config).await;
 
     // A certificate of another CA is re-issued by ours.
-    let other = Ca::generate().unwrap();
+    let other = Ca::generate(certs::CA_VALIDITY).unwrap();
     let foreign = other
         .issue(
             &Leaf::client("danm-cleaner-tls", "danm-cleaner"),

@@ -162,7 +162,7 @@ async fn sigterm_answers_the_reviews_in_flight_and_leaves_nothing_half_written()
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // Reservations no TenantNetwork carries (all of this test's: it creates none) stay
     // for 10 minutes: a leftover stays visible.
-    let command = common::webhook_command(&kubeconfig, port, dir.path(), 600);
+    let command = common::webhook_command(plane, &kubeconfig, port, dir.path(), 600);
     let mut webhook = plane.spawn_beside("webhook-sigterm", command).unwrap();
     common::wait_ready(plane, addr, &mut webhook).await;
 

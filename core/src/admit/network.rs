@@ -15,8 +15,9 @@ use danm_crds::{IfaceProfile, IpPool, IpPoolV6, NetworkOptions, NetworkSpec, Ten
 use serde_json::Value;
 
 use super::patch::{TokenAnnotation, network_patch};
-use super::vni::{RESERVATION_ANNOTATION, VniError, VniPick, VniType, lowest_free};
+use super::vni::{self, RESERVATION_ANNOTATION, VniError, VniPick, VniType, lowest_free};
 use super::{Denial, Operation, parse_object};
+use crate::hostlinks::{self, LinkClash, LinkSpec, LinkTable};
 use crate::network::{
     FieldProblem, NetworkError, NetworkKey, NetworkKind, NetworkPlan, Rule, default_v6_pool_cidr,
     is_dynamic_backend, plan,
@@ -50,6 +51,10 @@ pub struct Environment<'a> {
     pub choose: &'a mut dyn FnMut(usize) -> usize,
     /// The token a reserved id is recorded under (unique per admission request).
     pub reservation_token: &'a str,
+    /// The host links every other network asks for (a watch-fed index): a network may not
+    /// ask for a link name another asks for with another device or id, and a
+    /// TenantNetwork shares no link and no segment with another network.
+    pub links: &'a LinkTable,
 }
 
 impl std::fmt::Debug for Environment<'_> {
@@ -61,11 +66,12 @@ impl std::fmt::Debug for Environment<'_> {
             )
             .field("connected_pod", &self.connected_pod)
             .field("reservation_token", &self.reservation_token)
+            .field("links", &self.links.len())
             .finish_non_exhaustive()
     }
 }
 
-/// An admitted request: the patch to apply and the id to reserve first.
+/// An admitted request: the patch to apply, the id to reserve first, warnings.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Admitted {
     /// The mutation (empty when nothing changes).
@@ -75,6 +81,9 @@ pub struct Admitted {
     pub reservation: Option<VniPick>,
     /// The network as it will be stored (CREATE, UPDATE).
     pub spec: Option<NetworkSpec>,
+    /// Warnings for the client (`kubectl` prints them): what was admitted but will not
+    /// work as written.
+    pub warnings: Vec<String>,
 }
 
 /// Decides one admission request; see the module overview.
@@ -104,6 +113,18 @@ pub fn admit_network(request: &NetworkRequest, env: &mut Environment) -> Result<
     let spec = parse_spec(object).map_err(|p| deny(vec![p]))?;
     let old = match (request.operation, request.old_object) {
         (Operation::Update, Some(old)) => Some(parse_spec(old).map_err(|p| deny(vec![p]))?),
+        // The rules on changes (DANM's TenantNetwork 3-6, 21, ours) judge against the
+        // stored object: the API server always sends it, and without it nothing can be
+        // judged.
+        (Operation::Update, None) => {
+            return Err(Denial::one(
+                &subject,
+                "request.oldObject",
+                Rule::Schema,
+                "an UPDATE must carry the stored object, which its changes are judged against"
+                    .into(),
+            ));
+        }
         _ => None,
     };
     // An UPDATE that leaves the spec as stored (labels, annotations, finalizers) is not
@@ -120,6 +141,11 @@ pub fn admit_network(request: &NetworkRequest, env: &mut Environment) -> Result<
     }
 
     let mut problems = request_problems(request, &spec, old.as_ref(), env.connected_pod);
+    if request.kind == NetworkKind::TenantNetwork
+        && let Some(problem) = network_type_problem(&spec, env.tenant_config)
+    {
+        problems.push(problem);
+    }
     problems.extend(annotation_problems(request, object));
     let mut fin = spec.clone();
     if fin.network_type.is_empty() {
@@ -134,12 +160,16 @@ pub fn admit_network(request: &NetworkRequest, env: &mut Environment) -> Result<
 
     let (reservation, holds_id) =
         if request.kind == NetworkKind::TenantNetwork && request.operation == Operation::Create {
-            tenant_details(&mut fin, env).map_err(|p| deny(vec![p]))?
+            tenant_details(&mut fin, request.namespace, env).map_err(|p| deny(vec![p]))?
         } else {
             (None, false)
         };
 
-    let plan = final_plan(key, &fin).map_err(deny)?;
+    let plan = final_plan(key.clone(), &fin).map_err(deny)?;
+    let clashes = link_problems(&key, &fin, env);
+    if !clashes.is_empty() {
+        return Err(deny(clashes));
+    }
     fill_pool_defaults(&mut fin, &plan);
     let annotation = match (holds_id, request.operation) {
         (true, _) => TokenAnnotation::Set(env.reservation_token),
@@ -152,6 +182,7 @@ pub fn admit_network(request: &NetworkRequest, env: &mut Environment) -> Result<
         patch: network_patch(object, &spec, &fin, annotation),
         reservation,
         spec: Some(fin),
+        warnings: Vec::new(),
     })
 }
 
@@ -253,6 +284,35 @@ fn request_problems(
             }
         }
         (Operation::Update, Some(old)) => {
+            // What names the plugin and its files (and the host links): for a
+            // TenantNetwork chosen once, at creation (the TenantConfig maps NetworkIDs
+            // then); for the other kinds fixed while pods use the network.
+            for (field, changed) in [
+                (
+                    "spec.NetworkType",
+                    network_type_of(spec) != network_type_of(old),
+                ),
+                ("spec.NetworkID", spec.network_id != old.network_id),
+            ] {
+                if !changed {
+                    continue;
+                }
+                if tenant {
+                    problem(
+                        field,
+                        Rule::Ours,
+                        "cannot be changed on a TenantNetwork (it names the plugin, its \
+                         configuration and the host links)"
+                            .into(),
+                    );
+                } else if let Some(pod) = connected_pod {
+                    problem(
+                        field,
+                        Rule::Ours,
+                        format!("cannot be changed while pods are connected, e.g. pod {pod}"),
+                    );
+                }
+            }
             let changes = [
                 ("spec.Options.vlan", 3, opts.vlan != old.options.vlan),
                 ("spec.Options.vxlan", 4, opts.vxlan != old.options.vxlan),
@@ -315,11 +375,124 @@ fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }
 
+/// The NetworkType, with DANM's default.
+fn network_type_of(spec: &NetworkSpec) -> &str {
+    if spec.network_type.is_empty() {
+        "ipvlan"
+    } else {
+        &spec.network_type
+    }
+}
+
+/// A TenantNetwork's NetworkType must be one the TenantConfig allows (when it lists any).
+fn network_type_problem(spec: &NetworkSpec, config: Option<&TenantConfig>) -> Option<FieldProblem> {
+    let allowed = &config?.allowed_network_types;
+    let wanted = network_type_of(spec);
+    if allowed.is_empty() || allowed.iter().any(|t| t == wanted) {
+        return None;
+    }
+    Some(FieldProblem {
+        field: "spec.NetworkType".into(),
+        message: format!(
+            "{wanted:?} is not one of the NetworkTypes the TenantConfig allows tenants: {}",
+            allowed.join(", ")
+        ),
+        rule: Rule::Ours,
+    })
+}
+
+/// What keeps the network's host links from being admitted: a name another network asks
+/// for with another device or id, or (for a TenantNetwork, or beside one) a shared link or
+/// segment. Another tenant's network is not named.
+fn link_problems(key: &NetworkKey, spec: &NetworkSpec, env: &Environment) -> Vec<FieldProblem> {
+    let Ok(links) = hostlinks::network_links(spec) else {
+        // A bad id or a name too long is plan's to report.
+        return Vec::new();
+    };
+    let describe = |holder: &NetworkKey| {
+        if holder.kind == NetworkKind::TenantNetwork && holder.namespace != key.namespace {
+            "a TenantNetwork of another namespace".to_owned()
+        } else {
+            holder.to_string()
+        }
+    };
+    let mut out: Vec<FieldProblem> = env
+        .links
+        .clashes(key, &links)
+        .into_iter()
+        .map(|clash| match clash {
+            LinkClash::Name {
+                name,
+                holder,
+                shared: false,
+            } => FieldProblem {
+                field: "spec.NetworkID".into(),
+                message: format!(
+                    "host link {name} is already asked for by {} with another device or id: \
+                     choose another NetworkID",
+                    describe(&holder)
+                ),
+                rule: Rule::Ours,
+            },
+            LinkClash::Name { name, holder, .. } => FieldProblem {
+                field: "spec.NetworkID".into(),
+                message: format!(
+                    "host link {name} belongs to {}: a TenantNetwork shares no link with \
+                     another network; choose another NetworkID",
+                    describe(&holder)
+                ),
+                rule: Rule::Ours,
+            },
+            LinkClash::Segment { name, holder } => FieldProblem {
+                field: if spec.options.vxlan.is_some_and(|v| v != 0) {
+                    "spec.Options.vxlan".into()
+                } else {
+                    "spec.Options.vlan".into()
+                },
+                message: format!(
+                    "the segment of host link {name} (device and id) is already used by {}: \
+                     a TenantNetwork shares no segment with another network",
+                    describe(&holder)
+                ),
+                rule: Rule::Ours,
+            },
+        })
+        .collect();
+    // Between TenantNetworks, the reservations of the TenantConfig say it too, in the same
+    // optimistic-concurrency write that records the id (the index may lag behind a create
+    // a moment old).
+    if key.kind == NetworkKind::TenantNetwork
+        && let Some(config) = env.tenant_config
+    {
+        for (name, _) in &links {
+            let taken = vni::reservations(config)
+                .into_iter()
+                .find(|h| &h.holder.link == name && h.holder.token != env.reservation_token);
+            if let Some(held) = taken {
+                let holder = match held.holder.network.split_once('/') {
+                    Some((ns, n)) => NetworkKey::new(NetworkKind::TenantNetwork, ns, n),
+                    None => NetworkKey::new(NetworkKind::TenantNetwork, "", &held.holder.network),
+                };
+                out.push(FieldProblem {
+                    field: "spec.NetworkID".into(),
+                    message: format!(
+                        "host link {name} is already reserved for {}: choose another NetworkID",
+                        describe(&holder)
+                    ),
+                    rule: Rule::Ours,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// A created TenantNetwork's profile, id and NetworkID from the TenantConfig: the id to
 /// record, and whether the network holds an id recorded under the request's token (new or
 /// recorded by an earlier call for the same request).
 fn tenant_details(
     spec: &mut NetworkSpec,
+    namespace: &str,
     env: &mut Environment,
 ) -> Result<(Option<VniPick>, bool), FieldProblem> {
     let Some(config) = env.tenant_config else {
@@ -350,7 +523,23 @@ fn tenant_details(
                 VniType::Vxlan => &mut opts.vxlan,
             };
             if slot.is_none() {
-                let id = lowest_free(profile, vni_type).map_err(|e| FieldProblem {
+                within_namespace_limit(profile, namespace, vni_type)?;
+                // An id an administrator's network already uses on this device is skipped:
+                // the tenant would join that segment.
+                let parent = profile.name.clone();
+                let in_use = |id: u32| {
+                    env.links.in_use(&match vni_type {
+                        VniType::Vlan => LinkSpec::Vlan {
+                            parent: parent.clone(),
+                            id: u16::try_from(id).unwrap_or(u16::MAX),
+                        },
+                        VniType::Vxlan => LinkSpec::Vxlan {
+                            parent: parent.clone(),
+                            vni: id,
+                        },
+                    })
+                };
+                let id = lowest_free(profile, vni_type, &in_use).map_err(|e| FieldProblem {
                     field: format!("spec.Options.{vni_type}"),
                     message: format!("no id for it in TenantConfig {config_name}: {e}"),
                     rule: match e {
@@ -364,6 +553,7 @@ fn tenant_details(
                     profile: profile.name.clone(),
                     vni_type,
                     id,
+                    link: String::new(),
                 });
             }
         }
@@ -371,7 +561,44 @@ fn tenant_details(
     if let Some(id) = mapped_network_id(config, &spec.network_type) {
         spec.network_id = id.to_owned();
     }
+    // The link the id names, recorded with the reservation.
+    if let Some(pick) = reservation.as_mut() {
+        pick.link = match pick.vni_type {
+            VniType::Vlan => hostlinks::vlan_link_name(&spec.network_id, pick.id),
+            VniType::Vxlan => hostlinks::vxlan_link_name(&spec.network_id),
+        };
+    }
     Ok((reservation, holds_id))
+}
+
+/// A profile's `maxPerNamespace`: the ids the TenantNetworks of one namespace hold there
+/// (counted in the TenantConfig's reservations, so two replicas cannot both pass it).
+fn within_namespace_limit(
+    profile: &IfaceProfile,
+    namespace: &str,
+    vni_type: VniType,
+) -> Result<(), FieldProblem> {
+    let Some(limit) = profile.max_per_namespace else {
+        return Ok(());
+    };
+    let prefix = format!("{namespace}/");
+    let held = profile
+        .reservations
+        .values()
+        .filter(|h| h.network.starts_with(&prefix))
+        .count();
+    if held < limit as usize {
+        return Ok(());
+    }
+    Err(FieldProblem {
+        field: format!("spec.Options.{vni_type}"),
+        message: format!(
+            "namespace {namespace} already holds {held} {vni_type} id(s) of profile {}, its \
+             limit (maxPerNamespace {limit}): delete one of its TenantNetworks first",
+            profile.name
+        ),
+        rule: Rule::Ours,
+    })
 }
 
 /// A retried admission (the API server calls a webhook again after a broken connection,

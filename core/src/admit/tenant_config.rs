@@ -12,7 +12,7 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::Value;
 
 use super::vni::{VniRange, VniType};
-use super::{Denial, Operation, parse_object};
+use super::{Admitted, Denial, Operation, parse_object};
 use crate::network::{FieldProblem, Rule, is_dynamic_backend};
 
 /// A TenantConfig request: the object sent, the stored one (UPDATE), and the name of
@@ -34,7 +34,7 @@ pub struct TenantConfigRequest<'a> {
 /// `kubectl apply` or `replace` of the original manifest replaces the whole `hostDevices`
 /// list (it has no merge key), which would otherwise forget every id handed out; removing
 /// them takes an explicit `reservations: {}` or `alloc: ""`.
-pub fn admit_tenant_config(request: &TenantConfigRequest) -> Result<Patch, Denial> {
+pub fn admit_tenant_config(request: &TenantConfigRequest) -> Result<Admitted, Denial> {
     let object = request.object;
     let name = object
         .pointer("/metadata/name")
@@ -65,7 +65,47 @@ pub fn admit_tenant_config(request: &TenantConfigRequest) -> Result<Patch, Denia
     if !problems.is_empty() {
         return Err(Denial::new(subject, problems));
     }
-    Ok(old.map_or_else(Patch::default, |old| restore_patch(object, &config, &old)))
+    Ok(Admitted {
+        patch: old.map_or_else(Patch::default, |old| restore_patch(object, &config, &old)),
+        warnings: range_warnings(&config),
+        ..Admitted::default()
+    })
+}
+
+/// Warnings for ids a profile's `vniRange` names outside the protocol's bounds (a
+/// TenantConfig carried over from DANM, which took VLAN ids up to 5000): they are never
+/// handed out.
+fn range_warnings(config: &TenantConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, profile) in config.host_devices.iter().enumerate() {
+        let Some(vni_type) = VniType::parse(&profile.vni_type) else {
+            continue;
+        };
+        let Ok(range) = VniRange::parse(&profile.vni_range, vni_type) else {
+            continue;
+        };
+        if range.outside().is_empty() {
+            continue;
+        }
+        let (min, max) = vni_type.bounds();
+        let named: Vec<String> = range
+            .outside()
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        out.push(format!(
+            "hostDevices[{i}].vniRange: {} outside {min}-{max} (the {vni_type} ids) will never \
+             be handed out",
+            named.join(",")
+        ));
+    }
+    out
 }
 
 /// Refuses to delete a TenantConfig whose profiles hold ids of TenantNetworks (reserved,
@@ -195,6 +235,14 @@ fn problems(
                 "neither the NetworkType nor the NetworkID of a mapping may be empty".into(),
             );
         }
+        // Both become file names on every node, as a TenantNetwork's would.
+        for (what, name) in [("NetworkType", network_type), ("NetworkID", network_id)] {
+            if !name.is_empty()
+                && let Err(e) = crate::names::plain(name)
+            {
+                problem(at.clone(), Rule::Ours, format!("the {what} {e}"));
+            }
+        }
         if is_dynamic_backend(&network_type.to_lowercase()) && network_id.len() > 10 {
             problem(
                 at,
@@ -203,6 +251,15 @@ fn problems(
                     "{network_id:?} is longer than 10 bytes, the limit for NetworkType \
                      {network_type:?} (its host interfaces are named after it)"
                 ),
+            );
+        }
+    }
+    for (i, network_type) in config.allowed_network_types.iter().enumerate() {
+        if let Err(e) = crate::names::plain(network_type) {
+            problem(
+                format!("allowedNetworkTypes[{i}]"),
+                Rule::Ours,
+                format!("is not a plugin name: {e}"),
             );
         }
     }

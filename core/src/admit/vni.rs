@@ -59,61 +59,90 @@ impl fmt::Display for VniType {
     }
 }
 
-/// A parsed `vniRange`: ascending, non-overlapping inclusive ranges.
+/// A parsed `vniRange`: ascending, non-overlapping inclusive ranges of ids the protocol
+/// allows, and what the text named outside the protocol's bounds (DANM accepted VLAN ids
+/// up to 5000, its bit array's size: a TenantConfig carried over may hold some).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VniRange(Vec<(u32, u32)>);
+pub struct VniRange {
+    ids: Vec<(u32, u32)>,
+    outside: Vec<(u32, u32)>,
+}
 
 impl VniRange {
     /// Parses the Linux list format DANM used (`1000-2000,2500,3000-3010`): no spaces, every
-    /// range ascending, every id within `vni_type`'s bounds. Overlaps are merged.
+    /// range ascending. Overlaps are merged. Ids outside `vni_type`'s bounds are left out
+    /// (and kept in [`VniRange::outside`], for a warning); a range with no id inside them is
+    /// refused.
     pub fn parse(text: &str, vni_type: VniType) -> Result<VniRange, String> {
         let (min, max) = vni_type.bounds();
         let mut ranges = Vec::new();
+        let mut outside = Vec::new();
         for token in text.split(',') {
             let id = |s: &str| {
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(format!("{token:?} is not an id or a range of ids (a-b)"));
                 }
-                let n: u32 = s
-                    .parse()
-                    .map_err(|_| format!("{s} is outside {min}-{max}, the {vni_type} ids"))?;
-                if !(min..=max).contains(&n) {
-                    return Err(format!("{n} is outside {min}-{max}, the {vni_type} ids"));
-                }
-                Ok(n)
+                s.parse::<u32>()
+                    .map_err(|_| format!("{s} is outside {min}-{max}, the {vni_type} ids"))
             };
-            let range = match token.split_once('-') {
+            let (a, b) = match token.split_once('-') {
                 Some((a, b)) => (id(a)?, id(b)?),
                 None => {
                     let n = id(token)?;
                     (n, n)
                 }
             };
-            if range.0 > range.1 {
+            if a > b {
                 return Err(format!("{token:?} ends before it starts"));
             }
-            ranges.push(range);
-        }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
-        for (a, b) in ranges {
-            match merged.last_mut() {
-                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
+            if a < min {
+                outside.push((a, b.min(min - 1)));
+            }
+            if b > max {
+                outside.push((a.max(max + 1), b));
+            }
+            let (a, b) = (a.max(min), b.min(max));
+            if a <= b {
+                ranges.push((a, b));
             }
         }
-        Ok(VniRange(merged))
+        if ranges.is_empty() {
+            return Err(format!(
+                "no id of {text:?} is within {min}-{max}, the {vni_type} ids"
+            ));
+        }
+        Ok(VniRange {
+            ids: merge(ranges),
+            outside: merge(outside),
+        })
     }
 
     /// Whether `id` is in the range.
     pub fn contains(&self, id: u32) -> bool {
-        self.0.iter().any(|(a, b)| (*a..=*b).contains(&id))
+        self.ids.iter().any(|(a, b)| (*a..=*b).contains(&id))
     }
 
     /// The ids, ascending.
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().flat_map(|(a, b)| *a..=*b)
+        self.ids.iter().flat_map(|(a, b)| *a..=*b)
     }
+
+    /// What the text named outside the protocol's bounds (never handed out).
+    pub fn outside(&self) -> &[(u32, u32)] {
+        &self.outside
+    }
+}
+
+fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
 }
 
 /// A profile's id that an admission picked, to be written to the TenantConfig.
@@ -125,6 +154,8 @@ pub struct VniPick {
     pub vni_type: VniType,
     /// The id.
     pub id: u32,
+    /// The host link the id names (recorded in the reservation).
+    pub link: String,
 }
 
 /// Why a TenantConfig cannot give a TenantNetwork an id.
@@ -224,9 +255,13 @@ fn profile_mut<'a>(
         .find(|p| p.name == name && VniType::parse(&p.vni_type) == Some(vni_type))
 }
 
-/// The lowest id of the profile's range that is neither reserved nor set in its DANM-era
-/// `alloc`.
-pub fn lowest_free(profile: &IfaceProfile, vni_type: VniType) -> Result<u32, VniError> {
+/// The lowest id of the profile's range that is neither reserved, nor set in its DANM-era
+/// `alloc`, nor `in_use` (by a network of an administrator on the same device, say).
+pub fn lowest_free(
+    profile: &IfaceProfile,
+    vni_type: VniType,
+    in_use: &dyn Fn(u32) -> bool,
+) -> Result<u32, VniError> {
     let range =
         VniRange::parse(&profile.vni_range, vni_type).map_err(|message| VniError::BadRange {
             profile: profile.name.clone(),
@@ -235,7 +270,11 @@ pub fn lowest_free(profile: &IfaceProfile, vni_type: VniType) -> Result<u32, Vni
     let legacy = legacy_ids(profile)?;
     range
         .ids()
-        .find(|id| !profile.reservations.contains_key(&id.to_string()) && !legacy.contains(id))
+        .find(|id| {
+            !profile.reservations.contains_key(&id.to_string())
+                && !legacy.contains(id)
+                && !in_use(*id)
+        })
         .ok_or_else(|| VniError::Exhausted {
             profile: profile.name.clone(),
             range: profile.vni_range.clone(),
@@ -383,13 +422,15 @@ mod tests {
             network: format!("ns/{token}"),
             token: token.into(),
             since: "2026-01-01T00:00:00Z".into(),
+            link: String::new(),
         }
     }
 
     #[test]
     fn ranges_parse_as_danm_wrote_them() {
         let r = VniRange::parse("2000-2002,1000,1001-1001,2001-2005", VniType::Vlan).unwrap();
-        assert_eq!(r.0, vec![(1000, 1001), (2000, 2005)]);
+        assert_eq!(r.ids, vec![(1000, 1001), (2000, 2005)]);
+        assert!(r.outside().is_empty());
         assert!(r.contains(2003) && !r.contains(1002));
         for bad in [
             "",
@@ -405,6 +446,17 @@ mod tests {
             assert!(VniRange::parse(bad, VniType::Vlan).is_err(), "{bad:?}");
         }
         assert!(VniRange::parse("4095-5000", VniType::Vxlan).is_ok());
+        // A DANM-era range past the protocol's bounds: the valid ids, and what is left out.
+        let danm = VniRange::parse("4000-5000,0-2", VniType::Vlan).unwrap();
+        assert_eq!(danm.ids().next(), Some(1));
+        assert!(danm.contains(4094) && !danm.contains(4095) && !danm.contains(0));
+        assert_eq!(danm.outside(), &[(0, 0), (4095, 5000)]);
+        let mut profile = profile("4094-5000");
+        profile.reservations.insert("4094".into(), holder("a"));
+        assert!(matches!(
+            lowest_free(&profile, VniType::Vlan, &|_| false),
+            Err(VniError::Exhausted { .. })
+        ));
         assert!(VniRange::parse("16777215", VniType::Vxlan).is_err());
         assert!(VniRange::parse("99999999999", VniType::Vxlan).is_err());
     }
@@ -412,15 +464,15 @@ mod tests {
     #[test]
     fn the_lowest_free_id_is_picked_around_reservations_and_legacy_bits() {
         let mut p = profile("700-710");
-        assert_eq!(lowest_free(&p, VniType::Vlan), Ok(700));
+        assert_eq!(lowest_free(&p, VniType::Vlan, &|_| false), Ok(700));
         p.reservations.insert("700".into(), holder("a"));
         // DANM's array: bit 0 pre-set, 701 taken.
         p.alloc = crate::migrate::danm_bit_array(5001, &[701]);
-        assert_eq!(lowest_free(&p, VniType::Vlan), Ok(702));
+        assert_eq!(lowest_free(&p, VniType::Vlan, &|_| false), Ok(702));
         let mut full = profile("5");
         full.reservations.insert("5".into(), holder("b"));
         assert!(matches!(
-            lowest_free(&full, VniType::Vlan),
+            lowest_free(&full, VniType::Vlan, &|_| false),
             Err(VniError::Exhausted { .. })
         ));
     }
@@ -435,6 +487,7 @@ mod tests {
             profile: "ens4".into(),
             vni_type: VniType::Vlan,
             id: 3,
+            link: "n.3".into(),
         };
         reserve(&mut config, &pick, holder("a")).unwrap();
         assert!(matches!(
@@ -467,7 +520,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            lowest_free(&config.host_devices[0], VniType::Vlan),
+            lowest_free(&config.host_devices[0], VniType::Vlan, &|_| false),
             Ok(1000)
         );
         assert_eq!(

@@ -86,13 +86,24 @@ fn networks_sharing_a_link_share_it_and_a_mismatch_is_a_conflict() {
         spec("shared", "ens4", None, Some(701)),
     );
     let (ka, kb, kc) = (key("a"), key("b"), key("c"));
-    let (wanted, problems) = wanted_links([(&kb, &b), (&ka, &a), (&kc, &c)]);
+    let (wanted, problems) = wanted_links([(&kb, &b, ""), (&ka, &a, ""), (&kc, &c, "")]);
+    assert!(problems.is_empty());
     assert_eq!(wanted.len(), 1);
     assert_eq!(wanted["vx_shared"].networks, vec![ka.clone(), kb]);
+    assert_eq!(wanted["vx_shared"].rivals[0].networks, vec![kc.clone()]);
+    let devices = HashMap::from([("ens4".to_owned(), device(7))]);
+    let (actions, problems) = plan(&wanted, &devices, &[]);
+    assert_eq!(
+        actions,
+        vec![Action::Create {
+            name: "vx_shared".into(),
+            params: vx_params(700)
+        }]
+    );
     assert_eq!(
         problems,
         vec![(
-            kc,
+            vec![kc],
             LinkProblem::Conflict {
                 name: "vx_shared".into(),
                 holder: ka
@@ -101,10 +112,72 @@ fn networks_sharing_a_link_share_it_and_a_mismatch_is_a_conflict() {
     );
 }
 
+/// The attack of one tenant on another's VxLAN: the same NetworkID with another VNI. The
+/// link on the node stays with the network that holds it, whoever sorts first, and is
+/// never re-created; a link not made yet goes to the administrators' kinds, then to the
+/// older network.
+#[test]
+fn a_contested_link_stays_with_its_holder() {
+    let holder = NetworkKey::new(NetworkKind::TenantNetwork, "zz-victim", "net");
+    let attacker = NetworkKey::new(NetworkKind::TenantNetwork, "aa-attacker", "net");
+    let (held, taken) = (
+        spec("shared", "ens4", None, Some(500)),
+        spec("shared", "ens4", None, Some(501)),
+    );
+    // The attacker's network is newer but sorts first by name.
+    let (wanted, _) = wanted_links([
+        (&holder, &held, "2026-01-01T00:00:00Z"),
+        (&attacker, &taken, "2026-06-01T00:00:00Z"),
+    ]);
+    assert_eq!(
+        wanted["vx_shared"].networks,
+        vec![holder.clone()],
+        "older first"
+    );
+    let devices = HashMap::from([("ens4".to_owned(), device(7))]);
+    let on_node = ObservedLink {
+        name: "vx_shared".into(),
+        ours: true,
+        up: true,
+        params: Some(vx_params(500)),
+    };
+    // Even were the attacker first by precedence, the node's link fits the holder.
+    let (wanted, _) = wanted_links([
+        (&holder, &held, "2026-06-01T00:00:00Z"),
+        (&attacker, &taken, "2026-01-01T00:00:00Z"),
+    ]);
+    assert_eq!(wanted["vx_shared"].networks, vec![attacker.clone()]);
+    let (actions, problems) = plan(&wanted, &devices, std::slice::from_ref(&on_node));
+    assert!(
+        actions.is_empty(),
+        "the holder's link is touched: {actions:?}"
+    );
+    assert_eq!(
+        problems,
+        vec![(
+            vec![attacker.clone()],
+            LinkProblem::Conflict {
+                name: "vx_shared".into(),
+                holder: holder.clone()
+            }
+        )]
+    );
+    // The Event on the attacker's network does not name the other tenant's network.
+    let said = problems[0].1.to_string();
+    assert!(!said.contains("zz-victim"), "{said}");
+    // An administrator's network goes before any TenantNetwork, old or new.
+    let platform = NetworkKey::new(NetworkKind::ClusterNetwork, "", "platform");
+    let (wanted, _) = wanted_links([
+        (&holder, &held, "2020-01-01T00:00:00Z"),
+        (&platform, &taken, "2026-06-01T00:00:00Z"),
+    ]);
+    assert_eq!(wanted["vx_shared"].networks, vec![platform]);
+}
+
 fn wanted_vx(vni: u32) -> BTreeMap<String, WantedLink> {
     let s = spec("net", "ens4", None, Some(i64::from(vni)));
     let k = key("net");
-    wanted_links([(&k, &s)]).0
+    wanted_links([(&k, &s, "")]).0
 }
 
 fn vx_params(vni: u32) -> LinkParams {
@@ -179,7 +252,7 @@ fn the_plan_creates_recreates_removes_and_leaves_foreign_links_alone() {
     assert!(actions.is_empty());
     assert_eq!(
         problems,
-        vec![("vx_net".into(), LinkProblem::Foreign("vx_net".into()))]
+        vec![(vec![key("net")], LinkProblem::Foreign("vx_net".into()))]
     );
     let (actions, _) = plan(&BTreeMap::new(), &devices, &[danms]);
     assert!(
@@ -194,7 +267,7 @@ fn a_missing_or_address_less_device_is_reported_and_a_down_one_brought_up() {
     assert!(actions.is_empty());
     assert_eq!(
         problems,
-        vec![("vx_net".into(), LinkProblem::NoDevice("ens4".into()))]
+        vec![(vec![key("net")], LinkProblem::NoDevice("ens4".into()))]
     );
     let bare = HashMap::from([(
         "ens4".to_owned(),
@@ -206,7 +279,7 @@ fn a_missing_or_address_less_device_is_reported_and_a_down_one_brought_up() {
     let (_, problems) = plan(&wanted_vx(500), &bare, &[]);
     assert_eq!(
         problems,
-        vec![("vx_net".into(), LinkProblem::NoAddress("ens4".into()))]
+        vec![(vec![key("net")], LinkProblem::NoAddress("ens4".into()))]
     );
     // IPv6 only: the IPv6 local address and group.
     let v6 = HashMap::from([(

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use danm_crds::NetworkSpec;
+use danm_crds::{NetworkSpec, StaticScope};
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{Cidr, Family};
@@ -145,6 +145,8 @@ pub struct FamilyPlan {
     pub pool: Option<(u128, u128)>,
     /// Offsets never handed out dynamically, and why.
     pub reserved: BTreeMap<u128, Reservation>,
+    /// Where a static address may be: inside the pool, or anywhere in the CIDR.
+    pub statics: StaticScope,
 }
 
 impl FamilyPlan {
@@ -169,6 +171,16 @@ impl FamilyPlan {
         let reserved = self.reserved.keys().filter(|o| self.in_pool(**o)).count();
         (last - first + 1).saturating_sub(reserved as u128)
     }
+}
+
+/// Where static addresses may be taken on a network of `kind`: what `static_scope` says,
+/// else inside the pool for a TenantNetwork and anywhere in the CIDR (DANM's behaviour)
+/// for the administrators' kinds.
+pub fn static_scope(kind: NetworkKind, spec: &NetworkSpec) -> StaticScope {
+    spec.options.static_scope.unwrap_or(match kind {
+        NetworkKind::TenantNetwork => StaticScope::Pool,
+        NetworkKind::DanmNet | NetworkKind::ClusterNetwork => StaticScope::Cidr,
+    })
 }
 
 /// A validated network, ready for allocation.

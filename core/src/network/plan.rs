@@ -2,13 +2,18 @@
 
 use std::collections::BTreeMap;
 
-use danm_crds::NetworkSpec;
+use danm_crds::{NetworkSpec, StaticScope};
 
 use super::{
     FamilyPlan, FieldProblem, NetworkError, NetworkKey, NetworkKind, NetworkPlan, Reservation,
-    Rule, default_v6_pool_cidr, is_dynamic_backend,
+    Rule, default_v6_pool_cidr, is_dynamic_backend, static_scope,
 };
 use crate::addr::{Cidr, Family, parse_addr_lenient};
+use crate::names;
+
+/// The longest `container_prefix`: two bytes are left for the sequence number within the
+/// kernel's 15-byte interface names.
+pub const MAX_CONTAINER_PREFIX: usize = 13;
 
 /// Validates and defaults a network spec.
 pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkError> {
@@ -21,6 +26,42 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
         })
     };
     let opts = &spec.options;
+
+    // Both become file and program names on every node (`<cniDir>/<NetworkID>.conf`,
+    // `<CNI_PATH>/<NetworkType>`) and NetworkID a part of link names: one path component.
+    for (field, value) in [
+        ("spec.NetworkType", &spec.network_type),
+        ("spec.NetworkID", &spec.network_id),
+    ] {
+        if !value.is_empty()
+            && let Err(e) = names::plain(value)
+        {
+            problem(field, Rule::Ours, e.to_string());
+        }
+    }
+    if let Some(prefix) = opts.container_prefix.as_deref().filter(|p| !p.is_empty()) {
+        match names::plain(prefix) {
+            Err(e) => problem("spec.Options.container_prefix", Rule::Ours, e.to_string()),
+            Ok(()) if prefix.len() > MAX_CONTAINER_PREFIX => problem(
+                "spec.Options.container_prefix",
+                Rule::Ours,
+                format!(
+                    "{prefix:?} is longer than {MAX_CONTAINER_PREFIX} bytes: with a sequence \
+                     number it would not fit the kernel's 15-byte interface names"
+                ),
+            ),
+            Ok(()) => {}
+        }
+    }
+    if key.kind == NetworkKind::TenantNetwork && opts.static_scope == Some(StaticScope::Cidr) {
+        problem(
+            "spec.Options.static_scope",
+            Rule::Ours,
+            "a TenantNetwork keeps static addresses inside its allocation pool (\"pool\"): \
+             addresses outside it may belong to routers or appliances of the segment"
+                .into(),
+        );
+    }
 
     // Bytes, not characters: the limit is the kernel's for the host interface names
     // (`<NetworkID>.<vlan>`, `vx_<NetworkID>`).
@@ -88,8 +129,30 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
         );
     }
 
-    let v4 = plan_v4(spec, &mut problem);
-    let v6 = plan_v6(spec, &mut problem);
+    let statics = static_scope(key.kind, spec);
+    let v4 = plan_v4(spec, statics, &mut problem);
+    let v6 = plan_v6(spec, statics, &mut problem);
+    // A pool whose every address is reserved (only the broadcast address, say) could never
+    // give a pod an address: refused, as an empty one would be.
+    for (family, field) in [
+        (&v4, "spec.Options.allocation_pool"),
+        (&v6, "spec.Options.allocation_pool_v6"),
+    ] {
+        if let Some(fp) = family
+            && fp.pool.is_some()
+            && fp.capacity() == 0
+        {
+            problem(
+                field,
+                Rule::Ours,
+                format!(
+                    "{} holds no usable address: every address of it is reserved (network, \
+                     broadcast or gateway addresses)",
+                    crate::policy::describe_pool(fp)
+                ),
+            );
+        }
+    }
 
     if !problems.is_empty() {
         return Err(NetworkError::Invalid {
@@ -185,7 +248,11 @@ fn pool_bounds(
     Some((start, end))
 }
 
-fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, Rule, String)) -> Option<FamilyPlan> {
+fn plan_v4(
+    spec: &NetworkSpec,
+    statics: StaticScope,
+    problem: &mut impl FnMut(&str, Rule, String),
+) -> Option<FamilyPlan> {
     let opts = &spec.options;
     let pool = opts.allocation_pool.as_ref();
     let pool_start = pool.and_then(|p| nonempty(&p.start));
@@ -258,10 +325,15 @@ fn plan_v4(spec: &NetworkSpec, problem: &mut impl FnMut(&str, Rule, String)) -> 
         cidr,
         pool: bounds,
         reserved,
+        statics,
     })
 }
 
-fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, Rule, String)) -> Option<FamilyPlan> {
+fn plan_v6(
+    spec: &NetworkSpec,
+    statics: StaticScope,
+    problem: &mut impl FnMut(&str, Rule, String),
+) -> Option<FamilyPlan> {
     let opts = &spec.options;
     let pool = opts.allocation_pool_v6.as_ref();
     let pool_cidr = pool.and_then(|p| nonempty(&p.cidr));
@@ -356,6 +428,7 @@ fn plan_v6(spec: &NetworkSpec, problem: &mut impl FnMut(&str, Rule, String)) -> 
         cidr: net6,
         pool: bounds,
         reserved,
+        statics,
     })
 }
 
@@ -553,6 +626,94 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("without spec.Options.cidr"), "{e}");
+    }
+
+    #[test]
+    fn names_that_become_paths_or_links_must_be_plain() {
+        for (field, bad) in [
+            ("spec.NetworkType", "/sbin/reboot"),
+            ("spec.NetworkType", "../../../usr/bin/x"),
+            ("spec.NetworkType", ".."),
+            ("spec.NetworkID", "../../etc/passwd"),
+            ("spec.NetworkID", "/etc/shadow"),
+            ("spec.NetworkID", "a b"),
+        ] {
+            let mut s = spec(NetworkOptions::default());
+            match field {
+                "spec.NetworkType" => s.network_type = bad.into(),
+                _ => s.network_id = bad.into(),
+            }
+            for kind in NetworkKind::ALL {
+                let e = plan(NetworkKey::new(kind, "t", "n"), &s)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(field) && e.contains(bad), "{bad}: {e}");
+            }
+        }
+        let mut s = spec(NetworkOptions {
+            container_prefix: Some("eth/../x".into()),
+            ..Default::default()
+        });
+        let e = plan(key(), &s).unwrap_err().to_string();
+        assert!(e.contains("spec.Options.container_prefix"), "{e}");
+        s.options.container_prefix = Some("abcdefghijklmn".into());
+        let e = plan(key(), &s).unwrap_err().to_string();
+        assert!(e.contains("longer than 13"), "{e}");
+        s.options.container_prefix = Some("signalling-a".into());
+        s.network_type = "sriov-dpdk_2.1".into();
+        s.network_id = "sriov_a".into();
+        assert!(plan(key(), &s).is_ok());
+        s.network_type = String::new();
+        s.network_id = String::new();
+        assert!(plan(key(), &s).is_ok(), "empty means default, not a name");
+    }
+
+    #[test]
+    fn static_scope_defaults_by_kind_and_a_tenant_cannot_widen_it() {
+        let mut s = spec(NetworkOptions {
+            cidr: Some("10.0.0.0/24".into()),
+            ..Default::default()
+        });
+        let scope = |kind, s: &NetworkSpec| {
+            plan(NetworkKey::new(kind, "t", "n"), s)
+                .map(|p| p.v4.unwrap().statics)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(scope(NetworkKind::TenantNetwork, &s), Ok(StaticScope::Pool));
+        assert_eq!(scope(NetworkKind::DanmNet, &s), Ok(StaticScope::Cidr));
+        assert_eq!(
+            scope(NetworkKind::ClusterNetwork, &s),
+            Ok(StaticScope::Cidr)
+        );
+        s.options.static_scope = Some(StaticScope::Pool);
+        assert_eq!(
+            scope(NetworkKind::ClusterNetwork, &s),
+            Ok(StaticScope::Pool)
+        );
+        s.options.static_scope = Some(StaticScope::Cidr);
+        let e = scope(NetworkKind::TenantNetwork, &s).unwrap_err();
+        assert!(e.contains("spec.Options.static_scope"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_of_reserved_addresses_only_is_refused() {
+        let only_broadcast = spec(NetworkOptions {
+            cidr: Some("10.0.0.0/24".into()),
+            allocation_pool: Some(IpPool {
+                start: Some("10.0.0.255".into()),
+                end: Some("10.0.0.255".into()),
+                last_ip: None,
+            }),
+            ..Default::default()
+        });
+        let e = plan(key(), &only_broadcast).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.Options.allocation_pool") && e.contains("no usable address"),
+            "{e}"
+        );
+        let mut one = only_broadcast.clone();
+        one.options.allocation_pool.as_mut().unwrap().start = Some("10.0.0.254".into());
+        assert_eq!(plan(key(), &one).unwrap().v4.unwrap().capacity(), 1);
     }
 
     #[test]

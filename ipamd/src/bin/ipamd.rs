@@ -38,14 +38,26 @@ struct Args {
     /// Log format (to standard output).
     #[arg(long, env = "IPAMD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: danm_runtime::LogFormat,
-    /// Admin HTTP listen address, e.g. 0.0.0.0:9090: /metrics (Prometheus), /healthz,
-    /// /readyz. None by default (several ipamd may run on one host in tests and demos).
-    #[arg(long, env = "IPAMD_ADMIN_LISTEN")]
+    /// Admin HTTP listen address, e.g. 10.0.0.7:9090: /metrics (Prometheus), /healthz,
+    /// /readyz. Plaintext: on the host network, bind it to the node's address
+    /// (`$(NODE_IP):9090` in the Deployment). None by default (several ipamd may run on
+    /// one host in tests and demos).
+    #[arg(long, env = "IPAMD_ADMIN_LISTEN", value_parser = danm_runtime::parse_listen)]
     admin_listen: Option<std::net::SocketAddr>,
     /// A plaintext listener serving only the gRPC health service, for kubelet's gRPC
-    /// readiness probe (which cannot speak TLS); e.g. 0.0.0.0:50052.
-    #[arg(long, env = "IPAMD_HEALTH_LISTEN")]
-    health_listen: Option<String>,
+    /// readiness probe (which cannot speak TLS); e.g. `$(NODE_IP):50052`.
+    #[arg(long, env = "IPAMD_HEALTH_LISTEN", value_parser = danm_runtime::parse_listen)]
+    health_listen: Option<std::net::SocketAddr>,
+    /// Name TenantNetworks in the pool metrics (`namespace` and `network` labels): off by
+    /// default, the metrics port being plaintext, so their pools are summed into one
+    /// series per family; the administrators' networks are always named.
+    #[arg(long, env = "IPAMD_METRICS_TENANT_NAMES")]
+    metrics_tenant_names: bool,
+    /// Serve gRPC on an address other hosts can reach without authenticating clients (no
+    /// --tls-client-ca): any pod could then list, release and reclaim anyone's addresses.
+    /// Refused without this flag.
+    #[arg(long, env = "IPAMD_INSECURE")]
+    insecure: bool,
     /// Addresses held with no endpoint record (left by a crash between the shard write and
     /// the record write) are freed once seen so for this many seconds; 0 disables.
     #[arg(long, env = "IPAMD_ORPHAN_GRACE_SECONDS", default_value_t = 600)]
@@ -84,6 +96,30 @@ struct Args {
     /// (every certificate the CAs signed may do everything). `nodes` needs --store kube.
     #[arg(long, env = "IPAMD_AUTHORIZATION", value_enum, default_value = "nodes")]
     authorization: AuthorizationMode,
+    /// How a node proves who it is, with `--authorization nodes`: `kubelet-cert` (the
+    /// kubelet's client certificate, CN system:node:NAME, which the plugin presents) or
+    /// `sa-token` (the node agent's pod-bound ServiceAccount token, which the plugin sends
+    /// as a bearer token and ipamd reviews with the API server: for clusters whose
+    /// kubelet certificates the plugin cannot present). With `sa-token`, client
+    /// certificates (the administrators') are asked for but not required.
+    #[arg(
+        long,
+        env = "IPAMD_NODE_IDENTITY",
+        value_enum,
+        default_value = "kubelet-cert"
+    )]
+    node_identity: NodeIdentity,
+    /// With `--node-identity sa-token`: the audience of the nodes' tokens.
+    #[arg(long, env = "IPAMD_NODE_TOKEN_AUDIENCE", default_value = danm_ipamd::tokens::DEFAULT_AUDIENCE)]
+    node_token_audience: String,
+    /// With `--node-identity sa-token`: the user the nodes' tokens must name (the CNI
+    /// installer's ServiceAccount).
+    #[arg(
+        long,
+        env = "IPAMD_NODE_TOKEN_ACCOUNT",
+        default_value = "system:serviceaccount:danm-system:danm-cni-installer"
+    )]
+    node_token_account: String,
     /// Client certificate common names that may call every RPC for any node (the cleaner,
     /// showalloc, ipamctl), comma-separated.
     #[arg(
@@ -98,6 +134,15 @@ struct Args {
     /// is refused, and so is a node identity from this one.
     #[arg(long, env = "IPAMD_ADMIN_CLIENT_CA")]
     admin_client_ca: Option<PathBuf>,
+}
+
+/// `--node-identity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NodeIdentity {
+    /// The kubelet's client certificate.
+    KubeletCert,
+    /// A pod-bound ServiceAccount token of the node agent.
+    SaToken,
 }
 
 /// `--authorization`.
@@ -130,18 +175,20 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     danm_runtime::logging_to(args.log_format, std::io::stdout);
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            danm_ipamd::tls::TlsFiles {
+    let (tls, serving) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (config, serving) = danm_ipamd::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: args.tls_client_ca.clone(),
+                client_cert_optional: args.node_identity == NodeIdentity::SaToken,
             }
-            .server_config(Duration::from_secs(args.tls_reload_seconds))?,
-        ),
-        _ => None,
+            .server_config(Duration::from_secs(args.tls_reload_seconds))?;
+            (Some(config), Some(serving))
+        }
+        _ => (None, None),
     };
-    let policy = policy(&args)?;
+    let policy = policy(&args).await?;
     // Mistakes no retry can fix end ipamd at once; an unreachable store is waited for.
     store::select::check(&args.store)?;
     let manifests = match &args.networks {
@@ -180,6 +227,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let authenticated =
+        !args.tls_client_ca.is_empty() || args.node_identity == NodeIdentity::SaToken;
+    if !bound.ip().is_loopback() && !authenticated && !args.insecure {
+        anyhow::bail!(
+            "--listen {bound} is reachable from other hosts, but no client is authenticated \
+             (no --tls-client-ca): any pod could list, release and reclaim anyone's addresses. \
+             Give --tls-cert, --tls-key and --tls-client-ca (README: \"Authorization by \
+             node\"), listen on loopback, or pass --insecure to serve anyway"
+        );
+    }
+    if args.insecure && args.tls_client_ca.is_empty() {
+        tracing::warn!(listen = %bound, "--insecure: clients are not authenticated, anyone who reaches this port may call every RPC");
+    }
     let health = match &args.health_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -190,7 +251,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let rpc_metrics = RpcMetrics::default();
     if let Some(addr) = args.admin_listen {
-        let registry = metrics::registry(&engine, &rpc_metrics);
+        let mut registry = metrics::registry(&engine, &rpc_metrics, args.metrics_tenant_names);
+        if let Some(serving) = &serving {
+            registry.register_collector(Box::new(serving.expiry_collector()));
+        }
         let weak = Arc::downgrade(&engine);
         let ready = move || {
             let engine = weak.upgrade();
@@ -222,8 +286,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The authorization policy the flags ask for; refused when it cannot be enforced.
-fn policy(args: &Args) -> anyhow::Result<Policy> {
-    if args.tls_client_ca.is_empty() || args.authorization == AuthorizationMode::AnyClient {
+async fn policy(args: &Args) -> anyhow::Result<Policy> {
+    if args.node_identity == NodeIdentity::SaToken
+        && (args.authorization != AuthorizationMode::Nodes || args.tls_cert.is_none())
+    {
+        anyhow::bail!(
+            "--node-identity sa-token needs --authorization nodes and TLS (--tls-cert): a bearer token must not cross the network in plain text"
+        );
+    }
+    if args.node_identity == NodeIdentity::KubeletCert
+        && (args.tls_client_ca.is_empty() || args.authorization == AuthorizationMode::AnyClient)
+    {
         return Ok(Policy::Open);
     }
     if args.store != "kube" {
@@ -232,21 +305,26 @@ fn policy(args: &Args) -> anyhow::Result<Policy> {
             args.store
         );
     }
-    let admin_issuer = match &args.admin_client_ca {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("--admin-client-ca {}", path.display()))?;
-            Some(danm_ipamd::authz::pem_subject(&pem).with_context(|| {
-                format!(
-                    "--admin-client-ca {}: no PEM certificate in it",
-                    path.display()
-                )
-            })?)
-        }
+    let admin_ca = match &args.admin_client_ca {
+        Some(path) => Some(
+            danm_ipamd::authz::AdminCa::start(path, Duration::from_secs(args.tls_reload_seconds))
+                .with_context(|| format!("--admin-client-ca {}", path.display()))?,
+        ),
         None => None,
     };
+    let tokens = match args.node_identity {
+        NodeIdentity::KubeletCert => None,
+        NodeIdentity::SaToken => Some(Arc::new(danm_ipamd::tokens::NodeTokens::new(
+            danm_runtime::kube_client(None)
+                .await
+                .context("--node-identity sa-token reviews tokens with the API server")?,
+            &args.node_token_audience,
+            &args.node_token_account,
+        ))),
+    };
     Ok(Policy::Nodes {
-        admin_issuer,
+        tokens,
+        admin_ca,
         admins: args.admin_clients.iter().cloned().collect(),
     })
 }

@@ -42,12 +42,17 @@ const SERVICE_IP: [u8; 4] = [10, 96, 0, 1];
 /// The ServiceAccount token issuer.
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// The controllers kube-controller-manager runs: garbage collection, namespaces,
-/// ServiceAccounts and their tokens, Endpoints and EndpointSlices, and the workload
-/// controllers (Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs). No node
+/// ServiceAccounts and their tokens, Endpoints and EndpointSlices, the workload
+/// controllers (Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs), ClusterRole
+/// aggregation (DANM's user roles extend admin, edit and view) and ResourceQuotas. No node
 /// lifecycle controller: the nodes of the tests have no kubelet to heartbeat.
 const CONTROLLERS: &str = "garbagecollector,namespace,serviceaccount,serviceaccount-token,\
 root-ca-cert-publisher,endpoint,endpointslice,endpointslicemirroring,deployment,replicaset,\
-statefulset,daemonset,job";
+statefulset,daemonset,job,clusterrole-aggregation,resourcequota";
+
+/// The common name of the client certificate the API server presents to admission
+/// webhooks (see [`ControlPlane::client_cert`]).
+pub const WEBHOOK_CLIENT: &str = "kube-apiserver-webhook-client";
 
 /// How long a start may take before it is reported as failed.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
@@ -284,7 +289,46 @@ impl ControlPlane {
         Ok(client)
     }
 
+    /// The AdmissionConfiguration that makes the API server present a client certificate
+    /// (CN [`WEBHOOK_CLIENT`], signed by the CA) to every admission webhook it calls, as a
+    /// cluster administrator configures it so that webhooks can tell the API server from
+    /// anyone else (`kubeConfigFile`, user `*`); its path.
+    fn admission_config(&self) -> Result<PathBuf, Error> {
+        let cert = self.pki.client_cert(WEBHOOK_CLIENT, &[])?;
+        let kubeconfig = self.dir.join("webhook-client.kubeconfig");
+        let text = serde_json::to_string_pretty(&json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [{"name": "*", "user": {
+                "client-certificate-data": b64(&cert.cert_pem),
+                "client-key-data": b64(&cert.key_pem),
+            }}],
+        }))
+        .expect("a kubeconfig serializes");
+        write(&kubeconfig, &text)?;
+        let config = self.dir.join("admission.yaml");
+        let plugin = |name: &str, kind: &str| {
+            json!({"name": name, "configuration": {
+                "apiVersion": "apiserver.config.k8s.io/v1",
+                "kind": kind,
+                "kubeConfigFile": kubeconfig.display().to_string(),
+            }})
+        };
+        let text = serde_json::to_string_pretty(&json!({
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [
+                plugin("MutatingAdmissionWebhook", "WebhookAdmissionConfiguration"),
+                plugin("ValidatingAdmissionWebhook", "WebhookAdmissionConfiguration"),
+            ],
+        }))
+        .expect("an AdmissionConfiguration serializes");
+        write(&config, &text)?;
+        Ok(config)
+    }
+
     fn start_apiserver(&self, port: u16, etcd: &str) -> Result<(), Error> {
+        let admission = self.admission_config()?;
         let pki = &self.pki;
         let file = |p: &Path| p.display().to_string();
         self.spawn(
@@ -305,6 +349,7 @@ impl ControlPlane {
                     file(&pki.sa_key_file)
                 ),
                 "--authorization-mode=RBAC".into(),
+                format!("--admission-control-config-file={}", file(&admission)),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 // The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
                 // refuse: no reconciler.
@@ -579,6 +624,15 @@ impl ControlPlane {
         client_from_file(&self.service_account_kubeconfig(namespace, name).await)
             .await
             .expect("a generated kubeconfig is valid")
+    }
+
+    /// A client certificate of `common_name` signed by the control plane's CA: the API
+    /// server's own to its webhooks is [`WEBHOOK_CLIENT`]; a test plays the API server (or
+    /// an impostor) with one.
+    pub fn client_cert(&self, common_name: &str) -> CertifiedKey {
+        self.pki
+            .client_cert(common_name, &[])
+            .expect("a client certificate")
     }
 
     /// A serving certificate signed by the control plane's CA, for a server the API

@@ -30,8 +30,9 @@ struct Args {
     /// Time between full syncs (a link deleted by hand comes back within it), e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     resync: Duration,
-    /// Admin server: `/metrics`, `/healthz`, `/readyz`.
-    #[arg(long, default_value = "0.0.0.0:9091")]
+    /// Admin server: `/metrics`, `/healthz`, `/readyz` (plaintext, on the host network:
+    /// bind it to the node's address, `$(NODE_IP):9091` in the DaemonSet).
+    #[arg(long, default_value = "0.0.0.0:9091", value_parser = danm_runtime::parse_listen)]
     admin_listen: SocketAddr,
     /// Log format (standard error): `text` or `json`.
     #[arg(long, value_enum, default_value = "text")]
@@ -43,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging(args.log_format);
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    let netlink = danm_cni::netlink::Netlink::host().context("netlink")?;
+    let netlink = danm_netlink::Netlink::host().context("netlink")?;
     let links = NodeLinks::new(netlink.handle().clone());
     let metrics = Arc::new(Metrics::new());
     let served = Arc::clone(&metrics);

@@ -12,9 +12,9 @@
 //! What cannot be done (a missing `host_device`, a device without an address for a VxLAN, a
 //! name too long, two networks asking one name with different parameters, a foreign link
 //! in the way) is reported on each network concerned as a Kubernetes Event, logged and
-//! counted, and never stops the other links.
+//! counted, and never stops the other links. A contested name stays with the network whose
+//! link is on the node (see [`danm_core::hostlinks`]): a newcomer never takes it over.
 
-pub mod links;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-pub use links::{LinkError, NodeLinks};
+pub use danm_netlink::{LinkError, NodeLinks};
 pub use metrics::Metrics;
 
 /// How netwatcher runs.
@@ -78,6 +78,8 @@ impl NetworkObject for ClusterNetwork {
 struct Network {
     key: NetworkKey,
     spec: NetworkSpec,
+    /// `metadata.creationTimestamp` (RFC 3339): the older network keeps a contested link.
+    created: String,
     reference: ObjectReference,
 }
 
@@ -88,6 +90,12 @@ fn snapshot<K: NetworkObject>(store: &Store<K>) -> Vec<Network> {
         .map(|o| Network {
             key: NetworkKey::new(K::KIND, &o.namespace().unwrap_or_default(), &o.name_any()),
             spec: o.network().clone(),
+            created: o
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
             reference: o.object_ref(&()),
         })
         .collect()
@@ -200,7 +208,11 @@ async fn sync(
     metrics: &Metrics,
     reported: &mut Reported,
 ) -> Result<(), LinkError> {
-    let (wanted, network_problems) = wanted_links(networks.iter().map(|n| (&n.key, &n.spec)));
+    let (wanted, network_problems) = wanted_links(
+        networks
+            .iter()
+            .map(|n| (&n.key, &n.spec, n.created.as_str())),
+    );
     let observed = links.observe().await?;
     let (actions, link_problems) = plan(&wanted, &observed.devices, &observed.links);
     let by_key: HashMap<&NetworkKey, &Network> = networks.iter().map(|n| (&n.key, n)).collect();
@@ -208,8 +220,8 @@ async fn sync(
         .into_iter()
         .filter_map(|(key, p)| by_key.get(&key).map(|n| (*n, p)))
         .collect();
-    for (name, problem) in link_problems {
-        for key in &wanted[&name].networks {
+    for (keys, problem) in link_problems {
+        for key in &keys {
             if let Some(n) = by_key.get(key) {
                 problems.push((n, problem.clone()));
             }

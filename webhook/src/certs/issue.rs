@@ -14,9 +14,7 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
-use super::{
-    BACKDATE, CA_CERT_KEY, CA_KEY_KEY, CA_VALIDITY, CertsError, TLS_CERT_KEY, TLS_KEY_KEY,
-};
+use super::{BACKDATE, CA_CERT_KEY, CA_KEY_KEY, CertsError, TLS_CERT_KEY, TLS_KEY_KEY};
 
 /// What a certificate is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +85,15 @@ pub fn leaves(namespace: &str) -> Vec<Leaf> {
     ]
 }
 
+/// What a TLS Secret needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// A new certificate, for this reason.
+    Reissue(String),
+    /// Only the trust bundle in its `ca.crt` (a CA joined or left it).
+    Bundle,
+}
+
 /// A newly issued certificate and its key (PEM).
 #[derive(Clone)]
 pub struct Issued {
@@ -121,8 +128,14 @@ impl fmt::Debug for Ca {
 }
 
 impl Ca {
-    /// A new CA, valid for [`CA_VALIDITY`]. Its path length is 0: it signs leaves only.
-    pub fn generate() -> Result<Ca, CertsError> {
+    /// A new CA, valid from now for `validity` ([`super::CA_VALIDITY`] by default). Its
+    /// path length is 0: it signs leaves only.
+    pub fn generate(validity: Duration) -> Result<Ca, CertsError> {
+        Ca::generate_at(validity, OffsetDateTime::now_utc().unix_timestamp())
+    }
+
+    /// [`Ca::generate`] as of `now` (Unix seconds).
+    pub fn generate_at(validity: Duration, now: i64) -> Result<Ca, CertsError> {
         let generate = |source| CertsError::Generate {
             what: "the CA".into(),
             source,
@@ -140,9 +153,10 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let now = OffsetDateTime::now_utc();
+        let now =
+            OffsetDateTime::from_unix_timestamp(now).unwrap_or_else(|_| OffsetDateTime::now_utc());
         params.not_before = now - BACKDATE;
-        params.not_after = now + CA_VALIDITY;
+        params.not_after = now + validity;
         let key = KeyPair::generate().map_err(generate)?;
         let cert = params.self_signed(&key).map_err(generate)?;
         Ok(Ca {
@@ -239,6 +253,26 @@ impl Ca {
         })
     }
 
+    /// What the TLS Secret holding `data` needs: a new certificate (this CA signs, and it
+    /// is not one of its fitting and fresh ones), only the trust bundle `bundle` in its
+    /// `ca.crt`, or nothing.
+    pub fn renewal(
+        &self,
+        leaf: &Leaf,
+        data: &BTreeMap<String, ByteString>,
+        renew_before: Duration,
+        bundle: &str,
+    ) -> Option<Renewal> {
+        if let Some(why) = self.renewal_reason(leaf, data, renew_before) {
+            return Some(Renewal::Reissue(why));
+        }
+        let held = data
+            .get(CA_CERT_KEY)
+            .and_then(|v| std::str::from_utf8(&v.0).ok())
+            .unwrap_or_default();
+        (held.trim() != bundle.trim()).then_some(Renewal::Bundle)
+    }
+
     /// Why the certificate in `data` (a TLS Secret's) must be re-issued, or `None` when it
     /// is fine as it is.
     pub fn renewal_reason(
@@ -247,15 +281,12 @@ impl Ca {
         data: &BTreeMap<String, ByteString>,
         renew_before: Duration,
     ) -> Option<String> {
-        for key in [TLS_CERT_KEY, TLS_KEY_KEY, CA_CERT_KEY] {
+        for key in [TLS_CERT_KEY, TLS_KEY_KEY] {
             if !data.contains_key(key) {
                 return Some(format!("{key} is missing"));
             }
         }
         let text = |key: &str| std::str::from_utf8(&data[key].0).unwrap_or_default();
-        if text(CA_CERT_KEY).trim() != self.cert_pem.trim() {
-            return Some(format!("{CA_CERT_KEY} is not the current CA"));
-        }
         let Some(der) = pem_der(text(TLS_CERT_KEY)) else {
             return Some(format!("{TLS_CERT_KEY} holds no PEM certificate"));
         };

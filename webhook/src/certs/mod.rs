@@ -1,20 +1,24 @@
-//! The TLS material of the suite, created at install time by the `danm-certs` Job and kept
-//! idempotent: running it again changes nothing unless something needs it.
+//! The TLS material of the suite, created at install time by the `danm-certs` Job, renewed
+//! by its CronJob (or `--every`), and kept idempotent: running it again changes nothing
+//! unless something needs it.
 //!
 //! In one namespace:
 //!
-//! * Secret [`CA_SECRET`] (Opaque: `ca.crt`, `ca.key`): the suite's CA, generated once and
-//!   reused ever after. A CA Secret that cannot be used is an error, never overwritten:
-//!   nodes and clients may already trust it.
-//! * One `kubernetes.io/tls` Secret per [`Leaf`] (`tls.crt`, `tls.key`, `ca.crt`): the
-//!   serving certificates of the webhook and ipamd, and the cleaner's client certificate
-//!   (ipamd authorizes it by its CN). Each is issued when missing and re-issued when a key
-//!   is missing, it is not signed by the current CA, its names are not the wanted ones, its
-//!   key does not match, or it expires within `renew_before`.
-//! * ConfigMap [`CA_CONFIGMAP`] (`ca.crt`): the public CA, for the CNI installer to copy
+//! * Secret [`CA_SECRET`] (Opaque): the suite's CA (`ca.crt`, `ca.key`), and while it is
+//!   rotated ([`rotation`]) the next CA (`next.crt`, `next.key`) or the previous one
+//!   (`previous.crt`), with the trust bundle of them all (`ca-bundle.crt`). A CA Secret
+//!   that cannot be used is an error, never overwritten: nodes and clients trust it.
+//! * One `kubernetes.io/tls` Secret per [`Leaf`] (`tls.crt`, `tls.key`, `ca.crt`: the trust
+//!   bundle): the serving certificates of the webhook and ipamd, and the cleaner's client
+//!   certificate (ipamd authorizes it by its CN). Each is issued when missing and
+//!   re-issued when a key is missing, it is not signed by the CA that signs now, its names
+//!   are not the wanted ones, its key does not match, or it expires within
+//!   `renew_before`; a Secret whose only fault is an old bundle gets the new one.
+//! * ConfigMap [`CA_CONFIGMAP`] (`ca.crt`: the trust bundle), for the CNI installer to copy
 //!   onto the nodes.
 //! * `caBundle` of every webhook of the Mutating- and ValidatingWebhookConfiguration of
-//!   the given name, so that the API server trusts the webhook's certificate.
+//!   the given name (the trust bundle), so that the API server trusts the webhook's
+//!   certificate.
 //!
 //! Nothing here ever logs key material: logs and errors name objects and reasons only.
 
@@ -41,6 +45,18 @@ pub const CA_CONFIGMAP: &str = "danm-ca";
 pub const CA_CERT_KEY: &str = "ca.crt";
 /// Key of the CA's private key in the CA Secret.
 pub const CA_KEY_KEY: &str = "ca.key";
+/// Key of the next CA's certificate in the CA Secret (during a rotation).
+pub const NEXT_CERT_KEY: &str = "next.crt";
+/// Key of the next CA's private key in the CA Secret.
+pub const NEXT_KEY_KEY: &str = "next.key";
+/// Key of the previous CA's certificate in the CA Secret (after a switch).
+pub const PREVIOUS_CERT_KEY: &str = "previous.crt";
+/// Key of the trust bundle (every CA trusted now) in the CA Secret.
+pub const BUNDLE_KEY: &str = "ca-bundle.crt";
+/// Annotation of the CA Secret: when the next CA was published (Unix seconds).
+pub const NEXT_PUBLISHED: &str = "danm.io/next-ca-published";
+/// Annotation of the CA Secret: until when the previous CA is trusted (Unix seconds).
+pub const PREVIOUS_UNTIL: &str = "danm.io/previous-ca-trusted-until";
 /// Key of a TLS Secret's certificate.
 pub const TLS_CERT_KEY: &str = "tls.crt";
 /// Key of a TLS Secret's private key.
@@ -107,9 +123,38 @@ pub struct Options {
     pub webhook_configuration: String,
     /// A certificate expiring within this is re-issued.
     pub renew_before: Duration,
+    /// How long an issued certificate is valid (capped by its CA's own end).
+    pub leaf_validity: Duration,
+    /// When and how the CA is rotated.
+    pub rotation: RotationPolicy,
     /// Fail when a webhook configuration does not exist (instead of skipping it).
     pub require_webhook_configurations: bool,
 }
+
+impl Options {
+    /// The defaults of `danm-certs` for `namespace`.
+    pub fn new(namespace: &str, webhook_configuration: &str) -> Options {
+        Options {
+            namespace: namespace.to_owned(),
+            webhook_configuration: webhook_configuration.to_owned(),
+            renew_before: RENEW_BEFORE,
+            leaf_validity: LEAF_VALIDITY,
+            rotation: RotationPolicy {
+                ca_validity: CA_VALIDITY,
+                renew_before: CA_RENEW_BEFORE,
+                overlap: CA_OVERLAP,
+            },
+            require_webhook_configurations: false,
+        }
+    }
+}
+
+/// By default a certificate is re-issued when it expires within 30 days.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// By default a next CA is published a year before the current one ends.
+pub const CA_RENEW_BEFORE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// By default a next CA is trusted a day before it signs, and a previous one a day after.
+pub const CA_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
 /// What was done to one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +218,9 @@ impl Report {
 }
 
 mod issue;
-pub use issue::{Ca, Issued, Leaf, Usage, leaves};
+pub mod rotation;
+pub use issue::{Ca, Issued, Leaf, Renewal, Usage, leaves};
+pub use rotation::{Rotation, RotationPolicy};
 
 /// Creates or fixes everything the module overview lists, in that order.
 pub async fn run(client: kube::Client, options: &Options) -> Result<Report, CertsError> {
@@ -181,36 +228,36 @@ pub async fn run(client: kube::Client, options: &Options) -> Result<Report, Cert
     let ns = &options.namespace;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
 
-    let ca = ensure_ca(&secrets, ns, &mut report).await?;
-    let ca_left = ca.not_after() - OffsetDateTime::now_utc().unix_timestamp();
-    if ca_left < i64::try_from(options.renew_before.as_secs()).unwrap_or(i64::MAX) {
-        // Rotating a CA means distributing the new one first: not something to do
-        // unattended. Leaves keep being issued, capped at the CA's end.
-        tracing::warn!(
-            object = %object("Secret", Some(ns), CA_SECRET),
-            seconds_left = ca_left,
-            "the CA expires within the renewal window; delete the Secret to generate a new one"
-        );
-    }
+    let rotation = ensure_ca(&secrets, ns, options, &mut report).await?;
+    let bundle = rotation.bundle();
     for leaf in leaves(ns) {
-        ensure_leaf(&secrets, ns, &ca, &leaf, options.renew_before, &mut report).await?;
+        ensure_leaf(
+            &secrets,
+            ns,
+            &rotation.current,
+            &bundle,
+            &leaf,
+            options,
+            &mut report,
+        )
+        .await?;
     }
-    ensure_ca_configmap(&Api::namespaced(client.clone(), ns), ns, &ca, &mut report).await?;
-
-    let name = &options.webhook_configuration;
-    let require = options.require_webhook_configurations;
-    patch_ca_bundles::<MutatingWebhookConfiguration>(
-        &client,
-        name,
-        ca.cert_pem(),
-        require,
+    ensure_ca_configmap(
+        &Api::namespaced(client.clone(), ns),
+        ns,
+        &bundle,
         &mut report,
     )
     .await?;
+
+    let name = &options.webhook_configuration;
+    let require = options.require_webhook_configurations;
+    patch_ca_bundles::<MutatingWebhookConfiguration>(&client, name, &bundle, require, &mut report)
+        .await?;
     patch_ca_bundles::<ValidatingWebhookConfiguration>(
         &client,
         name,
-        ca.cert_pem(),
+        &bundle,
         require,
         &mut report,
     )
@@ -258,73 +305,162 @@ fn bytes(text: &str) -> ByteString {
     ByteString(text.as_bytes().to_vec())
 }
 
-/// The CA of Secret [`CA_SECRET`], generated and stored first if the Secret is missing.
-async fn ensure_ca(secrets: &Api<Secret>, ns: &str, report: &mut Report) -> Result<Ca, CertsError> {
+/// The CAs of Secret [`CA_SECRET`] (generated and stored first if the Secret is missing),
+/// with the rotation moved on to now and written back when it moved.
+async fn ensure_ca(
+    secrets: &Api<Secret>,
+    ns: &str,
+    options: &Options,
+    report: &mut Report,
+) -> Result<Rotation, CertsError> {
     let name = object("Secret", Some(ns), CA_SECRET);
-    if let Some(existing) = secrets
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let existing = secrets
         .get_opt(CA_SECRET)
         .await
-        .map_err(kube_error("read", &name))?
-    {
-        let ca = ca_of(&existing, &name)?;
-        report.record(name, Action::Unchanged);
-        return Ok(ca);
-    }
-    let ca = Ca::generate()?;
-    let secret = Secret {
-        metadata: metadata(CA_SECRET, ns),
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (CA_CERT_KEY.to_owned(), bytes(ca.cert_pem())),
-            (CA_KEY_KEY.to_owned(), bytes(ca.key_pem())),
-        ])),
-        ..Secret::default()
+        .map_err(kube_error("read", &name))?;
+    let Some(mut secret) = existing else {
+        let rotation = Rotation {
+            current: Ca::generate(options.rotation.ca_validity)?,
+            next: None,
+            previous: None,
+        };
+        let mut secret = Secret {
+            metadata: metadata(CA_SECRET, ns),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        };
+        store_rotation(&mut secret, &rotation);
+        return match secrets.create(&post_params(), &secret).await {
+            Ok(_) => {
+                report.record(name, Action::Created);
+                Ok(rotation)
+            }
+            // Another run created it between our read and our create: use theirs, or the
+            // two runs would hand out certificates of two different CAs.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let theirs = secrets
+                    .get(CA_SECRET)
+                    .await
+                    .map_err(kube_error("read", &name))?;
+                let rotation = rotation_of(&theirs, &name)?;
+                report.record(name, Action::Unchanged);
+                Ok(rotation)
+            }
+            Err(e) => Err(kube_error("create", &name)(e)),
+        };
     };
-    match secrets.create(&post_params(), &secret).await {
-        Ok(_) => {
-            report.record(name, Action::Created);
-            Ok(ca)
-        }
-        // Another run created it between our read and our create: use theirs, or the two
-        // runs would hand out certificates of two different CAs.
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            let theirs = secrets
-                .get(CA_SECRET)
-                .await
-                .map_err(kube_error("read", &name))?;
-            let ca = ca_of(&theirs, &name)?;
-            report.record(name, Action::Unchanged);
-            Ok(ca)
-        }
-        Err(e) => Err(kube_error("create", &name)(e)),
+    let mut rotation = rotation_of(&secret, &name)?;
+    let changed = rotation.advance(now, &options.rotation)?;
+    if changed.is_empty() && bundle_stored(&secret) == Some(rotation.bundle()) {
+        report.record(name, Action::Unchanged);
+        return Ok(rotation);
+    }
+    store_rotation(&mut secret, &rotation);
+    // The resourceVersion read above rides along: a concurrent run makes this fail (and
+    // the next run starts from what it wrote) rather than two CAs being made.
+    secrets
+        .replace(CA_SECRET, &post_params(), &secret)
+        .await
+        .map_err(kube_error("replace", &name))?;
+    let why = if changed.is_empty() {
+        "the trust bundle was written out".to_owned()
+    } else {
+        changed.join("; ")
+    };
+    report.record(name, Action::Updated(why));
+    Ok(rotation)
+}
+
+fn bundle_stored(secret: &Secret) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(BUNDLE_KEY)
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+}
+
+/// Writes the rotation into the CA Secret: the keys and the two annotations.
+fn store_rotation(secret: &mut Secret, rotation: &Rotation) {
+    let data = secret.data.get_or_insert_with(BTreeMap::new);
+    for key in [NEXT_CERT_KEY, NEXT_KEY_KEY, PREVIOUS_CERT_KEY] {
+        data.remove(key);
+    }
+    data.insert(CA_CERT_KEY.to_owned(), bytes(rotation.current.cert_pem()));
+    data.insert(CA_KEY_KEY.to_owned(), bytes(rotation.current.key_pem()));
+    data.insert(BUNDLE_KEY.to_owned(), bytes(&rotation.bundle()));
+    let annotations = secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
+    annotations.remove(NEXT_PUBLISHED);
+    annotations.remove(PREVIOUS_UNTIL);
+    if let Some((next, published)) = &rotation.next {
+        data.insert(NEXT_CERT_KEY.to_owned(), bytes(next.cert_pem()));
+        data.insert(NEXT_KEY_KEY.to_owned(), bytes(next.key_pem()));
+        annotations.insert(NEXT_PUBLISHED.to_owned(), published.to_string());
+    }
+    if let Some((previous, until)) = &rotation.previous {
+        data.insert(PREVIOUS_CERT_KEY.to_owned(), bytes(previous));
+        annotations.insert(PREVIOUS_UNTIL.to_owned(), until.to_string());
     }
 }
 
-fn ca_of(secret: &Secret, name: &str) -> Result<Ca, CertsError> {
+/// The rotation a CA Secret holds.
+fn rotation_of(secret: &Secret, name: &str) -> Result<Rotation, CertsError> {
     let text = |key: &str| {
         secret
             .data
             .as_ref()
             .and_then(|d| d.get(key))
             .and_then(|v| std::str::from_utf8(&v.0).ok())
-            .ok_or_else(|| CertsError::Unusable {
-                object: name.to_owned(),
-                reason: format!(
-                    "{key} is missing or not text; fix it, or delete the Secret to have a new \
-                     CA generated"
-                ),
-            })
     };
-    Ca::from_pem(text(CA_CERT_KEY)?, text(CA_KEY_KEY)?, name)
+    let required = |key: &str| {
+        text(key).ok_or_else(|| CertsError::Unusable {
+            object: name.to_owned(),
+            reason: format!(
+                "{key} is missing or not text; fix it, or delete the Secret to have a new \
+                 CA generated"
+            ),
+        })
+    };
+    let time = |annotation: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotation))
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let current = Ca::from_pem(required(CA_CERT_KEY)?, required(CA_KEY_KEY)?, name)?;
+    let next = match (text(NEXT_CERT_KEY), text(NEXT_KEY_KEY)) {
+        (Some(cert), Some(key)) => Some((
+            Ca::from_pem(cert, key, name)?,
+            // A next CA whose publication time is lost counts as published now: its
+            // overlap starts again, never shorter.
+            time(NEXT_PUBLISHED).unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp()),
+        )),
+        _ => None,
+    };
+    let previous = text(PREVIOUS_CERT_KEY)
+        .zip(time(PREVIOUS_UNTIL))
+        .map(|(pem, until)| (pem.to_owned(), until));
+    Ok(Rotation {
+        current,
+        next,
+        previous,
+    })
 }
 
-/// Issues `leaf` into its Secret if the Secret is missing or its certificate needs it.
+/// Issues `leaf` into its Secret if the Secret is missing or its certificate needs it, and
+/// keeps its `ca.crt` the trust `bundle`.
 async fn ensure_leaf(
     secrets: &Api<Secret>,
     ns: &str,
     ca: &Ca,
+    bundle: &str,
     leaf: &Leaf,
-    renew_before: Duration,
+    options: &Options,
     report: &mut Report,
 ) -> Result<(), CertsError> {
     let name = object("Secret", Some(ns), &leaf.secret);
@@ -336,14 +472,14 @@ async fn ensure_leaf(
         [
             (TLS_CERT_KEY.to_owned(), bytes(&issued.cert_pem)),
             (TLS_KEY_KEY.to_owned(), bytes(&issued.key_pem)),
-            (CA_CERT_KEY.to_owned(), bytes(ca.cert_pem())),
+            (CA_CERT_KEY.to_owned(), bytes(bundle)),
         ]
     };
     let Some(mut secret) = existing else {
         let secret = Secret {
             metadata: metadata(&leaf.secret, ns),
             type_: Some(TLS_SECRET_TYPE.into()),
-            data: Some(fresh(ca.issue(leaf, LEAF_VALIDITY)?).into()),
+            data: Some(fresh(ca.issue(leaf, options.leaf_validity)?).into()),
             ..Secret::default()
         };
         secrets
@@ -365,13 +501,22 @@ async fn ensure_leaf(
         });
     }
     let data = secret.data.get_or_insert_with(BTreeMap::new);
-    let Some(reason) = ca.renewal_reason(leaf, data, renew_before) else {
-        report.record(name, Action::Unchanged);
-        return Ok(());
-    };
     // Other keys someone added are kept; ours are replaced. The resourceVersion read above
     // rides along, so a concurrent writer makes this fail instead of being overwritten.
-    data.extend(fresh(ca.issue(leaf, LEAF_VALIDITY)?));
+    let reason = match ca.renewal(leaf, data, options.renew_before, bundle) {
+        None => {
+            report.record(name, Action::Unchanged);
+            return Ok(());
+        }
+        Some(Renewal::Bundle) => {
+            data.insert(CA_CERT_KEY.to_owned(), bytes(bundle));
+            format!("{CA_CERT_KEY} is now the current trust bundle")
+        }
+        Some(Renewal::Reissue(reason)) => {
+            data.extend(fresh(ca.issue(leaf, options.leaf_validity)?));
+            reason
+        }
+    };
     secrets
         .replace(&leaf.secret, &post_params(), &secret)
         .await
@@ -380,11 +525,11 @@ async fn ensure_leaf(
     Ok(())
 }
 
-/// ConfigMap [`CA_CONFIGMAP`] with the current CA certificate.
+/// ConfigMap [`CA_CONFIGMAP`] with the trust bundle.
 async fn ensure_ca_configmap(
     configmaps: &Api<ConfigMap>,
     ns: &str,
-    ca: &Ca,
+    bundle: &str,
     report: &mut Report,
 ) -> Result<(), CertsError> {
     let name = object("ConfigMap", Some(ns), CA_CONFIGMAP);
@@ -397,7 +542,7 @@ async fn ensure_ca_configmap(
             metadata: metadata(CA_CONFIGMAP, ns),
             data: Some(BTreeMap::from([(
                 CA_CERT_KEY.to_owned(),
-                ca.cert_pem().to_owned(),
+                bundle.to_owned(),
             )])),
             ..ConfigMap::default()
         };
@@ -409,18 +554,18 @@ async fn ensure_ca_configmap(
         return Ok(());
     };
     let data = configmap.data.get_or_insert_with(BTreeMap::new);
-    if data.get(CA_CERT_KEY).map(|s| s.trim()) == Some(ca.cert_pem().trim()) {
+    if data.get(CA_CERT_KEY).map(|s| s.trim()) == Some(bundle.trim()) {
         report.record(name, Action::Unchanged);
         return Ok(());
     }
-    data.insert(CA_CERT_KEY.to_owned(), ca.cert_pem().to_owned());
+    data.insert(CA_CERT_KEY.to_owned(), bundle.to_owned());
     configmaps
         .replace(CA_CONFIGMAP, &post_params(), &configmap)
         .await
         .map_err(kube_error("replace", &name))?;
     report.record(
         name,
-        Action::Updated(format!("{CA_CERT_KEY} was not the current CA")),
+        Action::Updated(format!("{CA_CERT_KEY} was not the current trust bundle")),
     );
     Ok(())
 }

@@ -7,6 +7,11 @@
 //! The webhooks act as `danm_testkit::identity` says: the administrator, or with
 //! `DANM_TESTS_AS_SERVICE_ACCOUNTS` the danm-webhook ServiceAccount of `deploy/base`. The
 //! test's own requests stay the administrator's.
+//!
+//! As `deploy/components/apiserver-client-auth` configures them, the webhooks answer the
+//! admission paths only for the API server's client certificate (the test control plane
+//! presents one, CN [`WEBHOOK_CLIENT`]); the tests' own HTTPS client ([`https`]) presents
+//! one too.
 
 #![allow(dead_code)]
 
@@ -59,6 +64,9 @@ pub async fn start_webhook(
     start_webhook_on(plane, &kubeconfig, name, port, cert_dir, None)
 }
 
+/// The common name of the API server's client certificate towards webhooks.
+pub use danm_testkit::control_plane::WEBHOOK_CLIENT;
+
 /// [`start_webhook`], talking to the API server through `kubeconfig`, with its admin
 /// server on `admin` if given.
 pub fn start_webhook_on(
@@ -69,7 +77,7 @@ pub fn start_webhook_on(
     cert_dir: &std::path::Path,
     admin: Option<SocketAddr>,
 ) -> Spawned {
-    let mut command = webhook_command(kubeconfig, port, cert_dir, GRACE_SECONDS);
+    let mut command = webhook_command(plane, kubeconfig, port, cert_dir, GRACE_SECONDS);
     if let Some(admin) = admin {
         command.args(["--admin-listen", &admin.to_string()]);
     }
@@ -80,14 +88,22 @@ pub fn start_webhook_on(
 
 /// The webhook's command line: on `127.0.0.1:port` with the certificate files in
 /// `cert_dir`, talking to the API server through `kubeconfig`, freeing reservations no
-/// TenantNetwork carries after `grace_seconds` (reconciled every second).
+/// TenantNetwork carries after `grace_seconds` (reconciled every second), answering the
+/// admission paths for the control plane's webhook client certificate only.
 pub fn webhook_command(
+    plane: &ControlPlane,
     kubeconfig: &std::path::Path,
     port: u16,
     cert_dir: &std::path::Path,
     grace_seconds: u64,
 ) -> Command {
+    let client_ca = cert_dir.join("apiserver-client-ca.pem");
+    std::fs::write(&client_ca, plane.ca_pem()).expect("the client CA's file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_webhook"));
+    command
+        .arg("--client-ca")
+        .arg(&client_ca)
+        .args(["--client-name", WEBHOOK_CLIENT]);
     command
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info,danm_webhook=debug")
@@ -102,11 +118,31 @@ pub fn webhook_command(
     command
 }
 
-/// An HTTPS client trusting the control plane's CA.
+/// An HTTPS client trusting the control plane's CA, presenting the API server's client
+/// certificate (as the API server calls webhooks).
 pub fn https(plane: &ControlPlane) -> reqwest::Client {
+    let client = plane.client_cert(WEBHOOK_CLIENT);
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(plane.ca_pem().as_bytes()).unwrap())
+        .identity(
+            reqwest::Identity::from_pem(
+                format!("{}{}", client.cert_pem, client.key_pem).as_bytes(),
+            )
+            .unwrap(),
+        )
         .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// An HTTPS client trusting the control plane's CA, presenting no certificate (anyone who
+/// reaches a node's port), its connections from `source` (a loopback address of its own,
+/// so that the webhook's limits per address tell it from the API server).
+pub fn anonymous_https(plane: &ControlPlane, source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(plane.ca_pem().as_bytes()).unwrap())
+        .local_address(source)
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
 }

@@ -49,8 +49,8 @@ pub struct Observed {
 }
 
 impl NodeLinks {
-    /// Links through `handle` (see `danm_cni::netlink::Netlink`, which opens one in the
-    /// host's namespace or in another).
+    /// Links through `handle` (see [`crate::Netlink`], which opens one in the host's
+    /// namespace or in another).
     pub fn new(handle: Handle) -> NodeLinks {
         NodeLinks { handle }
     }
@@ -210,7 +210,7 @@ pub fn create_request(name: &str, params: &LinkParams) -> LinkMessage {
 }
 
 /// One link as the plan sees it.
-fn read_link(message: &LinkMessage) -> ObservedLink {
+pub(crate) fn read_link(message: &LinkMessage) -> ObservedLink {
     let mut name = String::new();
     let mut alias = String::new();
     let mut parent = 0;
@@ -246,6 +246,69 @@ fn read_link(message: &LinkMessage) -> ObservedLink {
         ours: alias == ALIAS,
         up: message.header.flags.contains(LinkFlags::Up),
         params,
+    }
+}
+
+/// What a VLAN or VxLAN link is, as far as a pod's interface cares: its id and the device
+/// under it (the plugin checks these before it attaches; the local address and group are
+/// netwatcher's business).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkId {
+    /// An 802.1Q VLAN link.
+    Vlan {
+        /// The VLAN id.
+        id: u16,
+        /// The index of the device it is on.
+        lower: u32,
+    },
+    /// A VxLAN link.
+    Vxlan {
+        /// The VNI.
+        vni: u32,
+        /// The index of its underlay device (0 when it has none).
+        lower: u32,
+    },
+}
+
+/// The id of a VLAN or VxLAN link; `None` for any other link.
+pub(crate) fn link_id(message: &LinkMessage) -> Option<LinkId> {
+    let mut lower = 0;
+    let mut found = None;
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::Link(i) => lower = *i,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Data(InfoData::Vlan(v)) => {
+                            found = v.iter().find_map(|i| match i {
+                                InfoVlan::Id(id) => Some(LinkId::Vlan { id: *id, lower: 0 }),
+                                _ => None,
+                            });
+                        }
+                        LinkInfo::Data(InfoData::Vxlan(v)) => {
+                            let under = v.iter().find_map(|i| match i {
+                                InfoVxlan::Link(l) => Some(*l),
+                                _ => None,
+                            });
+                            found = v.iter().find_map(|i| match i {
+                                InfoVxlan::Id(vni) => Some(LinkId::Vxlan {
+                                    vni: *vni,
+                                    lower: under.unwrap_or(0),
+                                }),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match found? {
+        LinkId::Vlan { id, .. } => Some(LinkId::Vlan { id, lower }),
+        vxlan => Some(vxlan),
     }
 }
 
@@ -289,7 +352,7 @@ mod tests {
     }
 
     /// This kernel has no VLAN links: the request is checked here, the real link in the
-    /// ignored test of `tests/netwatcher.rs`.
+    /// ignored test of `watchers/tests/netwatcher.rs`.
     #[test]
     fn the_vlan_request_names_the_parent_and_the_id() {
         let message = create_request("internal.200", &LinkParams::Vlan { parent: 7, id: 200 });
@@ -330,5 +393,11 @@ mod tests {
             assert!(infos.contains(&expected), "{expected:?} missing: {infos:?}");
         }
         assert_eq!(read_link(&message).params, Some(params));
+        assert_eq!(
+            link_id(&message),
+            Some(LinkId::Vxlan { vni: 500, lower: 3 })
+        );
+        let vlan = create_request("internal.200", &LinkParams::Vlan { parent: 7, id: 200 });
+        assert_eq!(link_id(&vlan), Some(LinkId::Vlan { id: 200, lower: 7 }));
     }
 }

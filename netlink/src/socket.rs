@@ -16,6 +16,8 @@ use rtnetlink::packet_route::link::{IpVlanMode, LinkAttribute, LinkMessage, MacV
 use rtnetlink::packet_route::rule::RuleAttribute;
 use rtnetlink::{Handle, LinkIpVlan, LinkMacVlan, RouteMessageBuilder};
 
+use crate::host::LinkId;
+
 /// A netlink failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {reason}")]
@@ -144,6 +146,23 @@ impl Netlink {
             .into_iter()
             .find(|(_, n, _)| n == name)
             .map(|(i, _, mac)| (i, mac)))
+    }
+
+    /// The index of the link `name` and, when it is a VLAN or VxLAN link, its id and
+    /// device (what the plugin checks before it attaches to a host link); `None` when there
+    /// is no such link.
+    pub async fn link_id(&self, name: &str) -> Result<Option<(u32, Option<LinkId>)>, NetError> {
+        let mut stream = self.handle.link().get().execute();
+        while let Some(message) = stream.try_next().await.map_err(fail("listing links"))? {
+            let named = message
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name));
+            if named {
+                return Ok(Some((message.header.index, crate::host::link_id(&message))));
+            }
+        }
+        Ok(None)
     }
 
     /// Creates a link from a request of [`link_request`].

@@ -1,0 +1,135 @@
+//! The one rule by which a string from an object (a network a tenant wrote, a CNI
+//! configuration) becomes a file name, a program name or part of a link name: a **plain
+//! name**, that is one path component and nothing else.
+//!
+//! `Path::join` with an absolute path replaces the base, and `..` climbs out of it, so a
+//! NetworkType of `/sbin/reboot` or `../../usr/bin/x` would make the `danm` plugin run that
+//! binary as root (the bug libcni fixed as CVE-2021-20206). A plain name is 1 to
+//! [`MAX_NAME`] bytes of ASCII letters, digits, `_`, `.` and `-`, and is neither `.` nor
+//! `..`: it can only ever name an entry of the folder it is joined to. ipamd and the
+//! webhook refuse a network whose NetworkType or NetworkID breaks it ([`crate::network::plan`]),
+//! and the plugin checks again, with [`file_in`], before every join.
+
+use std::path::{Path, PathBuf};
+
+/// The longest plain name, in bytes (a file name with `.conflist` appended stays far below
+/// every filesystem's 255).
+pub const MAX_NAME: usize = 128;
+
+/// Why a string is not a plain name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty.
+    #[error("is empty")]
+    Empty,
+    /// Longer than [`MAX_NAME`] bytes.
+    #[error("{0:?} is longer than {MAX_NAME} bytes")]
+    TooLong(String),
+    /// `.` or `..`.
+    #[error("{0:?} names a folder, not a file")]
+    Dots(String),
+    /// A character outside the allowed set (a `/` among them).
+    #[error(
+        "{name:?} contains {character:?}: only letters, digits, '_', '.' and '-' are allowed (no path separators)"
+    )]
+    Character {
+        /// The name.
+        name: String,
+        /// The first character refused.
+        character: char,
+    },
+}
+
+/// Checks that `name` is a plain name (see the module overview).
+pub fn plain(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME {
+        return Err(NameError::TooLong(name.to_owned()));
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots(name.to_owned()));
+    }
+    if let Some(character) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(NameError::Character {
+            name: name.to_owned(),
+            character,
+        });
+    }
+    Ok(())
+}
+
+/// `dir/<name><suffix>`, when `name` is a plain name: the only way a name from an object
+/// becomes a path. The result is always a direct child of `dir`.
+pub fn file_in(dir: &Path, name: &str, suffix: &str) -> Result<PathBuf, NameError> {
+    plain(name)?;
+    let file = format!("{name}{suffix}");
+    // The suffix is the caller's constant (".conf"); checked anyway, so that no call can
+    // build a path with a separator in it.
+    plain(&file)?;
+    Ok(dir.join(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_pass() {
+        for good in [
+            "flannel",
+            "sriov_a",
+            "host-local",
+            "v1.2",
+            "a",
+            "00-danm",
+            ".x",
+        ] {
+            assert_eq!(plain(good), Ok(()), "{good}");
+        }
+        assert_eq!(plain(&"a".repeat(MAX_NAME)), Ok(()));
+    }
+
+    #[test]
+    fn anything_that_could_leave_the_folder_is_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/sbin/reboot",
+            "../../../usr/bin/x",
+            "a/b",
+            "a\\b",
+            "a b",
+            "a\0b",
+            "é",
+            "x\n",
+            "~root",
+        ] {
+            assert!(plain(bad).is_err(), "{bad:?} passed");
+        }
+        assert!(matches!(
+            plain(&"a".repeat(MAX_NAME + 1)),
+            Err(NameError::TooLong(_))
+        ));
+        let e = plain("/sbin/reboot").unwrap_err().to_string();
+        assert!(e.contains("'/'") && e.contains("path separators"), "{e}");
+    }
+
+    #[test]
+    fn files_stay_in_their_folder() {
+        let dir = Path::new("/etc/cni/net.d");
+        assert_eq!(
+            file_in(dir, "flannel", ".conf").unwrap(),
+            Path::new("/etc/cni/net.d/flannel.conf")
+        );
+        for bad in ["/etc/passwd", "../x", "..", ""] {
+            assert!(file_in(dir, bad, ".conf").is_err(), "{bad:?}");
+        }
+        assert!(file_in(dir, "x", "/../../y").is_err());
+    }
+}
