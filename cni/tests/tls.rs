@@ -4,9 +4,8 @@
 //! plain text, nothing is allocated. A renewed server certificate written over the files
 //! is served to new connections without a restart.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
 
 use danm_ipamd::engine::Engine;
@@ -80,28 +79,19 @@ async fn ipamd_with_mutual_tls(pki: &Pki) -> (u16, Arc<Engine>) {
 
 fn danm_ipam(cid: &str, ipam: Value) -> (bool, Value) {
     let config = json!({"cniVersion": "1.0.0", "name": "tls", "type": "macvlan", "ipam": ipam});
-    let mut child = Command::new(env!("CARGO_BIN_EXE_danm-ipam"))
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/var/run/netns/none")
-        .env("CNI_IFNAME", "net1")
-        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-    )
+    let out = danm_testkit::cni::run(
+        Path::new(env!("CARGO_BIN_EXE_danm-ipam")),
+        &danm_testkit::cni::CniCall {
+            command: "ADD",
+            container_id: cid,
+            netns: "/var/run/netns/none",
+            ifname: "net1",
+            args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
+            path: None,
+        },
+        &config,
+    );
+    (out.ok, out.stdout)
 }
 
 async fn run(cid: &str, ipam: Value) -> (bool, Value) {

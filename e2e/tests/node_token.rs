@@ -8,9 +8,8 @@
 //! another account, of another audience or made up is refused; a caller with neither token
 //! nor certificate is refused; the administrator keeps its client certificate.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use danm_e2e::cluster::binary;
@@ -56,32 +55,23 @@ fn cni_add(dir: &Path, ipamd: u16, pod: &str, token_file: &Path) -> Result<Value
         "network": "tok", "ipamdTLS": {
             "ca": dir.join("danm-ca.pem"), "token": token_file,
             "serverName": "danm-ipamd.danm-system.svc"}}});
-    let mut child = Command::new(binary("danm-ipam"))
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("cid-{pod}"))
-        .env("CNI_NETNS", "/var/run/netns/none")
-        .env("CNI_IFNAME", "net1")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    if out.status.success() {
-        Ok(answer)
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={pod}");
+    let out = danm_testkit::cni::run(
+        &binary("danm-ipam"),
+        &danm_testkit::cni::CniCall {
+            command: "ADD",
+            container_id: &format!("cid-{pod}"),
+            netns: "/var/run/netns/none",
+            ifname: "net1",
+            args: &args,
+            path: None,
+        },
+        &config,
+    );
+    if out.ok {
+        Ok(out.stdout)
     } else {
-        Err(answer)
+        Err(out.stdout)
     }
 }
 

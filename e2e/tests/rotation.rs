@@ -18,7 +18,7 @@
 //!   kube-proxy, which this machine does not run.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -91,30 +91,20 @@ fn cni_round(dir: &Path, ipamd: u16, cid: &str) -> Result<(), String> {
         "type": "danm-ipam", "ipamd": format!("https://127.0.0.1:{ipamd}"),
         "network": "rot", "ipamdTLS": tls}});
     for command in ["ADD", "DEL"] {
-        let mut child = Command::new(binary("danm-ipam"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_NETNS", "/var/run/netns/none")
-            .env("CNI_IFNAME", "net1")
-            .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(config.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        if !out.status.success() {
-            return Err(format!(
-                "{command} {cid}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            ));
+        let out = danm_testkit::cni::run(
+            &binary("danm-ipam"),
+            &danm_testkit::cni::CniCall {
+                command,
+                container_id: cid,
+                netns: "/var/run/netns/none",
+                ifname: "net1",
+                args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default",
+                path: None,
+            },
+            &config,
+        );
+        if !out.ok {
+            return Err(format!("{command} {cid}: {}", out.stdout));
         }
     }
     Ok(())

@@ -13,10 +13,12 @@
 //! * [`identity`]: the identity a component under test acts as: the administrator, or
 //!   (with `DANM_TESTS_AS_SERVICE_ACCOUNTS`) its ServiceAccount and RBAC from `deploy/base`.
 //! * [`pki`]: test CAs and the server and client certificates they issue, as PEM files.
+//! * [`cni`]: a CNI plugin binary run as a container runtime runs it.
 //! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
 //!   figures with the real API server's, and for the tests that pin where the two agree.
 
 pub mod apiserver;
+pub mod cni;
 pub mod control_plane;
 pub mod fault_proxy;
 pub mod fixtures;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
@@ -186,11 +186,7 @@ impl Ipamd {
 }
 
 /// What a plugin call printed and how it ended.
-pub struct Outcome {
-    pub ok: bool,
-    pub stdout: Value,
-    pub stderr: String,
-}
+pub use danm_testkit::cni::CniOutcome as Outcome;
 
 /// The call failed with CNI error `code` and a message containing `needle`.
 pub fn expect_error(out: &Outcome, code: u64, needle: &str) {
@@ -230,38 +226,23 @@ pub fn cni_for_pod(
     config: &Value,
     namespace: &str,
 ) -> Outcome {
-    let mut child = Command::new(plugin)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", ifname)
-        // As kubelet (through the CRI runtime) sends them: IgnoreUnknown=1 included.
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME=pod-{cid};K8S_POD_INFRA_CONTAINER_ID={cid}"
-            ),
-        )
-        .env("CNI_PATH", format!("{}:{PLUGINS}", bin_dir().display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Outcome {
-        ok: out.status.success(),
-        stdout: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME=pod-{cid};K8S_POD_INFRA_CONTAINER_ID={cid}"
+    );
+    let path = format!("{}:{PLUGINS}", bin_dir().display());
+    danm_testkit::cni::run(
+        plugin,
+        &danm_testkit::cni::CniCall {
+            command,
+            container_id: cid,
+            netns,
+            ifname,
+            // As kubelet (through the CRI runtime) sends them: IgnoreUnknown=1 included.
+            args: &args,
+            path: Some(&path),
+        },
+        config,
+    )
 }
 
 pub async fn danm(command: &str, cid: &str, netns: &str, config: &Value) -> Outcome {
