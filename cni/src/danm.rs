@@ -124,7 +124,9 @@ fn parent_mismatch(
     id: Option<LinkId>,
     device_index: Option<u32>,
 ) -> Option<String> {
-    let lower_ok = |index: u32| device_index.is_none_or(|d| d == index);
+    // The device under the link must be the network's own: a network without one (or
+    // whose device this node lacks) cannot tell its link from another's.
+    let lower_ok = |index: u32| device_index == Some(index);
     let wanted = if plan.vxlan > 0 {
         format!("VxLAN {} over {}", plan.vxlan, plan.host_device)
     } else if plan.vlan > 0 {
@@ -858,6 +860,9 @@ mod tests {
         );
         assert!(parent_mismatch(&p, "vx_internal", vx(600, 4), Some(3)).is_some());
         assert!(parent_mismatch(&p, "vx_internal", None, Some(3)).is_some());
+        // A network whose device is unknown here (no host_device on this node) cannot
+        // tell its link from another's: refused, whatever the link's VNI.
+        assert!(parent_mismatch(&p, "vx_internal", vx(600, 3), None).is_some());
         p.vxlan = 0;
         let vlan = |id, lower| Some(LinkId::Vlan { id, lower });
         assert_eq!(
@@ -866,6 +871,7 @@ mod tests {
         );
         assert!(parent_mismatch(&p, "internal.500", vlan(501, 3), Some(3)).is_some());
         assert!(parent_mismatch(&p, "internal.500", vx(500, 3), Some(3)).is_some());
+        assert!(parent_mismatch(&p, "internal.500", vlan(500, 3), None).is_some());
         p.vlan = 0;
         assert_eq!(
             parent_mismatch(&p, "ens3", None, None),

@@ -190,13 +190,23 @@ impl tonic::service::Interceptor for CallHeaders {
     }
 }
 
-/// Connects to ipamd at `address` (`http://host:port`, or `https://` with `tls`), with
-/// `timeout` on every call.
+/// Connects to ipamd at `address` (`http://host:port`, or `https://` with `tls`: TLS
+/// settings with an `http://` address are refused), with `timeout` on every call.
 pub async fn connect(
     address: &str,
     timeout: Duration,
     tls: Option<&ClientTls>,
 ) -> Result<Client, CniError> {
+    // Over `http://`, tonic would ignore the TLS settings and send the node's token in
+    // the clear.
+    if tls.is_some() && !address.starts_with("https://") {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("ipamdTLS is set but ipamd's address {address:?} is not https://"),
+            "ipamd's certificate and the node's token are used over TLS only: give an \
+             https:// address, or drop ipamdTLS",
+        ));
+    }
     let headers = CallHeaders {
         bearer: match tls {
             Some(tls) => tls.bearer()?,

@@ -1,7 +1,8 @@
 //! TLS between the plugins and ipamd: ipamd serves with a certificate and requires client
 //! certificates from a CA (mutual TLS); `danm-ipam` (and `danm`, through the same client)
 //! connects with `ipamdTLS`. Without a client certificate, with an untrusted server, or in
-//! plain text, nothing is allocated. A renewed server certificate written over the files
+//! plain text, nothing is allocated; TLS settings with a plain-text address are refused
+//! before anything connects (the node's token never travels in the clear). A renewed server certificate written over the files
 //! is served to new connections without a restart.
 
 use std::path::{Path, PathBuf};
@@ -150,6 +151,26 @@ async fn danm_ipam_allocates_over_mutual_tls_and_nothing_else_gets_in() {
         json!({"type": "danm-ipam", "ipamd": format!("http://127.0.0.1:{port}"), "network": "tls"});
     let (ok, out) = run("c-plain", plain).await;
     assert!(!ok, "plain text to a TLS ipamd: {out}");
+
+    // TLS settings (here with the node's token) and an http:// address: refused as a
+    // configuration error before anything connects, so that the token never crosses the
+    // network in the clear.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let token = pki.dir.path().join("token");
+    std::fs::write(&token, "node-secret-token").unwrap();
+    let mut with_token = tls(&pki, "ca.pem", true);
+    with_token["token"] = json!(token.display().to_string());
+    let plain_address = format!("http://{}", listener.local_addr().unwrap());
+    let (ok, out) = run("c-token-plain", ipam(&plain_address, with_token)).await;
+    assert!(!ok, "{out}");
+    assert_eq!(out["code"], 7, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("https://"), "{out}");
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "nothing connected to the plain-text address"
+    );
 
     // A TLS file that does not exist is named, with the I/O code.
     let mut missing = tls(&pki, "ca.pem", true);

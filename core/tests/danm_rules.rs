@@ -922,10 +922,46 @@ fn a_tenant_network_naming_no_device_gets_a_nic_profile_never_a_device_pool() {
 fn a_tenant_network_with_a_device_pool_gets_only_that_profile() {
     let spec = json!({"NetworkID": "sriov", "NetworkType": "sriov",
         "Options": {"device_pool": "nokia.k8s.io/sriov_ens1f0"}});
-    let a = admitted(tn(spec.clone()));
+    let mut call = tn(spec.clone());
+    let mut config = tconf();
+    config.network_ids.insert("sriov".into(), "t-sriov".into());
+    call.config = Some(config);
+    let a = admitted(call);
     let doc = apply(spec, &a);
     assert_eq!(doc["spec"]["Options"]["vxlan"], 700);
+    assert_eq!(doc["spec"]["NetworkID"], "t-sriov");
     assert!(doc["spec"]["Options"].get("host_device").is_none());
+}
+
+/// Our departure: a delegated (or sriov) TenantNetwork runs `<cniDir>/<NetworkID>.conf`
+/// on every node, so its NetworkID comes from the TenantConfig's `networkIds`, never from
+/// the tenant; a type the TenantConfig maps no NetworkID for is refused, naming the field.
+#[test]
+fn a_delegated_tenant_network_needs_a_network_id_from_the_tenant_config() {
+    for (network_type, options) in [
+        ("sriov", json!({"device_pool": "nokia.k8s.io/sriov_ens1f0"})),
+        ("bridge", json!({"cidr": "10.5.0.0/24"})),
+    ] {
+        let spec = json!({"NetworkID": "primary", "NetworkType": network_type,
+            "Options": options});
+        let d = refused(tn(spec), "spec.NetworkType", Rule::Ours);
+        assert!(d.to_string().contains("networkIds"), "{d}");
+    }
+    // A mapped type takes the TenantConfig's NetworkID, whatever the tenant wrote.
+    let spec = json!({"NetworkID": "primary", "NetworkType": "flannel"});
+    let doc = apply(spec.clone(), &admitted(tn(spec)));
+    assert_eq!(doc["spec"]["NetworkID"], "flannel");
+}
+
+/// Our departure: a device pool is for sriov and delegated types; an ipvlan or macvlan
+/// interface hangs off host_device, which the plugin checks on the node.
+#[test]
+fn a_device_pool_is_refused_for_ipvlan_and_macvlan() {
+    for network_type in ["ipvlan", "macvlan"] {
+        let spec = json!({"NetworkID": "net", "NetworkType": network_type,
+            "Options": {"device_pool": "nokia.k8s.io/sriov_ens1f0", "cidr": "10.5.0.0/24"}});
+        refused(dn(spec), "spec.Options.device_pool", Rule::Ours);
+    }
 }
 
 #[test]

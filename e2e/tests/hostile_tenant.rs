@@ -3,7 +3,8 @@
 //! TenantNetworks) and was even given DanmEps by a too-broad Role, nothing else. Through
 //! kubectl, against the real API server with the webhook registered and the policies of
 //! `deploy/base/access/policies.yaml` applied, he tries every attack of the issue:
-//! NetworkTypes and NetworkIDs that are paths, another tenant's VxLAN link, changes after
+//! NetworkTypes and NetworkIDs that are paths, an administrator's CNI configuration (a
+//! delegated type's NetworkID comes from the TenantConfig), another tenant's VxLAN link, changes after
 //! admission, a static address outside his pool, forged DanmEps, and taking a shared VNI
 //! range. Each is refused with a message that names the field (and never alice's
 //! namespace, `victim`), and afterwards nothing has changed on any node or in alice's
@@ -34,6 +35,7 @@ kind: TenantConfig
 metadata: {name: tconf}
 hostDevices:
 - {name: eth1, vniType: vxlan, vniRange: 700-710, maxPerNamespace: 2}
+networkIds: {bridge: tbridge}
 "#;
 
 const SETUP: &str = r#"
@@ -391,6 +393,12 @@ async fn a_hostile_tenant_is_refused_everything_and_changes_nothing() {
         create(network("conf", "../../etc/kubernetes/admin", "flannel", "")),
         &["spec.NetworkID"],
     );
+    refused(
+        "a delegated type the TenantConfig maps no NetworkID for (an administrator's \
+         CNI configuration)",
+        create(network("primary", "00-danm", "flannel", "")),
+        &["spec.NetworkType", "networkIds"],
+    );
     // 2. Alice's link name, with the VNI bob would get.
     refused(
         "alice's NetworkID",
@@ -629,7 +637,15 @@ endpoints: [{addresses: ["198.18.40.66"]}]
         create(network("mine3", "mine3", "macvlan", "")),
         &["maxPerNamespace 2"],
     );
-    create(network("deleg", "deleg", "bridge", "")).expect("a network without an id");
+    create(network("deleg", "00-danm", "bridge", "")).expect("a network without an id");
+    let deleg = Api::<TenantNetwork>::namespaced(admin.clone(), "attacker")
+        .get("deleg")
+        .await
+        .unwrap();
+    assert_eq!(
+        deleg.spec.network.network_id, "tbridge",
+        "the TenantConfig's NetworkID, not bob's"
+    );
     refused(
         "a fourth TenantNetwork",
         create(network("deleg2", "deleg2", "bridge", "")),

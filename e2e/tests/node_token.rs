@@ -5,8 +5,9 @@
 //! tokens of their ServiceAccount for the audience `danm-ipamd`; the `danm-ipam` plugin on
 //! node A reads A's token from the file `ipamdTLS.token` names and sends it. ipamd reviews
 //! it with the API server: A's plugin allocates for A's pod, and is refused B's; a token of
-//! another account, of another audience or made up is refused; a caller with neither token
-//! nor certificate is refused; the administrator keeps its client certificate.
+//! another account, of another audience, made up, or node A's with a forged signature is
+//! refused; a caller with neither token nor certificate is refused; the administrator
+//! keeps its client certificate.
 
 use std::path::Path;
 use std::process::Command;
@@ -197,7 +198,19 @@ async fn a_node_is_who_its_agents_token_says() {
         "https://kubernetes.default.svc.cluster.local",
     )
     .await;
+    // Node A's token with its signature altered: its claims are right, so only the API
+    // server can tell.
+    let forged = {
+        let (signed, signature) = token_a.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        format!("{signed}.{flipped}{}", &signature[1..])
+    };
     for (what, bearer, says) in [
+        (
+            "node A's token with a forged signature",
+            Some(forged),
+            "not valid for audience",
+        ),
         (
             "another account's token",
             Some(default_token),

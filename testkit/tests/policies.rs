@@ -151,6 +151,11 @@ async fn danm_certs_may_change_only_the_ca_bundle_and_create_only_its_own_object
         json!([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]),
         json!([{"op": "add", "path": "/metadata/annotations", "value":
             {"cert-manager.io/inject-ca-from": "evil/ca"}}]),
+        // An owner that does not exist: the garbage collector would delete them.
+        json!([{"op": "add", "path": "/metadata/ownerReferences", "value":
+            [{"apiVersion": "v1", "kind": "Namespace", "name": "gone",
+              "uid": "00000000-0000-0000-0000-000000000000"}]}]),
+        json!([{"op": "add", "path": "/metadata/finalizers", "value": ["danm.io/hold"]}]),
     ] {
         refused_by_policy(
             hooks

@@ -70,6 +70,13 @@ const REQUESTS_PER_CONNECTION: u32 = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may take to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may sit with no request in flight before it is closed: the API
+/// server reuses its connection within this, an abandoned one gives its slot back.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The same for a connection that may not use the admission paths (no certificate from
+/// `--client-ca`): it only ever needs a probe or a scrape, so that a client without a
+/// certificate cannot hold [`MAX_CONNECTIONS`] slots by keeping idle connections open.
+const UNADMITTED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who may call the admission paths: anyone, or only a client whose certificate chains
 /// to `--client-ca` (the API server, which presents one when its AdmissionConfiguration
@@ -394,18 +401,26 @@ impl Connection {
         // Whether this connection may use the admission paths: decided once, from the
         // certificate the handshake verified.
         let admitted = self.callers.admits(tls.get_ref().1.peer_certificates());
+        let idle_timeout = if admitted {
+            IDLE_TIMEOUT
+        } else {
+            UNADMITTED_IDLE_TIMEOUT
+        };
+        let activity = Activity::new();
         let served = Arc::new(AtomicU32::new(0));
         let enough = Arc::new(Notify::new());
         let service = {
             let (served, enough, app) = (served.clone(), enough.clone(), self.app.clone());
-            let metrics = Arc::clone(&self.metrics);
+            let (metrics, activity) = (Arc::clone(&self.metrics), activity.clone());
             hyper::service::service_fn(move |request: Request<Incoming>| {
                 if served.fetch_add(1, Ordering::Relaxed) + 1 == REQUESTS_PER_CONNECTION {
                     enough.notify_one();
                 }
                 let refused = !admitted && is_admission_path(request.uri().path());
                 let (app, metrics) = (app.clone(), Arc::clone(&metrics));
+                let busy = activity.begin();
                 async move {
+                    let _busy = busy;
                     if refused {
                         // Unread: whatever the body holds costs nothing.
                         metrics
@@ -448,8 +463,65 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                _ = tokio::time::sleep_until(activity.idle_deadline(idle_timeout)), if !closing => {
+                    if activity.idle_for() >= Some(idle_timeout) {
+                        tracing::debug!(%peer, idle = ?idle_timeout, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
         }
+    }
+}
+
+/// When a connection last had a request in flight, for closing idle connections.
+#[derive(Clone)]
+struct Activity(Arc<std::sync::Mutex<ActivityState>>);
+
+struct ActivityState {
+    in_flight: usize,
+    last: tokio::time::Instant,
+}
+
+/// A request in flight: the connection is not idle until it is dropped.
+struct Busy(Activity);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity(Arc::new(std::sync::Mutex::new(ActivityState {
+            in_flight: 0,
+            last: tokio::time::Instant::now(),
+        })))
+    }
+
+    fn begin(&self) -> Busy {
+        self.0.lock().expect("lock").in_flight += 1;
+        Busy(self.clone())
+    }
+
+    /// How long the connection has been idle; `None` while a request is in flight.
+    fn idle_for(&self) -> Option<Duration> {
+        let state = self.0.lock().expect("lock");
+        (state.in_flight == 0).then(|| state.last.elapsed())
+    }
+
+    /// When the connection will have been idle for `timeout`, if no request comes.
+    fn idle_deadline(&self, timeout: Duration) -> tokio::time::Instant {
+        let state = self.0.lock().expect("lock");
+        if state.in_flight == 0 {
+            state.last + timeout
+        } else {
+            tokio::time::Instant::now() + timeout
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = (self.0).0.lock().expect("lock");
+        state.in_flight -= 1;
+        state.last = tokio::time::Instant::now();
     }
 }
 

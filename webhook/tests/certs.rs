@@ -3,7 +3,8 @@
 //! clients and servers verify them; the webhooks' caBundle is set; a second run writes
 //! nothing (every resourceVersion stays); a deleted Secret, a certificate about to expire
 //! and one of another CA are each re-issued alone; a required webhook configuration that
-//! does not exist fails the binary with a message naming it.
+//! does not exist fails the binary with a message naming it; a next CA that lost its
+//! publication time gets it back once.
 
 use std::collections::BTreeMap;
 use std::process::Output;
@@ -458,5 +459,61 @@ async fn a_missing_webhook_configuration_is_skipped_unless_required() {
             "MutatingWebhookConfiguration {missing} does not exist"
         )),
         "the error names the object: {logs}"
+    );
+}
+
+/// A next CA whose publication time was lost (the annotation edited away) gets it back
+/// on the next run, set to that run's time, and keeps it: without it, every run would
+/// restart the overlap and the next CA would never sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_ca_that_lost_its_publication_time_gets_it_back_once() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    let ns = plane.namespace("certs-published").await;
+    let config = format!("danm-certs-{ns}");
+    create_webhook_configurations(&client, &config).await;
+    const DAY: u64 = 24 * 3600;
+    // A CA of ten days, renewed fifteen days before its end: the second run publishes
+    // the next one.
+    let options = Options {
+        renew_before: Duration::from_secs(DAY),
+        rotation: certs::RotationPolicy {
+            ca_validity: Duration::from_secs(10 * DAY),
+            renew_before: Duration::from_secs(15 * DAY),
+            overlap: Duration::from_secs(DAY),
+        },
+        ..options(&ns, &config)
+    };
+    certs::run(client.clone(), &options).await.unwrap();
+    certs::run(client.clone(), &options).await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let published = |secret: &Secret| secret.annotations().get(certs::NEXT_PUBLISHED).cloned();
+    let mut secret = secrets.get(certs::CA_SECRET).await.unwrap();
+    assert!(
+        keys(&secret).contains(&certs::NEXT_CERT_KEY),
+        "{:?}",
+        keys(&secret)
+    );
+    assert!(published(&secret).is_some());
+
+    secret.annotations_mut().remove(certs::NEXT_PUBLISHED);
+    secrets
+        .replace(certs::CA_SECRET, &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let report = certs::run(client.clone(), &options).await.unwrap();
+    match &changes(&report)[&format!("Secret {ns}/{}", certs::CA_SECRET)] {
+        Action::Updated(why) => assert!(why.contains("publication time"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let restored = published(&secrets.get(certs::CA_SECRET).await.unwrap())
+        .expect("the publication time is written back");
+    // Kept from then on: the next run writes nothing.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let report = certs::run(client.clone(), &options).await.unwrap();
+    assert!(!report.changed(), "{report:?}");
+    assert_eq!(
+        published(&secrets.get(certs::CA_SECRET).await.unwrap()),
+        Some(restored)
     );
 }

@@ -7,7 +7,7 @@
 //! may cost. Afterwards: the flood reserved no id, neither replica's peak memory came near
 //! the Deployment's 256 MiB limit, and every real admission was answered. The real
 //! admissions' latency without and under the flood is printed (`-- --nocapture`), not
-//! asserted.
+//! asserted. Idle connections without the API server's certificate are closed soon.
 
 mod common;
 
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use danm_crds::TenantNetwork;
+use danm_testkit::control_plane::ControlPlane;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
@@ -297,4 +298,87 @@ async fn one_namespace_holds_at_most_its_cap_of_pending_reservations() {
     .await;
     assert_eq!(answer["allowed"], true, "{answer}");
     assert!(reservations_of(plane, "capped").await.len() <= 3);
+}
+
+/// An HTTP/2 connection over TLS to a replica from `source` (as the API server connects),
+/// with `identity` as client certificate if given, that has had one `/healthz` answered.
+/// Returns the client handle and the connection's own task, which ends when the webhook
+/// closes the connection.
+async fn idle_h2_connection(
+    plane: &ControlPlane,
+    replica: std::net::SocketAddr,
+    source: IpAddr,
+    identity: Option<&danm_testkit::control_plane::CertifiedKey>,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(plane.ca_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(issued) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let tcp = socket.connect(replica).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = ServerName::IpAddress(replica.ip().into());
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("https://{replica}/healthz"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    // The client handle is returned with the connection: dropping it would close the
+    // connection from this side.
+    (client, connection)
+}
+
+/// Idle connections give their slot back: one without the API server's certificate (it
+/// may only probe or scrape) is closed about ten seconds after its last answer; the API
+/// server's own stays open longer (two minutes), so that it reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_without_the_api_servers_certificate_are_closed_soon() {
+    let bed = bed().await;
+    let replica = bed.replicas[0];
+    let api_server_cert = bed.plane.client_cert(WEBHOOK_CLIENT);
+    let source = IpAddr::from(IDLE_SOURCE);
+    let (_anonymous_client, anonymous) = idle_h2_connection(bed.plane, replica, source, None).await;
+    let (_api_server_client, mut api_server) =
+        idle_h2_connection(bed.plane, replica, source, Some(&api_server_cert)).await;
+
+    let closed = tokio::time::timeout(Duration::from_secs(40), anonymous)
+        .await
+        .expect("the anonymous idle connection was closed");
+    assert!(closed.is_ok(), "{closed:?}");
+    // By now the anonymous connection has been idle for its ten seconds: the API server's,
+    // opened at the same time, outlives it.
+    let still_open = tokio::time::timeout(Duration::from_secs(10), &mut api_server).await;
+    assert!(
+        still_open.is_err(),
+        "the API server's idle connection stayed open: {still_open:?}"
+    );
+    api_server.abort();
 }

@@ -263,6 +263,18 @@ fn request_problems(
             Rule::DanmNet(20),
             "host_device and device_pool cannot be given together".into(),
         );
+    } else if device_pool.is_some() && matches!(network_type_of(spec), "ipvlan" | "macvlan") {
+        // The interface hangs off host_device (or its VLAN/VxLAN link): a device pool would
+        // leave the parent unnamed, and the plugin unable to check it.
+        problem(
+            "spec.Options.device_pool",
+            Rule::Ours,
+            format!(
+                "is not for NetworkType {}: its interfaces hang off host_device (device \
+                 pools are for sriov and delegated types)",
+                network_type_of(spec)
+            ),
+        );
     }
 
     let tenant = request.kind == NetworkKind::TenantNetwork;
@@ -558,8 +570,24 @@ fn tenant_details(
             }
         }
     }
-    if let Some(id) = mapped_network_id(config, &spec.network_type) {
-        spec.network_id = id.to_owned();
+    match mapped_network_id(config, &spec.network_type) {
+        Some(id) => spec.network_id = id.to_owned(),
+        // A delegated type runs the configuration `<cniDir>/<NetworkID>.conf` of every
+        // node (sriov too, when it exists): a tenant must not pick one of the
+        // administrators' (the primary CNI's, say). The TenantConfig names it.
+        None if !matches!(network_type_of(spec), "ipvlan" | "macvlan") => {
+            return Err(FieldProblem {
+                field: "spec.NetworkType".into(),
+                message: format!(
+                    "{:?} delegates to a CNI configuration on every node: a TenantNetwork of \
+                     it takes its NetworkID from TenantConfig {config_name}'s networkIds, \
+                     which maps no NetworkID for it (an administrator adds one)",
+                    network_type_of(spec)
+                ),
+                rule: Rule::Ours,
+            });
+        }
+        None => {}
     }
     // The link the id names, recorded with the reservation.
     if let Some(pick) = reservation.as_mut() {

@@ -351,7 +351,15 @@ async fn ensure_ca(
         };
     };
     let mut rotation = rotation_of(&secret, &name)?;
-    let changed = rotation.advance(now, &options.rotation)?;
+    let mut changed = rotation.advance(now, &options.rotation)?;
+    // A next CA whose publication time was lost (an edit, a restore) counts as published
+    // now: written down, or every run would restart its overlap and it would never sign.
+    if rotation.next.is_some() && annotation_time(&secret, NEXT_PUBLISHED).is_none() {
+        changed.push(format!(
+            "the next CA's publication time ({NEXT_PUBLISHED}) was missing: its overlap \
+             starts now"
+        ));
+    }
     if changed.is_empty() && bundle_stored(&secret) == Some(rotation.bundle()) {
         report.record(name, Action::Unchanged);
         return Ok(rotation);
@@ -370,6 +378,16 @@ async fn ensure_ca(
     };
     report.record(name, Action::Updated(why));
     Ok(rotation)
+}
+
+/// The time (Unix seconds) the Secret's annotation `key` holds.
+fn annotation_time(secret: &Secret, key: &str) -> Option<i64> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .and_then(|v| v.parse::<i64>().ok())
 }
 
 fn bundle_stored(secret: &Secret) -> Option<String> {
@@ -424,14 +442,7 @@ fn rotation_of(secret: &Secret, name: &str) -> Result<Rotation, CertsError> {
             ),
         })
     };
-    let time = |annotation: &str| {
-        secret
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(annotation))
-            .and_then(|v| v.parse::<i64>().ok())
-    };
+    let time = |annotation: &str| annotation_time(secret, annotation);
     let current = Ca::from_pem(required(CA_CERT_KEY)?, required(CA_KEY_KEY)?, name)?;
     let next = match (text(NEXT_CERT_KEY), text(NEXT_KEY_KEY)) {
         (Some(cert), Some(key)) => Some((
