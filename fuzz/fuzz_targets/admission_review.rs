@@ -59,9 +59,9 @@ fuzz_target!(|data: &[u8]| {
             old: old_object.as_ref(),
             other: None,
         });
-        if let Ok(patch) = admitted {
+        if let Ok(admitted) = admitted {
             let mut doc = object.clone();
-            json_patch::patch(&mut doc, &patch).expect("the patch applies to its object");
+            json_patch::patch(&mut doc, &admitted.patch).expect("the patch applies to its object");
             let config: TenantConfig =
                 serde_json::from_value(doc).expect("an admitted TenantConfig parses");
             for p in &config.host_devices {
