@@ -7,6 +7,9 @@
 //!
 //! Each replica is sent its own TenantNetwork reviews (as the API server would, with a
 //! fresh uid each), so that both hold a last-written copy of the first TenantConfig.
+//!
+//! The new TenantConfig carries a VLAN range reaching past 4094 (as one carried over from
+//! DANM may): it is admitted, and the API server hands the webhook's warning to kubectl.
 
 mod common;
 
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use danm_crds::TenantConfig;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
 fn create_review(uid: &str, name: &str, device: &str) -> Value {
@@ -77,20 +80,38 @@ async fn a_tenant_config_deleted_and_created_again_is_the_one_used() {
         configs.get_opt("tconf").await.unwrap().is_none()
     })
     .await;
-    let renewed: TenantConfig = serde_saphyr::from_str(
-        r#"
+    // Created through kubectl, with a profile carried over from DANM whose range reaches
+    // past the last VLAN id: admitted, and kubectl prints the webhook's warning.
+    let created = bed
+        .plane
+        .kubectl()
+        .args(["create", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(
+                br#"
 apiVersion: danm.io/v1
 kind: TenantConfig
 metadata: {name: tconf}
 hostDevices:
 - {name: eth9, vniType: vlan, vniRange: 3000-3010}
+- {name: eth8, vniType: vlan, vniRange: 4090-5000}
 "#,
-    )
-    .unwrap();
-    configs
-        .create(&PostParams::default(), &renewed)
-        .await
+            )?;
+            child.wait_with_output()
+        })
         .unwrap();
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Warning:")
+            && stderr.contains("hostDevices[1].vniRange: 4095-5000 outside 1-4094"),
+        "kubectl printed no warning: {stderr}"
+    );
     // Both replicas decide on the new TenantConfig once their watches have it.
     for replica in 0..2 {
         let uid = format!("00000000-0000-4000-8000-00000000001{replica}");
