@@ -10,20 +10,14 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ObjectMeta;
 
-/// The facts of one DanmEp. A DanmEp without `apiType` is DANM's: a DanmNet.
+/// The facts of one DanmEp; its network as every component reads it
+/// ([`danm_core::endpoint`]: a DanmEp without `apiType` is DANM's, on a DanmNet).
 pub fn endpoint(ep: &DanmEp) -> EndpointFacts {
     let namespace = ep.metadata.namespace.clone().unwrap_or_default();
     let s = &ep.spec;
-    let kind = if s.api_type.is_empty() {
-        Some(NetworkKind::DanmNet)
-    } else {
-        NetworkKind::parse(&s.api_type)
-    };
     EndpointFacts {
-        network: kind
-            .filter(|_| !s.network_name.is_empty())
-            .map(|k| NetworkKey::new(k, &namespace, &s.network_name)),
-        kind_recorded: !s.api_type.is_empty(),
+        network: danm_core::endpoint::network(ep),
+        kind_recorded: danm_core::endpoint::kind_recorded(ep),
         name: ep.metadata.name.clone().unwrap_or_default(),
         namespace,
         pod: s.pod.clone(),

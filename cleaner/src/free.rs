@@ -17,13 +17,11 @@ use danm_core::leak::{EndpointFacts, Reason, Verdict, judge_endpoint};
 use danm_core::{NetworkKey, NetworkKind};
 use danm_crds::{AllocationShard, ClusterNetwork, DanmEp, DanmNet, TenantNetwork};
 use danm_proto::v1 as pb;
-use danm_proto::v1::ipam_client::IpamClient;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tonic::transport::Channel;
 
 use crate::{CleanerError, Finding, Outcome, Settled, Subject, facts};
 
@@ -32,8 +30,8 @@ use crate::{CleanerError, Finding, Outcome, Settled, Subject, facts};
 pub struct Freer {
     /// The API.
     pub client: kube::Client,
-    /// ipamd.
-    pub ipamd: IpamClient<Channel>,
+    /// ipamd (with the cleaner's request id on every call).
+    pub ipamd: danm_proto::client::Client,
     /// Re-check and report, free nothing.
     pub dry_run: bool,
 }

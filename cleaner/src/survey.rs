@@ -11,8 +11,9 @@ use std::fmt::Debug;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use danm_core::codec::decode_shard;
 use danm_core::leak::{EndpointFacts, Named, PodFacts, Reason, Verdict, judge_endpoint};
-use danm_core::{NetworkKey, NetworkKind, ShardBits};
+use danm_core::{Family, NetworkKey, NetworkKind, ShardBits};
 use danm_crds::{AllocationShard, ClusterNetwork, DanmEp, DanmNet, TenantNetwork};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -201,8 +202,10 @@ struct ShardFacts {
 
 fn shard_facts(s: &AllocationShard) -> ShardFacts {
     let first = s.spec.first.parse::<IpAddr>();
+    // ipamd's rule (its family must be its first address's, its CRC right), so that the
+    // cleaner never frees from a shard ipamd refuses.
     let bits = match &first {
-        Ok(_) => ShardBits::decode(&s.spec.payload, s.spec.crc32).map_err(|e| e.to_string()),
+        Ok(ip) => decode_shard(&s.spec, Family::of(ip)).map_err(|e| e.to_string()),
         Err(_) => Err(format!("first {:?} is not an address", s.spec.first)),
     };
     ShardFacts {

@@ -8,9 +8,9 @@ use std::process::Command;
 
 use common::{Bed, TURN};
 use danm_core::OwnerKey;
-use danm_crds::{DanmEp, DanmNet};
+use danm_crds::{AllocationShard, DanmEp, DanmNet};
 use futures::StreamExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::Value;
 
 const CONCURRENCY: usize = 32;
@@ -274,4 +274,66 @@ async fn exactly_what_is_leaked_is_freed_and_a_second_run_frees_nothing() {
     assert_eq!(status, 0);
     assert_eq!(ours(&again, &ns), BTreeMap::new(), "{again:#}");
     assert_eq!(endpoint_names(&bed).await, live_eps);
+}
+
+/// A shard ipamd refuses (its family is not its first address's) is one the cleaner refuses
+/// too: reported as corrupt, nothing freed from it, even an address no DanmEp names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_of_the_wrong_family_is_reported_and_nothing_is_freed_from_it() {
+    let _turn = TURN.lock().await;
+    let bed = Bed::start("family").await;
+    let net = bed.danmnet("family", "10.77.0.0/24", None).await;
+    bed.node("family-node", true).await;
+    bed.allocate(
+        &net,
+        "cid-family",
+        "gone",
+        "uid-gone",
+        "family-node",
+        "dynamic",
+        "",
+    )
+    .await
+    .unwrap();
+    // Its DanmEp gone, the address is one no DanmEp names.
+    Api::<DanmEp>::namespaced(bed.client.clone(), &bed.ns)
+        .delete(&ep_name("cid-family"), &DeleteParams::default())
+        .await
+        .unwrap();
+    // A DanmNet's shards are in its namespace.
+    let shards: Api<AllocationShard> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let listed = shards
+        .list(&ListParams::default().labels("danm.io/network-name=family"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let shard = listed[0].metadata.name.clone().unwrap();
+    let wrong = serde_json::json!({"spec": {"family": "IPv6"}});
+    shards
+        .patch(&shard, &PatchParams::default(), &Patch::Merge(&wrong))
+        .await
+        .unwrap();
+
+    let report = bed.pass(false).await;
+    let named = format!("{}/{shard}", bed.ns);
+    assert!(
+        report.corrupt_shards.contains(&named),
+        "{named} not reported: {:?}",
+        report.corrupt_shards
+    );
+    let from_it: Vec<_> = report
+        .settled
+        .iter()
+        .filter(|s| format!("{:?}", s.finding.subject).contains(&shard))
+        .collect();
+    assert!(
+        from_it.is_empty(),
+        "freed from a refused shard: {from_it:?}"
+    );
+    // Leave no corrupt shard for the other tests' passes.
+    shards
+        .delete(&shard, &DeleteParams::default())
+        .await
+        .unwrap();
 }

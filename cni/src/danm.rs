@@ -89,7 +89,7 @@ impl DanmConfig {
             )?
             .into(),
             interfaces,
-            tls: ipamd::ClientTls::parse(config, "ipamdTLS")?,
+            tls: ipamd::parse_tls(config, "ipamdTLS")?,
         })
     }
 }
@@ -336,7 +336,7 @@ impl Danm {
                 "ip6": plan.ip6,
             });
             if let Some(tls) = &config.tls {
-                ipam["ipamdTLS"] = tls.to_json();
+                ipam["ipamdTLS"] = ipamd::tls_json(tls);
             }
             delegation.set_ipam(ipam);
         }
@@ -814,7 +814,10 @@ mod tests {
             tls.token,
             Some(PathBuf::from("/etc/cni/net.d/danm/node-token"))
         );
-        assert_eq!(tls.to_json()["token"], "/etc/cni/net.d/danm/node-token");
+        assert_eq!(
+            ipamd::tls_json(&tls)["token"],
+            "/etc/cni/net.d/danm/node-token"
+        );
     }
 
     #[test]

@@ -228,13 +228,20 @@ pub async fn call(
         })?;
     let input = serde_json::to_vec(config).expect("JSON value serializes");
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&input).await.map_err(|e| {
-            CniError::new(
-                ErrorCode::IoFailure,
-                format!("cannot write to {}", binary.display()),
-                e.to_string(),
-            )
-        })?;
+        match stdin.write_all(&input).await {
+            // A plugin that exits without reading its configuration closes the pipe: its
+            // exit status and output say how it went (as libcni, through Go's os/exec,
+            // ignores that EPIPE too).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => {
+                return Err(CniError::new(
+                    ErrorCode::IoFailure,
+                    format!("cannot write to {}", binary.display()),
+                    e.to_string(),
+                ));
+            }
+            Ok(()) => {}
+        }
     }
     let out = child.wait_with_output().await.map_err(|e| {
         CniError::new(

@@ -109,7 +109,7 @@ impl IpamConfig {
             network: ipamd::network_ref(&kind, &namespace, &name)?,
             ip,
             ip6,
-            tls: ipamd::ClientTls::parse(&Value::Object(ipam.clone()), "ipamdTLS")
+            tls: ipamd::parse_tls(&Value::Object(ipam.clone()), "ipamdTLS")
                 .map_err(|e| CniError::new(e.code, format!("ipam.{}", e.msg), e.details))?,
         })
     }

@@ -168,3 +168,17 @@ spec:
     assert_eq!(ipamd.allocated().await, 0);
     assert_eq!(ns.links(), ["lo"]);
 }
+
+/// A plugin that exits without reading its configuration (the marker never reads stdin) is
+/// judged by its exit status and output, not by the closed pipe: with a configuration larger
+/// than the pipe's buffer the write always meets EPIPE, as a small one sometimes does.
+#[tokio::test]
+async fn a_plugin_that_does_not_read_its_configuration_is_judged_by_its_exit() {
+    let bed = Bed::new();
+    std::fs::copy(bed.path("outside/marker"), bed.path("cni-path/marker")).unwrap();
+    let large = json!({"cniVersion": "1.0.0", "name": "big", "pad": "x".repeat(1 << 20)});
+    delegate::call(&bed.request(), "marker", "ADD", "eth1", &large)
+        .await
+        .unwrap();
+    assert!(bed.marker_ran());
+}

@@ -37,6 +37,44 @@ pub enum CodecError {
     Malformed(String),
 }
 
+/// Why a stored AllocationShard is refused: not used, not touched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    /// The shard says another family than the one it is read as (its key's in ipamd, its
+    /// first address's in the cleaner), or none.
+    #[error("family {found:?} does not match its key ({expected})")]
+    Family {
+        /// The `family` field as stored.
+        found: String,
+        /// The family it is read as.
+        expected: &'static str,
+    },
+    /// The payload's CRC does not match.
+    #[error("corrupt payload: {0}")]
+    Corrupt(CodecError),
+    /// The payload cannot be decoded.
+    #[error("{0}")]
+    Payload(CodecError),
+}
+
+/// Decodes a stored shard, the one rule ipamd and the cleaner share: its `family` must be
+/// `expected`, its payload's CRC must match and its payload decode.
+pub fn decode_shard(
+    spec: &danm_crds::AllocationShardSpec,
+    expected: crate::Family,
+) -> Result<ShardBits, ShardError> {
+    if crate::Family::parse(&spec.family) != Some(expected) {
+        return Err(ShardError::Family {
+            found: spec.family.clone(),
+            expected: expected.as_str(),
+        });
+    }
+    ShardBits::decode(&spec.payload, spec.crc32).map_err(|e| match e {
+        CodecError::CrcMismatch { .. } => ShardError::Corrupt(e),
+        other => ShardError::Payload(other),
+    })
+}
+
 /// Why an allocation or release on a shard was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BitsError {
@@ -243,6 +281,36 @@ impl ShardBits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_shard_of_another_family_or_crc_is_refused() {
+        let mut bits = ShardBits::new();
+        bits.insert(3, 7).unwrap();
+        let e = bits.encode();
+        let spec = |family: &str, crc32: u32| danm_crds::AllocationShardSpec {
+            family: family.into(),
+            first: "10.0.0.0".into(),
+            crc32,
+            payload: e.payload.clone(),
+            ..Default::default()
+        };
+        use crate::Family::{V4, V6};
+        assert_eq!(decode_shard(&spec("IPv4", e.crc32), V4).unwrap(), bits);
+        for (family, expected) in [("IPv6", V4), ("IPv4", V6), ("", V4), ("ipv4", V4)] {
+            assert!(
+                matches!(
+                    decode_shard(&spec(family, e.crc32), expected),
+                    Err(ShardError::Family { .. })
+                ),
+                "{family:?} read as {expected:?}"
+            );
+        }
+        let corrupt = decode_shard(&spec("IPv4", e.crc32 ^ 1), V4).unwrap_err();
+        assert!(
+            corrupt.to_string().starts_with("corrupt payload"),
+            "{corrupt}"
+        );
+    }
 
     #[test]
     fn insert_remove_owner() {

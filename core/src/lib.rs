@@ -8,6 +8,7 @@
 //!   their object names.
 //! * [`codec`]: one shard's state (a roaring bitmap of allocated offsets plus one owner
 //!   fingerprint per allocation) to and from its base64 payload with CRC32.
+//! * [`endpoint`]: which network a DanmEp is on (one answer for every component).
 //! * [`policy`]: `dynamic` / static / `none` requests and the search for a free address.
 //! * [`input`]: what every field of a request must look like (no surrounding whitespace).
 //! * [`names`]: the one rule by which a string from an object becomes a file, program or
@@ -27,6 +28,7 @@
 pub mod addr;
 pub mod admit;
 pub mod codec;
+pub mod endpoint;
 pub mod hostlinks;
 pub mod input;
 pub mod interfaces;

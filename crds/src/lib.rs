@@ -31,6 +31,12 @@ pub const GROUP: &str = "danm.io";
 pub const VERSION: &str = "v1";
 /// The pod annotation that lists a pod's network connections.
 pub const INTERFACES_ANNOTATION: &str = "danm.io/interfaces";
+/// The label ipamd writes on its DanmEps and AllocationShards: the network's kind.
+pub const NETWORK_KIND_LABEL: &str = "danm.io/network-kind";
+/// The label ipamd writes on its DanmEps and AllocationShards: the network's namespace
+/// (a DanmEp is in its pod's namespace, which an `Allocate` call may choose apart from the
+/// network's).
+pub const NETWORK_NAMESPACE_LABEL: &str = "danm.io/network-namespace";
 
 /// Every CRD of the API, with the file name `crdgen` writes it to.
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {

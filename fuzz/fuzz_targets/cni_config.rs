@@ -69,5 +69,5 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = danm_cni::danm::DanmConfig::parse(&config);
     let _ = danm_cni::ipam_plugin::IpamConfig::parse(&config, "default");
-    let _ = danm_cni::ipamd::ClientTls::parse(&config, "ipamdTLS");
+    let _ = danm_cni::ipamd::parse_tls(&config, "ipamdTLS");
 });

@@ -27,6 +27,8 @@ use danm_runtime::tls::{ClientCaError, ReloadingClientCas};
 use crate::tokens::NodeTokens;
 use tonic::{Request, Status};
 
+use crate::wire::denied;
+
 use crate::engine::OwnerInfo;
 use crate::store::{EndpointRecord, Store};
 
@@ -131,11 +133,6 @@ fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
         .ok_or_else(|| denied("the authorization header is not a bearer token".into()))
 }
 
-/// A PERMISSION_DENIED status.
-pub fn denied(message: String) -> Status {
-    Status::permission_denied(message)
-}
-
 impl Policy {
     /// Who is calling, from the request's bearer token (with `--node-identity sa-token`)
     /// or its client certificate; refused when the policy does not know the identity.
@@ -203,7 +200,7 @@ pub async fn confine(
                     && (record.spec.pod_uid.is_empty() || pod.uid == record.spec.pod_uid)
             }
             Ok(None) | Err(crate::store::StoreError::NotFound(_)) => false,
-            Err(e) => return Err(crate::service::status(&e.into())),
+            Err(e) => return Err(crate::wire::status(&e.into())),
         };
         if !bound {
             return Err(denied(format!(
@@ -232,7 +229,7 @@ pub async fn pod_on_node(store: &dyn Store, owner: &OwnerInfo, node: &str) -> Re
         Ok(None) => Err(denied(format!(
             "node authorization needs a store that reads pods (--store kube); cannot check pod {pod}"
         ))),
-        Err(e) => Err(crate::service::status(&e.into())),
+        Err(e) => Err(crate::wire::status(&e.into())),
     }
 }
 

@@ -1,5 +1,5 @@
 //! What can go wrong in the engine, as one typed error. The gRPC layer
-//! ([`crate::service::status`]) maps each variant to a status code a caller can act on.
+//! ([`crate::wire::status`]) maps each variant to a status code a caller can act on.
 
 use danm_core::network::NetworkError;
 use danm_core::owner::OwnerError;

@@ -1,18 +1,12 @@
-//! The `danm.ipam.v1.Ipam` gRPC service: request decoding, engine calls, status codes.
-//!
-//! Status codes are chosen here and only here:
-//! `INVALID_ARGUMENT` for malformed requests (bad owner, bad address, unknown field, address
-//! outside the network), `NOT_FOUND` for an unknown network or owner, `ALREADY_EXISTS` for a
-//! static address in use, `RESOURCE_EXHAUSTED` for a full pool, `FAILED_PRECONDITION` for a
-//! state that forbids the call (invalid network spec, corrupt shard, tenant not allowed),
-//! `UNAVAILABLE` when the store fails (retry).
+//! The `danm.ipam.v1.Ipam` gRPC service: request decoding, authorization, engine calls.
+//! Conversions to and from the wire and the status codes are in [`crate::wire`].
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use danm_core::interfaces::NamingScheme;
-use danm_core::{AllocError, NetworkKey, NetworkKind, OwnerKey};
+use danm_core::{NetworkKey, OwnerKey};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_server::Ipam;
 use futures::Stream;
@@ -21,6 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{self, Policy};
 use crate::engine::{AttachInput, Engine, EngineError, Metrics, OwnerInfo};
 use crate::store::EndpointRecord;
+use crate::wire::{invalid, network_info, network_key, network_ref, status};
 
 /// The gRPC service over an engine.
 #[derive(Debug, Clone)]
@@ -38,106 +33,6 @@ impl IpamService {
     /// Wraps an engine; callers are authorized by `policy`.
     pub fn with_policy(engine: Arc<Engine>, policy: Policy) -> IpamService {
         IpamService { engine, policy }
-    }
-}
-
-/// The gRPC status of an engine error.
-pub fn status(error: &EngineError) -> Status {
-    use tonic::Code;
-    let code = match error {
-        EngineError::NetworkNotFound(_)
-        | EngineError::NotAllocated(_)
-        | EngineError::PodNotFound(_) => Code::NotFound,
-        EngineError::NetworkInvalid(_)
-        | EngineError::TenantNotAllowed { .. }
-        | EngineError::OwnerElsewhere { .. }
-        | EngineError::CheckFailed(_)
-        | EngineError::NoDefaultNetwork(_) => Code::FailedPrecondition,
-        EngineError::Owner(_)
-        | EngineError::Interfaces(_)
-        | EngineError::TooManyInterfaces { .. }
-        | EngineError::DuplicateInterface { .. }
-        | EngineError::DuplicateAddress { .. } => Code::InvalidArgument,
-        EngineError::Alloc(a) => match a {
-            AllocError::BadRequest { .. }
-            | AllocError::NoSubnet { .. }
-            | AllocError::OutsideCidr { .. }
-            | AllocError::OutsidePool { .. }
-            | AllocError::PrefixMismatch { .. }
-            | AllocError::Reserved { .. } => Code::InvalidArgument,
-            AllocError::InUse { .. } => Code::AlreadyExists,
-            AllocError::Exhausted { .. } => Code::ResourceExhausted,
-            AllocError::ShardUnusable { .. } => Code::FailedPrecondition,
-        },
-        EngineError::Attach { source, .. } => status(source).code(),
-        EngineError::PodOnOtherNode { .. } => Code::PermissionDenied,
-        EngineError::OwnerOfAnotherPod { .. } => Code::FailedPrecondition,
-        EngineError::Store(_)
-        | EngineError::Contention { .. }
-        | EngineError::ShuttingDown
-        | EngineError::Migrating(_) => Code::Unavailable,
-        EngineError::Migration { .. } | EngineError::BitArrays(_) => Code::FailedPrecondition,
-    };
-    Status::new(code, error.to_string())
-}
-
-fn invalid(field: &str, message: &str) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
-}
-
-/// Decodes a network reference; `field` names it in errors.
-pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey, Status> {
-    let r = r.ok_or_else(|| invalid(field, "is required"))?;
-    let kind = pb::NetworkKind::try_from(r.kind)
-        .ok()
-        .and_then(kind_from_proto)
-        .ok_or_else(|| {
-            invalid(
-                &format!("{field}.kind"),
-                "must be DANM_NET, TENANT_NETWORK or CLUSTER_NETWORK",
-            )
-        })?;
-    if r.name.is_empty() {
-        return Err(invalid(&format!("{field}.name"), "must not be empty"));
-    }
-    for (part, text) in [("name", &r.name), ("namespace", &r.namespace)] {
-        danm_core::input::exact(text)
-            .map_err(|e| invalid(&format!("{field}.{part}"), &e.to_string()))?;
-    }
-    if kind.namespaced() && r.namespace.is_empty() {
-        return Err(invalid(
-            &format!("{field}.namespace"),
-            &format!("is required for a {kind}"),
-        ));
-    }
-    Ok(NetworkKey::new(kind, &r.namespace, &r.name))
-}
-
-/// Encodes a network key.
-pub fn network_ref(key: &NetworkKey) -> pb::NetworkRef {
-    pb::NetworkRef {
-        kind: kind_to_proto(key.kind) as i32,
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-    }
-}
-
-/// A network kind as the API sends it; `None` for the unspecified value.
-pub fn kind_from_proto(kind: pb::NetworkKind) -> Option<NetworkKind> {
-    match kind {
-        pb::NetworkKind::DanmNet => Some(NetworkKind::DanmNet),
-        pb::NetworkKind::TenantNetwork => Some(NetworkKind::TenantNetwork),
-        pb::NetworkKind::ClusterNetwork => Some(NetworkKind::ClusterNetwork),
-        _ => None,
-    }
-}
-
-/// A network kind as the API carries it.
-pub fn kind_to_proto(kind: NetworkKind) -> pb::NetworkKind {
-    match kind {
-        NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
-        NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
-        NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
     }
 }
 
@@ -507,9 +402,7 @@ impl Ipam for IpamService {
                 .filter(|l| danm_core::Family::of(&l.address) == family)
                 .count() as u64
         };
-        Ok(Response::new(crate::showalloc::network_info(
-            &plan, allocated, &sizes,
-        )))
+        Ok(Response::new(network_info(&plan, allocated, &sizes)))
     }
 
     type ListAllocationsStream = AllocationStream;

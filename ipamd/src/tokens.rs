@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tonic::Status;
 
-use crate::authz::denied;
+use crate::wire::denied;
 
 /// The extra key of a TokenReview's user that names a bound pod's node.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";

@@ -159,7 +159,7 @@ async fn attach_follows_danm_on_its_4_0_examples() {
         "{e}"
     );
     assert_eq!(
-        danm_ipamd::service::status(&e).code(),
+        danm_ipamd::wire::status(&e).code(),
         tonic::Code::FailedPrecondition
     );
 
@@ -176,7 +176,7 @@ async fn attach_follows_danm_on_its_4_0_examples() {
         "{e}"
     );
     assert_eq!(
-        danm_ipamd::service::status(&e).code(),
+        danm_ipamd::wire::status(&e).code(),
         tonic::Code::InvalidArgument
     );
 

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use danm_ipamd::engine::Engine;
-use danm_ipamd::metrics::{RpcMetrics, encode, registry};
+use danm_ipamd::metrics::RpcMetrics;
+use danm_ipamd::registry::{encode, registry};
 use danm_ipamd::store::Store;
 use danm_ipamd::store::memory::MemoryStore;
 use danm_ipamd::worker::WorkerConfig;

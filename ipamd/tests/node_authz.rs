@@ -4,6 +4,7 @@
 //! release only for pods bound to N; the cleaner's identity may release for any node;
 //! anyone else, no certificate, a certificate of an unknown CA and plaintext are refused,
 //! and nothing is allocated for a refused call. The admin port's metrics show it all.
+//! ipamctl and showalloc reach that ipamd with the same identities.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -152,6 +153,33 @@ async fn client(
     Ok(IpamClient::new(channel))
 }
 
+/// A namespace with DanmNet `network` on `cidr` and `pods` (name, node) that ask for it, and
+/// the ipamd binary serving it with node authorization; its namespace name.
+async fn setup(
+    plane: &ControlPlane,
+    network: &str,
+    cidr: &str,
+    pods: &[(&str, &str)],
+    pki: &Pki,
+) -> (String, Ipamd) {
+    let ns = plane.namespace(network).await;
+    let ipamd_ns = plane.namespace(&format!("{network}-ipamd")).await;
+    let annotation = format!(r#"[{{"network":"{network}","ip":"dynamic"}}]"#);
+    let mut manifest = format!(
+        "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {{name: {network}, namespace: {ns}}}\nspec: {{NetworkID: {network}, NetworkType: macvlan, Options: {{cidr: {cidr}}}}}\n"
+    );
+    for (pod, node) in pods {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, annotations: {{danm.io/interfaces: '{annotation}'}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: pause}}]}}\n"
+        ));
+    }
+    plane.kubectl_apply(&manifest).unwrap();
+    // ipamd's own identity when the tests run as the manifests' ServiceAccounts.
+    let kubeconfig = danm_testkit::identity::kubeconfig_for(plane, "ipamd", &[]).await;
+    let ipamd = start_ipamd(&kubeconfig, pki, &ipamd_ns, &pki.path("ipamd.log"));
+    (ns, ipamd)
+}
+
 fn attach_request(ns: &str, pod: &str, cid: &str) -> pb::AttachRequest {
     pb::AttachRequest {
         container_id: cid.into(),
@@ -190,23 +218,9 @@ fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipamd_authorizes_every_call_by_the_callers_node() {
     let plane = ControlPlane::shared().await;
-    let ns = plane.namespace("authz").await;
-    let ipamd_ns = plane.namespace("authz-ipamd").await;
-    let annotation = r#"[{"network":"authz","ip":"dynamic"}]"#;
-    let mut manifest = format!(
-        "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {{name: authz, namespace: {ns}}}\nspec: {{NetworkID: authz, NetworkType: macvlan, Options: {{cidr: 10.79.0.0/24}}}}\n"
-    );
-    for (pod, node) in [("on-a", "node-a"), ("on-b", "node-b"), ("on-a-2", "node-a")] {
-        manifest.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, annotations: {{danm.io/interfaces: '{annotation}'}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: pause}}]}}\n"
-        ));
-    }
-    plane.kubectl_apply(&manifest).unwrap();
     let pki = Pki::new();
-    let log = pki.path("ipamd.log");
-    // ipamd's own identity when the tests run as the manifests' ServiceAccounts.
-    let kubeconfig = danm_testkit::identity::kubeconfig_for(plane, "ipamd", &[]).await;
-    let ipamd = start_ipamd(&kubeconfig, &pki, &ipamd_ns, &log);
+    let pods = [("on-a", "node-a"), ("on-b", "node-b"), ("on-a-2", "node-a")];
+    let (ns, ipamd) = setup(plane, "authz", "10.79.0.0/24", &pods, &pki).await;
 
     // node-a attaches its own pod, once ipamd serves.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -391,7 +405,11 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
     // The cleaner (an administrator, signed by the other CA) releases for any node and
     // lists everything; node-a detaches its own.
     let mut cleaner = client(&pki, &ipamd, Some("cleaner")).await.unwrap();
-    let listed = cleaner.list_allocations(list).await.unwrap().into_inner();
+    // (This network's: the other tests of this binary allocate on the same cluster.)
+    let ours = pb::ListAllocationsRequest {
+        network: release.network.clone(),
+    };
+    let listed = cleaner.list_allocations(ours).await.unwrap().into_inner();
     use futures::StreamExt;
     assert_eq!(listed.collect::<Vec<_>>().await.len(), 3);
     let mut traced = tonic::Request::new(release);
@@ -468,6 +486,121 @@ async fn ipamd_authorizes_every_call_by_the_callers_node() {
         log.lines()
             .any(|l| l.contains("request_id=cleaner-trace-7") && l.contains("released")),
         "the caller's request id is not on the release's log line:\n{log}"
+    );
+}
+
+/// Runs one of the crate's command-line tools against `ipamd` with the TLS files of
+/// `identity` (a file stem of [`Pki`]): its exit status, stdout and stderr.
+fn tool(
+    pki: &Pki,
+    ipamd: &Ipamd,
+    exe: &str,
+    identity: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let path = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let mut command = Command::new(exe);
+    command.args(["--ipamd", &ipamd.grpc]);
+    if let Some(id) = identity {
+        command
+            .args(["--ipamd-ca", &path("danm-ca.pem")])
+            .args(["--ipamd-cert", &path(&format!("{id}.pem"))])
+            .args(["--ipamd-key", &path(&format!("{id}-key.pem"))])
+            .args(["--ipamd-server-name", "localhost"]);
+    }
+    let out = command.args(args).env("NO_COLOR", "1").output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// ipamctl and showalloc reach a production ipamd (mutual TLS, node authorization) through
+/// the one ipamd client: a node attaches its own pod with ipamctl and may not attach
+/// another node's; the cleaner's administrator identity lists allocations with showalloc,
+/// which a node may not; plaintext to the TLS port and TLS settings over `http://` fail
+/// with an error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipamctl_and_showalloc_reach_ipamd_over_mutual_tls() {
+    let plane = ControlPlane::shared().await;
+    let pki = Pki::new();
+    let (ns, ipamd) = setup(plane, "tools", "10.78.0.0/24", &[("on-a", "node-a")], &pki).await;
+    let ipamctl = env!("CARGO_BIN_EXE_ipamctl");
+    let showalloc = env!("CARGO_BIN_EXE_showalloc");
+
+    // node-a attaches its own pod with ipamctl, once ipamd serves.
+    let attach = [
+        "attach",
+        "-n",
+        &ns,
+        "--pod",
+        "on-a",
+        "--container-id",
+        "cid-tools",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attached = loop {
+        let (ok, out, err) = tool(&pki, &ipamd, ipamctl, Some("node-a"), &attach);
+        if ok {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ipamctl could not attach within 30 s: {err}\n{}",
+            std::fs::read_to_string(&ipamd.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(attached.contains("ip=10.78.0."), "{attached}");
+    let address = attached
+        .split("ip=")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ' ']).next())
+        .unwrap()
+        .to_owned();
+    // node-b may not attach node-a's pod.
+    let attach_b = [
+        "attach",
+        "-n",
+        &ns,
+        "--pod",
+        "on-a",
+        "--container-id",
+        "cid-b",
+    ];
+    let (ok, _, err) = tool(&pki, &ipamd, ipamctl, Some("node-b"), &attach_b);
+    assert!(
+        !ok && err.contains("PermissionDenied") && err.contains("node-b"),
+        "{err}"
+    );
+
+    // The administrator lists who holds what; a node may not.
+    let list = ["--dnet", "tools", "-n", &ns, "-o", "json"];
+    let (ok, out, err) = tool(&pki, &ipamd, showalloc, Some("cleaner"), &list);
+    assert!(ok, "showalloc as the administrator: {err}");
+    let listing: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listing["allocated"], 1, "{listing}");
+    assert!(out.contains(&address) && out.contains("on-a"), "{out}");
+    let (ok, _, err) = tool(&pki, &ipamd, showalloc, Some("node-a"), &list);
+    assert!(!ok && err.contains("administrators"), "{err}");
+    let (ok, out, _) = tool(&pki, &ipamd, ipamctl, Some("cleaner"), &["status"]);
+    assert!(ok && !out.is_empty(), "ipamctl status as the administrator");
+
+    // Plaintext to the TLS port, and TLS settings with an http:// address: errors.
+    let (ok, _, err) = tool(&pki, &ipamd, showalloc, None, &list);
+    assert!(!ok && err.contains("ipamd"), "plaintext was served: {err}");
+    let path = |n: &str| pki.path(n).to_string_lossy().into_owned();
+    let out = Command::new(ipamctl)
+        .args(["--ipamd", &format!("http://{}", ipamd.grpc)])
+        .args(["--ipamd-ca", &path("danm-ca.pem")])
+        .arg("status")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not https://"),
+        "{err}"
     );
 }
 

@@ -1,7 +1,9 @@
 //! The `danm.ipam.v1.Ipam` gRPC API of ipamd: generated message types, client and server,
-//! the encoded file descriptor set for gRPC server reflection, and [`status`]: whether a
-//! failed call was never carried out (safe to try again).
+//! the encoded file descriptor set for gRPC server reflection, [`client`]: how every client
+//! connects to ipamd, and [`status`]: whether a failed call was never carried out (safe to
+//! try again).
 
+pub mod client;
 pub mod status;
 
 /// `danm.ipam.v1`.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use danm_core::{NetworkKey, NetworkKind};
+use danm_core::NetworkKey;
 use danm_crds::DanmEp;
 use danm_runtime::index::{Change, Synced, follow};
 use kube::api::Api;
@@ -31,10 +31,11 @@ impl Index {
     fn insert(&mut self, ep: &DanmEp) {
         let at = (ep.namespace().unwrap_or_default(), ep.name_any());
         self.remove(&at);
-        let Some(kind) = NetworkKind::parse(&ep.spec.api_type) else {
+        // The network as every component reads it: a DANM-era DanmEp without `apiType`
+        // keeps its DanmNet, as the cleaner and svcwatcher count it.
+        let Some(key) = danm_core::endpoint::network(ep) else {
             return;
         };
-        let key = NetworkKey::new(kind, &at.0, &ep.spec.network_name);
         let pod = format!("{}/{}", at.0, ep.spec.pod);
         self.by_network
             .entry(key.clone())
@@ -110,6 +111,7 @@ impl Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use danm_core::NetworkKind;
     use danm_crds::DanmEpSpec;
 
     fn ep(ns: &str, name: &str, kind: &str, network: &str) -> DanmEp {

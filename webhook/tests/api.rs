@@ -435,6 +435,55 @@ async fn networks_pods_use_cannot_be_deleted_or_rewired() {
     }
 }
 
+/// A DanmEp that DANM itself wrote (no `apiType`) is on a DanmNet, for the delete guard as
+/// for the cleaner and svcwatcher: its DanmNet cannot be deleted while it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_danm_era_endpoint_without_api_type_keeps_its_danmnet() {
+    let bed = bed().await;
+    let plane = bed.plane;
+    let ns = plane.namespace("legacy").await;
+    let client = plane.client().await;
+    let nets: Api<DanmNet> = Api::namespaced(client.clone(), &ns);
+    let eps: Api<DanmEp> = Api::namespaced(client, &ns);
+    let mut net = DanmNet::new("legacy", Default::default());
+    net.spec.network = NetworkSpec {
+        network_id: "legacy".into(),
+        network_type: "macvlan".into(),
+        options: NetworkOptions {
+            host_device: Some("ens3".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    nets.create(&PostParams::default(), &net).await.unwrap();
+    let ep = DanmEp::new(
+        "legacy-ep",
+        DanmEpSpec {
+            network_name: "legacy".into(),
+            api_type: String::new(),
+            pod: "danm-era-pod".into(),
+            ..Default::default()
+        },
+    );
+    eps.create(&PostParams::default(), &ep).await.unwrap();
+
+    let kubectl = |args: &[&str]| common::kubectl(plane, args, "");
+    eventually(30, "the delete is refused (rule 22)", || async {
+        let (ok, err) = kubectl(&["delete", "danmnet", "legacy", "-n", &ns]);
+        !ok && err.contains("DanmNet rule 22") && err.contains(&format!("{ns}/danm-era-pod"))
+    })
+    .await;
+    eps.delete("legacy-ep", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        30,
+        "the delete is allowed once the DanmEp is gone",
+        || async { kubectl(&["delete", "danmnet", "legacy", "-n", &ns]).0 },
+    )
+    .await;
+}
+
 fn review(api_version: &str, kind: &str, operation: &str, object: Value) -> Value {
     json!({
         "apiVersion": api_version,

@@ -10,11 +10,10 @@ use anyhow::Context as _;
 use clap::{ArgGroup, Parser, ValueEnum};
 use danm_cleaner::metrics::Metrics;
 use danm_cleaner::{Freer, PassConfig, Report, Sightings, pass};
-use danm_proto::v1::ipam_client::IpamClient;
+use danm_proto::client::{Client, Settings};
 use danm_runtime::{
     LogFormat, elect, kube_client, logging, parse_duration, serve_admin, shutdown_signal,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Frees the addresses and DanmEps that dead pods, nodes and networks left behind.
 ///
@@ -56,18 +55,12 @@ struct Args {
     /// Objects per list request (each page is dropped once read: memory stays bounded).
     #[arg(long, default_value_t = danm_cleaner::survey::DEFAULT_PAGE, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     page_size: u32,
-    /// ipamd's gRPC address: `http://host:port`, or `https://host:port` with --ipamd-ca.
+    /// ipamd's gRPC address: `http://host:port`, or `https://host:port` with --ipamd-ca
+    /// (`host:port` alone: https with --ipamd-ca, else http).
     #[arg(long, env = "DANM_IPAMD", default_value = "http://127.0.0.1:50051")]
     ipamd: String,
-    /// PEM CA that signed ipamd's certificate (for https).
-    #[arg(long, env = "DANM_IPAMD_CA")]
-    ipamd_ca: Option<PathBuf>,
-    /// PEM client certificate presented to ipamd (needs --ipamd-key).
-    #[arg(long, env = "DANM_IPAMD_CERT", requires = "ipamd_key")]
-    ipamd_cert: Option<PathBuf>,
-    /// PEM key of --ipamd-cert.
-    #[arg(long, env = "DANM_IPAMD_KEY", requires = "ipamd_cert")]
-    ipamd_key: Option<PathBuf>,
+    #[command(flatten)]
+    ipamd_tls: danm_proto::client::TlsArgs,
     /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -101,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let freer = Freer {
         client,
-        ipamd: connect_ipamd(&args).await?,
+        ipamd: connect_ipamd(&args)?,
         dry_run: args.dry_run,
     };
     let config = PassConfig {
@@ -178,19 +171,9 @@ async fn watch(
     Ok(())
 }
 
-async fn connect_ipamd(args: &Args) -> anyhow::Result<IpamClient<tonic::transport::Channel>> {
-    let mut endpoint = Endpoint::from_shared(args.ipamd.clone())
-        .with_context(|| format!("--ipamd {:?} is not a URL", args.ipamd))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
-    if let Some(ca) = &args.ipamd_ca {
-        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("{}", p.display()));
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&args.ipamd_cert, &args.ipamd_key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        endpoint = endpoint.tls_config(tls)?;
-    }
+fn connect_ipamd(args: &Args) -> anyhow::Result<Client> {
+    let settings = Settings::new(&args.ipamd, &format!("cleaner-{}", std::process::id()))
+        .with_tls(args.ipamd_tls.tls());
     // Connected on first use: a pass that finds nothing needs no ipamd.
-    Ok(IpamClient::new(endpoint.connect_lazy()))
+    Ok(danm_proto::client::connect_lazy(&settings)?)
 }

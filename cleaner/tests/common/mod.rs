@@ -17,13 +17,12 @@ use danm_cleaner::{Freer, PassConfig, Report, Sightings};
 use danm_ipamd::engine::{Engine, EngineConfig};
 use danm_ipamd::store::Store;
 use danm_ipamd::store::kube::KubeStore;
+use danm_proto::client::Settings;
 use danm_proto::v1 as pb;
-use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::identity;
 use k8s_openapi::api::core::v1::{Container, Node, NodeCondition, NodeStatus, Pod, PodSpec};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use tonic::transport::Channel;
 
 /// The cleaner sees the whole cluster: the tests of this binary take turns.
 pub static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,7 +39,7 @@ pub struct Bed {
     pub ns: String,
     /// `http://127.0.0.1:port`.
     pub ipamd_url: String,
-    pub ipamd: IpamClient<Channel>,
+    pub ipamd: danm_proto::client::Client,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -65,7 +64,9 @@ impl Bed {
                 .await
                 .unwrap();
         });
-        let ipamd = IpamClient::connect(ipamd_url.clone()).await.unwrap();
+        let ipamd = danm_proto::client::connect(&Settings::new(&ipamd_url, "cleaner-test"))
+            .await
+            .unwrap();
         Bed {
             plane,
             client,

@@ -1,16 +1,19 @@
 //! ipamctl: operator CLI for a running ipamd (status, allocate, release, attach, detach).
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use danm_proto::client::Settings;
 use danm_proto::v1 as pb;
-use danm_proto::v1::ipam_client::IpamClient;
 
 /// Talks to a running ipamd.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Cli {
-    /// ipamd gRPC address (host:port or http://host:port).
+    /// ipamd gRPC address: host:port (https with --ipamd-ca, else http), http://host:port
+    /// or https://host:port.
     #[arg(long, env = "DANM_IPAMD", default_value = "127.0.0.1:50051")]
     ipamd: String,
+    #[command(flatten)]
+    tls: danm_proto::client::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,14 +121,9 @@ fn owner(who: &Who, pod: &str, namespace: &str) -> pb::Owner {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let endpoint = if cli.ipamd.contains("://") {
-        cli.ipamd.clone()
-    } else {
-        format!("http://{}", cli.ipamd)
-    };
-    let mut c = IpamClient::connect(endpoint.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach ipamd at {endpoint}: {e}"))?;
+    let settings = Settings::new(&cli.ipamd, &format!("ipamctl-{}", std::process::id()))
+        .with_tls(cli.tls.tls());
+    let mut c = danm_proto::client::connect(&settings).await?;
     let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
     match cli.command {
         Command::Status => {

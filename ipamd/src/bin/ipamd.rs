@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use danm_ipamd::authz::Policy;
 use danm_ipamd::engine::{Engine, EngineConfig};
-use danm_ipamd::metrics::{self, RpcMetrics};
+use danm_ipamd::metrics::RpcMetrics;
+use danm_ipamd::registry::{encode as encode_metrics, registry as metrics_registry};
 use danm_ipamd::worker::WorkerConfig;
 use danm_ipamd::{networks, server, store};
 
@@ -251,7 +252,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let rpc_metrics = RpcMetrics::default();
     if let Some(addr) = args.admin_listen {
-        let mut registry = metrics::registry(&engine, &rpc_metrics, args.metrics_tenant_names);
+        let mut registry = metrics_registry(&engine, &rpc_metrics, args.metrics_tenant_names);
         if let Some(serving) = &serving {
             registry.register_collector(Box::new(serving.expiry_collector()));
         }
@@ -265,7 +266,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         };
-        danm_runtime::serve_admin_with(addr, move || metrics::encode(&registry), ready).await?;
+        danm_runtime::serve_admin_with(addr, move || encode_metrics(&registry), ready).await?;
     }
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -63,7 +63,7 @@ pub async fn view(client: &kube::Client, key: &NetworkKey) -> Result<View, Showa
                 host: r.spec.host.clone(),
             });
             allocations.push(pb::Allocation {
-                network: Some(crate::service::network_ref(key)),
+                network: Some(crate::wire::network_ref(key)),
                 address: address.to_string(),
                 owner,
                 fingerprint: format!("{fingerprint:016x}"),
@@ -80,6 +80,6 @@ pub async fn view(client: &kube::Client, key: &NetworkKey) -> Result<View, Showa
             })
             .count() as u64
     };
-    let info = super::network_info(&plan, allocated, &sizes);
+    let info = crate::wire::network_info(&plan, allocated, &sizes);
     Ok(View { info, allocations })
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use danm_core::{NetworkKey, NetworkKind};
+use danm_proto::client::Settings;
 use danm_proto::v1 as pb;
-use danm_proto::v1::ipam_client::IpamClient;
 
 use super::{ShowallocError, api, json, render};
 
@@ -19,9 +19,14 @@ use super::{ShowallocError, api, json, render};
 #[command(version)]
 #[command(group(clap::ArgGroup::new("network").required(true).args(["dnet", "cnet", "tnet"])))]
 pub struct Args {
-    /// Ask this ipamd (host:port or http://host:port) instead of reading the API.
+    /// Ask this ipamd instead of reading the API: host:port (https with --ipamd-ca, else
+    /// http), http://host:port or https://host:port. ipamd lists allocations to its
+    /// administrators only: with mutual TLS, give --ipamd-cert and --ipamd-key of a name in
+    /// ipamd's --admin-clients.
     #[arg(long, env = "DANM_IPAMD")]
     pub ipamd: Option<String>,
+    #[command(flatten)]
+    pub ipamd_tls: danm_proto::client::TlsArgs,
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config or the in-cluster config).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -103,9 +108,13 @@ pub async fn run(args: Args) -> Result<String, ShowallocError> {
         }
     };
     let key = NetworkKey::new(kind, &args.namespace, name);
-    let network = crate::service::network_ref(&key);
+    let network = crate::wire::network_ref(&key);
     let (info, allocations) = match &args.ipamd {
-        Some(address) => from_ipamd(address, &network).await?,
+        Some(address) => {
+            let settings = Settings::new(address, &format!("showalloc-{}", std::process::id()))
+                .with_tls(args.ipamd_tls.tls());
+            from_ipamd(&settings, &network).await?
+        }
         None => {
             let client = kube_client(args.kubeconfig.as_ref()).await?;
             let view = api::view(&client, &key).await?;
@@ -162,18 +171,13 @@ async fn kube_client(path: Option<&PathBuf>) -> Result<kube::Client, ShowallocEr
 }
 
 async fn from_ipamd(
-    address: &str,
+    settings: &Settings,
     network: &pb::NetworkRef,
 ) -> Result<(pb::NetworkInfo, Vec<pb::Allocation>), ShowallocError> {
-    let endpoint = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
     let ipamd = |e: String| ShowallocError::Ipamd(e);
-    let mut client = IpamClient::connect(endpoint.clone())
+    let mut client = danm_proto::client::connect(settings)
         .await
-        .map_err(|e| ipamd(format!("cannot reach ipamd at {endpoint}: {e}")))?;
+        .map_err(|e| ipamd(e.to_string()))?;
     let info = client
         .get_network(pb::GetNetworkRequest {
             network: Some(network.clone()),

@@ -28,8 +28,8 @@ pub mod cli;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use danm_core::Cidr;
 use danm_core::addr::{AddrError, ip_to_u128};
-use danm_core::{Cidr, Family, NetworkPlan};
 use danm_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -98,46 +98,6 @@ pub enum RenderError {
         /// The range.
         range: Cidr,
     },
-}
-
-/// What ipamd's GetNetwork answers, from a network's plan, its allocated addresses per
-/// family and the payload sizes of its shards.
-pub fn network_info(
-    plan: &NetworkPlan,
-    allocated: impl Fn(Family) -> u64,
-    shard_sizes: &[(Family, usize)],
-) -> pb::NetworkInfo {
-    let family = |family: Family| {
-        plan.family(family).map(|fp| {
-            let sizes = shard_sizes.iter().filter(|(f, _)| *f == family);
-            pb::FamilyInfo {
-                cidr: fp.cidr.to_string(),
-                pool_start: fp.pool_start().map(|a| a.to_string()).unwrap_or_default(),
-                pool_end: fp.pool_end().map(|a| a.to_string()).unwrap_or_default(),
-                reserved: fp
-                    .reserved
-                    .iter()
-                    .filter_map(|(o, why)| {
-                        fp.cidr.addr_at(*o).map(|a| pb::Reserved {
-                            address: a.to_string(),
-                            reason: why.to_string(),
-                        })
-                    })
-                    .collect(),
-                allocated: allocated(family),
-                capacity: u64::try_from(fp.capacity()).unwrap_or(u64::MAX),
-                shards: sizes.clone().count() as u32,
-                largest_shard_bytes: sizes.map(|(_, b)| *b as u64).max().unwrap_or(0),
-            }
-        })
-    };
-    pb::NetworkInfo {
-        network: Some(crate::service::network_ref(&plan.key)),
-        network_type: plan.network_type().to_owned(),
-        network_id: plan.spec.network_id.clone(),
-        v4: family(Family::V4),
-        v6: family(Family::V6),
-    }
 }
 
 /// Most addresses `-a` lists in one run.

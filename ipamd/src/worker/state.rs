@@ -4,7 +4,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use danm_core::codec::CodecError;
 use danm_core::policy::pool_point;
 use danm_core::{AllocError, Family, NetworkPlan, PerFamily, ShardBits};
 
@@ -162,16 +161,8 @@ impl Worker {
     }
 }
 
-/// Decodes a stored shard, refusing a bad CRC or a shard of another layout.
+/// Decodes a stored shard, refusing a bad CRC or a shard of another family than its key's
+/// (the rule the cleaner uses too: [`danm_core::codec::decode_shard`]).
 pub fn decode_shard(shard: &StoredShard) -> Result<ShardBits, String> {
-    if Family::parse(&shard.spec.family) != Some(shard.key.family) {
-        return Err(format!(
-            "family {:?} does not match its key",
-            shard.spec.family
-        ));
-    }
-    ShardBits::decode(&shard.spec.payload, shard.spec.crc32).map_err(|e| match e {
-        CodecError::CrcMismatch { .. } => format!("corrupt payload: {e}"),
-        other => other.to_string(),
-    })
+    danm_core::codec::decode_shard(&shard.spec, shard.key.family).map_err(|e| e.to_string())
 }

@@ -17,7 +17,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use danm_core::NetworkKind;
 use danm_core::services::{
     PodEndpoint, ServicePort, StoredSlice, Target, selection, selects, slices,
 };
@@ -348,12 +347,7 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, S
             continue;
         }
         let s = &ep.spec;
-        let kind = if s.api_type.is_empty() {
-            Some(NetworkKind::DanmNet)
-        } else {
-            NetworkKind::parse(&s.api_type)
-        };
-        if kind != Some(selected.network.kind) || s.network_name != selected.network.name {
+        if danm_core::endpoint::network(&ep).as_ref() != Some(&selected.network) {
             continue;
         }
         for a in [&s.interface.address, &s.interface.address_ipv6] {

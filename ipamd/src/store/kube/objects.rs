@@ -9,8 +9,8 @@ use kube::ResourceExt;
 
 use crate::store::{EndpointRecord, ShardKey, StoreError, StoreResult, StoredShard};
 
-pub(super) const LABEL_KIND: &str = "danm.io/network-kind";
-pub(super) const LABEL_NAMESPACE: &str = "danm.io/network-namespace";
+pub(super) const LABEL_KIND: &str = danm_crds::NETWORK_KIND_LABEL;
+pub(super) const LABEL_NAMESPACE: &str = danm_crds::NETWORK_NAMESPACE_LABEL;
 pub(super) const LABEL_NAME: &str = "danm.io/network-name";
 pub(super) const LABEL_FAMILY: &str = "danm.io/family";
 pub(super) const LABEL_CONTAINER: &str = "danm.io/container-id";
@@ -55,23 +55,15 @@ pub(super) fn network_selector(key: &NetworkKey) -> String {
     )
 }
 
-/// The record a DanmEp holds.
+/// The record a DanmEp holds; its network as every component reads it
+/// ([`danm_core::endpoint::network`]).
 pub(super) fn to_record(ep: DanmEp) -> StoreResult<EndpointRecord> {
     let name = ep.name_any();
-    let labels = ep.labels();
-    let kind = labels
-        .get(LABEL_KIND)
-        .and_then(|k| NetworkKind::parse(k))
-        .or_else(|| NetworkKind::parse(&ep.spec.api_type))
-        .ok_or_else(|| StoreError::Unreadable {
-            key: name.clone(),
-            reason: "no network kind".into(),
-        })?;
+    let network = danm_core::endpoint::network(&ep).ok_or_else(|| StoreError::Unreadable {
+        key: name.clone(),
+        reason: "no network (name, or a known kind)".into(),
+    })?;
     let namespace = ep.namespace().unwrap_or_default();
-    let net_namespace = labels
-        .get(LABEL_NAMESPACE)
-        .cloned()
-        .unwrap_or_else(|| namespace.clone());
     let owner = OwnerKey::new(&ep.spec.cid, &ep.spec.interface.name).map_err(|e| {
         StoreError::Unreadable {
             key: name,
@@ -80,7 +72,7 @@ pub(super) fn to_record(ep: DanmEp) -> StoreResult<EndpointRecord> {
     })?;
     Ok(EndpointRecord {
         owner,
-        network: NetworkKey::new(kind, &net_namespace, &ep.spec.network_name),
+        network,
         namespace,
         spec: ep.spec,
     })
