@@ -1,5 +1,5 @@
 //! The bench binary runs end to end on a small load (one replica, a few clients, no write
-//! latency) and prints the JSON the README documents. Its figures are not checked: speed
+//! latency) and prints the JSON docs/benchmarks.md documents. Its figures are not checked: speed
 //! is measured by running the bench, never asserted in tests.
 
 use std::process::Command;

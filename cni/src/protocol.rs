@@ -237,10 +237,18 @@ pub fn parse_args(text: &str) -> Result<BTreeMap<String, String>, CniError> {
     Ok(args)
 }
 
-/// The version of the answer: the highest supported one of `cniVersions` when the
-/// configuration lists several, else `cniVersion`.
+/// The version of the answer: the configuration's `cniVersion`, which the runtime chose.
+/// `cniVersions` is the runtime's to read, not the plugin's: libcni picks from it for a
+/// `.conflist` and sets `cniVersion` to its pick, and for a single `.conf` (DANM's
+/// `00-danm.conf`) it ignores it and passes the file's bytes, `cniVersions` included, with
+/// the file's `cniVersion`. A plugin that answered from `cniVersions` would answer a
+/// version the runtime never asked for (containerd 1.6 then fails every sandbox with
+/// "unsupported CNI result version"). Only without `cniVersion` is the highest supported
+/// entry of `cniVersions` taken.
 pub fn negotiate(config: &Value, command: Command) -> Result<String, CniError> {
-    if let Some(list) = config.get("cniVersions").and_then(Value::as_array) {
+    if config.get("cniVersion").is_none()
+        && let Some(list) = config.get("cniVersions").and_then(Value::as_array)
+    {
         let best = list
             .iter()
             .filter_map(Value::as_str)
@@ -526,15 +534,34 @@ mod tests {
     }
 
     #[test]
-    fn negotiates_the_highest_common_version() {
-        let c = json!({"cniVersion": "0.4.0", "cniVersions": ["0.4.0", "1.0.0", "1.1.0", "9.9.9"]});
-        assert_eq!(negotiate(&c, Command::Add).unwrap(), "1.1.0");
+    fn answers_the_version_the_runtime_chose() {
+        // What containerd 1.6 passes for a `.conf` listing cniVersions: the file's
+        // cniVersion is the one it parses results of.
+        let c = json!({"cniVersion": "1.0.0", "cniVersions": ["0.4.0", "1.0.0", "1.1.0", "9.9.9"]});
+        assert_eq!(negotiate(&c, Command::Add).unwrap(), "1.0.0");
         let c = json!({"cniVersions": ["0.3.1", "1.0.0"]});
         assert_eq!(negotiate(&c, Command::Add).unwrap(), "1.0.0");
         for v in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
             assert_eq!(
                 negotiate(&json!({"cniVersion": v}), Command::Add).unwrap(),
                 v
+            );
+        }
+    }
+
+    #[test]
+    fn the_installed_configurations_are_answered_in_their_own_version() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for template in [
+            "base/cni/00-danm.conf.template",
+            "components/node-token/00-danm.conf.template",
+        ] {
+            let text = std::fs::read_to_string(deploy.join(template)).unwrap();
+            let conf: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                negotiate(&conf, Command::Add).unwrap(),
+                conf["cniVersion"].as_str().unwrap(),
+                "{template}"
             );
         }
     }

@@ -295,13 +295,16 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         t1.stdout["ips"][0]["version"], "4",
         "0.4.0 results carry the address version"
     );
+    // A `.conf` listing cniVersions, as containerd 1.6 passes it: the answer is in the
+    // cniVersion the runtime parses, never a higher one of the list.
     let mut several = tiny.clone();
-    several["cniVersions"] = json!(["0.3.1", "1.0.0"]);
+    several["cniVersion"] = json!("1.0.0");
+    several["cniVersions"] = json!(["0.3.1", "1.0.0", "1.1.0"]);
     let t2 = danm("ADD", "c-t2", &ns3.path(), &several).await;
     assert!(t2.ok, "{}", t2.stdout);
     assert_eq!(
         t2.stdout["cniVersion"], "1.0.0",
-        "highest common version of cniVersions"
+        "the cniVersion the runtime chose"
     );
     assert!(t2.stdout["ips"][0].get("version").is_none());
     let full = danm("ADD", "c-t3", &ns.path(), &tiny).await;

@@ -1,5 +1,5 @@
 //! One test per rule of DANM's user guide, "List of validation rules" (numbered as in the
-//! current guide: DanmNet 1-22, TenantNetwork 1-6, TenantConfig 1-4; the README maps the
+//! current guide: DanmNet 1-22, TenantNetwork 1-6, TenantConfig 1-4; docs/webhook.md maps the
 //! older numbering), each with an object that breaks the rule and one that keeps it. Every
 //! denial must name the field and the rule.
 

@@ -784,3 +784,34 @@ fn the_dashboard_queries_real_series() {
     }
     assert!(checked > 30, "only {checked} series checked");
 }
+
+/// The CNI configuration every overlay installs is one each runtime parses: its
+/// `cniVersion` is at most 1.0.0, the newest that containerd 1.6's libcni knows (it fails
+/// every sandbox on a 1.1.0 result, measured on containerd 1.6.20). A single `.conf`
+/// cannot offer 1.1.0 beside it: libcni reads `cniVersions` in a `.conflist` only. (That
+/// the plugin answers in it: `cni/src/protocol.rs`.)
+#[test]
+fn the_cni_configuration_speaks_a_version_every_runtime_parses() {
+    const LIBCNI_1_1: [&str; 6] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+    for (overlay, components) in [
+        ("base", &[][..]),
+        ("overlays/production", &[][..]),
+        ("overlays/production", &["node-token"][..]),
+    ] {
+        let objects = build_with(overlay, components);
+        let template =
+            find(&objects, "ConfigMap", "danm-cni-config")["data"]["00-danm.conf.template"]
+                .as_str()
+                .unwrap();
+        let conf: Value = serde_json::from_str(template).unwrap();
+        let version = conf["cniVersion"].as_str().unwrap();
+        assert!(
+            LIBCNI_1_1.contains(&version),
+            "{overlay} {components:?}: cniVersion {version}"
+        );
+        assert!(
+            conf.get("cniVersions").is_none(),
+            "{overlay} {components:?}: a .conf's cniVersions is never read by libcni"
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! `danm`: the CNI metaplugin (see the crate documentation and the README's CNI section).
+//! `danm`: the CNI metaplugin (see the crate documentation and docs/cni.md).
 
 use std::process::ExitCode;
 

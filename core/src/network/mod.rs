@@ -263,7 +263,7 @@ impl fmt::Display for Rule {
             Rule::TenantNetwork(n) => write!(f, "DANM's TenantNetwork rule {n}"),
             Rule::TenantConfig(n) => write!(f, "DANM's TenantConfig rule {n}"),
             Rule::Unnumbered => f.write_str("a check of DANM's webhook"),
-            Rule::Ours => f.write_str("not a DANM rule: see the README"),
+            Rule::Ours => f.write_str("not a DANM rule: see docs/webhook.md"),
             Rule::Schema => f.write_str("the API schema"),
         }
     }

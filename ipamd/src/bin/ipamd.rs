@@ -235,7 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!(
             "--listen {bound} is reachable from other hosts, but no client is authenticated \
              (no --tls-client-ca): any pod could list, release and reclaim anyone's addresses. \
-             Give --tls-cert, --tls-key and --tls-client-ca (README: \"Authorization by \
+             Give --tls-cert, --tls-key and --tls-client-ca (docs/ipamd.md, \"Authorization by \
              node\"), listen on loopback, or pass --insecure to serve anyway"
         );
     }
