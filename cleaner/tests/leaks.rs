@@ -276,8 +276,9 @@ async fn exactly_what_is_leaked_is_freed_and_a_second_run_frees_nothing() {
     assert_eq!(endpoint_names(&bed).await, live_eps);
 }
 
-/// A shard ipamd refuses (its family is not its first address's) is one the cleaner refuses
-/// too: reported as corrupt, nothing freed from it, even an address no DanmEp names.
+/// A shard ipamd refuses (its spec says another family than its name) is one the cleaner
+/// refuses too (another family than its first address): reported as corrupt, nothing freed
+/// from it, even an address no DanmEp names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_of_the_wrong_family_is_reported_and_nothing_is_freed_from_it() {
     let _turn = TURN.lock().await;

@@ -158,8 +158,16 @@ impl Delegation {
             if let Some(prev) = &previous {
                 config["prevResult"] = prev.clone();
             }
+            // A plugin that succeeds must print its result (libcni refuses an ADD whose
+            // output does not parse): an exit 0 with nothing is no interface, not success.
             let out = call(request, kind, "ADD", ifname, &config).await?;
-            previous = Some(out.unwrap_or(json!({})));
+            previous = Some(out.ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::DelegateFailed,
+                    format!("{kind} ADD for {ifname} exited 0 but printed no result"),
+                    "a CNI plugin's ADD prints its result as JSON on stdout",
+                )
+            })?);
         }
         Ok(previous
             .map(|v| CniResult::from_json(&v))

@@ -128,11 +128,19 @@ pub async fn connect(
             | ClientError::Token { .. }
             | ClientError::Tls { .. } => ErrorCode::InvalidConfig,
         };
-        let hint = match &e {
-            ClientError::NotHttps { .. } => "give an https:// address, or drop ipamdTLS",
-            _ => "",
+        // The message says what failed; the details carry the cause (or what to do).
+        let (msg, details) = match &e {
+            ClientError::Unreachable { address, reason } => {
+                (format!("ipamd at {address} is unreachable"), reason.clone())
+            }
+            ClientError::NotHttps { .. } => (
+                format!("ipamdTLS: {e}"),
+                "give an https:// address, or drop ipamdTLS".to_owned(),
+            ),
+            ClientError::Read { source, .. } => (e.to_string(), source.to_string()),
+            _ => (e.to_string(), String::new()),
         };
-        CniError::new(code, format!("ipamd: {e}"), hint.to_owned())
+        CniError::new(code, msg, details)
     })
 }
 

@@ -182,3 +182,23 @@ async fn a_plugin_that_does_not_read_its_configuration_is_judged_by_its_exit() {
         .unwrap();
     assert!(bed.marker_ran());
 }
+
+/// A delegated plugin whose ADD exits 0 but prints no result has built nothing the runtime
+/// can use: the ADD fails (code 103), as libcni's would, rather than passing an empty
+/// result on.
+#[tokio::test]
+async fn a_delegated_add_that_prints_no_result_fails() {
+    let bed = Bed::new();
+    let silent = bed.path("cni-path/silent");
+    std::fs::write(&silent, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&silent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        bed.path("net.d/quiet.conf"),
+        r#"{"cniVersion":"1.0.0","name":"quiet","type":"silent"}"#,
+    )
+    .unwrap();
+    let delegation = Delegation::load(&bed.path("net.d"), "quiet", "silent").unwrap();
+    let e = delegation.add(&bed.request(), "eth1").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::DelegateFailed, "{e}");
+    assert!(e.msg.contains("printed no result"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! Which network a DanmEp is on: the one answer ipamd, the cleaner, svcwatcher and the
 //! webhook's delete guard share, so that a network the cleaner counts as in use is one the
-//! webhook refuses to delete.
+//! webhook refuses to delete. (ipamd reads only the records whose kind is written, see
+//! [`kind_recorded`]: one without is not a record of its own.)
 //!
 //! The kind is, in order: the `danm.io/network-kind` label ipamd writes; the `apiType`
 //! field; and, when both are absent, `DanmNet`, because DANM's own records predate

@@ -75,8 +75,9 @@ pub struct EndpointFacts {
     pub name: String,
     /// The network it names.
     pub network: Option<NetworkKey>,
-    /// Whether the record says the network's kind (`apiType`); DANM's records without it
-    /// are taken to be on a DanmNet, which is only a guess.
+    /// Whether the record says the network's kind (ipamd's label or `apiType`:
+    /// [`crate::endpoint::kind_recorded`]); DANM's records without it are taken to be on a
+    /// DanmNet, which is only a guess.
     pub kind_recorded: bool,
     /// `Pod`.
     pub pod: String,

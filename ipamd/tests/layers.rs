@@ -60,6 +60,15 @@ fn imports(src: &Path) -> BTreeMap<String, Vec<(String, String)>> {
             let text = std::fs::read_to_string(&path).unwrap();
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or_default();
+                // Forms this reader cannot follow are refused rather than skipped.
+                for unreadable in ["crate::{", "super::super"] {
+                    if code.contains(unreadable) {
+                        out.entry(module.clone()).or_default().push((
+                            format!("`{unreadable}`, which this test cannot follow: name one module per path"),
+                            format!("{rel}:{}", n + 1),
+                        ));
+                    }
+                }
                 for (at, _) in code.match_indices("crate::") {
                     let used: String = code[at + "crate::".len()..]
                         .chars()

@@ -107,6 +107,11 @@ pub async fn run(args: Args) -> Result<String, ShowallocError> {
             ));
         }
     };
+    if args.ipamd.is_none() && args.ipamd_tls.tls().is_some() {
+        return Err(ShowallocError::Usage(
+            "--ipamd-ca and the other --ipamd-* flags need --ipamd (without it, showalloc reads the API)",
+        ));
+    }
     let key = NetworkKey::new(kind, &args.namespace, name);
     let network = crate::wire::network_ref(&key);
     let (info, allocations) = match &args.ipamd {

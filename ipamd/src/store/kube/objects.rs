@@ -59,10 +59,15 @@ pub(super) fn network_selector(key: &NetworkKey) -> String {
 /// ([`danm_core::endpoint::network`]).
 pub(super) fn to_record(ep: DanmEp) -> StoreResult<EndpointRecord> {
     let name = ep.name_any();
-    let network = danm_core::endpoint::network(&ep).ok_or_else(|| StoreError::Unreadable {
-        key: name.clone(),
-        reason: "no network (name, or a known kind)".into(),
-    })?;
+    // ipamd reads, as it always did, only the records that say their kind (its own, and
+    // DANM's with `apiType`): one without is left to the cleaner and the webhook, which
+    // count it on a DanmNet, and ipamd neither serves nor releases it.
+    let network = danm_core::endpoint::network(&ep)
+        .filter(|_| danm_core::endpoint::kind_recorded(&ep))
+        .ok_or_else(|| StoreError::Unreadable {
+            key: name.clone(),
+            reason: "no network kind (neither its label nor apiType)".into(),
+        })?;
     let namespace = ep.namespace().unwrap_or_default();
     let owner = OwnerKey::new(&ep.spec.cid, &ep.spec.interface.name).map_err(|e| {
         StoreError::Unreadable {
@@ -93,12 +98,33 @@ pub(super) fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
             Some(NetworkKey::new(kind, parts.next()?, parts.next()?))
         })
         .ok_or_else(|| unreadable("no danm.io/network annotation"))?;
-    let family = Family::parse(&object.spec.family).ok_or_else(|| unreadable("unknown family"))?;
     let index = object
         .annotations()
         .get(ANNOTATION_INDEX)
         .and_then(|i| u128::from_str_radix(i, 16).ok())
         .ok_or_else(|| unreadable("no shard index annotation"))?;
+    // The key's family comes from what ipamd wrote when it created the object (its name,
+    // which cannot change, else its danm.io/family label), never from the spec: the spec's
+    // `family` is then checked against it (core::codec::decode_shard), so a shard whose
+    // spec says another family is refused as corrupt.
+    let family = Family::ALL
+        .into_iter()
+        .find(|f| {
+            ShardKey {
+                network: network.clone(),
+                family: *f,
+                index,
+            }
+            .name()
+                == name
+        })
+        .or_else(|| {
+            let tag = object.labels().get(LABEL_FAMILY)?;
+            Family::ALL.into_iter().find(|f| f.tag() == tag)
+        })
+        .ok_or_else(|| {
+            unreadable("neither its name nor its danm.io/family label names a family")
+        })?;
     Ok(StoredShard {
         key: ShardKey {
             network,
@@ -108,4 +134,51 @@ pub(super) fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
         version: object.resource_version().unwrap_or_default(),
         spec: object.spec,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danm_core::codec::{ShardError, decode_shard};
+    use danm_crds::AllocationShardSpec;
+
+    #[test]
+    fn a_shards_family_is_its_names_and_a_spec_saying_otherwise_is_refused() {
+        let network = NetworkKey::new(NetworkKind::DanmNet, "ns", "net");
+        let key = ShardKey {
+            network: network.clone(),
+            family: Family::V4,
+            index: 0,
+        };
+        let bits = danm_core::ShardBits::new().encode();
+        let mut object = AllocationShard::new(
+            &key.name(),
+            AllocationShardSpec {
+                family: "IPv6".into(),
+                first: "10.0.0.0".into(),
+                crc32: bits.crc32,
+                payload: bits.payload,
+                ..Default::default()
+            },
+        );
+        object.metadata.annotations = Some(
+            [
+                (ANNOTATION_NETWORK.to_owned(), "DanmNet/ns/net".to_owned()),
+                (ANNOTATION_INDEX.to_owned(), "0".to_owned()),
+            ]
+            .into(),
+        );
+        let stored = to_stored(object.clone()).unwrap();
+        assert_eq!(stored.key, key, "the family of the name, not of the spec");
+        assert!(matches!(
+            decode_shard(&stored.spec, stored.key.family),
+            Err(ShardError::Family { .. })
+        ));
+        // Without a name of ipamd's, the label says it.
+        object.metadata.name = Some("renamed".into());
+        object.metadata.labels = Some([(LABEL_FAMILY.to_owned(), "v4".to_owned())].into());
+        assert_eq!(to_stored(object.clone()).unwrap().key.family, Family::V4);
+        object.metadata.labels = None;
+        assert!(to_stored(object).is_err());
+    }
 }
