@@ -750,7 +750,7 @@ fn the_dashboard_queries_real_series() {
     )
     .expect("danm.json is JSON");
     let sources = [
-        ("ipamd", "ipamd/src/metrics.rs"),
+        ("ipamd", "ipamd/src/registry.rs"),
         ("webhook", "webhook/src/metrics.rs"),
         ("netwatcher", "watchers/src/netwatcher/metrics.rs"),
         ("svcwatcher", "watchers/src/svcwatcher/mod.rs"),
