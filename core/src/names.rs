@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 /// every filesystem's 255).
 pub const MAX_NAME: usize = 128;
 
+/// The longest file name [`file_in`] builds, in bytes: Linux's `NAME_MAX`. A plain name of
+/// [`MAX_NAME`] bytes with any suffix the suite uses stays below it.
+pub const MAX_FILE_NAME: usize = 255;
+
 /// Why a string is not a plain name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -42,11 +46,16 @@ pub enum NameError {
 
 /// Checks that `name` is a plain name (see the module overview).
 pub fn plain(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
     if name.len() > MAX_NAME {
         return Err(NameError::TooLong(name.to_owned()));
+    }
+    one_component(name)
+}
+
+/// The rule without its length: 1 or more allowed characters, not `.` or `..`.
+fn one_component(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
     }
     if name == "." || name == ".." {
         return Err(NameError::Dots(name.to_owned()));
@@ -69,8 +78,12 @@ pub fn file_in(dir: &Path, name: &str, suffix: &str) -> Result<PathBuf, NameErro
     plain(name)?;
     let file = format!("{name}{suffix}");
     // The suffix is the caller's constant (".conf"); checked anyway, so that no call can
-    // build a path with a separator in it.
-    plain(&file)?;
+    // build a path with a separator in it. The file name may be longer than a plain name
+    // (a name of MAX_NAME bytes plus ".conflist" is a valid file), not than the filesystem's.
+    if file.len() > MAX_FILE_NAME {
+        return Err(NameError::TooLong(file));
+    }
+    one_component(&file)?;
     Ok(dir.join(file))
 }
 
@@ -131,5 +144,22 @@ mod tests {
             assert!(file_in(dir, bad, ".conf").is_err(), "{bad:?}");
         }
         assert!(file_in(dir, "x", "/../../y").is_err());
+    }
+
+    /// Found by the `network_spec` fuzz target: a NetworkID of 120 bytes was admitted, yet
+    /// `<id>.conflist` (129 bytes) was refused as a file name, so the plugin could not look
+    /// for the network's configuration at all.
+    #[test]
+    fn every_admitted_name_makes_a_file_with_any_suffix_the_suite_uses() {
+        let dir = Path::new("/etc/cni/net.d");
+        let longest = "y".repeat(MAX_NAME);
+        for suffix in ["", ".conf", ".conflist"] {
+            let file = file_in(dir, &longest, suffix).unwrap();
+            assert_eq!(file.parent(), Some(dir));
+        }
+        assert!(matches!(
+            file_in(dir, "x", &"y".repeat(MAX_FILE_NAME)),
+            Err(NameError::TooLong(_))
+        ));
     }
 }
