@@ -226,27 +226,27 @@ impl Plugin for DanmIpam {
     }
 }
 
-/// STATUS against ipamd: code 50 when it cannot be reached or is not ready.
+/// STATUS: whether this node can serve ADD as far as the node itself goes. The
+/// configuration parsed (the caller did that), ipamd's address is valid and the TLS files
+/// are readable and well formed; otherwise code 50 with what is wrong.
+///
+/// ipamd itself is deliberately not asked. ipamd is one service for the whole cluster, so
+/// a STATUS that failed while ipamd was down would turn every node's NetworkReady false at
+/// once (containerd 2.x asks on every CRI status, kubelet every 5 s), and the nodes would go
+/// NotReady and their pods could be evicted, for an outage that running pods do not feel.
+/// New pods wait instead: their ADD fails with code 11 ("try again later") and an event
+/// that names ipamd, and kubelet retries. Peers decide the same way for a cluster-wide
+/// dependency: Calico's plugin has no STATUS at all, and Multus asks only node-local
+/// things (its readiness file and the primary network's delegate), while Cilium's asks its
+/// agent, which runs on the node. docs/cni.md has the evidence.
 pub async fn status(address: &str, tls: Option<&ipamd::ClientTls>) -> Result<(), CniError> {
-    let not_available = |details: String| {
+    ipamd::check_local(address, tls).map_err(|e| {
         CniError::new(
             ErrorCode::NotAvailable,
-            format!("ipamd at {address} is not available"),
-            details,
+            format!("danm cannot call ipamd from this node: {}", e.msg),
+            e.details,
         )
-    };
-    let mut client = ipamd::connect(address, CALL_TIMEOUT, tls)
-        .await
-        .map_err(|e| not_available(e.to_string()))?;
-    let status = client
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(|s| not_available(s.message().to_owned()))?
-        .into_inner();
-    if !status.ready {
-        return Err(not_available("not ready".to_owned()));
-    }
-    Ok(())
+    })
 }
 
 /// `cni.dev/valid-attachments` of a GC request.

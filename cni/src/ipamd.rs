@@ -119,29 +119,48 @@ pub async fn connect(
         call_timeout: timeout,
         request_id: request_id().to_owned(),
     };
-    client::connect(&settings).await.map_err(|e| {
-        let code = match &e {
-            ClientError::Read { .. } => ErrorCode::IoFailure,
-            ClientError::Unreachable { .. } => ErrorCode::TryAgainLater,
-            ClientError::NotHttps { .. }
-            | ClientError::Address { .. }
-            | ClientError::Token { .. }
-            | ClientError::Tls { .. } => ErrorCode::InvalidConfig,
-        };
-        // The message says what failed; the details carry the cause (or what to do).
-        let (msg, details) = match &e {
-            ClientError::Unreachable { address, reason } => {
-                (format!("ipamd at {address} is unreachable"), reason.clone())
-            }
-            ClientError::NotHttps { .. } => (
-                format!("ipamdTLS: {e}"),
-                "give an https:// address, or drop ipamdTLS".to_owned(),
-            ),
-            ClientError::Read { source, .. } => (e.to_string(), source.to_string()),
-            _ => (e.to_string(), String::new()),
-        };
-        CniError::new(code, msg, details)
-    })
+    client::connect(&settings).await.map_err(client_error)
+}
+
+/// Checks what a call to ipamd needs on this node, without calling it: the address is
+/// valid and the TLS files (CA, certificate and key, token) are readable and well formed.
+/// STATUS answers with this alone (see [`crate::ipam_plugin::status`]).
+pub fn check_local(address: &str, tls: Option<&ClientTls>) -> Result<(), CniError> {
+    let settings = Settings {
+        address: address.to_owned(),
+        tls: tls.cloned(),
+        connect_timeout: CONNECT_TIMEOUT,
+        call_timeout: CONNECT_TIMEOUT,
+        request_id: request_id().to_owned(),
+    };
+    client::connect_lazy(&settings)
+        .map(drop)
+        .map_err(client_error)
+}
+
+/// A client error as the CNI error a runtime acts on.
+fn client_error(e: ClientError) -> CniError {
+    let code = match &e {
+        ClientError::Read { .. } => ErrorCode::IoFailure,
+        ClientError::Unreachable { .. } => ErrorCode::TryAgainLater,
+        ClientError::NotHttps { .. }
+        | ClientError::Address { .. }
+        | ClientError::Token { .. }
+        | ClientError::Tls { .. } => ErrorCode::InvalidConfig,
+    };
+    // The message says what failed; the details carry the cause (or what to do).
+    let (msg, details) = match &e {
+        ClientError::Unreachable { address, reason } => {
+            (format!("ipamd at {address} is unreachable"), reason.clone())
+        }
+        ClientError::NotHttps { .. } => (
+            format!("ipamdTLS: {e}"),
+            "give an https:// address, or drop ipamdTLS".to_owned(),
+        ),
+        ClientError::Read { source, .. } => (e.to_string(), source.to_string()),
+        _ => (e.to_string(), String::new()),
+    };
+    CniError::new(code, msg, details)
 }
 
 /// A gRPC error of ipamd as a CNI error; `what` says what was being done.

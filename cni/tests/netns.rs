@@ -361,8 +361,22 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
             .contains(&json!("0.4.0"))
     );
     assert!(danm("STATUS", "", "", &tiny).await.ok);
+    // STATUS does not ask ipamd: an ipamd outage must not make every node NotReady (see
+    // ipam_plugin::status). What the node itself lacks is reported: a missing TLS file.
     let status = danm("STATUS", "", "", &gone).await;
+    assert!(status.ok, "{} {}", status.stdout, status.stderr);
+    let mut no_ca = gone.clone();
+    no_ca["ipamd"] = json!("https://127.0.0.1:1");
+    no_ca["ipamdTLS"] = json!({"ca": dir.path().join("missing-ca.pem")});
+    let status = danm("STATUS", "", "", &no_ca).await;
     assert_eq!(status.stdout["code"], 50, "{}", status.stdout);
+    assert!(
+        status.stdout["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing-ca.pem")),
+        "{}",
+        status.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

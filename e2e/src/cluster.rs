@@ -76,6 +76,17 @@ impl Pki {
         path
     }
 
+    /// A node's client certificate and key in one PEM file (CN `system:node:<node>` in
+    /// `system:nodes`, as the kubelet's `kubelet-client-current.pem`).
+    pub fn node_certificate(&self, node: &str) -> PathBuf {
+        self.issue(
+            node,
+            &format!("system:node:{node}"),
+            Some("system:nodes"),
+            false,
+        )
+    }
+
     /// The CA's certificate.
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
@@ -102,6 +113,9 @@ pub struct Cluster {
     webhook_address: Option<SocketAddr>,
     /// ipamd's replicas (drop one to kill it).
     pub ipamd: Vec<Spawned>,
+    /// Where each replica listens, and its kubeconfig: for [`Cluster::restart_ipamd`].
+    ipamd_listen: Vec<SocketAddr>,
+    ipamd_kubeconfig: PathBuf,
     /// The forwarder in front of ipamd's replicas (the `danm-ipamd` Service), on the host.
     pub ipamd_address: SocketAddr,
     /// The certificates.
@@ -129,13 +143,20 @@ impl Cluster {
         let fabric = Fabric::new();
         let ipamd_kubeconfig =
             danm_testkit::identity::service_account_kubeconfig(&plane, "ipamd", &[]).await;
-        let replicas: Vec<(SocketAddr, Spawned)> = (0..3)
-            .map(|i| start_ipamd(&plane, &pki, &ipamd_kubeconfig, i))
+        let ipamd_listen: Vec<SocketAddr> = (0..3)
+            .map(|_| {
+                format!("127.0.0.1:{}", free_port())
+                    .parse()
+                    .expect("an address")
+            })
+            .collect();
+        let ipamd = ipamd_listen
+            .iter()
+            .zip(0..)
+            .map(|(listen, i)| start_ipamd(&plane, &pki, &ipamd_kubeconfig, i, *listen))
             .collect();
         let ipamd_address =
-            danm_testkit::webhook::round_robin(replicas.iter().map(|(a, _)| *a).collect())
-                .expect("the forwarder starts");
-        let ipamd: Vec<Spawned> = replicas.into_iter().map(|(_, p)| p).collect();
+            danm_testkit::webhook::round_robin(ipamd_listen.clone()).expect("the forwarder starts");
         let svcwatcher = start_svcwatcher(&plane).await;
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -144,6 +165,8 @@ impl Cluster {
             webhook: None,
             webhook_address: None,
             ipamd,
+            ipamd_listen,
+            ipamd_kubeconfig,
             ipamd_address,
             pki,
             fabric,
@@ -161,12 +184,7 @@ impl Cluster {
     pub async fn add_node(&mut self, index: u8) {
         let name = format!("node-{index}");
         let machine = Arc::new(Machine::new(&self.fabric, index));
-        let cert = self.pki.issue(
-            &name,
-            &format!("system:node:{name}"),
-            Some("system:nodes"),
-            false,
-        );
+        let cert = self.pki.node_certificate(&name);
         let node_dir = self.dir.path().join(&name);
         let net_d = node_dir.join("net.d");
         std::fs::create_dir_all(&net_d).expect("net.d");
@@ -234,6 +252,21 @@ impl Cluster {
         self.plane
             .spawn_beside(&format!("netwatcher-{node}"), command)
             .expect("netwatcher starts")
+    }
+
+    /// Starts every ipamd replica again on its address (after a test stopped them all by
+    /// clearing [`Cluster::ipamd`]) and waits until they serve.
+    pub async fn restart_ipamd(&mut self) {
+        self.ipamd.clear();
+        self.ipamd = self
+            .ipamd_listen
+            .iter()
+            .zip(0..)
+            .map(|(listen, i)| {
+                start_ipamd(&self.plane, &self.pki, &self.ipamd_kubeconfig, i, *listen)
+            })
+            .collect();
+        self.wait_ipamd_serving().await;
     }
 
     /// Waits until every replica answers the health service.
@@ -462,16 +495,14 @@ async fn start_svcwatcher(plane: &ControlPlane) -> Spawned {
         .expect("svcwatcher starts")
 }
 
-/// Starts ipamd replica `index` as the Deployment does, on loopback; its address.
+/// Starts ipamd replica `index` as the Deployment does, on `listen` (loopback).
 fn start_ipamd(
     plane: &ControlPlane,
     pki: &Pki,
     kubeconfig: &Path,
     index: u16,
-) -> (SocketAddr, Spawned) {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("an address");
+    listen: SocketAddr,
+) -> Spawned {
     let mut command = Command::new(binary("ipamd"));
     command
         .env("KUBECONFIG", kubeconfig)
@@ -492,8 +523,7 @@ fn start_ipamd(
             "danm-cleaner",
         ])
         .args(["--start-hint", &(index * 21_845).to_string()]);
-    let process = plane
+    plane
         .spawn_beside(&format!("ipamd-{index}"), command)
-        .expect("ipamd starts");
-    (listen, process)
+        .expect("ipamd starts")
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl) from the Go modules pinned in go.mod/go.sum, into a cache folder
-# keyed by those pins, and prints that folder. A second run with the same pins builds
-# nothing. Concurrent runs (parallel test binaries) wait for each other.
+# kube-scheduler, kubectl) and the real nodes' kubelet, pause program (the sandbox image's
+# process: no registry is reachable) and containerd 2.x from the Go modules pinned in
+# go.mod/go.sum (containerd: its version below, with its own go.sum),
+# into a cache folder keyed by those pins, and prints that folder. A second run with the
+# same pins builds nothing. Concurrent runs (parallel test binaries) wait for each other.
 #
 #   DANM_K8S_CACHE   cache root (default: ~/.cache/danm-rs/k8s)
 #
@@ -11,10 +13,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" {print $2}' go.mod)"
-key="$(cat go.mod go.sum build.sh cmd/etcd/main.go | sha256sum | cut -c1-16)"
+key="$(cat go.mod go.sum build.sh cmd/*/main.go | sha256sum | cut -c1-16)"
 root="${DANM_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/danm-rs/k8s}"
 out="$root/$k8s_version-$key"
-bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# containerd 2.x for the real nodes (containerd 1.6 is Debian's), by its module's own pins.
+containerd_version=v2.4.2
+bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet pause
+  containerd/containerd containerd/containerd-shim-runc-v2 containerd/ctr)
 
 built() {
   for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || return 1; done
@@ -27,7 +32,7 @@ if ! built; then
 fi
 if ! built; then
   command -v go >/dev/null || { echo "build.sh: go is not installed (Go 1.24 or newer is needed to build the test control plane)" >&2; exit 1; }
-  echo "build.sh: building Kubernetes $k8s_version and etcd into $out (first time only; about 4 minutes on 2 cores, module downloads included)" >&2
+  echo "build.sh: building Kubernetes $k8s_version, etcd and containerd $containerd_version into $out (first time only; about 9 minutes on 2 cores, module downloads included)" >&2
   started=$(date +%s)
   major="${k8s_version#v}"; major="${major%%.*}"
   minor="${k8s_version#v*.}"; minor="${minor%%.*}"
@@ -44,7 +49,13 @@ if ! built; then
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet \
+    ./cmd/pause
+  GOBIN="$tmp/bin/containerd" go install -trimpath -ldflags "-s -w" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$containerd_version" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$containerd_version" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$containerd_version"
   rm -rf "$out" && mv "$tmp" "$out"
   echo "build.sh: built in $(( $(date +%s) - started )) s" >&2
 fi

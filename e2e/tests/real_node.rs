@@ -1,0 +1,378 @@
+//! Pods on a real node: kubelet and containerd (Debian's 1.6 in CI, or `DANM_CONTAINERD`'s)
+//! start them, and containerd calls the `danm` plugin with `00-danm.conf` rendered from
+//! `deploy/base/cni/00-danm.conf.template` as the CNI installer renders it (only the
+//! node's paths differ). The plugin reaches ipamd over mutual TLS with the node's
+//! certificate, and ipamd authorizes the node for the pod as in production.
+//!
+//! The first contact of the suite with a container runtime found that containerd 1.6 ran
+//! ADD and then refused every sandbox with `unsupported CNI result version "1.1.0"`; the
+//! first test here is that pod, Running, with its address from ipamd, and gone without a
+//! trace when deleted.
+
+use std::time::{Duration, Instant};
+
+use danm_crds::DanmEp;
+use danm_e2e::cluster::{Cluster, binary};
+use danm_e2e::fabric::{ip, is_root, unique};
+use danm_e2e::pods::{pod_ip, ready};
+use danm_e2e::real_node::{Containerd, PAUSE_IMAGE, RealNode, RealNodeConfig};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+
+/// A veth pair in the host's namespace whose first end the pods' macvlans ride on
+/// (containerd runs `danm` in the host's namespace); removed on drop.
+struct HostLink(String);
+
+impl HostLink {
+    fn new() -> HostLink {
+        let name = unique("drn");
+        ip(&[
+            "link",
+            "add",
+            &name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{name}p"),
+        ]);
+        ip(&["link", "set", &name, "up"]);
+        ip(&["link", "set", &format!("{name}p"), "up"]);
+        HostLink(name)
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.0])
+            .status();
+    }
+}
+
+/// `00-danm.conf` as `deploy/images/install-cni.sh` renders the template for a node
+/// whose ipamd Service is at `ipamd`, with the test's certificates in place of the
+/// node's files.
+fn rendered_template(cluster: &Cluster, node: &str) -> serde_json::Value {
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/base/cni/00-danm.conf.template"),
+    )
+    .expect("the template");
+    let address = cluster.ipamd_address;
+    let text = template
+        .replace("${DANM_IPAMD_SERVICE_HOST}", &address.ip().to_string())
+        .replace(
+            "${DANM_IPAMD_SERVICE_PORT_GRPC}",
+            &address.port().to_string(),
+        );
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let cert = cluster.pki.node_certificate(node);
+    config["ipamdTLS"]["ca"] = serde_json::json!(cluster.pki.ca());
+    config["ipamdTLS"]["cert"] = serde_json::json!(cert);
+    config["ipamdTLS"]["key"] = serde_json::json!(cert);
+    config
+}
+
+fn pod(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: real-node}}
+spec:
+  nodeName: {node}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: app, image: "{PAUSE_IMAGE}", imagePullPolicy: Never, command: [/pause]}}]
+"#
+    )
+}
+
+/// The namespace `real-node` and its `default` DanmNet: macvlan over `link`.
+fn default_network(link: &HostLink) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: real-node}}
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: default, namespace: real-node}}
+spec:
+  NetworkID: default
+  NetworkType: macvlan
+  Options:
+    host_device: {host}
+    cidr: 198.18.7.0/24
+    allocation_pool: {{start: 198.18.7.10, end: 198.18.7.20}}
+"#,
+        host = link.0
+    )
+}
+
+/// Node `real-1` with `containerd` and `00-danm.conf` from the template.
+async fn start_node(cluster: &Cluster, containerd: Containerd) -> RealNode {
+    RealNode::start(
+        &cluster.plane,
+        containerd,
+        RealNodeConfig {
+            name: "real-1".into(),
+            danm: binary("danm"),
+            cni_config: rendered_template(cluster, "real-1"),
+            cni_files: vec![],
+        },
+    )
+    .await
+}
+
+/// Polls `check` every 250 ms for at most `seconds`; panics with `diagnose()` after.
+async fn eventually<T, F, Fut>(
+    seconds: u64,
+    what: &str,
+    diagnose: impl Fn() -> String,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {seconds} s\n{}",
+            diagnose()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_1_6_starts_a_pod_whose_network_danm_built_and_deletes_it_leaving_nothing() {
+    assert!(
+        is_root(),
+        "a real node needs root (kubelet, containerd, runc)"
+    );
+    let containerd = Containerd::debian();
+    a_pod_lives_and_goes(Cluster::start(0).await, containerd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_2_starts_a_pod_whose_network_danm_built_and_deletes_it_leaving_nothing() {
+    assert!(
+        is_root(),
+        "a real node needs root (kubelet, containerd, runc)"
+    );
+    let cluster = Cluster::start(0).await;
+    let containerd = Containerd::built(&cluster.plane);
+    assert!(
+        containerd.minor_version().starts_with("2."),
+        "{}",
+        containerd.version
+    );
+    a_pod_lives_and_goes(cluster, containerd).await;
+}
+
+/// One pod on a real node with `containerd`: Running with an address of the default
+/// network from ipamd and a DanmEp on the node; deleted, nothing held.
+async fn a_pod_lives_and_goes(cluster: Cluster, containerd: Containerd) {
+    danm_e2e::pods::init_logs();
+    let link = HostLink::new();
+    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
+    let node = start_node(&cluster, containerd).await;
+    let diagnose = || {
+        format!(
+            "{}\n--- kubelet\n{}\n--- containerd ({})\n{}",
+            cluster.diagnose(),
+            node.kubelet_log(25),
+            node.containerd.version,
+            node.containerd_log(25)
+        )
+    };
+    let client = cluster.plane.client().await;
+    // The node says which runtime it runs: the one under test.
+    let reported = Api::<Node>::all(client.clone())
+        .get("real-1")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.node_info)
+        .map(|i| i.container_runtime_version)
+        .unwrap_or_default();
+    let minor = node.containerd.minor_version();
+    assert!(
+        reported.starts_with(&format!("containerd://{minor}."))
+            || reported.starts_with(&format!("containerd://v{minor}.")),
+        "the node runs containerd {minor}: {reported}"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
+    let eps: Api<DanmEp> = Api::namespaced(client.clone(), "real-node");
+
+    cluster.kubectl(&["apply", "-f", "-"], &pod("web-0", "real-1"));
+    let running = eventually(90, "web-0 Running and Ready", diagnose, || async {
+        let pod = pods.get_opt("web-0").await.ok()??;
+        ready(&pod).then_some(pod)
+    })
+    .await;
+    let address = pod_ip(&running);
+    assert!(
+        address.starts_with("198.18.7."),
+        "the pod's IP is the default network's, from ipamd: {address:?}"
+    );
+    let records = eps.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(records.len(), 1, "one DanmEp: {records:?}");
+    assert_eq!(records[0].spec.host, "real-1");
+    assert!(
+        cluster
+            .allocations()
+            .await
+            .contains(&format!("real-node/default {address}")),
+        "ipamd holds the address"
+    );
+
+    cluster.kubectl(
+        &["delete", "pod", "web-0", "-n", "real-node", "--wait=true"],
+        "",
+    );
+    eventually(60, "web-0's DanmEp and address freed", diagnose, || async {
+        let records = eps.list(&ListParams::default()).await.ok()?.items;
+        let held = cluster
+            .allocations()
+            .await
+            .iter()
+            .any(|a| a.starts_with("real-node/"));
+        (records.is_empty() && !held).then_some(())
+    })
+    .await;
+    drop(node);
+    drop(link);
+}
+
+/// ipamd down (every replica) on a node whose containerd (2.x) would call STATUS: the
+/// node stays Ready and its running pod stays Running; a new pod waits, with an event that
+/// names ipamd, and starts once ipamd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
+    danm_e2e::pods::init_logs();
+    assert!(
+        is_root(),
+        "a real node needs root (kubelet, containerd, runc)"
+    );
+    let mut cluster = Cluster::start(0).await;
+    let containerd = Containerd::built(&cluster.plane);
+    let link = HostLink::new();
+    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
+    let node = start_node(&cluster, containerd).await;
+    let client = cluster.plane.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let logs = |cluster: &Cluster| {
+        format!(
+            "{}\n--- kubelet\n{}\n--- containerd\n{}",
+            cluster.diagnose(),
+            node.kubelet_log(25),
+            node.containerd_log(25)
+        )
+    };
+    cluster.kubectl(&["apply", "-f", "-"], &pod("web-0", "real-1"));
+    let first = eventually(
+        90,
+        "web-0 Running",
+        || logs(&cluster),
+        || async {
+            let pod = pods.get_opt("web-0").await.ok()??;
+            ready(&pod).then_some(pod)
+        },
+    )
+    .await;
+
+    cluster.ipamd.clear();
+    cluster.kubectl(&["apply", "-f", "-"], &pod("web-1", "real-1"));
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client.clone(), "real-node");
+    let message = eventually(
+        60,
+        "an event on web-1 naming ipamd",
+        || logs(&cluster),
+        || async {
+            let list = events
+                .list(&ListParams::default().fields("involvedObject.name=web-1"))
+                .await
+                .ok()?;
+            list.items.into_iter().find_map(|e| {
+                let message = e.message.unwrap_or_default();
+                (e.reason.as_deref() == Some("FailedCreatePodSandBox") && message.contains("ipamd"))
+                    .then_some(message)
+            })
+        },
+    )
+    .await;
+    assert!(message.contains("danm"), "{message}");
+    // 40 s of outage: eight of containerd's 5 s network-status rounds and of kubelet's
+    // node-status updates (5 s here).
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(40) {
+        let status = nodes
+            .get("real-1")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        let ready_condition = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("a Ready condition");
+        assert_eq!(
+            ready_condition.status,
+            "True",
+            "the node went NotReady during the ipamd outage: {ready_condition:?}\n{}",
+            logs(&cluster)
+        );
+        let web0 = pods.get("web-0").await.unwrap();
+        assert!(ready(&web0), "web-0 is no longer ready: {:?}", web0.status);
+        assert_eq!(
+            web0.metadata.uid, first.metadata.uid,
+            "web-0 was not replaced"
+        );
+        let web1 = pods.get("web-1").await.unwrap();
+        assert!(!ready(&web1), "web-1 started without ipamd");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    cluster.restart_ipamd().await;
+    let second = eventually(
+        120,
+        "web-1 Running after ipamd returned",
+        || logs(&cluster),
+        || async {
+            let pod = pods.get_opt("web-1").await.ok()??;
+            ready(&pod).then_some(pod)
+        },
+    )
+    .await;
+    assert!(pod_ip(&second).starts_with("198.18.7."));
+    assert_ne!(pod_ip(&second), pod_ip(&first));
+    for name in ["web-0", "web-1"] {
+        cluster.kubectl(
+            &["delete", "pod", name, "-n", "real-node", "--wait=true"],
+            "",
+        );
+    }
+    assert!(
+        !cluster
+            .allocations()
+            .await
+            .iter()
+            .any(|a| a.starts_with("real-node/")),
+        "nothing held after both pods went"
+    );
+    drop(node);
+    drop(link);
+}
