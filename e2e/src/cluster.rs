@@ -130,9 +130,21 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the control plane, ipamd and `nodes` nodes.
     pub async fn start(nodes: u8) -> Cluster {
+        Cluster::start_with(nodes, false).await
+    }
+
+    /// Starts the control plane with the node lifecycle controller (which lifts the
+    /// `not-ready` taint a kubelet registers with, and evicts the pods of nodes that go
+    /// NotReady), and ipamd, for real nodes ([`crate::real_node`]); no agent node.
+    pub async fn start_for_real_nodes() -> Cluster {
+        Cluster::start_with(0, true).await
+    }
+
+    async fn start_with(nodes: u8, node_lifecycle: bool) -> Cluster {
         let plane = ControlPlane::start(Options {
             scheduler: true,
             pod_gc: true,
+            node_lifecycle,
             ..Options::default()
         })
         .await

@@ -1,13 +1,15 @@
-//! Pods on a real node: kubelet and containerd (Debian's 1.6 in CI, or `DANM_CONTAINERD`'s)
-//! start them, and containerd calls the `danm` plugin with `00-danm.conf` rendered from
+//! Pods on a real node: kubelet and containerd (Debian's 1.6, or 2.4.2 as
+//! `testkit/k8s/build.sh` builds it) start them, and containerd calls the `danm` plugin with `00-danm.conf` rendered from
 //! `deploy/base/cni/00-danm.conf.template` as the CNI installer renders it (only the
 //! node's paths differ). The plugin reaches ipamd over mutual TLS with the node's
 //! certificate, and ipamd authorizes the node for the pod as in production.
 //!
 //! The first contact of the suite with a container runtime found that containerd 1.6 ran
 //! ADD and then refused every sandbox with `unsupported CNI result version "1.1.0"`; the
-//! first test here is that pod, Running, with its address from ipamd, and gone without a
-//! trace when deleted.
+//! first tests here are that pod, on both runtimes, Running with its address from ipamd and
+//! gone without a trace when deleted. Then: an ipamd outage (nodes stay Ready, new pods
+//! wait), and kubelet and containerd restarted under a StatefulSet pod with a static
+//! address.
 
 use std::time::{Duration, Instant};
 
@@ -159,7 +161,7 @@ async fn containerd_1_6_starts_a_pod_whose_network_danm_built_and_deletes_it_lea
         "a real node needs root (kubelet, containerd, runc)"
     );
     let containerd = Containerd::debian();
-    a_pod_lives_and_goes(Cluster::start(0).await, containerd).await;
+    a_pod_lives_and_goes(Cluster::start_for_real_nodes().await, containerd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +170,7 @@ async fn containerd_2_starts_a_pod_whose_network_danm_built_and_deletes_it_leavi
         is_root(),
         "a real node needs root (kubelet, containerd, runc)"
     );
-    let cluster = Cluster::start(0).await;
+    let cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
     assert!(
         containerd.minor_version().starts_with("2."),
@@ -263,7 +265,7 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
         is_root(),
         "a real node needs root (kubelet, containerd, runc)"
     );
-    let mut cluster = Cluster::start(0).await;
+    let mut cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
     let link = HostLink::new();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
@@ -373,6 +375,167 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
             .any(|a| a.starts_with("real-node/")),
         "nothing held after both pods went"
     );
+    drop(node);
+    drop(link);
+}
+
+const STATEFUL_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: real-node}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata:
+      labels: {app: db}
+      annotations:
+        danm.io/interfaces: '[{"network":"default","ip":"198.18.7.15/24"}]'
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers: [{name: db, image: "danm.test/pause:1", imagePullPolicy: Never, command: [/pause]}]
+"#;
+
+/// On containerd 1.6: a StatefulSet pod with a static address; kubelet and containerd
+/// restarted under it lose nothing (same pod, same sandbox, CHECK passes, one address
+/// held); the pod deleted comes back from its StatefulSet with the same address; scaled to
+/// zero, nothing is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_restart_loses_nothing_and_a_statefulset_pod_keeps_its_static_address() {
+    danm_e2e::pods::init_logs();
+    assert!(
+        is_root(),
+        "a real node needs root (kubelet, containerd, runc)"
+    );
+    let containerd = Containerd::debian();
+    let cluster = Cluster::start_for_real_nodes().await;
+    let link = HostLink::new();
+    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
+    let mut node = start_node(&cluster, containerd).await;
+    let client = cluster.plane.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
+    let eps: Api<DanmEp> = Api::namespaced(client.clone(), "real-node");
+    let diagnose = |node: &RealNode| {
+        format!(
+            "{}\n--- kubelet\n{}\n--- containerd\n{}",
+            cluster.diagnose(),
+            node.kubelet_log(25),
+            node.containerd_log(25)
+        )
+    };
+    cluster.kubectl(&["apply", "-f", "-"], STATEFUL_SET);
+    let first = eventually(
+        90,
+        "db-0 Running",
+        || diagnose(&node),
+        || async {
+            let pod = pods.get_opt("db-0").await.ok()??;
+            ready(&pod).then_some(pod)
+        },
+    )
+    .await;
+    assert_eq!(pod_ip(&first), "198.18.7.15");
+    let held = vec!["real-node/default 198.18.7.15".to_owned()];
+    assert_eq!(cluster.allocations().await, held);
+    let sandboxes = node.sandboxes();
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    let records: Vec<String> = eps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|e| e.metadata.uid.clone())
+        .collect();
+
+    node.restart_runtime(&cluster.plane).await;
+    // Long enough for kubelet to resync the pod (syncFrequency 5 s) and for containerd to
+    // have recovered its sandboxes.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = pods.get("db-0").await.unwrap();
+    assert!(
+        ready(&after),
+        "db-0 not ready after the restart: {:?}\n{}",
+        after.status,
+        diagnose(&node)
+    );
+    assert_eq!(after.metadata.uid, first.metadata.uid, "the same pod");
+    assert_eq!(pod_ip(&after), "198.18.7.15");
+    assert_eq!(
+        node.sandboxes(),
+        sandboxes,
+        "the same sandbox, not a new one"
+    );
+    let check = node.cni("CHECK", &sandboxes[0]);
+    assert!(
+        check.ok,
+        "CHECK after the restart: {} {}",
+        check.stdout, check.stderr
+    );
+    assert_eq!(
+        cluster.allocations().await,
+        held,
+        "no address taken or leaked"
+    );
+    let records_after: Vec<String> = eps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|e| e.metadata.uid.clone())
+        .collect();
+    assert_eq!(records_after, records, "the same DanmEp");
+
+    cluster.kubectl(
+        &["delete", "pod", "db-0", "-n", "real-node", "--wait=true"],
+        "",
+    );
+    let second = eventually(
+        90,
+        "db-0 re-created and Running",
+        || diagnose(&node),
+        || async {
+            let pod = pods.get_opt("db-0").await.ok()??;
+            (ready(&pod) && pod.metadata.uid != first.metadata.uid).then_some(pod)
+        },
+    )
+    .await;
+    assert_eq!(
+        pod_ip(&second),
+        "198.18.7.15",
+        "the static address came back"
+    );
+
+    cluster.kubectl(
+        &[
+            "scale",
+            "statefulset",
+            "db",
+            "-n",
+            "real-node",
+            "--replicas=0",
+        ],
+        "",
+    );
+    eventually(
+        60,
+        "db-0 gone and nothing held",
+        || diagnose(&node),
+        || async {
+            let gone = pods.get_opt("db-0").await.ok()?.is_none();
+            let held = cluster
+                .allocations()
+                .await
+                .iter()
+                .any(|a| a.starts_with("real-node/"));
+            let records = eps.list(&ListParams::default()).await.ok()?.items.len();
+            (gone && !held && records == 0).then_some(())
+        },
+    )
+    .await;
     drop(node);
     drop(link);
 }

@@ -103,6 +103,11 @@ pub struct Options {
     /// exist (after its 40 s quarantine): for tests whose nodes die. Off by default: other
     /// tests bind pods to nodes that never exist.
     pub pod_gc: bool,
+    /// Also run the node lifecycle controller, which marks nodes whose kubelet stopped
+    /// reporting Unknown, taints NotReady and unreachable nodes (evicting their pods) and
+    /// lifts the `not-ready` taint a kubelet registers with: for real nodes. Off by
+    /// default: other tests' nodes do not renew their leases.
+    pub node_lifecycle: bool,
 }
 
 /// A running control plane. See the module overview.
@@ -236,7 +241,7 @@ impl ControlPlane {
         plane.wait_ready(&client, "kube-apiserver").await?;
         plane.apply_crds(&client).await?;
         // The controllers start after the CRDs exist, so the garbage collector knows them.
-        plane.start_controller_manager(options.pod_gc)?;
+        plane.start_controller_manager(&options)?;
         if options.scheduler {
             plane.start_scheduler()?;
         }
@@ -376,13 +381,15 @@ impl ControlPlane {
         ]
     }
 
-    fn start_controller_manager(&self, pod_gc: bool) -> Result<(), Error> {
+    fn start_controller_manager(&self, options: &Options) -> Result<(), Error> {
         let mut args = self.component_args();
-        let controllers = if pod_gc {
-            format!("{CONTROLLERS},podgc")
-        } else {
-            CONTROLLERS.to_owned()
-        };
+        let mut controllers = CONTROLLERS.to_owned();
+        if options.pod_gc {
+            controllers.push_str(",podgc");
+        }
+        if options.node_lifecycle {
+            controllers.push_str(",nodelifecycle");
+        }
         args.extend([
             format!("--controllers={controllers}"),
             format!("--cert-dir={}", self.dir.join("kcm-certs").display()),

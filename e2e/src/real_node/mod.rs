@@ -28,105 +28,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod containerd;
+mod host;
+
+pub use containerd::Containerd;
+use host::{HostState, kill_shims, lock_host};
+
 use danm_testkit::control_plane::{ControlPlane, Spawned, free_port};
 use danm_testkit::image::{Image, ImageFile, docker_archive};
 use k8s_openapi::api::core::v1::Node;
 
 /// The sandbox image every real node imports.
 pub const PAUSE_IMAGE: &str = "danm.test/pause:1";
-
-/// The sysctls kubelet sets on start (`setupKernelTunables`), restored on drop.
-const KUBELET_SYSCTLS: &[&str] = &[
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-];
-
-/// The containerd a node runs.
-#[derive(Debug, Clone)]
-pub struct Containerd {
-    /// `containerd`.
-    pub daemon: PathBuf,
-    /// `ctr`.
-    pub ctr: PathBuf,
-    /// The folder with `containerd-shim-runc-v2`, put first on the daemon's `PATH`.
-    pub bin_dir: PathBuf,
-    /// What `containerd --version` says.
-    pub version: String,
-}
-
-impl Containerd {
-    /// Debian's containerd 1.6 (`apt-get install containerd runc`; `.ci/run` installs
-    /// them), from `PATH`.
-    pub fn debian() -> Containerd {
-        let found = which("containerd")
-            .and_then(|daemon| Containerd::in_dir(daemon.parent()?))
-            .filter(|c| c.minor_version() == "1.6");
-        found.unwrap_or_else(|| {
-            panic!(
-                "containerd 1.6 with containerd-shim-runc-v2, ctr and runc is not on PATH: \
-                 `apt-get install containerd runc` on Debian 12 (.ci/run does)"
-            )
-        })
-    }
-
-    /// containerd 2.x as `testkit/k8s/build.sh` builds it, beside the control plane's
-    /// binaries.
-    pub fn built(plane: &ControlPlane) -> Containerd {
-        let dir = plane.binary("containerd");
-        Containerd::in_dir(&dir).unwrap_or_else(|| {
-            panic!(
-                "{} lacks containerd, containerd-shim-runc-v2 or ctr, or runc is not on PATH",
-                dir.display()
-            )
-        })
-    }
-
-    /// The containerd of `bin_dir`, if it has the daemon, the shim and `ctr` (the host's
-    /// `ctr` otherwise) and runc is on `PATH`.
-    fn in_dir(bin_dir: &Path) -> Option<Containerd> {
-        let daemon = bin_dir.join("containerd");
-        let ctr = [bin_dir.join("ctr"), which("ctr").unwrap_or_default()]
-            .into_iter()
-            .find(|p| p.is_file())?;
-        if !daemon.is_file() || !bin_dir.join("containerd-shim-runc-v2").is_file() {
-            return None;
-        }
-        which("runc")?;
-        let out = Command::new(&daemon).arg("--version").output().ok()?;
-        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Some(Containerd {
-            daemon,
-            ctr,
-            bin_dir: bin_dir.to_owned(),
-            version,
-        })
-    }
-
-    /// The `major.minor` of this containerd (`1.6`), from its `--version`.
-    pub fn minor_version(&self) -> String {
-        self.version
-            .split_whitespace()
-            .find_map(|w| {
-                let mut parts = w.trim_start_matches('v').split(['.', '~', '-', '+']);
-                let (major, minor) = (parts.next()?, parts.next()?);
-                (major.parse::<u32>().is_ok() && minor.parse::<u32>().is_ok())
-                    .then(|| format!("{major}.{minor}"))
-            })
-            .unwrap_or_default()
-    }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(program))
-        .find(|p| p.is_file())
-}
 
 /// What the node's CNI is.
 #[derive(Debug, Clone)]
@@ -141,6 +54,21 @@ pub struct RealNodeConfig {
     pub cni_config: serde_json::Value,
     /// Other files of `conf_dir` (a delegate's configuration), by name.
     pub cni_files: Vec<(String, String)>,
+}
+
+/// A pod sandbox as containerd holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Its container id (`CNI_CONTAINERID`).
+    pub id: String,
+    /// Its network namespace (`CNI_NETNS`).
+    pub netns: String,
+    /// The pod's namespace.
+    pub pod_namespace: String,
+    /// The pod's name.
+    pub pod_name: String,
+    /// The pod's UID.
+    pub pod_uid: String,
 }
 
 /// See the module overview.
@@ -410,6 +338,81 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self.kubelet = Some(process);
     }
 
+    /// kubelet and containerd stop (SIGTERM) and start again, as on a node whose runtime
+    /// is upgraded: the pods' containers and shims keep running in between. Returns once
+    /// the Node is Ready again.
+    pub async fn restart_runtime(&mut self, plane: &ControlPlane) {
+        drop(self.kubelet.take());
+        drop(self.containerd_process.take());
+        let (bin, conf) = (self.dir.join("cni/bin"), self.cni_dir());
+        self.start_containerd(plane, &bin, &conf).await;
+        self.start_kubelet(plane).await;
+    }
+
+    /// The pod sandboxes containerd holds.
+    pub fn sandboxes(&self) -> Vec<Sandbox> {
+        let ids = self
+            .ctr(&[
+                "containers",
+                "ls",
+                "-q",
+                "labels.\"io.cri-containerd.kind\"==sandbox",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        ids.split_whitespace()
+            .map(|id| {
+                let info: serde_json::Value = serde_json::from_str(
+                    &self
+                        .ctr(&["containers", "info", id])
+                        .unwrap_or_else(|e| panic!("{e}")),
+                )
+                .expect("ctr prints JSON");
+                let label = |key: &str| info["Labels"][key].as_str().unwrap_or_default().to_owned();
+                let netns = info["Spec"]["linux"]["namespaces"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|n| n["type"] == "network")
+                    .and_then(|n| n["path"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                Sandbox {
+                    id: id.to_owned(),
+                    netns,
+                    pod_namespace: label("io.kubernetes.pod.namespace"),
+                    pod_name: label("io.kubernetes.pod.name"),
+                    pod_uid: label("io.kubernetes.pod.uid"),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs the node's `danm` with `command` (CHECK, say) for `sandbox`'s `eth0`, with the
+    /// node's `00-danm.conf`, as containerd calls it.
+    pub fn cni(&self, command: &str, sandbox: &Sandbox) -> danm_testkit::cni::CniOutcome {
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(self.cni_dir().join("00-danm.conf")).expect("00-danm.conf"),
+        )
+        .expect("JSON");
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            sandbox.pod_namespace, sandbox.pod_name, sandbox.id, sandbox.pod_uid
+        );
+        let path = self.dir.join("cni/bin").display().to_string();
+        danm_testkit::cni::run(
+            &self.dir.join("cni/bin/danm"),
+            &danm_testkit::cni::CniCall {
+                command,
+                container_id: &sandbox.id,
+                netns: &sandbox.netns,
+                ifname: "eth0",
+                args: &args,
+                path: Some(&path),
+            },
+            &config,
+        )
+    }
+
     /// The last lines of containerd's log.
     pub fn containerd_log(&self, lines: usize) -> String {
         self.containerd_process
@@ -455,124 +458,4 @@ impl Drop for RealNode {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Holds `/run/danm-real-node.lock` (one real node per machine at a time).
-fn lock_host() -> nix::fcntl::Flock<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/danm-real-node.lock")
-        .expect("the real node's lock file");
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("the real node's lock: {e}"))
-}
-
-/// Kills what is left of containerd's shims for `socket` (a shim outlives containerd).
-fn kill_shims(socket: &Path) {
-    let socket = socket.display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("containerd-shim") && cmdline.contains(&socket) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-/// What the node changes on the host, saved before it starts.
-#[derive(Debug)]
-struct HostState {
-    dir: PathBuf,
-    sysctls: Vec<(&'static str, String)>,
-    cgroups: Vec<PathBuf>,
-    netns: Vec<String>,
-}
-
-impl HostState {
-    fn save(dir: &Path) -> HostState {
-        let sysctls = KUBELET_SYSCTLS
-            .iter()
-            .filter_map(|s| {
-                let value = std::fs::read_to_string(Path::new("/proc/sys").join(s)).ok()?;
-                Some((*s, value.trim().to_owned()))
-            })
-            .collect();
-        HostState {
-            dir: dir.to_owned(),
-            sysctls,
-            cgroups: cgroup_dirs(),
-            netns: netns(),
-        }
-    }
-
-    fn restore(&self) {
-        // Mounts under the node's folder, deepest first (kubelet bind-mounts its root on
-        // itself; containerd mounts rootfs and shm).
-        let prefix = self.dir.display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in mounts {
-            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        for name in netns() {
-            if !self.netns.contains(&name) && name.starts_with("cni-") {
-                let _ = Command::new("ip").args(["netns", "delete", &name]).status();
-            }
-        }
-        for dir in cgroup_dirs() {
-            if !self.cgroups.contains(&dir) {
-                remove_empty_tree(&dir);
-            }
-        }
-        for (sysctl, value) in &self.sysctls {
-            let _ = std::fs::write(Path::new("/proc/sys").join(sysctl), value);
-        }
-    }
-}
-
-/// The cgroups containerd may create: `k8s.io` under each controller's root.
-fn cgroup_dirs() -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("k8s.io"))
-        .filter(|p| p.is_dir())
-        .collect()
-}
-
-fn remove_empty_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_tree(&entry.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-fn netns() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
 }
