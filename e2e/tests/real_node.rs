@@ -14,67 +14,13 @@
 use std::time::{Duration, Instant};
 
 use danm_crds::DanmEp;
-use danm_e2e::cluster::{Cluster, binary};
-use danm_e2e::fabric::{ip, is_root, unique};
+use danm_e2e::cluster::Cluster;
+use danm_e2e::fabric::is_root;
 use danm_e2e::pods::{pod_ip, ready};
-use danm_e2e::real_node::{Containerd, PAUSE_IMAGE, RealNode, RealNodeConfig};
+use danm_e2e::real_node::bed::{HostLink, default_network, start_node};
+use danm_e2e::real_node::{Containerd, PAUSE_IMAGE, RealNode};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
-
-/// A veth pair in the host's namespace whose first end the pods' macvlans ride on
-/// (containerd runs `danm` in the host's namespace); removed on drop.
-struct HostLink(String);
-
-impl HostLink {
-    fn new() -> HostLink {
-        let name = unique("drn");
-        ip(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{name}p"),
-        ]);
-        ip(&["link", "set", &name, "up"]);
-        ip(&["link", "set", &format!("{name}p"), "up"]);
-        HostLink(name)
-    }
-}
-
-impl Drop for HostLink {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.0])
-            .status();
-    }
-}
-
-/// `00-danm.conf` as `deploy/images/install-cni.sh` renders the template for a node
-/// whose ipamd Service is at `ipamd`, with the test's certificates in place of the
-/// node's files.
-fn rendered_template(cluster: &Cluster, node: &str) -> serde_json::Value {
-    let template = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/base/cni/00-danm.conf.template"),
-    )
-    .expect("the template");
-    let address = cluster.ipamd_address;
-    let text = template
-        .replace("${DANM_IPAMD_SERVICE_HOST}", &address.ip().to_string())
-        .replace(
-            "${DANM_IPAMD_SERVICE_PORT_GRPC}",
-            &address.port().to_string(),
-        );
-    let mut config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    let cert = cluster.pki.node_certificate(node);
-    config["ipamdTLS"]["ca"] = serde_json::json!(cluster.pki.ca());
-    config["ipamdTLS"]["cert"] = serde_json::json!(cert);
-    config["ipamdTLS"]["key"] = serde_json::json!(cert);
-    config
-}
 
 fn pod(name: &str, node: &str) -> String {
     format!(
@@ -89,44 +35,6 @@ spec:
   containers: [{{name: app, image: "{PAUSE_IMAGE}", imagePullPolicy: Never, command: [/pause]}}]
 "#
     )
-}
-
-/// The namespace `real-node` and its `default` DanmNet: macvlan over `link`.
-fn default_network(link: &HostLink) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {{name: real-node}}
----
-apiVersion: danm.io/v1
-kind: DanmNet
-metadata: {{name: default, namespace: real-node}}
-spec:
-  NetworkID: default
-  NetworkType: macvlan
-  Options:
-    host_device: {host}
-    cidr: 198.18.7.0/24
-    allocation_pool: {{start: 198.18.7.10, end: 198.18.7.20}}
-"#,
-        host = link.0
-    )
-}
-
-/// Node `real-1` with `containerd` and `00-danm.conf` from the template.
-async fn start_node(cluster: &Cluster, containerd: Containerd) -> RealNode {
-    RealNode::start(
-        &cluster.plane,
-        containerd,
-        RealNodeConfig {
-            name: "real-1".into(),
-            danm: binary("danm"),
-            cni_config: rendered_template(cluster, "real-1"),
-            cni_files: vec![],
-        },
-    )
-    .await
 }
 
 /// Polls `check` every 250 ms for at most `seconds`; panics with `diagnose()` after.
@@ -184,9 +92,9 @@ async fn containerd_2_starts_a_pod_whose_network_danm_built_and_deletes_it_leavi
 /// network from ipamd and a DanmEp on the node; deleted, nothing held.
 async fn a_pod_lives_and_goes(cluster: Cluster, containerd: Containerd) {
     danm_e2e::pods::init_logs();
-    let link = HostLink::new();
-    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
-    let node = start_node(&cluster, containerd).await;
+    let link = HostLink::create();
+    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
+    let node = start_node(&cluster, containerd, false).await;
     let diagnose = || {
         format!(
             "{}\n--- kubelet\n{}\n--- containerd ({})\n{}",
@@ -267,9 +175,9 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
     );
     let mut cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
-    let link = HostLink::new();
-    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
-    let node = start_node(&cluster, containerd).await;
+    let link = HostLink::create();
+    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
+    let node = start_node(&cluster, containerd, false).await;
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -411,9 +319,9 @@ async fn a_runtime_restart_loses_nothing_and_a_statefulset_pod_keeps_its_static_
     );
     let containerd = Containerd::debian();
     let cluster = Cluster::start_for_real_nodes().await;
-    let link = HostLink::new();
-    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link));
-    let mut node = start_node(&cluster, containerd).await;
+    let link = HostLink::create();
+    cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
+    let mut node = start_node(&cluster, containerd, false).await;
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), "real-node");

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub mod bed;
 mod containerd;
 mod host;
 
@@ -54,6 +55,22 @@ pub struct RealNodeConfig {
     pub cni_config: serde_json::Value,
     /// Other files of `conf_dir` (a delegate's configuration), by name.
     pub cni_files: Vec<(String, String)>,
+    /// Time every call of `danm`: it is installed as `danm.real` behind a shell wrapper
+    /// that records each call's command, container, start, end and exit status.
+    pub cni_timing: bool,
+}
+
+/// One timed call of `danm` ([`RealNodeConfig::cni_timing`]).
+#[derive(Debug, Clone)]
+pub struct CniTiming {
+    /// `CNI_COMMAND`.
+    pub command: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// How long the call took.
+    pub took: Duration,
+    /// Its exit status.
+    pub status: i32,
 }
 
 /// A pod sandbox as containerd holds it.
@@ -144,7 +161,21 @@ impl RealNode {
                 let _ = std::os::unix::fs::symlink(entry.path(), bin.join(entry.file_name()));
             }
         }
-        std::fs::copy(&config.danm, bin.join("danm")).expect("danm is installed on the node");
+        if config.cni_timing {
+            std::fs::copy(&config.danm, bin.join("danm.real")).expect("danm is installed");
+            let wrapper = format!(
+                "#!/bin/sh\nstart=$(date +%s%N)\n\"$0.real\"\nstatus=$?\necho \"$CNI_COMMAND $CNI_CONTAINERID $start $(date +%s%N) $status\" >> {}\nexit $status\n",
+                self.dir.join("cni-timings").display()
+            );
+            std::fs::write(bin.join("danm"), wrapper).expect("the timing wrapper");
+            std::fs::set_permissions(
+                bin.join("danm"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .expect("the wrapper is executable");
+        } else {
+            std::fs::copy(&config.danm, bin.join("danm")).expect("danm is installed on the node");
+        }
         let mut cni_config = config.cni_config.clone();
         cni_config["cniDir"] = serde_json::json!(conf);
         cni_config["kubeletCheckpoint"] = serde_json::json!(
@@ -411,6 +442,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             },
             &config,
         )
+    }
+
+    /// Every timed call of `danm` so far (with [`RealNodeConfig::cni_timing`]).
+    pub fn cni_timings(&self) -> Vec<CniTiming> {
+        std::fs::read_to_string(self.dir.join("cni-timings"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let [command, container_id, start, end, status] = f[..] else {
+                    return None;
+                };
+                let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
+                Some(CniTiming {
+                    command: command.to_owned(),
+                    container_id: container_id.to_owned(),
+                    took: Duration::from_nanos(end.saturating_sub(start)),
+                    status: status.parse().ok()?,
+                })
+            })
+            .collect()
     }
 
     /// The last lines of containerd's log.
