@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl) and the real nodes' kubelet, pause program (the sandbox image's
-# process: no registry is reachable) and containerd 2.x from the Go modules pinned in
-# go.mod/go.sum (containerd: its version below, with its own go.sum),
-# into a cache folder keyed by those pins, and prints that folder. A second run with the
-# same pins builds nothing. Concurrent runs (parallel test binaries) wait for each other.
+# kube-scheduler, kubectl) and the real nodes' kubelet, their images' programs (pause, the
+# sandbox's process, and netcheck, a TCP check: no registry is reachable) and containerd
+# 2.x from the Go modules pinned in go.mod/go.sum (containerd: its version below, with its
+# own go.sum), into a cache folder keyed by those pins, and prints that folder. A second
+# run with the same pins builds nothing. Concurrent runs (parallel test binaries) wait for
+# each other.
 #
 #   DANM_K8S_CACHE   cache root (default: ~/.cache/danm-rs/k8s)
 #
@@ -18,7 +19,7 @@ root="${DANM_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/danm-rs/k8s}"
 out="$root/$k8s_version-$key"
 # containerd 2.x for the real nodes (containerd 1.6 is Debian's), by its module's own pins.
 containerd_version=v2.4.2
-bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet pause
+bins=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet pause netcheck
   containerd/containerd containerd/containerd-shim-runc-v2 containerd/ctr)
 
 built() {
@@ -51,7 +52,8 @@ if ! built; then
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl \
     k8s.io/kubernetes/cmd/kubelet \
-    ./cmd/pause
+    ./cmd/pause \
+    ./cmd/netcheck
   GOBIN="$tmp/bin/containerd" go install -trimpath -ldflags "-s -w" \
     "github.com/containerd/containerd/v2/cmd/containerd@$containerd_version" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$containerd_version" \

@@ -1,6 +1,7 @@
 // Test-only: builds the Kubernetes control plane the Rust tests run against (kube-apiserver,
 // kube-controller-manager, kube-scheduler, kubectl), etcd, and the real nodes' kubelet and
-// pause program, from the upstream Go modules at the versions pinned here. The product never links or needs Go. See build.sh.
+// image programs (pause, netcheck), from the upstream Go modules at the versions pinned
+// here. The product never links or needs Go. See build.sh.
 module danm.io/testkit/k8s
 
 go 1.24.0

@@ -39,8 +39,24 @@ use danm_testkit::control_plane::{ControlPlane, Spawned, free_port};
 use danm_testkit::image::{Image, ImageFile, docker_archive};
 use k8s_openapi::api::core::v1::Node;
 
-/// The sandbox image every real node imports.
+/// The sandbox image every real node imports ([`program_image`] of `pause`).
 pub const PAUSE_IMAGE: &str = "danm.test/pause:1";
+
+/// The image `danm.test/<program>:1` of one of the programs `testkit/k8s/build.sh` builds
+/// for the nodes (`pause`, `netcheck`): the static binary at `/<program>`, its entrypoint,
+/// run as user 65535.
+pub fn program_image(plane: &ControlPlane, program: &str) -> Image {
+    Image {
+        reference: format!("danm.test/{program}:1"),
+        files: vec![ImageFile {
+            source: plane.binary(program),
+            path: format!("/{program}"),
+            mode: 0o755,
+        }],
+        entrypoint: vec![format!("/{program}")],
+        user: Some("65535".into()),
+    }
+}
 
 /// What the node's CNI is.
 #[derive(Debug, Clone)]
@@ -140,7 +156,7 @@ impl RealNode {
         };
         node.install_cni(&config, &cni_bin, &cni_conf);
         node.start_containerd(plane, &cni_bin, &cni_conf).await;
-        node.import_pause(plane);
+        node.import(plane, "pause");
         node.start_kubelet(plane).await;
         node
     }
@@ -268,24 +284,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }
     }
 
-    fn import_pause(&self, plane: &ControlPlane) {
-        let archive = self.dir.join("pause.tar");
-        docker_archive(
-            &Image {
-                reference: PAUSE_IMAGE.into(),
-                files: vec![ImageFile {
-                    source: plane.binary("pause"),
-                    path: "/pause".into(),
-                    mode: 0o755,
-                }],
-                entrypoint: vec!["/pause".into()],
-                user: Some("65535".into()),
-            },
-            &archive,
-        )
-        .expect("the pause image is written");
+    /// Imports `program`'s image ([`program_image`]) into the node's containerd.
+    pub fn import(&self, plane: &ControlPlane, program: &str) {
+        let image = program_image(plane, program);
+        let archive = self.dir.join(format!("{program}.tar"));
+        docker_archive(&image, &archive)
+            .unwrap_or_else(|e| panic!("the image {} is written: {e}", image.reference));
         self.ctr(&["images", "import", &archive.display().to_string()])
-            .unwrap_or_else(|e| panic!("the pause image is imported: {e}"));
+            .unwrap_or_else(|e| panic!("the image {} is imported: {e}", image.reference));
     }
 
     async fn start_kubelet(&mut self, plane: &ControlPlane) {
