@@ -146,6 +146,7 @@ fn client_error(e: ClientError) -> CniError {
         ClientError::NotHttps { .. }
         | ClientError::Address { .. }
         | ClientError::Token { .. }
+        | ClientError::Pem { .. }
         | ClientError::Tls { .. } => ErrorCode::InvalidConfig,
     };
     // The message says what failed; the details carry the cause (or what to do).

@@ -377,6 +377,18 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         "{}",
         status.stdout
     );
+    // An empty CA file trusts nothing: every ADD would fail at the handshake.
+    std::fs::write(dir.path().join("empty-ca.pem"), "").unwrap();
+    no_ca["ipamdTLS"] = json!({"ca": dir.path().join("empty-ca.pem")});
+    let status = danm("STATUS", "", "", &no_ca).await;
+    assert_eq!(status.stdout["code"], 50, "{}", status.stdout);
+    assert!(
+        status.stdout["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("holds no PEM certificate")),
+        "{}",
+        status.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

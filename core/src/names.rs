@@ -26,9 +26,15 @@ pub enum NameError {
     /// Empty.
     #[error("is empty")]
     Empty,
-    /// Longer than [`MAX_NAME`] bytes.
-    #[error("{0:?} is longer than {MAX_NAME} bytes")]
-    TooLong(String),
+    /// Longer than its limit: [`MAX_NAME`] bytes for a name, [`MAX_FILE_NAME`] for the
+    /// file name made of it.
+    #[error("{name:?} is longer than {max} bytes")]
+    TooLong {
+        /// The name.
+        name: String,
+        /// The limit.
+        max: usize,
+    },
     /// `.` or `..`.
     #[error("{0:?} names a folder, not a file")]
     Dots(String),
@@ -47,7 +53,10 @@ pub enum NameError {
 /// Checks that `name` is a plain name (see the module overview).
 pub fn plain(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME {
-        return Err(NameError::TooLong(name.to_owned()));
+        return Err(NameError::TooLong {
+            name: name.to_owned(),
+            max: MAX_NAME,
+        });
     }
     one_component(name)
 }
@@ -81,7 +90,10 @@ pub fn file_in(dir: &Path, name: &str, suffix: &str) -> Result<PathBuf, NameErro
     // build a path with a separator in it. The file name may be longer than a plain name
     // (a name of MAX_NAME bytes plus ".conflist" is a valid file), not than the filesystem's.
     if file.len() > MAX_FILE_NAME {
-        return Err(NameError::TooLong(file));
+        return Err(NameError::TooLong {
+            name: file,
+            max: MAX_FILE_NAME,
+        });
     }
     one_component(&file)?;
     Ok(dir.join(file))
@@ -127,7 +139,7 @@ mod tests {
         }
         assert!(matches!(
             plain(&"a".repeat(MAX_NAME + 1)),
-            Err(NameError::TooLong(_))
+            Err(NameError::TooLong { .. })
         ));
         let e = plain("/sbin/reboot").unwrap_err().to_string();
         assert!(e.contains("'/'") && e.contains("path separators"), "{e}");
@@ -159,7 +171,7 @@ mod tests {
         }
         assert!(matches!(
             file_in(dir, "x", &"y".repeat(MAX_FILE_NAME)),
-            Err(NameError::TooLong(_))
+            Err(NameError::TooLong { .. })
         ));
     }
 }

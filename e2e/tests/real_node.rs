@@ -17,10 +17,14 @@ use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::{pod_ip, ready};
-use danm_e2e::real_node::bed::{HostLink, default_network, start_node};
-use danm_e2e::real_node::{Containerd, PAUSE_IMAGE, RealNode};
+use danm_e2e::real_node::bed::{HostLink, default_network, node_config, start_node};
+use danm_e2e::real_node::{Containerd, HostSnapshot, PAUSE_IMAGE, RealNode, RealNodeConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
+
+/// One real node runs at a time (a lock on the host); the tests of this binary also start
+/// their clusters one at a time, so that no control plane idles while another test runs.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pod(name: &str, node: &str) -> String {
     format!(
@@ -68,6 +72,7 @@ async fn containerd_1_6_starts_a_pod_whose_network_danm_built_and_deletes_it_lea
         is_root(),
         "a real node needs root (kubelet, containerd, runc)"
     );
+    let _serial = SERIAL.lock().await;
     let containerd = Containerd::debian();
     a_pod_lives_and_goes(Cluster::start_for_real_nodes().await, containerd).await;
 }
@@ -78,6 +83,7 @@ async fn containerd_2_starts_a_pod_whose_network_danm_built_and_deletes_it_leavi
         is_root(),
         "a real node needs root (kubelet, containerd, runc)"
     );
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
     assert!(
@@ -89,12 +95,15 @@ async fn containerd_2_starts_a_pod_whose_network_danm_built_and_deletes_it_leavi
 }
 
 /// One pod on a real node with `containerd`: Running with an address of the default
-/// network from ipamd and a DanmEp on the node; deleted, nothing held.
+/// network from ipamd and a DanmEp on the node; deleted, nothing held; and once the node
+/// is gone, the host is as it was (cgroups, network namespaces, shim sockets, kubelet's
+/// log links, mounts).
 async fn a_pod_lives_and_goes(cluster: Cluster, containerd: Containerd) {
     danm_e2e::pods::init_logs();
+    let host_before = HostSnapshot::take();
     let link = HostLink::create();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
-    let node = start_node(&cluster, containerd, false).await;
+    let node = start_node(&cluster, containerd).await;
     let diagnose = || {
         format!(
             "{}\n--- kubelet\n{}\n--- containerd ({})\n{}",
@@ -161,11 +170,18 @@ async fn a_pod_lives_and_goes(cluster: Cluster, containerd: Containerd) {
     .await;
     drop(node);
     drop(link);
+    assert_eq!(
+        HostSnapshot::take(),
+        host_before,
+        "the real node left something on the host"
+    );
 }
 
-/// ipamd down (every replica) on a node whose containerd (2.x) would call STATUS: the
-/// node stays Ready and its running pod stays Running; a new pod waits, with an event that
-/// names ipamd, and starts once ipamd is back.
+/// ipamd down (every replica) on a node whose containerd (2.4.2) calls STATUS: the node's
+/// configuration is a `.conflist` at `cniVersion` 1.1.0 (libcni asks STATUS of nothing
+/// older), and every call of `danm` is timed, so the test sees the STATUS calls happen
+/// during the outage, and succeed. The node stays Ready and its running pod stays Running;
+/// a new pod waits, with an event that names ipamd, and starts once ipamd is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
     danm_e2e::pods::init_logs();
@@ -173,11 +189,21 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
         is_root(),
         "a real node needs root (kubelet, containerd, runc)"
     );
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
     let link = HostLink::create();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
-    let node = start_node(&cluster, containerd, false).await;
+    let node = RealNode::start(
+        &cluster.plane,
+        containerd,
+        RealNodeConfig {
+            cni_timing: true,
+            conflist_version: Some("1.1.0".into()),
+            ..node_config(&cluster)
+        },
+    )
+    .await;
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -226,6 +252,13 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
     // 40 s of outage: eight of containerd's 5 s network-status rounds and of kubelet's
     // node-status updates (5 s here).
     let outage = Instant::now();
+    let status_calls = |node: &RealNode| {
+        node.cni_timings()
+            .into_iter()
+            .filter(|t| t.command == "STATUS")
+            .collect::<Vec<_>>()
+    };
+    let asked_before = status_calls(&node).len();
     while outage.elapsed() < Duration::from_secs(40) {
         let status = nodes
             .get("real-1")
@@ -256,6 +289,16 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
+    let asked = status_calls(&node);
+    assert!(
+        asked.len() >= asked_before + 4,
+        "containerd asked STATUS {} times during the 40 s outage (expected one every few \
+         seconds): the test would not see a STATUS that failed",
+        asked.len() - asked_before
+    );
+    let failed: Vec<_> = asked.iter().filter(|t| t.status != 0).collect();
+    assert!(failed.is_empty(), "STATUS failed: {failed:?}");
+
     cluster.restart_ipamd().await;
     let second = eventually(
         120,
@@ -275,14 +318,16 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
             "",
         );
     }
-    assert!(
-        !cluster
-            .allocations()
-            .await
-            .iter()
-            .any(|a| a.starts_with("real-node/")),
-        "nothing held after both pods went"
-    );
+    eventually(
+        30,
+        "nothing held after both pods went",
+        || logs(&cluster),
+        || async {
+            let held = cluster.allocations().await;
+            (!held.iter().any(|a| a.starts_with("real-node/"))).then_some(())
+        },
+    )
+    .await;
     drop(node);
     drop(link);
 }
@@ -317,11 +362,12 @@ async fn a_runtime_restart_loses_nothing_and_a_statefulset_pod_keeps_its_static_
         is_root(),
         "a real node needs root (kubelet, containerd, runc)"
     );
+    let _serial = SERIAL.lock().await;
     let containerd = Containerd::debian();
     let cluster = Cluster::start_for_real_nodes().await;
     let link = HostLink::create();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
-    let mut node = start_node(&cluster, containerd, false).await;
+    let mut node = start_node(&cluster, containerd).await;
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), "real-node");
@@ -359,23 +405,26 @@ async fn a_runtime_restart_loses_nothing_and_a_statefulset_pod_keeps_its_static_
         .collect();
 
     node.restart_runtime(&cluster.plane).await;
-    // Long enough for kubelet to resync the pod (syncFrequency 5 s) and for containerd to
-    // have recovered its sandboxes.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let after = pods.get("db-0").await.unwrap();
-    assert!(
-        ready(&after),
-        "db-0 not ready after the restart: {:?}\n{}",
-        after.status,
-        diagnose(&node)
-    );
-    assert_eq!(after.metadata.uid, first.metadata.uid, "the same pod");
-    assert_eq!(pod_ip(&after), "198.18.7.15");
-    assert_eq!(
-        node.sandboxes(),
-        sandboxes,
-        "the same sandbox, not a new one"
-    );
+    // For 15 s after the new kubelet's first report (three of its 5 s pod syncs and node
+    // status updates): the same pod, Ready, with its address, on the same sandbox.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(15) {
+        let after = pods.get("db-0").await.unwrap();
+        assert!(
+            ready(&after),
+            "db-0 not ready after the restart: {:?}\n{}",
+            after.status,
+            diagnose(&node)
+        );
+        assert_eq!(after.metadata.uid, first.metadata.uid, "the same pod");
+        assert_eq!(pod_ip(&after), "198.18.7.15");
+        assert_eq!(
+            node.sandboxes(),
+            sandboxes,
+            "the same sandbox, not a new one"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let check = node.cni("CHECK", &sandboxes[0]);
     assert!(
         check.ok,

@@ -1,7 +1,7 @@
 //! 100 pods through kubelet and containerd (2.4.2) on one real node, every sandbox's
 //! network built by `danm`: how long from create to Ready, and how much of it is the CNI.
 //! Each call of `danm` is timed by a wrapper on the node. The numbers are printed (run
-//! with `--nocapture`) and recorded in docs/benchmarks.md; nothing here asserts a time.
+//! with `--nocapture`; docs/benchmarks.md has a run's); nothing here asserts a time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::ready;
-use danm_e2e::real_node::Containerd;
-use danm_e2e::real_node::bed::{HostLink, default_network, start_node};
+use danm_e2e::real_node::bed::{HostLink, default_network, node_config};
+use danm_e2e::real_node::{Containerd, RealNode, RealNodeConfig};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -56,7 +56,15 @@ async fn a_hundred_pods_start_and_go_through_kubelet_and_the_cni_share_is_report
     let containerd = Containerd::built(&cluster.plane);
     let link = HostLink::create();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 250));
-    let node = start_node(&cluster, containerd, true).await;
+    let node = RealNode::start(
+        &cluster.plane,
+        containerd,
+        RealNodeConfig {
+            cni_timing: true,
+            ..node_config(&cluster)
+        },
+    )
+    .await;
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let selector = ListParams::default().labels("app=many");

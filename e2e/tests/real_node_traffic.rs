@@ -133,7 +133,7 @@ async fn a_client_container_reaches_a_server_container_through_svcwatchers_slice
     let (management, data) = (HostLink::create(), HostLink::create());
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&management, 20));
     cluster.kubectl(&["apply", "-f", "-"], &internal_network(&data));
-    let node = start_node(&cluster, containerd, false).await;
+    let node = start_node(&cluster, containerd).await;
     node.import(&cluster.plane, "netcheck");
     let client_api = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client_api.clone(), "real-node");

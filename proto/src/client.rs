@@ -124,6 +124,17 @@ pub enum ClientError {
         /// The error.
         source: std::io::Error,
     },
+    /// A CA or certificate file holds no PEM certificate, or a key file no PEM private key
+    /// (an empty CA file would otherwise trust nothing and fail every call, at the call).
+    #[error("the {what} file {} holds no PEM {expected}", path.display())]
+    Pem {
+        /// Which file: `CA`, `certificate` or `key`.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What it should hold: `certificate` or `private key`.
+        expected: &'static str,
+    },
     /// The token file holds something that cannot be a header value.
     #[error("{} does not hold a token", path.display())]
     Token {
@@ -222,18 +233,49 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
 }
 
 fn tls_config(tls: &Tls) -> Result<ClientTlsConfig, ClientError> {
-    let mut config =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA", &tls.ca)?));
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read_certificates("CA", &tls.ca)?));
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
         config = config.identity(Identity::from_pem(
-            read("certificate", cert)?,
-            read("key", key)?,
+            read_certificates("certificate", cert)?,
+            read_key(key)?,
         ));
     }
     if let Some(name) = &tls.server_name {
         config = config.domain_name(name.clone());
     }
     Ok(config)
+}
+
+/// `path`, which must hold at least one well-formed PEM certificate.
+fn read_certificates(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = read(what, path)?;
+    let certificates: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certificates {
+        Ok(list) if !list.is_empty() => Ok(pem),
+        _ => Err(ClientError::Pem {
+            what,
+            path: path.to_owned(),
+            expected: "certificate",
+        }),
+    }
+}
+
+/// `path`, which must hold a well-formed PEM private key.
+fn read_key(path: &Path) -> Result<Vec<u8>, ClientError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = read("key", path)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(pem),
+        Err(_) => Err(ClientError::Pem {
+            what: "key",
+            path: path.to_owned(),
+            expected: "private key",
+        }),
+    }
 }
 
 fn bearer(tls: &Tls) -> Result<Option<AsciiMetadataValue>, ClientError> {
@@ -332,5 +374,45 @@ mod tests {
             error.to_string().contains("CA file /nonexistent/ca.pem"),
             "{error}"
         );
+    }
+
+    /// An empty or garbage CA file would give an empty root store, which trusts nothing:
+    /// every call would fail at the handshake. It is named before any connection instead,
+    /// as are a certificate and a key file without their PEM object.
+    #[tokio::test]
+    async fn files_without_their_pem_objects_are_named_before_any_connection() {
+        let dir = std::env::temp_dir().join(format!("danm-proto-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for ca in [&empty, &garbage] {
+            let settings = Settings::new("127.0.0.1:1", "t").with_tls(Some(Tls {
+                ca: ca.clone(),
+                ..Default::default()
+            }));
+            let error = connect_lazy(&settings).unwrap_err();
+            assert!(
+                matches!(error, ClientError::Pem { what: "CA", .. })
+                    && error.to_string().contains("holds no PEM certificate"),
+                "{error}"
+            );
+        }
+        let key_only = Settings::new("127.0.0.1:1", "t").with_tls(Some(Tls {
+            ca: empty.clone(),
+            cert: Some(empty.clone()),
+            key: Some(empty.clone()),
+            ..Default::default()
+        }));
+        assert!(matches!(
+            connect_lazy(&key_only),
+            Err(ClientError::Pem { what: "CA", .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

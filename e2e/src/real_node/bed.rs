@@ -87,19 +87,20 @@ spec:
     )
 }
 
-/// Node `real-1` with `containerd` and `00-danm.conf` from the template; with
-/// `cni_timing`, every call of `danm` is timed ([`RealNode::cni_timings`]).
-pub async fn start_node(cluster: &Cluster, containerd: Containerd, cni_timing: bool) -> RealNode {
-    RealNode::start(
-        &cluster.plane,
-        containerd,
-        RealNodeConfig {
-            name: "real-1".into(),
-            danm: binary("danm"),
-            cni_config: rendered_template(cluster, "real-1"),
-            cni_files: vec![],
-            cni_timing,
-        },
-    )
-    .await
+/// Node `real-1`'s configuration: `00-danm.conf` from the template, the workspace's
+/// `danm`, no timing.
+pub fn node_config(cluster: &Cluster) -> RealNodeConfig {
+    RealNodeConfig {
+        name: "real-1".into(),
+        danm: binary("danm"),
+        cni_config: rendered_template(cluster, "real-1"),
+        cni_files: vec![],
+        cni_timing: false,
+        conflist_version: None,
+    }
+}
+
+/// Node `real-1` with `containerd` and [`node_config`].
+pub async fn start_node(cluster: &Cluster, containerd: Containerd) -> RealNode {
+    RealNode::start(&cluster.plane, containerd, node_config(cluster)).await
 }

@@ -1,7 +1,8 @@
 //! What a real node changes on the host, and how it is given back: the sysctls kubelet
-//! sets, the mounts under the node's folder, the `cni-*` network namespaces and `k8s.io`
-//! cgroups containerd makes, the shims that outlive containerd; and the lock that keeps to
-//! one real node per machine.
+//! sets, the mounts under the node's folder, the `cni-*` network namespaces, `k8s.io`
+//! cgroups and shim sockets containerd makes, kubelet's log links, the shims and containers
+//! that outlive containerd; the lock that keeps to one real node per machine; and the
+//! snapshot a test compares before and after a node to prove nothing was left.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,13 +50,43 @@ pub(super) fn kill_shims(socket: &Path) {
     }
 }
 
+/// What a real node may leave on the host outside its own folder, as one comparable
+/// snapshot: the `k8s.io` cgroups (every folder under them, in every hierarchy), the
+/// network namespaces, containerd's shim sockets (`/run/containerd/s`, a fixed path),
+/// kubelet's links in `/var/log/containers`, and mounts of node folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSnapshot {
+    /// Every folder under a `k8s.io` cgroup, and the `k8s.io` folders themselves.
+    pub cgroups: std::collections::BTreeSet<PathBuf>,
+    /// The names under `/run/netns`.
+    pub netns: std::collections::BTreeSet<String>,
+    /// The names under `/run/containerd/s`.
+    pub shim_sockets: std::collections::BTreeSet<String>,
+    /// The names under `/var/log/containers`.
+    pub container_logs: std::collections::BTreeSet<String>,
+    /// The mount points under a `danm-real-node-*` folder.
+    pub mounts: std::collections::BTreeSet<String>,
+}
+
+impl HostSnapshot {
+    /// The host now.
+    pub fn take() -> HostSnapshot {
+        HostSnapshot {
+            cgroups: cgroup_dirs(),
+            netns: names_in("/run/netns"),
+            shim_sockets: names_in("/run/containerd/s"),
+            container_logs: names_in("/var/log/containers"),
+            mounts: mounts_under(&std::env::temp_dir().join("danm-real-node-")),
+        }
+    }
+}
+
 /// What the node changes on the host, saved before it starts.
 #[derive(Debug)]
 pub(super) struct HostState {
     dir: PathBuf,
     sysctls: Vec<(&'static str, String)>,
-    cgroups: Vec<PathBuf>,
-    netns: Vec<String>,
+    before: HostSnapshot,
 }
 
 impl HostState {
@@ -70,33 +101,47 @@ impl HostState {
         HostState {
             dir: dir.to_owned(),
             sysctls,
-            cgroups: cgroup_dirs(),
-            netns: netns(),
+            before: HostSnapshot::take(),
         }
     }
 
+    /// Gives back what the node changed: kills what still runs in the cgroups it made
+    /// (containers whose containerd died first), undoes its mounts (deepest first), and
+    /// removes what appeared since [`HostState::save`]: cgroups (deepest first), `cni-*`
+    /// network namespaces (containerd 1.6 puts them in `/run/netns`; this assumes no other
+    /// container runtime creates pods on the machine meanwhile), shim sockets, and
+    /// kubelet's log links into the node's folder; then puts the sysctls back.
     pub(super) fn restore(&self) {
-        // Mounts under the node's folder, deepest first (kubelet bind-mounts its root on
-        // itself; containerd mounts rootfs and shm).
-        let prefix = self.dir.display().to_string();
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
+        let now = HostSnapshot::take();
+        let mut new_cgroups: Vec<&PathBuf> = now.cgroups.difference(&self.before.cgroups).collect();
+        new_cgroups.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in &new_cgroups {
+            kill_all(dir);
+        }
+        let mut mounts: Vec<String> = mounts_under(&self.dir).into_iter().collect();
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for mount in mounts {
             let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        for name in netns() {
-            if !self.netns.contains(&name) && name.starts_with("cni-") {
-                let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        for dir in new_cgroups {
+            let _ = std::fs::remove_dir(dir);
+        }
+        for name in now.netns.difference(&self.before.netns) {
+            if name.starts_with("cni-") {
+                let _ = Command::new("ip").args(["netns", "delete", name]).status();
             }
         }
-        for dir in cgroup_dirs() {
-            if !self.cgroups.contains(&dir) {
-                remove_empty_tree(&dir);
+        for name in now.shim_sockets.difference(&self.before.shim_sockets) {
+            let _ = std::fs::remove_file(Path::new("/run/containerd/s").join(name));
+        }
+        // The folders of those sockets, when nothing else is in them.
+        for dir in ["/run/containerd/s", "/run/containerd"] {
+            let _ = std::fs::remove_dir(dir);
+        }
+        for name in now.container_logs.difference(&self.before.container_logs) {
+            let link = Path::new("/var/log/containers").join(name);
+            if std::fs::read_link(&link).is_ok_and(|target| target.starts_with(&self.dir)) {
+                let _ = std::fs::remove_file(link);
             }
         }
         for (sysctl, value) in &self.sysctls {
@@ -105,30 +150,61 @@ impl HostState {
     }
 }
 
-/// The cgroups containerd may create: `k8s.io` under each controller's root.
-fn cgroup_dirs() -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
+/// SIGKILL to every process of the cgroup `dir`.
+fn kill_all(dir: &Path) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if !procs.trim().is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Mount points whose path starts with `prefix`.
+fn mounts_under(prefix: &Path) -> std::collections::BTreeSet<String> {
+    let prefix = prefix.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect()
+}
+
+/// The `k8s.io` cgroups containerd creates under each hierarchy's root (cgroup v1, or the
+/// unified root of v2), and every folder under them.
+fn cgroup_dirs() -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path().join("k8s.io"))
-        .filter(|p| p.is_dir())
-        .collect()
+        .chain([PathBuf::from("/sys/fs/cgroup/k8s.io")]);
+    for root in roots {
+        walk(&root, &mut out);
+    }
+    out
 }
 
-fn remove_empty_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_tree(&entry.path());
-            }
+fn walk(dir: &Path, out: &mut std::collections::BTreeSet<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.insert(dir.to_owned());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&entry.path(), out);
         }
     }
-    let _ = std::fs::remove_dir(dir);
 }
 
-fn netns() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
+fn names_in(dir: &str) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()

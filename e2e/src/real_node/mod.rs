@@ -11,11 +11,15 @@
 //!   ([`danm_testkit::image`]) from the `pause` program and imported with `ctr`; pods use
 //!   `imagePullPolicy: Never`.
 //! * The node's own folder holds containerd's root and state, kubelet's root, certificates
-//!   and pod logs, the CNI folders. The host keeps: nothing. On drop, kubelet then every
-//!   task and containerd stop, the shims are killed, every mount under the folder is
-//!   undone, the cgroups containerd made are removed, the sysctls kubelet sets
-//!   (`kernel.panic`, `vm.overcommit_memory`...) get their values back and the folder goes.
-//!   kubelet is told not to add iptables chains (`makeIPTablesUtilChains: false`).
+//!   and pod logs, the CNI folders, containerd's `opt` folder and runc's state. On drop,
+//!   kubelet then every task and containerd are killed, then the shims and whatever still
+//!   runs in the cgroups the node made; mounts under the folder are undone; the cgroups,
+//!   `cni-*` network namespaces, shim sockets (`/run/containerd/s`) and kubelet's log links
+//!   that appeared are removed; the sysctls kubelet sets (`kernel.panic`,
+//!   `vm.overcommit_memory`...) get their values back; the folder goes ([`HostSnapshot`]
+//!   is what a test compares to prove it). kubelet is told not to add iptables chains
+//!   (`makeIPTablesUtilChains: false`). A test binary killed with SIGKILL skips all this
+//!   but for its processes (the control plane's watchdog kills those).
 //!
 //! Only one real node runs at a time on a machine (the sysctls are the host's): [`RealNode`]
 //! holds an exclusive lock on `/run/danm-real-node.lock` while it lives.
@@ -33,6 +37,7 @@ mod containerd;
 mod host;
 
 pub use containerd::Containerd;
+pub use host::HostSnapshot;
 use host::{HostState, kill_shims, lock_host};
 
 use danm_testkit::control_plane::{ControlPlane, Spawned, free_port};
@@ -74,6 +79,10 @@ pub struct RealNodeConfig {
     /// Time every call of `danm`: it is installed as `danm.real` behind a shell wrapper
     /// that records each call's command, container, start, end and exit status.
     pub cni_timing: bool,
+    /// Install the configuration as `00-danm.conflist` of this `cniVersion` (its one
+    /// plugin is `cni_config`), instead of `00-danm.conf`: with 1.1.0, containerd 2.x calls
+    /// STATUS (a `.conf` is never asked STATUS).
+    pub conflist_version: Option<String>,
 }
 
 /// One timed call of `danm` ([`RealNodeConfig::cni_timing`]).
@@ -180,7 +189,7 @@ impl RealNode {
         if config.cni_timing {
             std::fs::copy(&config.danm, bin.join("danm.real")).expect("danm is installed");
             let wrapper = format!(
-                "#!/bin/sh\nstart=$(date +%s%N)\n\"$0.real\"\nstatus=$?\necho \"$CNI_COMMAND $CNI_CONTAINERID $start $(date +%s%N) $status\" >> {}\nexit $status\n",
+                "#!/bin/sh\nstart=$(date +%s%N)\n\"$0.real\"\nstatus=$?\necho \"$CNI_COMMAND $start $(date +%s%N) $status $CNI_CONTAINERID\" >> {}\nexit $status\n",
                 self.dir.join("cni-timings").display()
             );
             std::fs::write(bin.join("danm"), wrapper).expect("the timing wrapper");
@@ -198,7 +207,22 @@ impl RealNode {
             self.dir
                 .join("kubelet/device-plugins/kubelet_internal_checkpoint")
         );
-        std::fs::write(conf.join("00-danm.conf"), cni_config.to_string()).expect("00-danm.conf");
+        match &config.conflist_version {
+            None => std::fs::write(conf.join("00-danm.conf"), cni_config.to_string())
+                .expect("00-danm.conf"),
+            Some(version) => {
+                let mut plugin = cni_config.clone();
+                if let Some(o) = plugin.as_object_mut() {
+                    o.remove("cniVersion");
+                    o.remove("name");
+                }
+                let list = serde_json::json!({
+                    "cniVersion": version, "name": cni_config["name"], "plugins": [plugin],
+                });
+                std::fs::write(conf.join("00-danm.conflist"), list.to_string())
+                    .expect("00-danm.conflist");
+            }
+        }
         for (name, text) in &config.cni_files {
             std::fs::write(conf.join(name), text).expect("a CNI file");
         }
@@ -215,6 +239,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   address = "{socket}"
 [ttrpc]
   address = "{ttrpc}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
@@ -223,6 +249,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{runc}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{conf}"
@@ -232,6 +260,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             state = d.join("containerd/state").display(),
             socket = self.socket().display(),
             ttrpc = d.join("containerd-ttrpc.sock").display(),
+            opt = d.join("containerd/opt").display(),
+            runc = d.join("runc").display(),
             bin = bin.display(),
             conf = conf.display(),
         );
@@ -246,11 +276,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 std::env::var("PATH").unwrap_or_default()
             ),
         );
+        // A socket left by a containerd killed before must not pass for the new one's.
+        let _ = std::fs::remove_file(self.socket());
         let mut process = plane
             .spawn_beside(&format!("containerd-{}", self.name), command)
             .expect("containerd starts");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
+        while self.ctr(&["version"]).is_err() {
             if let Some(status) = process.exited() {
                 panic!("containerd exited ({status}):\n{}", process.log_tail(30));
             }
@@ -375,15 +407,45 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self.kubelet = Some(process);
     }
 
-    /// kubelet and containerd stop (SIGTERM) and start again, as on a node whose runtime
-    /// is upgraded: the pods' containers and shims keep running in between. Returns once
-    /// the Node is Ready again.
+    /// kubelet and containerd are killed and started again, as on a node whose runtime
+    /// crashes or is upgraded: the pods' containers and shims keep running in between.
+    /// Returns once the new containerd answers and the new kubelet has reported the Node
+    /// (a heartbeat newer than the old kubelet's last) Ready.
     pub async fn restart_runtime(&mut self, plane: &ControlPlane) {
+        let nodes: kube::Api<Node> = kube::Api::all(plane.client().await);
+        let heartbeat = |node: Option<Node>| {
+            node.and_then(|n| n.status?.conditions)
+                .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+                .map(|c| (c.status, c.last_heartbeat_time.map(|t| t.0)))
+        };
         drop(self.kubelet.take());
         drop(self.containerd_process.take());
+        let before = heartbeat(nodes.get_opt(&self.name).await.ok().flatten());
         let (bin, conf) = (self.dir.join("cni/bin"), self.cni_dir());
         self.start_containerd(plane, &bin, &conf).await;
         self.start_kubelet(plane).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = heartbeat(nodes.get_opt(&self.name).await.ok().flatten());
+            if let Some((status, Some(_))) = &now
+                && status == "True"
+                && now != before
+            {
+                return;
+            }
+            if let Some(status) = self.kubelet.as_mut().and_then(Spawned::exited) {
+                panic!(
+                    "kubelet exited after the restart ({status}):\n{}",
+                    self.kubelet_log(30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restarted kubelet has not reported the node Ready within 60 s: {now:?}\n{}",
+                self.kubelet_log(30)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The pod sandboxes containerd holds.
@@ -427,10 +489,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     /// Runs the node's `danm` with `command` (CHECK, say) for `sandbox`'s `eth0`, with the
     /// node's `00-danm.conf`, as containerd calls it.
     pub fn cni(&self, command: &str, sandbox: &Sandbox) -> danm_testkit::cni::CniOutcome {
-        let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(self.cni_dir().join("00-danm.conf")).expect("00-danm.conf"),
-        )
-        .expect("JSON");
+        let text = std::fs::read_to_string(self.cni_dir().join("00-danm.conf"))
+            .expect("00-danm.conf (not the .conflist form)");
+        let config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
             sandbox.pod_namespace, sandbox.pod_name, sandbox.id, sandbox.pod_uid
@@ -456,10 +517,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .unwrap_or_default()
             .lines()
             .filter_map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let [command, container_id, start, end, status] = f[..] else {
-                    return None;
-                };
+                // The container id is last: STATUS and GC have none.
+                let mut f = line.split_whitespace();
+                let (command, start, end, status) = (f.next()?, f.next()?, f.next()?, f.next()?);
+                let container_id = f.next().unwrap_or_default();
                 let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
                 Some(CniTiming {
                     command: command.to_owned(),
