@@ -32,7 +32,7 @@ if ! built; then
   flock 9
 fi
 if ! built; then
-  command -v go >/dev/null || { echo "build.sh: go is not installed (Go 1.24 or newer is needed to build the test control plane)" >&2; exit 1; }
+  command -v go >/dev/null || { echo "build.sh: go is not installed (Go 1.26 or newer is needed: containerd $containerd_version asks for it)" >&2; exit 1; }
   echo "build.sh: building Kubernetes $k8s_version, etcd and containerd $containerd_version into $out (first time only; about 9 minutes on 2 cores, module downloads included)" >&2
   started=$(date +%s)
   major="${k8s_version#v}"; major="${major%%.*}"
@@ -43,6 +43,7 @@ if ! built; then
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
   tmp="$out.tmp.$$"
+  trap 'rm -rf "$tmp"' EXIT
   rm -rf "$tmp" && mkdir -p "$tmp/bin"
   export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
   go build -trimpath -ldflags "$ldflags" -o "$tmp/bin/" \
