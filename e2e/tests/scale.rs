@@ -94,8 +94,35 @@ async fn two_hundred_pods_come_and_go_while_an_ipamd_replica_dies() {
         recorded, addresses,
         "the DanmEps name exactly the pods' addresses"
     );
+    // A replica killed after writing an allocation to its shard and before writing the
+    // DanmEp leaves an address that no DanmEp names: the retried Attach, on another
+    // replica, cannot know that owner and allocates afresh (seen in CI: 204 held for 200
+    // pods). Such orphans are the cleaner's to free, so every address held is either a
+    // pod's or freed by one cleaner pass, and after it the shards hold exactly the pods'.
     let held = cluster.allocations().await;
-    assert_eq!(held.len(), 200, "ipamd's shards hold exactly 200 addresses");
+    let pods_addresses: BTreeSet<&str> = addresses.iter().map(String::as_str).collect();
+    let held_addresses: BTreeSet<&str> = held
+        .iter()
+        .filter_map(|a| a.split_whitespace().nth(1))
+        .collect();
+    assert!(
+        held_addresses.is_superset(&pods_addresses),
+        "every pod's address is held"
+    );
+    let report = cluster.run_cleaner().await;
+    let held: BTreeSet<String> = cluster
+        .allocations()
+        .await
+        .iter()
+        .filter_map(|a| a.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        held,
+        addresses,
+        "after a cleaner pass ipamd's shards hold exactly the 200 pods' addresses \
+         ({} orphans before it)\n{report:#}",
+        held_addresses.len() - pods_addresses.len()
+    );
 
     let scaled_down = Instant::now();
     cluster.kubectl(&["apply", "-f", "-"], &deployment(0));
