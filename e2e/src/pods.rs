@@ -61,6 +61,30 @@ pub async fn wait_ready(
     }
 }
 
+/// Waits until pod `name` has ended; its phase (`Succeeded` or `Failed`). Panics with
+/// `diagnose()` after 90 s.
+pub async fn phase_when_done(pods: &Api<Pod>, name: &str, diagnose: impl Fn() -> String) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let phase = pods
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status?.phase)
+            .unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return phase;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} has not ended after 90 s (phase {phase:?})\n{}",
+            diagnose()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// The test's log output: the node agents' warnings (a failing CNI call, say).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

@@ -17,7 +17,7 @@ use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::{pod_ip, ready};
-use danm_e2e::real_node::bed::{HostLink, default_network, node_config, start_node};
+use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, node_config, start_node};
 use danm_e2e::real_node::{Containerd, HostSnapshot, PAUSE_IMAGE, RealNode, RealNodeConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
@@ -104,15 +104,7 @@ async fn a_pod_lives_and_goes(cluster: Cluster, containerd: Containerd) {
     let link = HostLink::create();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
     let node = start_node(&cluster, containerd).await;
-    let diagnose = || {
-        format!(
-            "{}\n--- kubelet\n{}\n--- containerd ({})\n{}",
-            cluster.diagnose(),
-            node.kubelet_log(25),
-            node.containerd.version,
-            node.containerd_log(25)
-        )
-    };
+    let diagnose = || diagnose(&cluster, &node);
     let client = cluster.plane.client().await;
     // The node says which runtime it runs: the one under test.
     let reported = Api::<Node>::all(client.clone())
@@ -207,14 +199,7 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let nodes: Api<Node> = Api::all(client.clone());
-    let logs = |cluster: &Cluster| {
-        format!(
-            "{}\n--- kubelet\n{}\n--- containerd\n{}",
-            cluster.diagnose(),
-            node.kubelet_log(25),
-            node.containerd_log(25)
-        )
-    };
+    let logs = |cluster: &Cluster| diagnose(cluster, &node);
     cluster.kubectl(&["apply", "-f", "-"], &pod("web-0", "real-1"));
     let first = eventually(
         90,
@@ -371,14 +356,7 @@ async fn a_runtime_restart_loses_nothing_and_a_statefulset_pod_keeps_its_static_
     let client = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), "real-node");
-    let diagnose = |node: &RealNode| {
-        format!(
-            "{}\n--- kubelet\n{}\n--- containerd\n{}",
-            cluster.diagnose(),
-            node.kubelet_log(25),
-            node.containerd_log(25)
-        )
-    };
+    let diagnose = |node: &RealNode| diagnose(&cluster, node);
     cluster.kubectl(&["apply", "-f", "-"], STATEFUL_SET);
     let first = eventually(
         90,

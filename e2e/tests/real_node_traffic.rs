@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
-use danm_e2e::pods::ready;
+use danm_e2e::pods::{phase_when_done, ready};
 use danm_e2e::real_node::Containerd;
-use danm_e2e::real_node::bed::{HostLink, default_network, start_node};
+use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, start_node};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
@@ -98,29 +98,6 @@ spec:
     )
 }
 
-/// Waits until pod `name` has ended; its phase.
-async fn phase_when_done(pods: &Api<Pod>, name: &str, diagnose: impl Fn() -> String) -> String {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let phase = pods
-            .get_opt(name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|p| p.status?.phase)
-            .unwrap_or_default();
-        if phase == "Succeeded" || phase == "Failed" {
-            return phase;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} has not ended after 90 s (phase {phase:?})\n{}",
-            diagnose()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_container_reaches_a_server_container_through_svcwatchers_slice() {
     danm_e2e::pods::init_logs();
@@ -138,14 +115,7 @@ async fn a_client_container_reaches_a_server_container_through_svcwatchers_slice
     let client_api = cluster.plane.client().await;
     let pods: Api<Pod> = Api::namespaced(client_api.clone(), "real-node");
     let slices: Api<EndpointSlice> = Api::namespaced(client_api.clone(), "real-node");
-    let diagnose = || {
-        format!(
-            "{}\n--- kubelet\n{}\n--- containerd\n{}",
-            cluster.diagnose(),
-            node.kubelet_log(25),
-            node.containerd_log(25)
-        )
-    };
+    let diagnose = || diagnose(&cluster, &node);
 
     cluster.kubectl(&["apply", "-f", "-"], &server());
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -100,6 +100,18 @@ pub fn node_config(cluster: &Cluster) -> RealNodeConfig {
     }
 }
 
+/// The cluster's state, then the ends of `node`'s kubelet and containerd logs: what a
+/// real-node test's failure message shows.
+pub fn diagnose(cluster: &Cluster, node: &RealNode) -> String {
+    format!(
+        "{}\n--- kubelet\n{}\n--- containerd ({})\n{}",
+        cluster.diagnose(),
+        node.kubelet_log(25),
+        node.containerd.version,
+        node.containerd_log(25)
+    )
+}
+
 /// Node `real-1` with `containerd` and [`node_config`].
 pub async fn start_node(cluster: &Cluster, containerd: Containerd) -> RealNode {
     RealNode::start(&cluster.plane, containerd, node_config(cluster)).await

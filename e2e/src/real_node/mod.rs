@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 pub mod bed;
 mod containerd;
 mod host;
+pub mod images;
 
 pub use containerd::Containerd;
 pub use host::HostSnapshot;
@@ -60,6 +61,7 @@ pub fn program_image(plane: &ControlPlane, program: &str) -> Image {
         }],
         entrypoint: vec![format!("/{program}")],
         user: Some("65535".into()),
+        links: vec![],
     }
 }
 
@@ -316,14 +318,42 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         }
     }
 
+    /// What container `container` of pod `namespace/name` wrote, from kubelet's log files
+    /// (`<pod-logs>/<namespace>_<name>_<uid>/<container>/*.log`, CRI's format: each line
+    /// prefixed with its time and stream).
+    pub fn container_log(&self, namespace: &str, name: &str, container: &str) -> String {
+        let prefix = format!("{namespace}_{name}_");
+        let mut out = String::new();
+        let Ok(pods) = std::fs::read_dir(self.dir.join("pod-logs")) else {
+            return out;
+        };
+        for pod in pods.flatten() {
+            if !pod.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(pod.path().join(container)) else {
+                continue;
+            };
+            for file in files.flatten() {
+                out.push_str(&std::fs::read_to_string(file.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+
     /// Imports `program`'s image ([`program_image`]) into the node's containerd.
     pub fn import(&self, plane: &ControlPlane, program: &str) {
-        let image = program_image(plane, program);
-        let archive = self.dir.join(format!("{program}.tar"));
-        docker_archive(&image, &archive)
+        self.import_image(&program_image(plane, program));
+    }
+
+    /// Imports `image` into the node's containerd (as a docker archive in the node's folder).
+    pub fn import_image(&self, image: &Image) {
+        let archive = self.dir.join("image.tar");
+        docker_archive(image, &archive)
             .unwrap_or_else(|e| panic!("the image {} is written: {e}", image.reference));
         self.ctr(&["images", "import", &archive.display().to_string()])
             .unwrap_or_else(|e| panic!("the image {} is imported: {e}", image.reference));
+        let _ = std::fs::remove_file(&archive);
     }
 
     async fn start_kubelet(&mut self, plane: &ControlPlane) {
