@@ -85,6 +85,31 @@ pub async fn phase_when_done(pods: &Api<Pod>, name: &str, diagnose: impl Fn() ->
     }
 }
 
+/// Polls `check` every 250 ms for at most `seconds`; panics with `diagnose()` after.
+pub async fn eventually<T, F, Fut>(
+    seconds: u64,
+    what: &str,
+    diagnose: impl Fn() -> String,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {seconds} s\n{}",
+            diagnose()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The test's log output: the node agents' warnings (a failing CNI call, say).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

@@ -3,11 +3,9 @@
 //! ipamd (through mutual TLS, each node with its kubelet-style certificate), scales to zero
 //! leaving nothing behind; a pod with a static address gets it back when re-created.
 
-use std::time::{Duration, Instant};
-
 use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
-use danm_e2e::pods::{pod_ip, ready};
+use danm_e2e::pods::{eventually, pod_ip, ready};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -64,26 +62,6 @@ spec:
   containers: [{name: db, image: registry.invalid/db:1}]
 "#;
 
-/// Polls `check` every 200 ms until it returns Some, for at most `seconds`.
-async fn eventually<T, F, Fut>(seconds: u64, cluster: &Cluster, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {seconds} s\n{}",
-            cluster.diagnose()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_nothing() {
     danm_e2e::pods::init_logs();
@@ -93,13 +71,18 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
     cluster.kubectl(&["apply", "-f", "-"], &deployment(4));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "e2e-pods");
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), "e2e-pods");
-    let running = eventually(90, &cluster, "4 web pods ready", || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=web"))
-            .await
-            .ok()?;
-        (list.items.len() == 4 && list.items.iter().all(ready)).then_some(list.items)
-    })
+    let running = eventually(
+        90,
+        "4 web pods ready",
+        || cluster.diagnose(),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            (list.items.len() == 4 && list.items.iter().all(ready)).then_some(list.items)
+        },
+    )
     .await;
     let mut addresses: Vec<String> = running.iter().map(pod_ip).collect();
     addresses.sort();
@@ -159,8 +142,8 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
     cluster.kubectl(&["apply", "-f", "-"], &deployment(0));
     eventually(
         60,
-        &cluster,
         "every web pod gone and its DanmEp freed",
+        || cluster.diagnose(),
         || async {
             let left = pods
                 .list(&ListParams::default().labels("app=web"))
@@ -176,10 +159,15 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
 
     // A static address comes back to a pod re-created under the same name.
     cluster.kubectl(&["apply", "-f", "-"], STATIC_POD);
-    let first = eventually(60, &cluster, "static-0 ready", || async {
-        let pod = pods.get_opt("static-0").await.ok()??;
-        ready(&pod).then_some(pod)
-    })
+    let first = eventually(
+        60,
+        "static-0 ready",
+        || cluster.diagnose(),
+        || async {
+            let pod = pods.get_opt("static-0").await.ok()??;
+            ready(&pod).then_some(pod)
+        },
+    )
     .await;
     assert_eq!(pod_ip(&first), "198.18.1.250");
     cluster.kubectl(
@@ -187,10 +175,15 @@ async fn a_deployment_comes_up_with_danm_interfaces_and_scales_to_zero_leaving_n
         "",
     );
     cluster.kubectl(&["apply", "-f", "-"], STATIC_POD);
-    let second = eventually(60, &cluster, "static-0 ready again", || async {
-        let pod = pods.get_opt("static-0").await.ok()??;
-        (ready(&pod) && pod.metadata.uid != first.metadata.uid).then_some(pod)
-    })
+    let second = eventually(
+        60,
+        "static-0 ready again",
+        || cluster.diagnose(),
+        || async {
+            let pod = pods.get_opt("static-0").await.ok()??;
+            (ready(&pod) && pod.metadata.uid != first.metadata.uid).then_some(pod)
+        },
+    )
     .await;
     assert_eq!(pod_ip(&second), "198.18.1.250");
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
-use danm_e2e::pods::{pod_ip, ready};
+use danm_e2e::pods::{eventually, pod_ip, ready};
 use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, node_config, start_node};
 use danm_e2e::real_node::{Containerd, HostSnapshot, PAUSE_IMAGE, RealNode, RealNodeConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -39,31 +39,6 @@ spec:
   containers: [{{name: app, image: "{PAUSE_IMAGE}", imagePullPolicy: Never, command: [/pause]}}]
 "#
     )
-}
-
-/// Polls `check` every 250 ms for at most `seconds`; panics with `diagnose()` after.
-async fn eventually<T, F, Fut>(
-    seconds: u64,
-    what: &str,
-    diagnose: impl Fn() -> String,
-    mut check: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {seconds} s\n{}",
-            diagnose()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,9 @@ const KUBELET_SYSCTLS: &[&str] = &[
     "kernel/keys/root_maxbytes",
 ];
 
+/// kubelet's default root, where its device manager's socket folder always goes.
+const KUBELET_ROOT: &str = "/var/lib/kubelet";
+
 /// Holds `/run/danm-real-node.lock` (one real node per machine at a time).
 pub(super) fn lock_host() -> nix::fcntl::Flock<std::fs::File> {
     let file = std::fs::OpenOptions::new()
@@ -87,10 +90,16 @@ pub(super) struct HostState {
     dir: PathBuf,
     sysctls: Vec<(&'static str, String)>,
     before: HostSnapshot,
+    /// Host paths the node creates and owns, removed on restore; `/var/lib/kubelet` too
+    /// when it did not exist (kubelet's device manager uses that fixed path).
+    owned: Vec<PathBuf>,
 }
 
 impl HostState {
-    pub(super) fn save(dir: &Path) -> HostState {
+    pub(super) fn save(dir: &Path, mut owned: Vec<PathBuf>) -> HostState {
+        if !Path::new(KUBELET_ROOT).exists() {
+            owned.push(KUBELET_ROOT.into());
+        }
         let sysctls = KUBELET_SYSCTLS
             .iter()
             .filter_map(|s| {
@@ -102,6 +111,7 @@ impl HostState {
             dir: dir.to_owned(),
             sysctls,
             before: HostSnapshot::take(),
+            owned,
         }
     }
 
@@ -146,6 +156,9 @@ impl HostState {
         }
         for (sysctl, value) in &self.sysctls {
             let _ = std::fs::write(Path::new("/proc/sys").join(sysctl), value);
+        }
+        for path in &self.owned {
+            let _ = std::fs::remove_dir_all(path);
         }
     }
 }

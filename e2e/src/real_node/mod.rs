@@ -36,6 +36,7 @@ pub mod bed;
 mod containerd;
 mod host;
 pub mod images;
+pub mod services;
 
 pub use containerd::Containerd;
 pub use host::HostSnapshot;
@@ -44,6 +45,13 @@ use host::{HostState, kill_shims, lock_host};
 use danm_testkit::control_plane::{ControlPlane, Spawned, free_port};
 use danm_testkit::image::{Image, ImageFile, docker_archive};
 use k8s_openapi::api::core::v1::Node;
+
+/// Where a bare node's CNI binaries go (`/opt/cni/bin`), removed with it.
+const BARE_CNI_BIN_ROOT: &str = "/opt/cni";
+/// Where a bare node's CNI configuration goes (`/etc/cni/net.d`), removed with it.
+const BARE_CNI_CONF_ROOT: &str = "/etc/cni";
+/// The folder of the kubelet client certificate `00-danm.conf.template` names.
+const BARE_KUBELET_PKI: &str = "/var/lib/kubelet/pki";
 
 /// The sandbox image every real node imports ([`program_image`] of `pause`).
 pub const PAUSE_IMAGE: &str = "danm.test/pause:1";
@@ -125,6 +133,11 @@ pub struct RealNode {
     kubelet: Option<Spawned>,
     containerd_process: Option<Spawned>,
     dir: PathBuf,
+    /// containerd's CNI `bin_dir` and `conf_dir`.
+    cni_bin: PathBuf,
+    cni_conf: PathBuf,
+    /// Whether the node has production paths ([`RealNode::start_bare`]).
+    bare: bool,
     host: HostState,
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
@@ -155,18 +168,68 @@ impl RealNode {
         ] {
             std::fs::create_dir_all(d).expect("the node's folders");
         }
-        let host = HostState::save(&dir);
+        let host = HostState::save(&dir, vec![]);
         let mut node = RealNode {
             name: config.name.clone(),
             containerd,
             kubelet: None,
             containerd_process: None,
             dir,
+            cni_bin: cni_bin.clone(),
+            cni_conf: cni_conf.clone(),
+            bare: false,
             host,
             _lock: lock,
         };
         node.install_cni(&config, &cni_bin, &cni_conf);
-        node.start_containerd(plane, &cni_bin, &cni_conf).await;
+        node.start_containerd(plane).await;
+        node.import(plane, "pause");
+        node.start_kubelet(plane).await;
+        node
+    }
+
+    /// Starts node `name` as a fresh node of a cluster whose CNI is yet to be installed:
+    /// containerd's CNI folders are the host's `/opt/cni/bin` and `/etc/cni/net.d`, empty,
+    /// and the kubelet's client certificate and key are also at
+    /// `/var/lib/kubelet/pki/kubelet-client-current.pem`, as on a kubeadm node: the paths
+    /// `deploy/` assumes. Returns once the Node is registered (it is NotReady until a CNI
+    /// configuration appears). Those host folders must not exist before (this refuses to
+    /// touch a machine with a CNI installed), and are removed on drop.
+    pub async fn start_bare(plane: &ControlPlane, containerd: Containerd, name: &str) -> RealNode {
+        let lock = lock_host();
+        let owned = [BARE_CNI_BIN_ROOT, BARE_CNI_CONF_ROOT, BARE_KUBELET_PKI];
+        for path in owned {
+            assert!(
+                !Path::new(path).exists(),
+                "{path} exists: this machine has a CNI or kubelet installed, which a bare real node would overwrite"
+            );
+        }
+        let dir =
+            std::env::temp_dir().join(format!("danm-real-node-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in [dir.join("containerd"), dir.join("kubelet")] {
+            std::fs::create_dir_all(d).expect("the node's folders");
+        }
+        let host = HostState::save(&dir, owned.iter().map(PathBuf::from).collect());
+        let mut node = RealNode {
+            name: name.to_string(),
+            containerd,
+            kubelet: None,
+            containerd_process: None,
+            dir,
+            cni_bin: Path::new(BARE_CNI_BIN_ROOT).join("bin"),
+            cni_conf: Path::new(BARE_CNI_CONF_ROOT).join("net.d"),
+            bare: true,
+            host,
+            _lock: lock,
+        };
+        for d in [&node.cni_bin, &node.cni_conf] {
+            std::fs::create_dir_all(d).expect("the host's CNI folders");
+        }
+        // The reference plugins a node's packages put there (kubeadm's `kubernetes-cni`):
+        // containerd 1.x runs `loopback` for every sandbox.
+        node.link_reference_plugins();
+        node.start_containerd(plane).await;
         node.import(plane, "pause");
         node.start_kubelet(plane).await;
         node
@@ -174,7 +237,12 @@ impl RealNode {
 
     /// The node's CNI `conf_dir`.
     pub fn cni_dir(&self) -> PathBuf {
-        self.dir.join("cni/net.d")
+        self.cni_conf.clone()
+    }
+
+    /// The node's CNI `bin_dir`.
+    pub fn cni_bin(&self) -> PathBuf {
+        self.cni_bin.clone()
     }
 
     /// containerd's socket.
@@ -182,12 +250,18 @@ impl RealNode {
         self.dir.join("containerd.sock")
     }
 
-    fn install_cni(&self, config: &RealNodeConfig, bin: &Path, conf: &Path) {
+    /// Links Debian's reference CNI plugins (`/usr/lib/cni`) into the node's `bin_dir`.
+    fn link_reference_plugins(&self) {
         if let Ok(entries) = std::fs::read_dir("/usr/lib/cni") {
             for entry in entries.flatten() {
-                let _ = std::os::unix::fs::symlink(entry.path(), bin.join(entry.file_name()));
+                let _ =
+                    std::os::unix::fs::symlink(entry.path(), self.cni_bin.join(entry.file_name()));
             }
         }
+    }
+
+    fn install_cni(&self, config: &RealNodeConfig, bin: &Path, conf: &Path) {
+        self.link_reference_plugins();
         if config.cni_timing {
             std::fs::copy(&config.danm, bin.join("danm.real")).expect("danm is installed");
             let wrapper = format!(
@@ -230,8 +304,9 @@ impl RealNode {
         }
     }
 
-    async fn start_containerd(&mut self, plane: &ControlPlane, bin: &Path, conf: &Path) {
+    async fn start_containerd(&mut self, plane: &ControlPlane) {
         let d = &self.dir;
+        let (bin, conf) = (&self.cni_bin, &self.cni_conf);
         let config = format!(
             r#"version = 2
 root = "{root}"
@@ -358,8 +433,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     async fn start_kubelet(&mut self, plane: &ControlPlane) {
         let d = &self.dir;
-        let kubeconfig =
-            plane.user_kubeconfig(&format!("system:node:{}", self.name), &["system:nodes"]);
+        let (kubeconfig, certificate) =
+            plane.user_credentials(&format!("system:node:{}", self.name), &["system:nodes"]);
+        if self.bare {
+            let pem = Path::new(BARE_KUBELET_PKI).join("kubelet-client-current.pem");
+            std::fs::create_dir_all(BARE_KUBELET_PKI).expect("kubelet's pki folder");
+            std::fs::write(
+                &pem,
+                format!("{}{}", certificate.cert_pem, certificate.key_pem),
+            )
+            .expect("kubelet's client certificate");
+            std::fs::set_permissions(&pem, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("kubelet's client certificate is root's alone");
+        }
         // The control plane authorizes with RBAC alone: the node's user gets the role the
         // Node authorizer stands in for in production.
         plane
@@ -369,7 +455,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             ))
             .expect("the node's role is bound");
         let socket = format!("unix://{}", self.socket().display());
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
             "address": "127.0.0.1",
@@ -391,8 +477,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "makeIPTablesUtilChains": false,
             "podLogsDir": d.join("pod-logs"),
             "syncFrequency": "5s",
+            "clusterDomain": services::CLUSTER_DOMAIN,
             "nodeStatusUpdateFrequency": "5s",
         });
+        if self.bare {
+            // The test bed's cluster DNS ([`services::ServiceProxy`]).
+            config["clusterDNS"] = serde_json::json!([services::CLUSTER_DNS]);
+        }
         let file = d.join("kubelet.json");
         std::fs::write(&file, config.to_string()).expect("kubelet's configuration");
         let mut command = Command::new(plane.binary("kubelet"));
@@ -421,7 +512,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 .and_then(|n| n.status.as_ref()?.conditions.as_ref())
                 .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
                 .is_some_and(|c| c.status == "True");
-            if ready {
+            // A bare node has no network until the CNI installer runs: registered is enough.
+            if ready || (self.bare && node.is_some()) {
                 break;
             }
             assert!(
@@ -451,8 +543,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         drop(self.kubelet.take());
         drop(self.containerd_process.take());
         let before = heartbeat(nodes.get_opt(&self.name).await.ok().flatten());
-        let (bin, conf) = (self.dir.join("cni/bin"), self.cni_dir());
-        self.start_containerd(plane, &bin, &conf).await;
+        self.start_containerd(plane).await;
         self.start_kubelet(plane).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

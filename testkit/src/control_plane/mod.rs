@@ -108,6 +108,8 @@ pub struct Options {
     /// lifts the `not-ready` taint a kubelet registers with: for real nodes. Off by
     /// default: other tests' nodes do not renew their leases.
     pub node_lifecycle: bool,
+    /// Also run the CronJob controller: for real nodes, which run `deploy/`'s CronJobs.
+    pub cron_jobs: bool,
 }
 
 /// A running control plane. See the module overview.
@@ -390,6 +392,9 @@ impl ControlPlane {
         if options.node_lifecycle {
             controllers.push_str(",nodelifecycle");
         }
+        if options.cron_jobs {
+            controllers.push_str(",cronjob");
+        }
         args.extend([
             format!("--controllers={controllers}"),
             format!("--cert-dir={}", self.dir.join("kcm-certs").display()),
@@ -571,6 +576,12 @@ impl ControlPlane {
 
     /// A kubeconfig file of `user` in `groups` (a client certificate signed by the CA).
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        self.user_credentials(user, groups).0
+    }
+
+    /// A kubeconfig file of `user` in `groups`, as [`ControlPlane::user_kubeconfig`], and
+    /// the certificate and key it holds (for a kubelet, which also keeps them in a file).
+    pub fn user_credentials(&self, user: &str, groups: &[&str]) -> (PathBuf, CertifiedKey) {
         let cert = self
             .pki
             .client_cert(user, groups)
@@ -585,7 +596,7 @@ impl ControlPlane {
             ),
         )
         .expect("the control plane's folder is writable");
-        path
+        (path, cert)
     }
 
     /// A client of `user` in `groups`.

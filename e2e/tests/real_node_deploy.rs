@@ -1,0 +1,342 @@
+//! `deploy/base` applied unchanged (`kubectl apply --server-side -k deploy/base`) to a
+//! fresh cluster whose one node (kubelet and containerd 1.6, [`RealNode::start_bare`]) has
+//! no CNI yet: the images are the ones `danm_e2e::real_node::images` builds under the
+//! manifests' names, and everything else is the manifests'. The test bed adds only what a
+//! cluster provides and this machine lacks: Services without kube-proxy
+//! ([`ServiceProxy`]), and the networks (`host_device` and address ranges are the
+//! machine's).
+//!
+//! In order, as a cluster operator would see it: the danm-certs Job issues the
+//! certificates; the CNI installer makes `danm` the node's CNI and the node goes Ready;
+//! ipamd and the webhook become ready; the webhook admits the networks; netwatcher and
+//! svcwatcher (a pod on DANM's own network, reaching the API server through its route)
+//! become ready; a pod gets its address from ipamd through the installed `danm`, and
+//! gives it back when deleted.
+
+use danm_e2e::fabric::{ip, is_root};
+use danm_e2e::pods::{eventually, init_logs, pod_ip, ready};
+use danm_e2e::real_node::bed::HostLink;
+use danm_e2e::real_node::images::{deploy_images, repository_file};
+use danm_e2e::real_node::services::ServiceProxy;
+use danm_e2e::real_node::{Containerd, HostSnapshot, RealNode};
+use danm_testkit::control_plane::{ControlPlane, Options};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+
+/// The pods' gateway: the host end of the pods' link, on `danm-system`'s network, where
+/// its route to the Services' range leads.
+const GATEWAY: &str = "198.18.7.1";
+
+/// The networks: `danm-system`'s (its pods reach the Services, the API server among them,
+/// through the gateway) and the test namespace's, both macvlan over `link`.
+fn networks(link: &HostLink) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: real-node}}
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: default, namespace: danm-system}}
+spec:
+  NetworkID: system
+  NetworkType: macvlan
+  Options:
+    host_device: {host}
+    cidr: 198.18.7.0/24
+    allocation_pool: {{start: 198.18.7.10, end: 198.18.7.60}}
+    routes: {{10.96.0.0/16: {GATEWAY}}}
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: default, namespace: real-node}}
+spec:
+  NetworkID: default
+  NetworkType: macvlan
+  Options:
+    host_device: {host}
+    cidr: 198.18.8.0/24
+    allocation_pool: {{start: 198.18.8.10, end: 198.18.8.60}}
+"#,
+        host = link.0
+    )
+}
+
+/// A pod of the test namespace on its default network: a TCP server, as the manifests
+/// run containers (non-root, read-only root, no capability).
+fn pod(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: real-node}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: server
+    image: danm.test/netcheck:1
+    imagePullPolicy: Never
+    args: [serve, "8080"]
+    securityContext: {{runAsNonRoot: true, runAsUser: 65535, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+"#
+    )
+}
+
+/// Waits until Job `danm-system/name` has a succeeded pod.
+async fn job_completes(jobs: &Api<Job>, name: &str, diagnose: impl Fn() -> String) {
+    eventually(180, &format!("Job {name} completes"), diagnose, || async {
+        jobs.get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|j| j.status?.succeeded)
+            .filter(|n| *n >= 1)
+    })
+    .await;
+}
+
+/// Waits until Deployment `danm-system/name` has a ready replica.
+async fn deployment_serves(
+    deployments: &Api<Deployment>,
+    name: &str,
+    diagnose: impl Fn() -> String,
+) {
+    eventually(
+        180,
+        &format!("Deployment {name} ready"),
+        diagnose,
+        || async {
+            deployments
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.status?.ready_replicas)
+                .filter(|n| *n >= 1)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
+    init_logs();
+    assert!(
+        is_root(),
+        "a real node needs root (kubelet, containerd, runc)"
+    );
+    let plane = ControlPlane::start(Options {
+        scheduler: true,
+        pod_gc: true,
+        node_lifecycle: true,
+        cron_jobs: true,
+        ..Options::default()
+    })
+    .await
+    .expect("the control plane starts");
+    let before = HostSnapshot::take();
+    let link = HostLink::create();
+    let gateway_link = format!("{}p", link.0);
+    ip(&[
+        "addr",
+        "add",
+        &format!("{GATEWAY}/24"),
+        "dev",
+        &gateway_link,
+    ]);
+    let services = ServiceProxy::start(&plane, &gateway_link).await;
+    let node = RealNode::start_bare(&plane, Containerd::debian(), "real-1").await;
+    for image in deploy_images() {
+        node.import_image(&image);
+    }
+    node.import(&plane, "netcheck");
+    let client = plane.client().await;
+    let diagnose = || {
+        let pods = plane
+            .kubectl_with_input(&["get", "pods,jobs", "-A", "-o", "wide"], "")
+            .unwrap_or_default();
+        let events = plane
+            .kubectl_with_input(&["get", "events", "-A", "--sort-by=.lastTimestamp"], "")
+            .unwrap_or_default();
+        let events: Vec<&str> = events.lines().rev().take(25).collect();
+        format!(
+            "{pods}\n--- events, latest first\n{}\n--- kubelet\n{}\n--- containerd\n{}",
+            events.join("\n"),
+            node.kubelet_log(30),
+            node.containerd_log(15)
+        )
+    };
+
+    plane
+        .kubectl_with_input(
+            &[
+                "apply",
+                "--server-side",
+                "-k",
+                &repository_file("deploy/base").display().to_string(),
+            ],
+            "",
+        )
+        .expect("deploy/base applies");
+
+    // The certificates, then the CNI: the node goes Ready.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "danm-system");
+    job_completes(&jobs, "danm-certs", diagnose).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually(
+        120,
+        "the installer makes the node Ready",
+        diagnose,
+        || async {
+            let node = nodes.get_opt("real-1").await.ok().flatten()?;
+            node.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(node.cni_dir().join("00-danm.conf").exists());
+
+    // ipamd and the webhook serve (one replica each: their host ports allow one per node).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "danm-system");
+    for name in ["danm-ipamd", "danm-webhook"] {
+        deployment_serves(&deployments, name, diagnose).await;
+    }
+
+    // The networks, through the webhook (failurePolicy Fail: admitted means it answered).
+    let networks = networks(&link);
+    eventually(90, "the webhook admits the networks", diagnose, || async {
+        plane.kubectl_apply(&networks).ok()
+    })
+    .await;
+
+    // netwatcher on the node, svcwatcher on DANM's network.
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "danm-system");
+    eventually(120, "DaemonSet danm-netwatcher ready", diagnose, || async {
+        daemonsets
+            .get_opt("danm-netwatcher")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.status)
+            .filter(|s| s.number_ready >= 1)
+    })
+    .await;
+    deployment_serves(&deployments, "danm-svcwatcher", diagnose).await;
+
+    // A pod through the installed danm and ipamd.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
+    plane.kubectl_apply(&pod("web")).expect("the pod");
+    let web = eventually(120, "the pod is Ready", diagnose, || async {
+        pods.get_opt("web").await.ok().flatten().filter(ready)
+    })
+    .await;
+    let address = pod_ip(&web);
+    assert!(address.starts_with("198.18.8."), "{address}");
+    let endpoints = plane
+        .kubectl_with_input(&["get", "danmeps", "-n", "real-node", "-o", "name"], "")
+        .expect("DanmEps");
+    assert_eq!(endpoints.lines().count(), 1, "{endpoints}");
+    plane
+        .kubectl_with_input(&["delete", "pod", "-n", "real-node", "web", "--wait"], "")
+        .expect("the pod is deleted");
+    eventually(60, "the pod's DanmEp goes", diagnose, || async {
+        plane
+            .kubectl_with_input(&["get", "danmeps", "-n", "real-node", "-o", "name"], "")
+            .ok()
+            .filter(|out| out.trim().is_empty())
+    })
+    .await;
+
+    // A leak: a pod force-deleted while its CNI DEL fails (a wrapper fails that pod's DEL
+    // and passes every other call on) leaves its DanmEp and address behind.
+    plane.kubectl_apply(&pod("leaky")).expect("the leaky pod");
+    eventually(120, "the leaky pod is Ready", diagnose, || async {
+        pods.get_opt("leaky").await.ok().flatten().filter(ready)
+    })
+    .await;
+    let plugin = node.cni_bin().join("danm");
+    let away = node.cni_bin().join("danm.real");
+    std::fs::rename(&plugin, &away).expect("the plugin is moved away");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\ncase \"$CNI_COMMAND $CNI_ARGS;\" in DEL*K8S_POD_NAME=leaky\\;*) exit 1;; esac\nexec {} \"$@\"\n",
+            away.display()
+        ),
+    )
+    .expect("the wrapper");
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("the wrapper is executable");
+    plane
+        .kubectl_with_input(
+            &[
+                "delete",
+                "pod",
+                "-n",
+                "real-node",
+                "leaky",
+                "--force",
+                "--grace-period=0",
+            ],
+            "",
+        )
+        .expect("the pod is force-deleted");
+    let danmeps = || {
+        plane
+            .kubectl_with_input(&["get", "danmeps", "-n", "real-node", "-o", "name"], "")
+            .unwrap_or_default()
+    };
+    assert_eq!(danmeps().lines().count(), 1, "the leaked DanmEp");
+
+    // The cleaner's CronJob, run now as an operator would (`kubectl create job --from`):
+    // it reaches ipamd by the Service's DNS name, with its client certificate, and frees
+    // the leak.
+    plane
+        .kubectl_with_input(
+            &[
+                "create",
+                "job",
+                "-n",
+                "danm-system",
+                "cleaner-now",
+                "--from=cronjob/danm-cleaner",
+            ],
+            "",
+        )
+        .expect("a Job from the CronJob");
+    job_completes(&jobs, "cleaner-now", diagnose).await;
+    assert_eq!(danmeps(), "", "the cleaner freed the leak");
+    // Freed by a cleaner's pass (this Job's, or the CronJob's own if its schedule came
+    // first), which says so in its log.
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), "danm-system");
+    let cleaner_logs: String = system_pods
+        .list(&Default::default())
+        .await
+        .expect("danm-system's pods")
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .filter(|name| name.starts_with("cleaner-now") || name.starts_with("danm-cleaner-"))
+        .map(|name| node.container_log("danm-system", &name, "cleaner"))
+        .collect();
+    assert!(
+        cleaner_logs.contains("settled") && cleaner_logs.contains("leaky"),
+        "no cleaner says it freed the leak:\n{cleaner_logs}"
+    );
+    std::fs::rename(&away, &plugin).expect("the plugin is back");
+
+    // The node gone, the host is as before: no CNI folders, no kubelet folder, no table.
+    drop(node);
+    drop(services);
+    assert_eq!(HostSnapshot::take(), before);
+    for path in ["/opt/cni", "/etc/cni", "/var/lib/kubelet"] {
+        assert!(!std::path::Path::new(path).exists(), "{path} is left");
+    }
+}
