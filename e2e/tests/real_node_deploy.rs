@@ -7,7 +7,8 @@
 //! machine's).
 //!
 //! In order, as a cluster operator would see it: the danm-certs Job issues the
-//! certificates; the CNI installer makes `danm` the node's CNI and the node goes Ready;
+//! certificates; the CNI installer stays off the node until it is labelled
+//! `danm.io/cni=enabled`, then makes `danm` the node's CNI and the node goes Ready;
 //! ipamd and the webhook become ready; the webhook admits the networks; netwatcher and
 //! svcwatcher (a pod on DANM's own network, reaching the API server through its route)
 //! become ready; a pod gets its address from ipamd through the installed `danm`, and
@@ -183,9 +184,31 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         )
         .expect("deploy/base applies");
 
-    // The certificates, then the CNI: the node goes Ready.
+    // The certificates; no CNI until the node opts in.
     let jobs: Api<Job> = Api::namespaced(client.clone(), "danm-system");
     job_completes(&jobs, "danm-certs", diagnose).await;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "danm-system");
+    let scheduled = eventually(
+        60,
+        "the installer's DaemonSet is seen",
+        diagnose,
+        || async {
+            let status = daemonsets
+                .get_opt("danm-cni-installer")
+                .await
+                .ok()??
+                .status?;
+            status
+                .observed_generation
+                .map(|_| status.desired_number_scheduled)
+        },
+    )
+    .await;
+    assert_eq!(scheduled, 0, "the installer waits for the node's label");
+    assert!(!node.cni_dir().join("00-danm.conf").exists());
+    plane
+        .kubectl_with_input(&["label", "node", "real-1", "danm.io/cni=enabled"], "")
+        .expect("the node opts in");
     let nodes: Api<Node> = Api::all(client.clone());
     eventually(
         120,
@@ -217,7 +240,6 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     .await;
 
     // netwatcher on the node, svcwatcher on DANM's network.
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "danm-system");
     eventually(120, "DaemonSet danm-netwatcher ready", diagnose, || async {
         daemonsets
             .get_opt("danm-netwatcher")

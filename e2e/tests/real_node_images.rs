@@ -185,7 +185,8 @@ async fn the_images_run_as_deploy_base_runs_them_and_the_installer_installs_danm
         assert!(log.contains("Usage:"), "{name} printed no usage:\n{log}");
     }
 
-    // The installer, as its DaemonSet runs it.
+    // The installer, as its DaemonSet runs it, on a node that opted in.
+    cluster.kubectl(&["label", "node", "real-1", "danm.io/cni=enabled"], "");
     cluster.kubectl(
         &["apply", "-f", "-"],
         &installer_surroundings(&cluster).to_string(),
