@@ -24,7 +24,7 @@ use danm_testkit::control_plane::{ControlPlane, Options};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 
 /// The pods' gateway: the host end of the pods' link, on `danm-system`'s network, where
 /// its route to the Services' range leads.
@@ -276,21 +276,43 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     })
     .await;
 
-    // A leak: a pod force-deleted while its CNI DEL fails (a wrapper fails that pod's DEL
-    // and passes every other call on) leaves its DanmEp and address behind.
+    // The CronJob's own schedule is suspended (as an operator pausing it would), so that
+    // the pass below is the one that meets the leak, and its Job, which the CronJob does
+    // not own, stays for its log to be read.
+    plane
+        .kubectl_with_input(
+            &[
+                "patch",
+                "cronjob",
+                "-n",
+                "danm-system",
+                "danm-cleaner",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"suspend":true}}"#,
+            ],
+            "",
+        )
+        .expect("the CronJob is suspended");
+
+    // A leak: a pod force-deleted while its CNI DEL fails (a wrapper refuses that pod's
+    // DEL, noting it, and passes every other call on) leaves its DanmEp and address behind.
     plane.kubectl_apply(&pod("leaky")).expect("the leaky pod");
-    eventually(120, "the leaky pod is Ready", diagnose, || async {
+    let leaky = eventually(120, "the leaky pod is Ready", diagnose, || async {
         pods.get_opt("leaky").await.ok().flatten().filter(ready)
     })
     .await;
+    let leaked_address = pod_ip(&leaky);
     let plugin = node.cni_bin().join("danm");
-    let away = node.cni_bin().join("danm.real");
-    std::fs::rename(&plugin, &away).expect("the plugin is moved away");
+    let real = node.cni_bin().join("danm.real");
+    let refusals = node.cni_bin().join("danm.refused");
+    std::fs::rename(&plugin, &real).expect("the plugin is moved away");
     std::fs::write(
         &plugin,
         format!(
-            "#!/bin/sh\ncase \"$CNI_COMMAND $CNI_ARGS;\" in DEL*K8S_POD_NAME=leaky\\;*) exit 1;; esac\nexec {} \"$@\"\n",
-            away.display()
+            "#!/bin/sh\ncase \"$CNI_COMMAND $CNI_ARGS;\" in DEL*K8S_POD_NAME=leaky\\;*) echo refused >> {}; exit 1;; esac\nexec {} \"$@\"\n",
+            refusals.display(),
+            real.display()
         ),
     )
     .expect("the wrapper");
@@ -310,6 +332,10 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
             "",
         )
         .expect("the pod is force-deleted");
+    eventually(60, "the leaky pod's DEL is refused", diagnose, || async {
+        refusals.exists().then_some(())
+    })
+    .await;
     let danmeps = || {
         plane
             .kubectl_with_input(&["get", "danmeps", "-n", "real-node", "-o", "name"], "")
@@ -317,48 +343,54 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     };
     assert_eq!(danmeps().lines().count(), 1, "the leaked DanmEp");
 
-    // The cleaner's CronJob, run now as an operator would (`kubectl create job --from`):
-    // it reaches ipamd by the Service's DNS name, with its client certificate, and frees
-    // the leak.
+    // The cleaner's CronJob's template, run now as its own Job: it reaches ipamd by the
+    // Service's DNS name, with its client certificate, and frees the leak.
+    let cronjob: serde_json::Value = serde_json::from_str(
+        &plane
+            .kubectl_with_input(
+                &[
+                    "get",
+                    "cronjob",
+                    "-n",
+                    "danm-system",
+                    "danm-cleaner",
+                    "-o",
+                    "json",
+                ],
+                "",
+            )
+            .expect("the CronJob"),
+    )
+    .expect("JSON");
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "cleaner-now", "namespace": "danm-system"},
+        "spec": cronjob["spec"]["jobTemplate"]["spec"],
+    });
     plane
-        .kubectl_with_input(
-            &[
-                "create",
-                "job",
-                "-n",
-                "danm-system",
-                "cleaner-now",
-                "--from=cronjob/danm-cleaner",
-            ],
-            "",
-        )
-        .expect("a Job from the CronJob");
+        .kubectl_apply(&job.to_string())
+        .expect("a Job from the CronJob's template");
     job_completes(&jobs, "cleaner-now", diagnose).await;
     assert_eq!(danmeps(), "", "the cleaner freed the leak");
-    // Freed by a cleaner's pass (this Job's, or the CronJob's own if its schedule came
-    // first), which says so in its log.
     let system_pods: Api<Pod> = Api::namespaced(client.clone(), "danm-system");
-    let cleaner_logs: String = system_pods
-        .list(&Default::default())
+    let cleaner = system_pods
+        .list(&ListParams::default().labels("job-name=cleaner-now"))
         .await
-        .expect("danm-system's pods")
+        .expect("the cleaner's pod")
         .items
-        .iter()
-        .filter_map(|p| p.metadata.name.clone())
-        .filter(|name| name.starts_with("cleaner-now") || name.starts_with("danm-cleaner-"))
-        .map(|name| node.container_log("danm-system", &name, "cleaner"))
-        .collect();
+        .into_iter()
+        .find_map(|p| p.metadata.name)
+        .expect("the cleaner's pod");
+    let log = node.container_log("danm-system", &cleaner, "cleaner");
     assert!(
-        cleaner_logs.contains("settled") && cleaner_logs.contains("leaky"),
-        "no cleaner says it freed the leak:\n{cleaner_logs}"
+        log.contains(&format!("freed {leaked_address}")),
+        "the cleaner does not say it freed {leaked_address}:\n{log}"
     );
-    std::fs::rename(&away, &plugin).expect("the plugin is back");
+    std::fs::rename(&real, &plugin).expect("the plugin is back");
 
-    // The node gone, the host is as before: no CNI folders, no kubelet folder, no table.
+    // The node gone, the host is as before, its CNI, kubelet and nftables state included.
     drop(node);
     drop(services);
     assert_eq!(HostSnapshot::take(), before);
-    for path in ["/opt/cni", "/etc/cni", "/var/lib/kubelet"] {
-        assert!(!std::path::Path::new(path).exists(), "{path} is left");
-    }
 }

@@ -233,11 +233,19 @@ async fn the_images_run_as_deploy_base_runs_them_and_the_installer_installs_danm
         serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).expect("JSON");
     assert_eq!(written["ipamd"], format!("https://{cluster_ip}:9443"));
     assert_eq!(written["type"], "danm");
-    let log = node.container_log(NAMESPACE, "installer", "install");
-    assert!(
-        log.contains("install-cni: installed danm and danm-ipam"),
-        "{log}"
-    );
+    // The script says so after its last rename; the log reaches the file a moment later.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = node.container_log(NAMESPACE, "installer", "install");
+        if log.contains("install-cni: installed danm and danm-ipam") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the installer's log says nothing:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     cluster.kubectl(
         &["delete", "pod", "-n", NAMESPACE, "installer", "--wait"],

@@ -56,7 +56,9 @@ pub(super) fn kill_shims(socket: &Path) {
 /// What a real node may leave on the host outside its own folder, as one comparable
 /// snapshot: the `k8s.io` cgroups (every folder under them, in every hierarchy), the
 /// network namespaces, containerd's shim sockets (`/run/containerd/s`, a fixed path),
-/// kubelet's links in `/var/log/containers`, and mounts of node folders.
+/// kubelet's links in `/var/log/containers`, mounts of node folders, libcni's result cache
+/// (`/var/lib/cni/results`), the nftables tables, and which of the host folders a node may
+/// create exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSnapshot {
     /// Every folder under a `k8s.io` cgroup, and the `k8s.io` folders themselves.
@@ -69,6 +71,37 @@ pub struct HostSnapshot {
     pub container_logs: std::collections::BTreeSet<String>,
     /// The mount points under a `danm-real-node-*` folder.
     pub mounts: std::collections::BTreeSet<String>,
+    /// The names under `/var/lib/cni/results` (libcni caches each attachment's result).
+    pub cni_cache: std::collections::BTreeSet<String>,
+    /// `nft list tables`, line by line.
+    pub nft_tables: std::collections::BTreeSet<String>,
+    /// Those of [`HOST_FOLDERS`] that exist.
+    pub host_folders: std::collections::BTreeSet<String>,
+}
+
+/// The host folders a real node may create (kubelet's fixed device-plugin folder, libcni's
+/// cache, a bare node's CNI folders).
+const HOST_FOLDERS: &[&str] = &[KUBELET_ROOT, CNI_CACHE_ROOT, "/opt/cni", "/etc/cni"];
+
+/// libcni's cache (containerd's default `cacheDir`).
+const CNI_CACHE_ROOT: &str = "/var/lib/cni";
+
+/// The file that marks a host folder as a real node's (so a run killed before its
+/// clean-up does not block the next: [`clear_stale`]).
+const MARKER: &str = ".danm-real-node";
+
+/// Removes `folder` if a real node made it (it holds [`MARKER`]): what a test binary killed
+/// before its clean-up left.
+pub(super) fn clear_stale(folder: &Path) {
+    if folder.join(MARKER).exists() {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}
+
+/// Creates `folder` (and its parents) and marks it as a real node's.
+pub(super) fn create_marked(folder: &Path) {
+    std::fs::create_dir_all(folder).expect("a host folder");
+    std::fs::write(folder.join(MARKER), "").expect("the folder's marker");
 }
 
 impl HostSnapshot {
@@ -80,6 +113,22 @@ impl HostSnapshot {
             shim_sockets: names_in("/run/containerd/s"),
             container_logs: names_in("/var/log/containers"),
             mounts: mounts_under(&std::env::temp_dir().join("danm-real-node-")),
+            cni_cache: names_in("/var/lib/cni/results"),
+            nft_tables: Command::new("nft")
+                .args(["list", "tables"])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            host_folders: HOST_FOLDERS
+                .iter()
+                .filter(|f| Path::new(f).exists())
+                .map(|f| f.to_string())
+                .collect(),
         }
     }
 }
@@ -97,8 +146,10 @@ pub(super) struct HostState {
 
 impl HostState {
     pub(super) fn save(dir: &Path, mut owned: Vec<PathBuf>) -> HostState {
-        if !Path::new(KUBELET_ROOT).exists() {
-            owned.push(KUBELET_ROOT.into());
+        for folder in [KUBELET_ROOT, CNI_CACHE_ROOT] {
+            if !Path::new(folder).exists() {
+                owned.push(folder.into());
+            }
         }
         let sysctls = KUBELET_SYSCTLS
             .iter()
@@ -117,7 +168,8 @@ impl HostState {
 
     /// Gives back what the node changed: kills what still runs in the cgroups it made
     /// (containers whose containerd died first), undoes its mounts (deepest first), and
-    /// removes what appeared since [`HostState::save`]: cgroups (deepest first), `cni-*`
+    /// removes what appeared since [`HostState::save`] (libcni's cached results among it):
+    /// cgroups (deepest first), `cni-*`
     /// network namespaces (containerd 1.6 puts them in `/run/netns`; this assumes no other
     /// container runtime creates pods on the machine meanwhile), shim sockets, and
     /// kubelet's log links into the node's folder; then puts the sysctls back.
@@ -156,6 +208,9 @@ impl HostState {
         }
         for (sysctl, value) in &self.sysctls {
             let _ = std::fs::write(Path::new("/proc/sys").join(sysctl), value);
+        }
+        for name in now.cni_cache.difference(&self.before.cni_cache) {
+            let _ = std::fs::remove_file(Path::new(CNI_CACHE_ROOT).join("results").join(name));
         }
         for path in &self.owned {
             let _ = std::fs::remove_dir_all(path);

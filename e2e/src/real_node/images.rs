@@ -243,11 +243,16 @@ mod tests {
 
     #[test]
     fn the_table_has_every_image_the_kustomization_retags() {
+        // The `images:` block: `- name: <image>` then `  newTag: <tag>`.
         let kustomization = read("deploy/base/kustomization.yaml");
-        let retagged: BTreeSet<String> = kustomization
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("- name: ghcr.io/danm-rs/"))
-            .map(|name| format!("ghcr.io/danm-rs/{name}:0.1.0"))
+        let lines: Vec<&str> = kustomization.lines().map(str::trim).collect();
+        let retagged: BTreeSet<String> = lines
+            .windows(2)
+            .filter_map(|pair| {
+                let name = pair[0].strip_prefix("- name: ghcr.io/danm-rs/")?;
+                let tag = pair[1].strip_prefix("newTag: ")?;
+                Some(format!("ghcr.io/danm-rs/{name}:{tag}"))
+            })
             .collect();
         let mut built: BTreeSet<String> = daemon_images()
             .into_iter()

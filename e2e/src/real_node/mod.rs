@@ -199,6 +199,7 @@ impl RealNode {
         let lock = lock_host();
         let owned = [BARE_CNI_BIN_ROOT, BARE_CNI_CONF_ROOT, BARE_KUBELET_PKI];
         for path in owned {
+            host::clear_stale(Path::new(path));
             assert!(
                 !Path::new(path).exists(),
                 "{path} exists: this machine has a CNI or kubelet installed, which a bare real node would overwrite"
@@ -223,6 +224,9 @@ impl RealNode {
             host,
             _lock: lock,
         };
+        for root in [BARE_CNI_BIN_ROOT, BARE_CNI_CONF_ROOT] {
+            host::create_marked(Path::new(root));
+        }
         for d in [&node.cni_bin, &node.cni_conf] {
             std::fs::create_dir_all(d).expect("the host's CNI folders");
         }
@@ -437,7 +441,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             plane.user_credentials(&format!("system:node:{}", self.name), &["system:nodes"]);
         if self.bare {
             let pem = Path::new(BARE_KUBELET_PKI).join("kubelet-client-current.pem");
-            std::fs::create_dir_all(BARE_KUBELET_PKI).expect("kubelet's pki folder");
+            host::create_marked(Path::new(BARE_KUBELET_PKI));
             std::fs::write(
                 &pem,
                 format!("{}{}", certificate.cert_pem, certificate.key_pem),

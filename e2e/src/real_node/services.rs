@@ -42,6 +42,9 @@ pub struct ServiceProxy {
     table: String,
     task: tokio::task::JoinHandle<()>,
     dns: tokio::task::JoinHandle<()>,
+    /// Held while the table is written; `true` once the proxy is stopping (a write already
+    /// under way when the task is aborted must not bring the table back).
+    writing: std::sync::Arc<std::sync::Mutex<bool>>,
 }
 
 impl ServiceProxy {
@@ -68,6 +71,8 @@ impl ServiceProxy {
             .expect("the DNS responder's socket");
         let dns_address = socket.local_addr().expect("its address");
         let dns = tokio::spawn(serve_dns(socket, names.clone()));
+        let writing = std::sync::Arc::new(std::sync::Mutex::new(false));
+        let lock = writing.clone();
         let task = tokio::spawn(async move {
             let services: Api<Service> = Api::all(client.clone());
             let slices: Api<EndpointSlice> = Api::all(client);
@@ -79,14 +84,25 @@ impl ServiceProxy {
                 ) {
                     *names.lock().expect("the names") = dns_names(&s.items);
                     let rules = ruleset(&name, api, dns_address, &s.items, &e.items);
-                    if rules != applied && nft(&rules).is_ok() {
-                        applied = rules;
+                    if rules != applied {
+                        let stopping = lock.lock().expect("the write lock");
+                        if *stopping {
+                            return;
+                        }
+                        if nft(&rules).is_ok() {
+                            applied = rules;
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        let proxy = ServiceProxy { table, task, dns };
+        let proxy = ServiceProxy {
+            table,
+            task,
+            dns,
+            writing,
+        };
         // The first rules are in place before anything needs them.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while nft(&format!("list table ip {}", proxy.table)).is_err() {
@@ -102,6 +118,7 @@ impl ServiceProxy {
 
 impl Drop for ServiceProxy {
     fn drop(&mut self) {
+        *self.writing.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.task.abort();
         self.dns.abort();
         let _ = nft(&format!("delete table ip {}", self.table));
@@ -236,6 +253,7 @@ async fn serve_dns(socket: tokio::net::UdpSocket, names: Names) {
     let mut buffer = [0u8; 1500];
     loop {
         let Ok((length, peer)) = socket.recv_from(&mut buffer).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let reply = answer(&buffer[..length], |name| {
