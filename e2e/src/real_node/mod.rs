@@ -8,18 +8,23 @@
 //!   runc), or 2.x as `testkit/k8s/build.sh` builds it ([`Containerd::built`]); runc from
 //!   `PATH` (Debian's 1.1).
 //! * Images: no registry is reachable, so the sandbox image is built here
-//!   ([`danm_testkit::image`]) from the `pause` program and imported with `ctr`; pods use
-//!   `imagePullPolicy: Never`.
+//!   ([`danm_testkit::image`]) from the `pause` program and imported with `ctr`; the test
+//!   programs' images and those of `deploy/images` likewise ([`images`]).
 //! * The node's own folder holds containerd's root and state, kubelet's root, certificates
-//!   and pod logs, the CNI folders, containerd's `opt` folder and runc's state. On drop,
-//!   kubelet then every task and containerd are killed, then the shims and whatever still
-//!   runs in the cgroups the node made; mounts under the folder are undone; the cgroups,
-//!   `cni-*` network namespaces, shim sockets (`/run/containerd/s`) and kubelet's log links
-//!   that appeared are removed; the sysctls kubelet sets (`kernel.panic`,
-//!   `vm.overcommit_memory`...) get their values back; the folder goes ([`HostSnapshot`]
-//!   is what a test compares to prove it). kubelet is told not to add iptables chains
-//!   (`makeIPTablesUtilChains: false`). A test binary killed with SIGKILL skips all this
-//!   but for its processes (the control plane's watchdog kills those).
+//!   and pod logs, containerd's `opt` folder and runc's state, and the CNI folders
+//!   ([`RealNode::start`]); a bare node ([`RealNode::start_bare`]) uses the host's
+//!   `/opt/cni/bin` and `/etc/cni/net.d` instead, as `deploy/` expects. On drop, kubelet
+//!   then every task and containerd are killed, then the shims and whatever still runs in
+//!   the cgroups the node made; mounts under the folder are undone; the cgroups, `cni-*`
+//!   network namespaces, shim sockets (`/run/containerd/s`), kubelet's log links, libcni's
+//!   cached results and the host folders that appeared are removed; the sysctls kubelet
+//!   sets (`kernel.panic`, `vm.overcommit_memory`...) get their values back; the folder
+//!   goes ([`HostSnapshot`] is what a test compares to prove it). kubelet is told not to
+//!   add iptables chains (`makeIPTablesUtilChains: false`). A test binary killed with
+//!   SIGKILL skips all this but for its processes (the control plane's watchdog kills
+//!   those).
+//! * Services and cluster DNS, which a cluster's kube-proxy and CoreDNS would give:
+//!   [`services::ServiceProxy`].
 //!
 //! Only one real node runs at a time on a machine (the sysctls are the host's): [`RealNode`]
 //! holds an exclusive lock on `/run/danm-real-node.lock` while it lives.
