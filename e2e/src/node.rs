@@ -43,7 +43,7 @@ pub struct NodeConfig {
     pub cni_config: Value,
 }
 
-/// A running node: drop it to stop its agent (its namespaces stay until [`Node::kill`] or
+/// A running node: drop it to stop its agent (its namespaces stay until [`NodeAgent::kill`] or
 /// the machine is dropped).
 #[derive(Debug)]
 pub struct NodeAgent {

@@ -75,7 +75,8 @@ pub struct HostSnapshot {
     pub cni_cache: std::collections::BTreeSet<String>,
     /// `nft list tables`, line by line.
     pub nft_tables: std::collections::BTreeSet<String>,
-    /// Those of [`HOST_FOLDERS`] that exist.
+    /// Which of the host folders a node may create (`/var/lib/kubelet`, `/var/lib/cni`,
+    /// `/opt/cni`, `/etc/cni`) exist.
     pub host_folders: std::collections::BTreeSet<String>,
 }
 
