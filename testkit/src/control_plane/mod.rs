@@ -14,6 +14,8 @@
 //! file for `kubectl` and our binaries ([`ControlPlane::kubeconfig`]), and clients and
 //! kubeconfigs acting as a given user or ServiceAccount, so that RBAC is tested for real.
 
+mod components;
+mod credentials;
 mod pki;
 mod process;
 
@@ -23,15 +25,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::json;
 
+pub use credentials::{client_from_file, config_from_file, plain_kubeconfig};
 pub use pki::CertifiedKey;
+
+use credentials::{Credentials, kubeconfig_text, write};
 use pki::Pki;
 use process::{Process, Watchdog};
 
@@ -253,171 +254,6 @@ impl ControlPlane {
         tracing::info!(elapsed = ?started.elapsed(), url = %plane.url, dir = %plane.dir.display(), "control plane ready");
         Ok(plane)
     }
-
-    fn spawn(&self, name: &str, args: Vec<String>) -> Result<(), Error> {
-        let process = Process::spawn(
-            &self._watchdog,
-            &self.dir,
-            name,
-            &self.bin_dir.join(name),
-            &args,
-        )?;
-        self.processes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(process);
-        Ok(())
-    }
-
-    /// Starts etcd; returns its client URL.
-    fn start_etcd(&self, options: &Options) -> Result<String, Error> {
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let data = options
-            .etcd_data_dir
-            .clone()
-            .unwrap_or_else(|| self.dir.join("etcd"));
-        self.spawn(
-            "etcd",
-            vec![
-                "--name=default".into(),
-                format!("--data-dir={}", data.display()),
-                format!("--listen-client-urls={client}"),
-                format!("--advertise-client-urls={client}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-advertise-peer-urls={peer}"),
-                format!("--initial-cluster=default={peer}"),
-                format!("--unsafe-no-fsync={}", !options.etcd_fsync),
-                // 4 GiB: room for the scale tests' hundreds of thousands of objects.
-                "--quota-backend-bytes=4294967296".into(),
-                "--log-level=warn".into(),
-            ],
-        )?;
-        Ok(client)
-    }
-
-    /// The AdmissionConfiguration that makes the API server present a client certificate
-    /// (CN [`WEBHOOK_CLIENT`], signed by the CA) to every admission webhook it calls, as a
-    /// cluster administrator configures it so that webhooks can tell the API server from
-    /// anyone else (`kubeConfigFile`, user `*`); its path.
-    fn admission_config(&self) -> Result<PathBuf, Error> {
-        let cert = self.pki.client_cert(WEBHOOK_CLIENT, &[])?;
-        let kubeconfig = self.dir.join("webhook-client.kubeconfig");
-        let text = serde_json::to_string_pretty(&json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "users": [{"name": "*", "user": {
-                "client-certificate-data": b64(&cert.cert_pem),
-                "client-key-data": b64(&cert.key_pem),
-            }}],
-        }))
-        .expect("a kubeconfig serializes");
-        write(&kubeconfig, &text)?;
-        let config = self.dir.join("admission.yaml");
-        let plugin = |name: &str, kind: &str| {
-            json!({"name": name, "configuration": {
-                "apiVersion": "apiserver.config.k8s.io/v1",
-                "kind": kind,
-                "kubeConfigFile": kubeconfig.display().to_string(),
-            }})
-        };
-        let text = serde_json::to_string_pretty(&json!({
-            "apiVersion": "apiserver.config.k8s.io/v1",
-            "kind": "AdmissionConfiguration",
-            "plugins": [
-                plugin("MutatingAdmissionWebhook", "WebhookAdmissionConfiguration"),
-                plugin("ValidatingAdmissionWebhook", "WebhookAdmissionConfiguration"),
-            ],
-        }))
-        .expect("an AdmissionConfiguration serializes");
-        write(&config, &text)?;
-        Ok(config)
-    }
-
-    fn start_apiserver(&self, port: u16, etcd: &str) -> Result<(), Error> {
-        let admission = self.admission_config()?;
-        let pki = &self.pki;
-        let file = |p: &Path| p.display().to_string();
-        self.spawn(
-            "kube-apiserver",
-            vec![
-                format!("--etcd-servers={etcd}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={port}"),
-                format!("--cert-dir={}", self.dir.join("apiserver-certs").display()),
-                format!("--tls-cert-file={}", file(&pki.serving_cert_file)),
-                format!("--tls-private-key-file={}", file(&pki.serving_key_file)),
-                format!("--client-ca-file={}", file(&pki.ca_file)),
-                format!("--service-account-issuer={ISSUER}"),
-                format!("--service-account-key-file={}", file(&pki.sa_pub_file)),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    file(&pki.sa_key_file)
-                ),
-                "--authorization-mode=RBAC".into(),
-                format!("--admission-control-config-file={}", file(&admission)),
-                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-                // The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
-                // refuse: no reconciler.
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
-        )
-    }
-
-    /// The flags kube-controller-manager and kube-scheduler share: the administrator's
-    /// kubeconfig, no leader election, serving on a free loopback port.
-    fn component_args(&self) -> Vec<String> {
-        let kubeconfig = self.admin_kubeconfig.display().to_string();
-        vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--authentication-kubeconfig={kubeconfig}"),
-            format!("--authorization-kubeconfig={kubeconfig}"),
-            "--leader-elect=false".into(),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={}", free_port()),
-            "--v=1".into(),
-        ]
-    }
-
-    fn start_controller_manager(&self, options: &Options) -> Result<(), Error> {
-        let mut args = self.component_args();
-        let mut controllers = CONTROLLERS.to_owned();
-        if options.pod_gc {
-            controllers.push_str(",podgc");
-        }
-        if options.node_lifecycle {
-            controllers.push_str(",nodelifecycle");
-        }
-        if options.cron_jobs {
-            controllers.push_str(",cronjob");
-        }
-        args.extend([
-            format!("--controllers={controllers}"),
-            format!("--cert-dir={}", self.dir.join("kcm-certs").display()),
-            format!(
-                "--service-account-private-key-file={}",
-                self.pki.sa_key_file.display()
-            ),
-            format!("--root-ca-file={}", self.pki.ca_file.display()),
-            "--use-service-account-credentials=false".into(),
-            "--cluster-name=danm-testkit".into(),
-        ]);
-        self.spawn("kube-controller-manager", args)
-    }
-
-    fn start_scheduler(&self) -> Result<(), Error> {
-        let mut args = self.component_args();
-        args.push(format!(
-            "--cert-dir={}",
-            self.dir.join("scheduler-certs").display()
-        ));
-        self.spawn("kube-scheduler", args)
-    }
-
     /// Fails with the process's log if any process of the control plane has ended.
     fn check_alive(&self) -> Result<(), Error> {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
@@ -568,97 +404,6 @@ impl ControlPlane {
         command
     }
 
-    /// A unique file name in the control plane's folder.
-    fn unique_path(&self, stem: &str, extension: &str) -> PathBuf {
-        let n = self.names.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{stem}-{n}.{extension}"))
-    }
-
-    /// A kubeconfig file of `user` in `groups` (a client certificate signed by the CA).
-    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
-        self.user_credentials(user, groups).0
-    }
-
-    /// A kubeconfig file of `user` in `groups`, as [`ControlPlane::user_kubeconfig`], and
-    /// the certificate and key it holds (for a kubelet, which also keeps them in a file).
-    pub fn user_credentials(&self, user: &str, groups: &[&str]) -> (PathBuf, CertifiedKey) {
-        let cert = self
-            .pki
-            .client_cert(user, groups)
-            .expect("a client certificate");
-        let path = self.unique_path("user", "kubeconfig");
-        write(
-            &path,
-            &kubeconfig_text(
-                &self.url,
-                Some(&self.pki.ca_pem),
-                Credentials::Certificate(&cert),
-            ),
-        )
-        .expect("the control plane's folder is writable");
-        (path, cert)
-    }
-
-    /// A client of `user` in `groups`.
-    pub async fn user_client(&self, user: &str, groups: &[&str]) -> kube::Client {
-        client_from_file(&self.user_kubeconfig(user, groups))
-            .await
-            .expect("a generated kubeconfig is valid")
-    }
-
-    /// A kubeconfig file of the ServiceAccount `namespace/name` (which must exist), with a
-    /// one-hour token from the TokenRequest API: what a pod of that ServiceAccount gets.
-    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
-        let api: Api<ServiceAccount> = Api::namespaced(self.client().await, namespace);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let token = api
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .unwrap_or_else(|e| panic!("a token for ServiceAccount {namespace}/{name}: {e}"))
-            .status
-            .expect("a TokenRequest answer has a status")
-            .token;
-        let path = self.unique_path("serviceaccount", "kubeconfig");
-        write(
-            &path,
-            &kubeconfig_text(
-                &self.url,
-                Some(&self.pki.ca_pem),
-                Credentials::Token(&token),
-            ),
-        )
-        .expect("the control plane's folder is writable");
-        path
-    }
-
-    /// A client of the ServiceAccount `namespace/name` (which must exist).
-    pub async fn service_account_client(&self, namespace: &str, name: &str) -> kube::Client {
-        client_from_file(&self.service_account_kubeconfig(namespace, name).await)
-            .await
-            .expect("a generated kubeconfig is valid")
-    }
-
-    /// A client certificate of `common_name` signed by the control plane's CA: the API
-    /// server's own to its webhooks is [`WEBHOOK_CLIENT`]; a test plays the API server (or
-    /// an impostor) with one.
-    pub fn client_cert(&self, common_name: &str) -> CertifiedKey {
-        self.pki
-            .client_cert(common_name, &[])
-            .expect("a client certificate")
-    }
-
-    /// A serving certificate signed by the control plane's CA, for a server the API
-    /// server calls (an admission webhook on `names`).
-    pub fn serving_cert(&self, names: &[&str]) -> CertifiedKey {
-        self.pki.serving_cert(names).expect("a serving certificate")
-    }
-
     /// Creates a namespace named `<prefix>-<n>`, unique in this control plane, and waits
     /// until its `default` ServiceAccount exists (pods cannot be created before).
     pub async fn namespace(&self, prefix: &str) -> String {
@@ -749,67 +494,4 @@ impl Drop for ControlPlane {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// How a kubeconfig's user authenticates.
-enum Credentials<'a> {
-    Certificate(&'a CertifiedKey),
-    Token(&'a str),
-    None,
-}
-
-fn b64(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-/// A kubeconfig (JSON, which is YAML) for `server`.
-fn kubeconfig_text(server: &str, ca_pem: Option<&str>, credentials: Credentials<'_>) -> String {
-    let mut cluster = json!({ "server": server });
-    if let Some(ca) = ca_pem {
-        cluster["certificate-authority-data"] = json!(b64(ca));
-    }
-    let user = match credentials {
-        Credentials::Certificate(c) => json!({
-            "client-certificate-data": b64(&c.cert_pem),
-            "client-key-data": b64(&c.key_pem),
-        }),
-        Credentials::Token(t) => json!({ "token": t }),
-        Credentials::None => json!({}),
-    };
-    serde_json::to_string_pretty(&json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "danm-testkit", "cluster": cluster }],
-        "users": [{ "name": "user", "user": user }],
-        "contexts": [{
-            "name": "danm-testkit",
-            "context": { "cluster": "danm-testkit", "user": "user", "namespace": "default" },
-        }],
-        "current-context": "danm-testkit",
-    }))
-    .expect("a kubeconfig serializes")
-}
-
-/// A kubeconfig with no credentials for a plain-HTTP server (the fault proxy).
-pub fn plain_kubeconfig(server: &str) -> String {
-    kubeconfig_text(server, None, Credentials::None)
-}
-
-fn write(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::Io(path.display().to_string(), e))
-}
-
-/// A client from a kubeconfig file, as our binaries build theirs from `KUBECONFIG`.
-pub async fn client_from_file(path: &Path) -> Result<kube::Client, Error> {
-    let config = config_from_file(path).await?;
-    kube::Client::try_from(config).map_err(|e| Error::Kube(path.display().to_string(), e))
-}
-
-/// A client configuration from a kubeconfig file.
-pub async fn config_from_file(path: &Path) -> Result<kube::Config, Error> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
-    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))
 }
