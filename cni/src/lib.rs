@@ -9,7 +9,9 @@
 //!   rolled back as a whole on any failure.
 //! * [`ipam_plugin`]: `danm-ipam`, ipamd as the IPAM of any CNI configuration.
 //! * [`ipamd`]: the gRPC client and the mapping of its errors to CNI codes.
+//! * [`cli`]: `danm` run by hand: `--help` and `health` (what the CNI installer waits for).
 
+pub mod cli;
 pub mod danm;
 pub mod delegate;
 pub mod exec;

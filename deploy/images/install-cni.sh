@@ -3,23 +3,39 @@
 # deploy/base/cni/installer.yaml), then waits until the pod is stopped. Each file is
 # written beside its target and renamed over it, so the container runtime never reads a
 # half-written plugin or configuration.
+#
+# The first 00-danm.conf of a node is written only once ipamd answers and serves a default
+# network (`danm health`, on the danm-ipamd Service's plaintext `health` port): until then
+# the node's pods keep the CNI that served them, instead of failing in danm. A node that
+# already has 00-danm.conf gets it rewritten at once, so that an ipamd outage never holds
+# an installer restart (or a new template) back. The configuration is never removed: that
+# would make the node NotReady and break DEL for every pod on it.
 set -eu
 
 bin_dir="${CNI_BIN_DIR:-/host/opt/cni/bin}"
 conf_dir="${CNI_CONF_DIR:-/host/etc/cni/net.d}"
 template="${DANM_CNI_TEMPLATE:-/etc/danm/cni/00-danm.conf.template}"
 ca="${DANM_IPAMD_CA:-/etc/danm/ca/ca.crt}"
+plugins="${DANM_PLUGINS_DIR:-/opt/danm/bin}"
 
 host="${DANM_IPAMD_SERVICE_HOST:-}"
 port="${DANM_IPAMD_SERVICE_PORT_GRPC:-}"
-if [ -z "$host" ] || [ -z "$port" ]; then
+health_port="${DANM_IPAMD_SERVICE_PORT_HEALTH:-}"
+if [ -z "$host" ] || [ -z "$port" ] || [ -z "$health_port" ]; then
   # Kubernetes sets these only for Services that existed when the pod started.
-  echo "install-cni: DANM_IPAMD_SERVICE_HOST/DANM_IPAMD_SERVICE_PORT_GRPC unset: the Service danm-ipamd did not exist when this pod started" >&2
+  echo "install-cni: DANM_IPAMD_SERVICE_HOST/DANM_IPAMD_SERVICE_PORT_GRPC/DANM_IPAMD_SERVICE_PORT_HEALTH unset: the Service danm-ipamd (with ports grpc and health) did not exist when this pod started" >&2
   exit 1
 fi
 case "$host" in
   *:*) host="[$host]" ;; # an IPv6 ClusterIP in a URL
 esac
+
+# Ends at once on SIGTERM, also while waiting for ipamd.
+trap 'exit 0' TERM INT
+pause() {
+  sleep "$1" &
+  wait $!
+}
 
 install_file() { # source target mode
   cp "$1" "$2.danm-tmp"
@@ -29,7 +45,7 @@ install_file() { # source target mode
 
 mkdir -p "$bin_dir" "$conf_dir/danm"
 for plugin in danm danm-ipam; do
-  install_file "/opt/danm/bin/$plugin" "$bin_dir/$plugin" 0755
+  install_file "$plugins/$plugin" "$bin_dir/$plugin" 0755
 done
 install_file "$ca" "$conf_dir/danm/ipamd-ca.crt" 0644
 # With deploy/components/node-token: the pod's ServiceAccount token (renewed by the
@@ -37,6 +53,21 @@ install_file "$ca" "$conf_dir/danm/ipamd-ca.crt" 0644
 token="${DANM_NODE_TOKEN:-}"
 if [ -n "$token" ]; then
   install_file "$token" "$conf_dir/danm/node-token" 0600
+fi
+
+if [ -e "$conf_dir/00-danm.conf" ]; then
+  echo "install-cni: $conf_dir/00-danm.conf exists: rewritten at once, without waiting for ipamd"
+else
+  # The reason is logged when it changes, not at every poll.
+  said=""
+  until why=$("$plugins/danm" health "$host:$health_port" 2>&1); do
+    if [ "$why" != "$said" ]; then
+      echo "install-cni: 00-danm.conf not written yet, this node's pods keep their CNI: $why"
+      said="$why"
+    fi
+    pause "${DANM_IPAMD_POLL_SECONDS:-5}"
+  done
+  echo "install-cni: $why"
 fi
 
 # Only the two variables are replaced: the template is JSON, not a shell script.
@@ -47,14 +78,12 @@ chmod 0644 "$conf_dir/00-danm.conf.danm-tmp"
 mv -f "$conf_dir/00-danm.conf.danm-tmp" "$conf_dir/00-danm.conf"
 echo "install-cni: installed danm and danm-ipam in $bin_dir; $conf_dir/00-danm.conf calls ipamd at https://$host:$port"
 
-# Stay up (a DaemonSet pod that exits is restarted), ending at once on SIGTERM, and keep
-# the node's copy of the CA bundle in step with the ConfigMap: a CA rotation publishes the
-# old and the new CA together (kubelet updates the mounted ConfigMap within a minute or
-# so), and the plugin reads the file at every call.
-trap 'exit 0' TERM INT
+# Stay up (a DaemonSet pod that exits is restarted), and keep the node's copy of the CA
+# bundle in step with the ConfigMap: a CA rotation publishes the old and the new CA
+# together (kubelet updates the mounted ConfigMap within a minute or so), and the plugin
+# reads the file at every call.
 while :; do
-  sleep "${DANM_CA_SYNC_SECONDS:-30}" &
-  wait $!
+  pause "${DANM_CA_SYNC_SECONDS:-30}"
   if ! cmp -s "$ca" "$conf_dir/danm/ipamd-ca.crt"; then
     install_file "$ca" "$conf_dir/danm/ipamd-ca.crt" 0644
     echo "install-cni: the CA bundle changed; $conf_dir/danm/ipamd-ca.crt updated"

@@ -8,11 +8,14 @@
 //!
 //! In order, as a cluster operator would see it: the danm-certs Job issues the
 //! certificates; the CNI installer stays off the node until it is labelled
-//! `danm.io/cni=enabled`, then makes `danm` the node's CNI and the node goes Ready;
-//! ipamd and the webhook become ready; the webhook admits the networks; netwatcher and
-//! svcwatcher (a pod on DANM's own network, reaching the API server through its route)
-//! become ready; a pod gets its address from ipamd through the installed `danm`, and
-//! gives it back when deleted.
+//! `danm.io/cni=enabled`; ipamd and the webhook become ready on the host network; the
+//! installer waits, writing no `00-danm.conf`, while ipamd serves no default network; the
+//! webhook admits the networks, and the installer makes `danm` the node's CNI and the
+//! node goes Ready; netwatcher and svcwatcher (a pod on DANM's own network, reaching the
+//! API server through its route) become ready; a pod gets its address from ipamd through
+//! the installed `danm`, and gives it back when deleted; a leaked address is freed by the
+//! cleaner's Job; with ipamd gone, a restarted installer rewrites the node's
+//! configuration at once instead of waiting.
 
 use danm_e2e::fabric::{ip, is_root};
 use danm_e2e::pods::{eventually, init_logs, pod_ip, ready};
@@ -209,28 +212,59 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     plane
         .kubectl_with_input(&["label", "node", "real-1", "danm.io/cni=enabled"], "")
         .expect("the node opts in");
-    let nodes: Api<Node> = Api::all(client.clone());
-    eventually(
-        120,
-        "the installer makes the node Ready",
-        diagnose,
-        || async {
-            let node = nodes.get_opt("real-1").await.ok().flatten()?;
-            node.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await;
-    assert!(node.cni_dir().join("00-danm.conf").exists());
 
-    // ipamd and the webhook serve (one replica each: their host ports allow one per node).
+    // ipamd and the webhook serve (host network, so on a node with no CNI yet; one replica
+    // each: their host ports allow one per node).
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "danm-system");
     for name in ["danm-ipamd", "danm-webhook"] {
         deployment_serves(&deployments, name, diagnose).await;
     }
+
+    // The installer runs, but a node's first 00-danm.conf waits for a default network.
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), "danm-system");
+    let installer = || async {
+        system_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=danm-cni-installer"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .and_then(|p| p.metadata.name)
+    };
+    let first = eventually(60, "the installer runs", diagnose, installer).await;
+    let waiting = eventually(60, "the installer says why it waits", diagnose, || async {
+        let log = node.container_log("danm-system", &first, "install");
+        log.contains("00-danm.conf not written yet").then_some(log)
+    })
+    .await;
+    assert!(
+        waiting.contains("danm.io/default-network: NOT_SERVING"),
+        "{waiting}"
+    );
+    assert!(!node.cni_dir().join("00-danm.conf").exists());
+    let installer_ready = || async {
+        system_pods
+            .get_opt(&first)
+            .await
+            .ok()
+            .flatten()
+            .filter(ready)
+    };
+    assert!(
+        installer_ready().await.is_none(),
+        "the installer is Ready with no 00-danm.conf"
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_ready = || async {
+        let node = nodes.get_opt("real-1").await.ok().flatten()?;
+        node.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    };
+    assert!(node_ready().await.is_none(), "Ready with no CNI");
 
     // The networks, through the webhook (failurePolicy Fail: admitted means it answered).
     let networks = networks(&link);
@@ -238,6 +272,19 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         plane.kubectl_apply(&networks).ok()
     })
     .await;
+
+    // ipamd serves a default network: the installer makes danm the node's CNI.
+    eventually(
+        120,
+        "the installer makes the node Ready",
+        diagnose,
+        node_ready,
+    )
+    .await;
+    assert!(node.cni_dir().join("00-danm.conf").exists());
+    let log = node.container_log("danm-system", &first, "install");
+    assert!(log.contains("danm.io/default-network: SERVING"), "{log}");
+    eventually(30, "the installer is Ready", diagnose, installer_ready).await;
 
     // netwatcher on the node, svcwatcher on DANM's network.
     eventually(120, "DaemonSet danm-netwatcher ready", diagnose, || async {
@@ -373,7 +420,6 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         .expect("a Job from the CronJob's template");
     job_completes(&jobs, "cleaner-now", diagnose).await;
     assert_eq!(danmeps(), "", "the cleaner freed the leak");
-    let system_pods: Api<Pod> = Api::namespaced(client.clone(), "danm-system");
     let cleaner = system_pods
         .list(&ListParams::default().labels("job-name=cleaner-now"))
         .await
@@ -388,6 +434,53 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         "the cleaner does not say it freed {leaked_address}:\n{log}"
     );
     std::fs::rename(&real, &plugin).expect("the plugin is back");
+
+    // ipamd gone and the installer restarted: the node keeps its configuration, rewritten
+    // at once (an outage never holds an installer restart back).
+    plane
+        .kubectl_with_input(
+            &[
+                "scale",
+                "deployment",
+                "-n",
+                "danm-system",
+                "danm-ipamd",
+                "--replicas=0",
+            ],
+            "",
+        )
+        .expect("ipamd scaled to nothing");
+    eventually(90, "ipamd's pods are gone", diagnose, || async {
+        let list = system_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=danm-ipamd"))
+            .await
+            .ok()?;
+        list.items.is_empty().then_some(())
+    })
+    .await;
+    plane
+        .kubectl_with_input(
+            &["delete", "pod", "-n", "danm-system", &first, "--wait"],
+            "",
+        )
+        .expect("the installer's pod is deleted");
+    let second = eventually(60, "the installer runs again", diagnose, || async {
+        installer().await.filter(|name| *name != first)
+    })
+    .await;
+    eventually(
+        60,
+        "the new installer rewrites 00-danm.conf",
+        diagnose,
+        || async {
+            node.container_log("danm-system", &second, "install")
+                .contains("00-danm.conf exists: rewritten at once, without waiting for ipamd")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(node.cni_dir().join("00-danm.conf").exists());
+    assert!(node_ready().await.is_some(), "the node stays Ready");
 
     // The node gone, the host is as before, its CNI, kubelet and nftables state included.
     drop(node);

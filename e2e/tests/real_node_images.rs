@@ -8,7 +8,9 @@
 //! * the CNI installer's container, exactly as its DaemonSet has it but for the two host
 //!   folders (a temporary folder here, not the host's `/opt/cni/bin` and `/etc/cni/net.d`),
 //!   installs `danm` and `danm-ipam`, the CA bundle and `00-danm.conf` rendered with the
-//!   `danm-ipamd` Service's address.
+//!   `danm-ipamd` Service's address. The node already has a `00-danm.conf` (an older one)
+//!   and the Service no ipamd behind it: the installer rewrites the file at once rather
+//!   than wait for ipamd (a node's first configuration waits: `real_node_deploy.rs`).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -119,7 +121,7 @@ fn installer_pod(base: &[Value], host: &Path) -> Value {
 
 /// What the installer's pod needs in its namespace, as `deploy/base` has it: its
 /// ServiceAccount, the template's ConfigMap, the CA bundle's ConfigMap and the Service
-/// whose port `grpc` kubelet turns into `DANM_IPAMD_SERVICE_*`.
+/// whose ports `grpc` and `health` kubelet turns into `DANM_IPAMD_SERVICE_*`.
 fn installer_surroundings(cluster: &Cluster) -> Value {
     let template =
         std::fs::read_to_string(repository_file("deploy/base/cni/00-danm.conf.template"))
@@ -138,7 +140,8 @@ fn installer_surroundings(cluster: &Cluster) -> Value {
         {"apiVersion": "v1", "kind": "Service",
          "metadata": {"name": "danm-ipamd", "namespace": NAMESPACE},
          "spec": {"selector": {"app": "nothing"},
-                  "ports": [{"name": "grpc", "port": 9443, "targetPort": 9443}]}},
+                  "ports": [{"name": "grpc", "port": 9443, "targetPort": 9443},
+                            {"name": "health", "port": 9444, "targetPort": 9444}]}},
     ]})
 }
 
@@ -200,16 +203,18 @@ async fn the_images_run_as_deploy_base_runs_them_and_the_installer_installs_danm
         .and_then(|s| s.cluster_ip)
         .expect("a ClusterIP");
     let host = tempfile::tempdir().expect("a temporary folder");
+    let conf = host.path().join("etc/cni/net.d/00-danm.conf");
+    std::fs::create_dir_all(conf.parent().unwrap()).expect("the node's net.d");
+    std::fs::write(&conf, "{\"previous\": true}").expect("an older 00-danm.conf");
     cluster.kubectl(
         &["apply", "-f", "-"],
         &installer_pod(&base, host.path()).to_string(),
     );
-    let conf = host.path().join("etc/cni/net.d/00-danm.conf");
     let deadline = Instant::now() + Duration::from_secs(90);
-    while !conf.exists() {
+    while std::fs::read_to_string(&conf).is_ok_and(|text| text.contains("previous")) {
         assert!(
             Instant::now() < deadline,
-            "no 00-danm.conf after 90 s:\n{}\n{}",
+            "00-danm.conf not rewritten after 90 s:\n{}\n{}",
             node.container_log(NAMESPACE, "installer", "install"),
             diagnose(&cluster, &node)
         );
@@ -238,6 +243,10 @@ async fn the_images_run_as_deploy_base_runs_them_and_the_installer_installs_danm
     loop {
         let log = node.container_log(NAMESPACE, "installer", "install");
         if log.contains("install-cni: installed danm and danm-ipam") {
+            assert!(
+                log.contains("00-danm.conf exists: rewritten at once, without waiting for ipamd"),
+                "{log}"
+            );
             break;
         }
         assert!(

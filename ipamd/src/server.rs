@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use danm_proto::health;
 use danm_proto::v1::ipam_server::IpamServer;
 use futures::FutureExt;
 use tokio::net::TcpListener;
@@ -82,9 +83,11 @@ pub async fn serve_with(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    health_reporter
-        .set_service_status(IPAM_SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-        .await;
+    for service in [health::IPAM, health::DEFAULT_NETWORK] {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     tokio::spawn(report_health(
         Arc::downgrade(&engine),
         health_reporter,
@@ -140,20 +143,20 @@ pub async fn serve_with(
     Ok(served?)
 }
 
-/// Keeps the health service's answer in step with the engine: SERVING while the store
-/// answers and no network waits for its migration, NOT_SERVING otherwise.
+/// Keeps the health service's answers in step with the engine (see
+/// [`danm_proto::health`]): checked every 5 s, each change logged.
 async fn report_health(
     engine: std::sync::Weak<Engine>,
     reporter: tonic_health::server::HealthReporter,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let check = async {
-        let mut serving = None;
+        let (mut serving, mut defaults) = (None, None);
         loop {
             let Some(engine) = engine.upgrade() else {
                 return;
             };
-            let now = match engine.ready().await {
+            let ready = match engine.ready().await {
                 Ok(()) => true,
                 Err(why) => {
                     if serving != Some(false) {
@@ -162,16 +165,29 @@ async fn report_health(
                     false
                 }
             };
+            let default_networks = engine.served_default_networks();
             drop(engine);
-            if serving != Some(now) {
-                let status = if now {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
-                };
-                reporter.set_service_status(IPAM_SERVICE_NAME, status).await;
-                reporter.set_service_status("", status).await;
-                serving = Some(now);
+            if serving != Some(ready) {
+                reporter
+                    .set_service_status(health::IPAM, status(ready))
+                    .await;
+                reporter.set_service_status("", status(ready)).await;
+                serving = Some(ready);
+            }
+            let with_default = ready && !default_networks.is_empty();
+            if defaults != Some(with_default) {
+                if with_default {
+                    tracing::info!(networks = ?default_networks.iter().map(ToString::to_string).collect::<Vec<_>>(), "a default network is served: {} reports SERVING", health::DEFAULT_NETWORK);
+                } else if ready {
+                    tracing::warn!(
+                        "no default network is served (no valid network named default): {} reports NOT_SERVING",
+                        health::DEFAULT_NETWORK
+                    );
+                }
+                reporter
+                    .set_service_status(health::DEFAULT_NETWORK, status(with_default))
+                    .await;
+                defaults = Some(with_default);
             }
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         }
@@ -182,5 +198,10 @@ async fn report_health(
     }
 }
 
-/// The Ipam service's name in the health service.
-const IPAM_SERVICE_NAME: &str = "danm.ipam.v1.Ipam";
+fn status(serving: bool) -> tonic_health::ServingStatus {
+    if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    }
+}

@@ -1,9 +1,10 @@
 //! The `danm.ipam.v1.Ipam` gRPC API of ipamd: generated message types, client and server,
 //! the encoded file descriptor set for gRPC server reflection, [`client`]: how every client
 //! connects to ipamd, and [`status`]: whether a failed call was never carried out (safe to
-//! try again).
+//! try again), and [`health`]: the service names ipamd's `grpc.health.v1` answers for.
 
 pub mod client;
+pub mod health;
 pub mod status;
 
 /// `danm.ipam.v1`.

@@ -131,8 +131,29 @@ fn both_overlays_build_with_every_object() {
                 .collect();
         assert_eq!(
             ports,
-            [("grpc".to_owned(), 50051), ("metrics".to_owned(), 9090)].into()
+            [
+                ("grpc".to_owned(), 50051),
+                ("health".to_owned(), 50052),
+                ("metrics".to_owned(), 9090)
+            ]
+            .into()
         );
+        // Each port leads to the container port of its name (the installer reads
+        // DANM_IPAMD_SERVICE_PORT_GRPC and _HEALTH).
+        let ipamd = pod_spec(find(&objects, "Deployment", "danm-ipamd")).unwrap();
+        let container_ports: BTreeSet<&str> = ipamd["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        for port in find(&objects, "Service", "danm-ipamd")["spec"]["ports"]
+            .as_array()
+            .unwrap()
+        {
+            let target = port["targetPort"].as_str().unwrap();
+            assert!(container_ports.contains(target), "{target}");
+        }
         let webhook_port = &find(&objects, "Service", "danm-webhook")["spec"]["ports"][0];
         assert_eq!(
             (&webhook_port["port"], &webhook_port["targetPort"]),

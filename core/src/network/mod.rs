@@ -74,6 +74,10 @@ impl fmt::Display for NetworkKind {
     }
 }
 
+/// The name of a default network: a pod with no `danm.io/interfaces` annotation gets its
+/// namespace's `default` DanmNet or TenantNetwork, else the `default` ClusterNetwork.
+pub const DEFAULT_NETWORK_NAME: &str = "default";
+
 /// Identity of a network: kind, namespace (empty for a ClusterNetwork) and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NetworkKey {

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use danm_core::interfaces::{Connection, interface_name, parse_annotation};
+use danm_core::network::DEFAULT_NETWORK_NAME;
 use danm_core::owner::OwnerError;
 use danm_core::{AddressRequest, NetworkKey, NetworkKind, NetworkPlan, OwnerKey};
 
@@ -173,7 +174,7 @@ impl Engine {
     /// ClusterNetwork.
     fn default_network(&self, namespace: &str) -> Result<NetworkKey, EngineError> {
         for kind in NetworkKind::ALL {
-            let key = NetworkKey::new(kind, namespace, "default");
+            let key = NetworkKey::new(kind, namespace, DEFAULT_NETWORK_NAME);
             match self.network(&key) {
                 Ok(_) => return Ok(key),
                 Err(EngineError::NetworkNotFound(_)) => continue,

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use danm_core::interfaces::{Connection, NamingScheme};
-use danm_core::network::{NetworkError, plan};
+use danm_core::network::{DEFAULT_NETWORK_NAME, NetworkError, plan};
 use danm_core::{Family, NetworkKey, NetworkPlan, OwnerKey};
 
 pub use crate::error::EngineError;
@@ -348,6 +348,24 @@ impl Engine {
         }
         out.sort_by(|a, b| (&a.network, a.family).cmp(&(&b.network, b.family)));
         out
+    }
+
+    /// The default networks it serves (valid, not migrating), in key order: what a pod with
+    /// no `danm.io/interfaces` annotation gets (see [`DEFAULT_NETWORK_NAME`]). The CNI
+    /// installer waits for one before it makes `danm` a node's CNI.
+    pub fn served_default_networks(&self) -> Vec<NetworkKey> {
+        let mut keys: Vec<NetworkKey> = self
+            .networks
+            .read()
+            .expect("lock")
+            .iter()
+            .filter(|(k, s)| {
+                k.name == DEFAULT_NETWORK_NAME && matches!(s, NetworkState::Serving { .. })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Whether the engine can serve: the store answers, networks are loaded (true once
