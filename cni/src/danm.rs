@@ -19,6 +19,7 @@ use crate::delegate::{self, Delegation};
 use crate::exec::Plugin;
 use crate::ipam_plugin;
 use crate::ipamd::{self, DEFAULT_IPAMD};
+use crate::previous;
 use crate::protocol::{CniError, CniResult, ErrorCode, Interface, IpConfig, Request, Route};
 use danm_netlink::{self as netlink, Backend, LinkId, Netlink};
 
@@ -41,6 +42,12 @@ pub struct DanmConfig {
     pub interfaces: String,
     /// `ipamdTLS`: TLS to ipamd (`ca`, and `cert`/`key` for mutual TLS, `serverName`).
     pub tls: Option<ipamd::ClientTls>,
+    /// `cniCacheDir`: libcni's cache (`/var/lib/cni`), where DEL finds the network that
+    /// attached a container before danm did ([`crate::previous`]).
+    pub cni_cache_dir: PathBuf,
+    /// `name`: this configuration's network name (libcni caches danm's own attachments
+    /// under it).
+    pub name: String,
 }
 
 impl DanmConfig {
@@ -90,6 +97,8 @@ impl DanmConfig {
             .into(),
             interfaces,
             tls: ipamd::parse_tls(config, "ipamdTLS")?,
+            cni_cache_dir: text("cniCacheDir", previous::DEFAULT_CACHE_DIR)?.into(),
+            name: text("name", "danm")?,
         })
     }
 }
@@ -324,20 +333,7 @@ impl Danm {
         };
         let mut delegation =
             delegation_for(config, request, plan, device.as_deref()).map_err(fail)?;
-        if !plan.ip.is_empty() || !plan.ip6.is_empty() {
-            let network = plan.network.clone().unwrap_or_default();
-            let mut ipam = json!({
-                "type": "danm-ipam",
-                "ipamd": config.ipamd,
-                "network": network.name,
-                "kind": ipamd::kind_name(&network),
-                "namespace": network.namespace,
-                "ip": plan.ip,
-                "ip6": plan.ip6,
-            });
-            if let Some(tls) = &config.tls {
-                ipam["ipamdTLS"] = ipamd::tls_json(tls);
-            }
+        if let Some(ipam) = ipamd_ipam(config, plan) {
             delegation.set_ipam(ipam);
         }
         if let Some(device) = &device {
@@ -536,6 +532,28 @@ async fn container_interfaces(
     Ok((client, plans))
 }
 
+/// The `ipam` section of a delegated interface whose addresses ipamd gave (None when the
+/// pod asked for none): `danm-ipam`, naming exactly those addresses.
+fn ipamd_ipam(config: &DanmConfig, plan: &pb::InterfacePlan) -> Option<Value> {
+    if plan.ip.is_empty() && plan.ip6.is_empty() {
+        return None;
+    }
+    let network = plan.network.clone().unwrap_or_default();
+    let mut ipam = json!({
+        "type": "danm-ipam",
+        "ipamd": config.ipamd,
+        "network": network.name,
+        "kind": ipamd::kind_name(&network),
+        "namespace": network.namespace,
+        "ip": plan.ip,
+        "ip6": plan.ip6,
+    });
+    if let Some(tls) = &config.tls {
+        ipam["ipamdTLS"] = ipamd::tls_json(tls);
+    }
+    Some(ipam)
+}
+
 /// One CNI error out of several, keeping the first one's code.
 fn combine(what: &str, errors: Vec<CniError>) -> CniError {
     let code = errors
@@ -650,6 +668,13 @@ impl Plugin for Danm {
         let (mut client, plans) = container_interfaces(&config, request).await?;
         let netns_alive = !request.netns.is_empty() && Path::new(&request.netns).exists();
         let mut errors = Vec::new();
+        if plans.is_empty() {
+            // Not attached by danm (or already torn down): perhaps by the node's CNI before
+            // danm's time.
+            if let Err(e) = previous::release(&config.cni_cache_dir, &config.name, request).await {
+                errors.push(e);
+            }
+        }
         // SR-IOV devices, handed out in interface order as at ADD.
         let mut taken: Vec<String> = Vec::new();
         for plan in &plans {
@@ -672,6 +697,11 @@ impl Plugin for Danm {
                     taken.extend(device.clone());
                     match delegation_for(&config, request, plan, device.as_deref()) {
                         Ok(mut delegation) => {
+                            // The configuration of the ADD: the delegate's IPAM is
+                            // danm-ipam where ipamd gave the addresses.
+                            if let Some(ipam) = ipamd_ipam(&config, plan) {
+                                delegation.set_ipam(ipam);
+                            }
                             if let Some(d) = &device {
                                 delegation.set_device_id(d);
                             }

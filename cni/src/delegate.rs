@@ -53,36 +53,7 @@ impl Delegation {
         }
         if chain.is_file() {
             let list = read(&chain)?;
-            let version = list.get("cniVersion").cloned().unwrap_or(json!("1.0.0"));
-            let name = list.get("name").cloned().unwrap_or(json!(network_id));
-            let plugins = list
-                .get("plugins")
-                .and_then(Value::as_array)
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| {
-                    CniError::new(
-                        ErrorCode::InvalidConfig,
-                        format!("{}: plugins must be a non-empty list", chain.display()),
-                        String::new(),
-                    )
-                })?
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let kind = p.get("type").and_then(Value::as_str).ok_or_else(|| {
-                        CniError::new(
-                            ErrorCode::InvalidConfig,
-                            format!("{}: plugins[{i}].type is missing", chain.display()),
-                            String::new(),
-                        )
-                    })?;
-                    plugin_name(&format!("{}: plugins[{i}].type", chain.display()), kind)?;
-                    let mut config = p.clone();
-                    config["cniVersion"] = version.clone();
-                    config["name"] = name.clone();
-                    Ok((kind.to_owned(), config))
-                })
-                .collect::<Result<_, CniError>>()?;
+            let plugins = chain_plugins(&list, &chain.display().to_string(), network_id)?;
             return Ok(Delegation { plugins });
         }
         Err(CniError::new(
@@ -92,6 +63,31 @@ impl Delegation {
             ),
             format!("expected {} or {}", single.display(), chain.display()),
         ))
+    }
+
+    /// The plugins of a configuration as a runtime holds it: a list (`plugins`, each by its
+    /// own `type`) or a single plugin (by its `type`); every type a plain name.
+    pub fn from_config(config: &Value) -> Result<Delegation, CniError> {
+        let name = config
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if config.get("plugins").is_some() {
+            return Ok(Delegation {
+                plugins: chain_plugins(config, &format!("network {name:?}"), name)?,
+            });
+        }
+        let kind = config.get("type").and_then(Value::as_str).ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("network {name:?}: type is missing"),
+                String::new(),
+            )
+        })?;
+        plugin_name(&format!("network {name:?}: type"), kind)?;
+        Ok(Delegation {
+            plugins: vec![(kind.to_owned(), config.clone())],
+        })
     }
 
     /// DANM's generated configuration of an `sriov` network that has no configuration file:
@@ -283,6 +279,44 @@ pub async fn call(
         ));
     }
     Ok(stdout)
+}
+
+/// The plugins of a configuration list (`source` names it in errors), each with the list's
+/// `cniVersion` and `name` (`default_name` when it has none), by its own plain `type`.
+fn chain_plugins(
+    list: &Value,
+    source: &str,
+    default_name: &str,
+) -> Result<Vec<(String, Value)>, CniError> {
+    let version = list.get("cniVersion").cloned().unwrap_or(json!("1.0.0"));
+    let name = list.get("name").cloned().unwrap_or(json!(default_name));
+    list.get("plugins")
+        .and_then(Value::as_array)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("{source}: plugins must be a non-empty list"),
+                String::new(),
+            )
+        })?
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let kind = p.get("type").and_then(Value::as_str).ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("{source}: plugins[{i}].type is missing"),
+                    String::new(),
+                )
+            })?;
+            plugin_name(&format!("{source}: plugins[{i}].type"), kind)?;
+            let mut config = p.clone();
+            config["cniVersion"] = version.clone();
+            config["name"] = name.clone();
+            Ok((kind.to_owned(), config))
+        })
+        .collect()
 }
 
 /// Refuses a plugin name that is not a plain name: it is run from `CNI_PATH`, and a name

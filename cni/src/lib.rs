@@ -9,6 +9,8 @@
 //!   rolled back as a whole on any failure.
 //! * [`ipam_plugin`]: `danm-ipam`, ipamd as the IPAM of any CNI configuration.
 //! * [`ipamd`]: the gRPC client and the mapping of its errors to CNI codes.
+//! * [`previous`]: DEL of containers another CNI attached before `danm` became the node's
+//!   CNI (from libcni's cache).
 //! * [`cli`]: `danm` run by hand: `--help` and `health` (what the CNI installer waits for).
 
 pub mod cli;
@@ -17,4 +19,5 @@ pub mod delegate;
 pub mod exec;
 pub mod ipam_plugin;
 pub mod ipamd;
+pub mod previous;
 pub mod protocol;

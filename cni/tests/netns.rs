@@ -431,6 +431,9 @@ async fn delegation_to_the_bridge_plugin_takes_its_address_from_ipamd() {
     assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
     assert_eq!(ipamd.allocated().await, 0);
     assert_eq!(ns.links(), ["lo"]);
+    // DEL gets the ADD's configuration (danm-ipam, not the file's host-local, which would
+    // have opened its store for network br on the host).
+    assert!(!Path::new("/var/lib/cni/networks/br").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

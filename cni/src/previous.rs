@@ -1,0 +1,271 @@
+//! Containers another CNI attached before `danm` became the node's CNI (a node moved to
+//! DANM beside, or from, a primary CNI such as flannel). The runtime sends their DEL to
+//! `danm` now, since it calls the configuration that sorts first, not the one that attached
+//! the container; ipamd holds nothing for them, and without more the previous CNI's
+//! addresses and host state would leak.
+//!
+//! libcni (containerd, CRI-O) caches every ADD's configuration and result in
+//! `<cacheDir>/results/<network>-<containerID>-<ifname>` (`kind: cniCacheV1`, the
+//! configuration's bytes in base64). When ipamd holds nothing for a container, `danm` DEL
+//! looks there for an entry of another network for the same container and interface, runs
+//! that network's DEL with it (each plugin by its `type`, checked as a plain name and run
+//! from `CNI_PATH` only, last plugin first, with the cached result as `prevResult` from CNI
+//! 0.4.0 on), as libcni would have, and removes the entry.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::delegate::Delegation;
+use crate::protocol::{CniError, ErrorCode, Request};
+
+/// libcni's default cache folder (containerd and CRI-O use it).
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
+
+/// One attachment of the container by another network, as libcni cached it.
+#[derive(Debug)]
+pub struct PreviousAttachment {
+    /// The cache entry.
+    pub path: PathBuf,
+    /// The network's name.
+    pub network: String,
+    /// Its plugins, with the cached result as `prevResult` where the version allows it.
+    pub delegation: Delegation,
+}
+
+/// The cached attachments of `container_id`'s `ifname` by networks other than `own`
+/// (`danm`'s own network name), in file-name order. An entry that cannot be read or
+/// parsed is an error naming it (never skipped silently: its DEL would be lost).
+pub fn find(
+    cache_dir: &Path,
+    own: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Vec<PreviousAttachment>, CniError> {
+    let results = cache_dir.join("results");
+    let entries = match std::fs::read_dir(&results) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_error(&results, e)),
+    };
+    let suffix = format!("-{container_id}-{ifname}");
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(&results, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(network) = name.strip_suffix(&suffix) else {
+            continue;
+        };
+        if network.is_empty() || network == own || container_id.is_empty() {
+            continue;
+        }
+        let path = entry.path();
+        let text = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+        let delegation = parse_entry(&text, network, container_id, ifname)
+            .map_err(|why| bad_entry(&path, why))?;
+        found.push(PreviousAttachment {
+            path,
+            network: network.to_owned(),
+            delegation,
+        });
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// The plugins of one cache entry, checked against the file's name.
+pub fn parse_entry(
+    text: &[u8],
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<Delegation, String> {
+    let entry: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default();
+    if field("kind") != "cniCacheV1" {
+        return Err(format!("kind {:?} is not cniCacheV1", field("kind")));
+    }
+    for (key, expected) in [
+        ("containerId", container_id),
+        ("ifName", ifname),
+        ("networkName", network),
+    ] {
+        if field(key) != expected {
+            return Err(format!("{key} {:?} is not {expected:?}", field(key)));
+        }
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(field("config"))
+        .map_err(|e| format!("config is not base64: {e}"))?;
+    let config: Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("config is not JSON: {e}"))?;
+    let mut delegation =
+        Delegation::from_config(&config).map_err(|e| format!("config: {}", e.msg))?;
+    let version = config
+        .get("cniVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("0.1.0");
+    if let Some(result) = entry.get("result").filter(|r| r.is_object())
+        && at_least(version, (0, 4))
+    {
+        for (_, plugin) in &mut delegation.plugins {
+            plugin["prevResult"] = result.clone();
+        }
+    }
+    Ok(delegation)
+}
+
+/// Runs the DEL of every previous attachment of the request's container and interface,
+/// removing each cache entry whose DEL succeeded; every failure is reported.
+pub async fn release(cache_dir: &Path, own: &str, request: &Request) -> Result<(), CniError> {
+    let previous = find(cache_dir, own, &request.container_id, &request.ifname)?;
+    let mut errors = Vec::new();
+    for attachment in previous {
+        match attachment.delegation.del(request, &request.ifname).await {
+            Ok(()) => {
+                if let Err(e) = std::fs::remove_file(&attachment.path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    errors.push(format!("{}: {e}", attachment.path.display()));
+                }
+            }
+            Err(e) => errors.push(format!(
+                "network {} (attached before danm): {}: {}",
+                attachment.network, e.msg, e.details
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::DelegateFailed,
+            "DEL of a network that attached the container before danm failed",
+            errors.join("; "),
+        ))
+    }
+}
+
+/// Whether version `v` ("x.y.z") is at least `min` (major, minor).
+fn at_least(v: &str, min: (u32, u32)) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= min
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(
+        ErrorCode::IoFailure,
+        format!("cannot read libcni's cache {}", path.display()),
+        e.to_string(),
+    )
+}
+
+fn bad_entry(path: &Path, why: String) -> CniError {
+    CniError::new(
+        ErrorCode::InvalidConfig,
+        format!("libcni's cache entry {} cannot be used", path.display()),
+        why,
+    )
+}
+
+/// A libcni cache entry as libcni writes it (for tests).
+pub fn cache_entry(
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    config: &Value,
+    result: &Value,
+) -> Value {
+    json!({
+        "kind": "cniCacheV1",
+        "containerId": container_id,
+        "config": base64::engine::general_purpose::STANDARD.encode(config.to_string()),
+        "ifName": ifname,
+        "networkName": network,
+        "result": result,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CID: &str = "0123456789abcdef";
+
+    fn flannel_like() -> Value {
+        json!({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local", "subnet": "10.244.1.0/24"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]})
+    }
+
+    fn write(dir: &Path, name: &str, value: &Value) {
+        std::fs::create_dir_all(dir.join("results")).unwrap();
+        std::fs::write(dir.join("results").join(name), value.to_string()).unwrap();
+    }
+
+    #[test]
+    fn the_previous_network_of_the_same_container_and_interface_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let result = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.244.1.5/24"}]});
+        let entry = cache_entry("cbr0", CID, "eth0", &flannel_like(), &result);
+        write(dir.path(), &format!("cbr0-{CID}-eth0"), &entry);
+        // Not it: danm's own, another container, another interface.
+        let own = cache_entry("danm", CID, "eth0", &flannel_like(), &result);
+        write(dir.path(), &format!("danm-{CID}-eth0"), &own);
+        write(dir.path(), "cbr0-fedcba-eth0", &entry);
+        write(dir.path(), &format!("cbr0-{CID}-net1"), &entry);
+
+        let found = find(dir.path(), "danm", CID, "eth0").unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].network, "cbr0");
+        let types: Vec<&str> = found[0]
+            .delegation
+            .plugins
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap"]);
+        for (_, plugin) in &found[0].delegation.plugins {
+            assert_eq!(plugin["prevResult"], result);
+            assert_eq!(plugin["name"], "cbr0");
+        }
+    }
+
+    #[test]
+    fn no_cache_folder_is_nothing_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            find(&dir.path().join("absent"), "danm", CID, "eth0")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_entry_that_does_not_match_its_name_or_names_a_path_is_refused() {
+        let result = json!({});
+        let mut other = cache_entry("cbr0", "another", "eth0", &flannel_like(), &result);
+        let e = parse_entry(other.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap_err();
+        assert!(e.contains("containerId"), "{e}");
+        other["kind"] = json!("v2");
+        let e = parse_entry(other.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap_err();
+        assert!(e.contains("cniCacheV1"), "{e}");
+        let hostile = json!({"cniVersion": "1.0.0", "name": "cbr0",
+            "plugins": [{"type": "../../usr/bin/reboot"}]});
+        let entry = cache_entry("cbr0", CID, "eth0", &hostile, &result);
+        let e = parse_entry(entry.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap_err();
+        assert!(e.contains("not a plugin name"), "{e}");
+        let single = json!({"cniVersion": "0.3.1", "name": "old", "type": "bridge"});
+        let entry = cache_entry("old", CID, "eth0", &single, &json!({"ips": []}));
+        let d = parse_entry(entry.to_string().as_bytes(), "old", CID, "eth0").unwrap();
+        assert_eq!(d.plugins.len(), 1);
+        assert!(
+            d.plugins[0].1.get("prevResult").is_none(),
+            "no prevResult before 0.4.0"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! A node moved to DANM from another primary CNI: containers that CNI attached before
+//! `00-danm.conf` sorted first get their DEL from `danm` now, which finds the network that
+//! attached them in libcni's cache and runs its DEL (`danm_cni::previous`). Here the
+//! previous CNI is flannel's shape: Debian's bridge plugin with host-local, under the
+//! network name flannel gives it (`cbr0`). Needs root, `ip` and Debian's
+//! containernetworking-plugins in /usr/lib/cni (`.ci/run` installs them).
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use danm_cni::previous::cache_entry;
+use serde_json::{Value, json};
+
+const CID: &str = "c-before-danm";
+
+/// flannel's configuration list, with the bridge plugin it delegates to in its place.
+fn flannel_like(bridge: &str, data_dir: &Path) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
+        {"type": "bridge", "bridge": bridge,
+         "ipam": {"type": "host-local", "subnet": "10.244.9.0/24",
+                  "dataDir": data_dir}}
+    ]})
+}
+
+/// `danm`'s configuration with libcni's cache at `cache`.
+fn danm_conf_with_cache(ipamd: &Ipamd, cni_dir: &Path, cache: &Path) -> Value {
+    let mut conf = danm_conf(&ipamd.url(), cni_dir, json!([]));
+    conf["cniCacheDir"] = json!(cache);
+    conf
+}
+
+/// The previous CNI's ADD, as libcni runs it: the bridge plugin, then the cache entry.
+async fn attach_before_danm(list: &Value, ns: &Netns, cache: &Path) -> String {
+    let mut plugin = list["plugins"][0].clone();
+    plugin["cniVersion"] = list["cniVersion"].clone();
+    plugin["name"] = list["name"].clone();
+    let path = ns.path();
+    let add = tokio::task::spawn_blocking(move || {
+        cni(
+            &Path::new(PLUGINS).join("bridge"),
+            "ADD",
+            CID,
+            &path,
+            "eth0",
+            &plugin,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(add.ok, "the bridge's ADD: {} {}", add.stdout, add.stderr);
+    let entry = cache_entry("cbr0", CID, "eth0", list, &add.stdout);
+    std::fs::create_dir_all(cache.join("results")).unwrap();
+    std::fs::write(
+        cache.join(format!("results/cbr0-{CID}-eth0")),
+        entry.to_string(),
+    )
+    .unwrap();
+    add.stdout["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_attached_before_danm_gets_its_del_from_the_network_that_attached_it() {
+    require_root();
+    assert!(
+        Path::new(PLUGINS).join("bridge").is_file(),
+        "{PLUGINS}/bridge missing: apt-get install containernetworking-plugins"
+    );
+    let ipamd = Ipamd::start("").await;
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, data) = (dir.path().join("cache"), dir.path().join("host-local"));
+    let bridge = unique("fbr");
+    let _bridge = HostLink(bridge.clone());
+    let list = flannel_like(&bridge, &data);
+    let address = attach_before_danm(&list, &ns, &cache).await;
+    let reservation = data.join("cbr0").join(&address);
+    assert!(reservation.is_file(), "host-local holds {address}");
+    assert_eq!(ns.links(), ["lo", "eth0"]);
+
+    // danm's DEL (ipamd holds nothing for the container) runs cbr0's.
+    let conf = danm_conf_with_cache(&ipamd, dir.path(), &cache);
+    let del = danm("DEL", CID, &ns.path(), &conf).await;
+    assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
+    assert!(!reservation.exists(), "host-local still holds {address}");
+    assert_eq!(ns.links(), ["lo"], "the bridge's veth is gone");
+    assert!(
+        !cache.join(format!("results/cbr0-{CID}-eth0")).exists(),
+        "the cache entry is removed, as libcni removes its own"
+    );
+
+    // A second DEL has nothing left to do.
+    let again = danm("DEL", CID, &ns.path(), &conf).await;
+    assert!(again.ok, "second DEL: {} {}", again.stdout, again.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() {
+    let ipamd = Ipamd::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let gone = json!({"cniVersion": "1.0.0", "name": "gone",
+                      "plugins": [{"type": "uninstalled-plugin"}]});
+    let entry = cache.join(format!("results/gone-{CID}-eth0"));
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(
+        &entry,
+        cache_entry("gone", CID, "eth0", &gone, &json!({})).to_string(),
+    )
+    .unwrap();
+    let conf = danm_conf_with_cache(&ipamd, dir.path(), &cache);
+    let del = danm("DEL", CID, "", &conf).await;
+    assert!(!del.ok, "{}", del.stdout);
+    let text = del.stdout.to_string();
+    assert!(
+        text.contains("network gone (attached before danm)")
+            && text.contains("\\\"uninstalled-plugin\\\" not found in CNI_PATH"),
+        "{text}"
+    );
+    assert!(entry.exists(), "the entry stays for the runtime's retry");
+}
