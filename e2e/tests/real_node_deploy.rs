@@ -17,16 +17,17 @@
 //! cleaner's Job; with ipamd gone, a restarted installer rewrites the node's
 //! configuration at once instead of waiting.
 
-use danm_e2e::fabric::{ip, is_root};
-use danm_e2e::pods::{eventually, init_logs, pod_ip, ready};
+use danm_e2e::fabric::ip;
+use danm_e2e::pods::{eventually, pod_ip, ready};
 use danm_e2e::real_node::bed::HostLink;
-use danm_e2e::real_node::images::{deploy_images, repository_file};
 use danm_e2e::real_node::services::ServiceProxy;
-use danm_e2e::real_node::{Containerd, HostSnapshot, RealNode};
-use danm_testkit::control_plane::{ControlPlane, Options};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use danm_e2e::real_node::suite::{
+    SYSTEM, apply_base, deployment_serves, installer_pod, job_completes, node_ready, opt_in,
+    start_plane,
+};
+use danm_e2e::real_node::{Containerd, HostSnapshot, RealNode, suite};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
 /// The pods' gateway: the host end of the pods' link, on `danm-system`'s network, where
@@ -90,58 +91,9 @@ spec:
     )
 }
 
-/// Waits until Job `danm-system/name` has a succeeded pod.
-async fn job_completes(jobs: &Api<Job>, name: &str, diagnose: impl Fn() -> String) {
-    eventually(180, &format!("Job {name} completes"), diagnose, || async {
-        jobs.get_opt(name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|j| j.status?.succeeded)
-            .filter(|n| *n >= 1)
-    })
-    .await;
-}
-
-/// Waits until Deployment `danm-system/name` has a ready replica.
-async fn deployment_serves(
-    deployments: &Api<Deployment>,
-    name: &str,
-    diagnose: impl Fn() -> String,
-) {
-    eventually(
-        180,
-        &format!("Deployment {name} ready"),
-        diagnose,
-        || async {
-            deployments
-                .get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|d| d.status?.ready_replicas)
-                .filter(|n| *n >= 1)
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
-    init_logs();
-    assert!(
-        is_root(),
-        "a real node needs root (kubelet, containerd, runc)"
-    );
-    let plane = ControlPlane::start(Options {
-        scheduler: true,
-        pod_gc: true,
-        node_lifecycle: true,
-        cron_jobs: true,
-        ..Options::default()
-    })
-    .await
-    .expect("the control plane starts");
+    let plane = start_plane().await;
     let before = HostSnapshot::take();
     let link = HostLink::create();
     let gateway_link = format!("{}p", link.0);
@@ -154,43 +106,14 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     ]);
     let services = ServiceProxy::start(&plane, &gateway_link).await;
     let node = RealNode::start_bare(&plane, Containerd::debian(), "real-1").await;
-    for image in deploy_images() {
-        node.import_image(&image);
-    }
     node.import(&plane, "netcheck");
     let client = plane.client().await;
-    let diagnose = || {
-        let pods = plane
-            .kubectl_with_input(&["get", "pods,jobs", "-A", "-o", "wide"], "")
-            .unwrap_or_default();
-        let events = plane
-            .kubectl_with_input(&["get", "events", "-A", "--sort-by=.lastTimestamp"], "")
-            .unwrap_or_default();
-        let events: Vec<&str> = events.lines().rev().take(25).collect();
-        format!(
-            "{pods}\n--- events, latest first\n{}\n--- kubelet\n{}\n--- containerd\n{}",
-            events.join("\n"),
-            node.kubelet_log(30),
-            node.containerd_log(15)
-        )
-    };
-
-    plane
-        .kubectl_with_input(
-            &[
-                "apply",
-                "--server-side",
-                "-k",
-                &repository_file("deploy/base").display().to_string(),
-            ],
-            "",
-        )
-        .expect("deploy/base applies");
+    let diagnose = || suite::diagnose(&plane, &node);
+    apply_base(&plane, &node);
 
     // The certificates; no CNI until the node opts in.
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "danm-system");
-    job_completes(&jobs, "danm-certs", diagnose).await;
-    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "danm-system");
+    job_completes(&client, "danm-certs", diagnose).await;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), SYSTEM);
     let scheduled = eventually(
         60,
         "the installer's DaemonSet is seen",
@@ -209,30 +132,20 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     .await;
     assert_eq!(scheduled, 0, "the installer waits for the node's label");
     assert!(!node.cni_dir().join("00-danm.conf").exists());
-    plane
-        .kubectl_with_input(&["label", "node", "real-1", "danm.io/cni=enabled"], "")
-        .expect("the node opts in");
+    opt_in(&plane, "real-1");
 
     // ipamd and the webhook serve (host network, so on a node with no CNI yet; one replica
     // each: their host ports allow one per node).
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "danm-system");
     for name in ["danm-ipamd", "danm-webhook"] {
-        deployment_serves(&deployments, name, diagnose).await;
+        deployment_serves(&client, name, diagnose).await;
     }
 
     // The installer runs, but a node's first 00-danm.conf waits for a default network.
-    let system_pods: Api<Pod> = Api::namespaced(client.clone(), "danm-system");
-    let installer = || async {
-        system_pods
-            .list(&ListParams::default().labels("app.kubernetes.io/name=danm-cni-installer"))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|p| p.metadata.deletion_timestamp.is_none())
-            .and_then(|p| p.metadata.name)
-    };
-    let first = eventually(60, "the installer runs", diagnose, installer).await;
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM);
+    let first = eventually(60, "the installer runs", diagnose, || {
+        installer_pod(&client)
+    })
+    .await;
     let waiting = eventually(60, "the installer says why it waits", diagnose, || async {
         let log = node.container_log("danm-system", &first, "install");
         log.contains("00-danm.conf not written yet").then_some(log)
@@ -255,16 +168,10 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         installer_ready().await.is_none(),
         "the installer is Ready with no 00-danm.conf"
     );
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node_ready = || async {
-        let node = nodes.get_opt("real-1").await.ok().flatten()?;
-        node.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    };
-    assert!(node_ready().await.is_none(), "Ready with no CNI");
+    assert!(
+        node_ready(&client, "real-1").await.is_none(),
+        "Ready with no CNI"
+    );
 
     // The networks, through the webhook (failurePolicy Fail: admitted means it answered).
     let networks = networks(&link);
@@ -274,12 +181,9 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     .await;
 
     // ipamd serves a default network: the installer makes danm the node's CNI.
-    eventually(
-        120,
-        "the installer makes the node Ready",
-        diagnose,
-        node_ready,
-    )
+    eventually(120, "the installer makes the node Ready", diagnose, || {
+        node_ready(&client, "real-1")
+    })
     .await;
     assert!(node.cni_dir().join("00-danm.conf").exists());
     let log = node.container_log("danm-system", &first, "install");
@@ -297,7 +201,7 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
             .filter(|s| s.number_ready >= 1)
     })
     .await;
-    deployment_serves(&deployments, "danm-svcwatcher", diagnose).await;
+    deployment_serves(&client, "danm-svcwatcher", diagnose).await;
 
     // A pod through the installed danm and ipamd.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "real-node");
@@ -418,7 +322,7 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     plane
         .kubectl_apply(&job.to_string())
         .expect("a Job from the CronJob's template");
-    job_completes(&jobs, "cleaner-now", diagnose).await;
+    job_completes(&client, "cleaner-now", diagnose).await;
     assert_eq!(danmeps(), "", "the cleaner freed the leak");
     let cleaner = system_pods
         .list(&ListParams::default().labels("job-name=cleaner-now"))
@@ -465,7 +369,7 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         )
         .expect("the installer's pod is deleted");
     let second = eventually(60, "the installer runs again", diagnose, || async {
-        installer().await.filter(|name| *name != first)
+        installer_pod(&client).await.filter(|name| *name != first)
     })
     .await;
     eventually(
@@ -480,7 +384,10 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     )
     .await;
     assert!(node.cni_dir().join("00-danm.conf").exists());
-    assert!(node_ready().await.is_some(), "the node stays Ready");
+    assert!(
+        node_ready(&client, "real-1").await.is_some(),
+        "the node stays Ready"
+    );
 
     // The node gone, the host is as before, its CNI, kubelet and nftables state included.
     drop(node);

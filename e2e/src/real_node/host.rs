@@ -57,7 +57,8 @@ pub(super) fn kill_shims(socket: &Path) {
 /// snapshot: the `k8s.io` cgroups (every folder under them, in every hierarchy), the
 /// network namespaces, containerd's shim sockets (`/run/containerd/s`, a fixed path),
 /// kubelet's links in `/var/log/containers`, mounts of node folders, libcni's result cache
-/// (`/var/lib/cni/results`), the nftables tables, and which of the host folders a node may
+/// (`/var/lib/cni/results`), host-local's reservations (`/var/lib/cni/networks`), the
+/// nftables tables, and which of the host folders a node may
 /// create exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSnapshot {
@@ -73,6 +74,9 @@ pub struct HostSnapshot {
     pub mounts: std::collections::BTreeSet<String>,
     /// The names under `/var/lib/cni/results` (libcni caches each attachment's result).
     pub cni_cache: std::collections::BTreeSet<String>,
+    /// `<network>/<file>` under `/var/lib/cni/networks` (host-local's reservations, its
+    /// lock and last address of each network).
+    pub host_local: std::collections::BTreeSet<String>,
     /// `nft list tables`, line by line.
     pub nft_tables: std::collections::BTreeSet<String>,
     /// Which of the host folders a node may create (`/var/lib/kubelet`, `/var/lib/cni`,
@@ -86,6 +90,9 @@ const HOST_FOLDERS: &[&str] = &[KUBELET_ROOT, CNI_CACHE_ROOT, "/opt/cni", "/etc/
 
 /// libcni's cache (containerd's default `cacheDir`).
 const CNI_CACHE_ROOT: &str = "/var/lib/cni";
+
+/// host-local's default store: a folder per network, a file per reserved address.
+const HOST_LOCAL_ROOT: &str = "/var/lib/cni/networks";
 
 /// The file that marks a host folder as a real node's (so a run killed before its
 /// clean-up does not block the next: [`clear_stale`]).
@@ -115,6 +122,14 @@ impl HostSnapshot {
             container_logs: names_in("/var/log/containers"),
             mounts: mounts_under(&std::env::temp_dir().join("danm-real-node-")),
             cni_cache: names_in("/var/lib/cni/results"),
+            host_local: names_in(HOST_LOCAL_ROOT)
+                .into_iter()
+                .flat_map(|network| {
+                    names_in(&format!("{HOST_LOCAL_ROOT}/{network}"))
+                        .into_iter()
+                        .map(move |file| format!("{network}/{file}"))
+                })
+                .collect(),
             nft_tables: Command::new("nft")
                 .args(["list", "tables"])
                 .output()
@@ -169,7 +184,8 @@ impl HostState {
 
     /// Gives back what the node changed: kills what still runs in the cgroups it made
     /// (containers whose containerd died first), undoes its mounts (deepest first), and
-    /// removes what appeared since [`HostState::save`] (libcni's cached results among it):
+    /// removes what appeared since [`HostState::save`] (libcni's cached results and
+    /// host-local's reservations among it):
     /// cgroups (deepest first), `cni-*`
     /// network namespaces (containerd 1.6 puts them in `/run/netns`; this assumes no other
     /// container runtime creates pods on the machine meanwhile), shim sockets, and
@@ -212,6 +228,14 @@ impl HostState {
         }
         for name in now.cni_cache.difference(&self.before.cni_cache) {
             let _ = std::fs::remove_file(Path::new(CNI_CACHE_ROOT).join("results").join(name));
+        }
+        // Reservations of pods killed with the node (no DEL ran), then the folders left empty.
+        for name in now.host_local.difference(&self.before.host_local) {
+            let file = Path::new(HOST_LOCAL_ROOT).join(name);
+            let _ = std::fs::remove_file(&file);
+            if let Some(network) = file.parent() {
+                let _ = std::fs::remove_dir(network);
+            }
         }
         for path in &self.owned {
             let _ = std::fs::remove_dir_all(path);

@@ -43,6 +43,7 @@ mod containerd;
 mod host;
 pub mod images;
 pub mod services;
+pub mod suite;
 
 pub use cni::{CniTiming, Sandbox};
 pub use containerd::Containerd;
