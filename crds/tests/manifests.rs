@@ -72,11 +72,11 @@ fn field_names_are_danms() {
 }
 
 /// Both copies: `crds/manifests/` (the test control plane applies it) and
-/// `deploy/base/crds/` (kustomize reads only files inside `deploy/`).
+/// `deploy/crds/` (kustomize reads only files inside `deploy/`).
 #[test]
 fn checked_in_crds_match_the_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in ["crds/manifests", "deploy/base/crds"] {
+    for dir in ["crds/manifests", "deploy/crds"] {
         let path = root.join("..").join(dir);
         for (file, crd) in danm_crds::all_crds() {
             let expected = danm_crds::render_crd(&crd);
@@ -86,6 +86,19 @@ fn checked_in_crds_match_the_types() {
                 "{dir}/{file} is out of date: run `cargo run -p danm-crds --bin crdgen`"
             );
         }
+    }
+}
+
+/// `deploy/crds/kustomization.yaml` lists every generated CRD file.
+#[test]
+fn the_crds_kustomization_lists_every_crd() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("../deploy/crds/kustomization.yaml")).unwrap();
+    for (file, _) in danm_crds::all_crds() {
+        assert!(
+            text.lines().any(|l| l.trim() == format!("- {file}")),
+            "deploy/crds/kustomization.yaml does not list {file}"
+        );
     }
 }
 

@@ -10,6 +10,10 @@
 # already has 00-danm.conf gets it rewritten at once, so that an ipamd outage never holds
 # an installer restart (or a new template) back. The configuration is never removed: that
 # would make the node NotReady and break DEL for every pod on it.
+#
+# `install-cni.sh uninstall` (deploy/uninstall) does the opposite on a node: removes
+# 00-danm.conf first (the runtime then calls the next configuration of the folder), then
+# the CA bundle and token folder and the plugins, and stays up (Ready) until deleted.
 set -eu
 
 bin_dir="${CNI_BIN_DIR:-/host/opt/cni/bin}"
@@ -17,6 +21,25 @@ conf_dir="${CNI_CONF_DIR:-/host/etc/cni/net.d}"
 template="${DANM_CNI_TEMPLATE:-/etc/danm/cni/00-danm.conf.template}"
 ca="${DANM_IPAMD_CA:-/etc/danm/ca/ca.crt}"
 plugins="${DANM_PLUGINS_DIR:-/opt/danm/bin}"
+
+# Ends at once on SIGTERM, also while waiting for ipamd.
+trap 'exit 0' TERM INT
+pause() {
+  sleep "$1" &
+  wait $!
+}
+
+if [ "${1:-}" = uninstall ]; then
+  rm -f "$conf_dir/00-danm.conf" "$conf_dir/00-danm.conf.danm-tmp"
+  rm -rf "$conf_dir/danm"
+  for plugin in danm danm-ipam; do
+    rm -f "$bin_dir/$plugin" "$bin_dir/$plugin.danm-tmp"
+  done
+  echo "install-cni: uninstalled: $conf_dir/00-danm.conf, $conf_dir/danm/ and danm, danm-ipam in $bin_dir removed; this node's new pods get the next configuration of $conf_dir"
+  while :; do
+    pause 3600
+  done
+fi
 
 host="${DANM_IPAMD_SERVICE_HOST:-}"
 port="${DANM_IPAMD_SERVICE_PORT_GRPC:-}"
@@ -29,13 +52,6 @@ fi
 case "$host" in
   *:*) host="[$host]" ;; # an IPv6 ClusterIP in a URL
 esac
-
-# Ends at once on SIGTERM, also while waiting for ipamd.
-trap 'exit 0' TERM INT
-pause() {
-  sleep "$1" &
-  wait $!
-}
 
 install_file() { # source target mode
   cp "$1" "$2.danm-tmp"

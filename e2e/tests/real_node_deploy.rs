@@ -1,4 +1,4 @@
-//! `deploy/base` applied unchanged (`kubectl apply --server-side -k deploy/base`) to a
+//! `deploy/crds` and `deploy/base` applied unchanged (`kubectl apply --server-side -k`) to a
 //! fresh cluster whose one node (kubelet and containerd 1.6, [`RealNode::start_bare`]) has
 //! no CNI yet: the images are the ones `danm_e2e::real_node::images` builds under the
 //! manifests' names, and everything else is the manifests'. The test bed adds only what a
@@ -15,15 +15,16 @@
 //! API server through its route) become ready; a pod gets its address from ipamd through
 //! the installed `danm`, and gives it back when deleted; a leaked address is freed by the
 //! cleaner's Job; with ipamd gone, a restarted installer rewrites the node's
-//! configuration at once instead of waiting.
+//! configuration at once instead of waiting; the suite deleted, `deploy/uninstall` takes
+//! danm off the node and the state stays.
 
 use danm_e2e::fabric::ip;
 use danm_e2e::pods::{eventually, pod_ip, ready};
 use danm_e2e::real_node::bed::HostLink;
 use danm_e2e::real_node::services::ServiceProxy;
 use danm_e2e::real_node::suite::{
-    SYSTEM, apply_base, deployment_serves, installer_pod, job_completes, node_ready, opt_in,
-    start_plane,
+    SYSTEM, apply_base, deployment_serves, installer_pod, job_completes, kustomize, node_ready,
+    opt_in, start_plane,
 };
 use danm_e2e::real_node::{Containerd, HostSnapshot, RealNode, suite};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -388,6 +389,52 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         node_ready(&client, "real-1").await.is_some(),
         "the node stays Ready"
     );
+
+    // Uninstalling: the suite deleted, then deploy/uninstall takes danm off the node; the
+    // networks, their allocations and deploy/crds stay.
+    kustomize(&plane, "delete", "deploy/base");
+    kustomize(&plane, "apply", "deploy/uninstall");
+    eventually(
+        90,
+        "the uninstaller takes danm off the node",
+        diagnose,
+        || async {
+            let gone = !node.cni_dir().join("00-danm.conf").exists()
+                && !node.cni_dir().join("danm").exists()
+                && !node.cni_bin().join("danm").exists()
+                && !node.cni_bin().join("danm-ipam").exists();
+            gone.then_some(())
+        },
+    )
+    .await;
+    let kept = |what: &str| {
+        plane
+            .kubectl_with_input(&["get", what, "-A", "-o", "name"], "")
+            .unwrap_or_default()
+    };
+    assert_eq!(kept("danmnets").lines().count(), 2, "the networks stay");
+    assert!(
+        !kept("allocationshards").trim().is_empty(),
+        "their allocations stay"
+    );
+    assert!(kept("namespaces").contains("namespace/danm-system"));
+    let uninstaller = eventually(60, "the uninstaller is Ready", diagnose, || async {
+        system_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=danm-cni-uninstaller"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(ready)
+    })
+    .await;
+    let log = node.container_log(
+        SYSTEM,
+        uninstaller.metadata.name.as_deref().unwrap_or_default(),
+        "uninstall",
+    );
+    assert!(log.contains("install-cni: uninstalled"), "{log}");
+    kustomize(&plane, "delete", "deploy/uninstall");
 
     // The node gone, the host is as before, its CNI, kubelet and nftables state included.
     drop(node);

@@ -22,10 +22,18 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-fn build(overlay: &str) -> Vec<Value> {
-    let text = danm_testkit::kustomize(&deploy_dir().join("overlays").join(overlay));
+/// The objects of `deploy/<dir>` as kustomize builds them.
+fn build_dir(dir: &str) -> Vec<Value> {
+    let text = danm_testkit::kustomize(&deploy_dir().join(dir));
     serde_saphyr::from_multiple(&text)
-        .unwrap_or_else(|e| panic!("the {overlay} build is not YAML: {e}"))
+        .unwrap_or_else(|e| panic!("the {dir} build is not YAML: {e}"))
+}
+
+/// What an install of `overlay` applies: `deploy/crds`, then the overlay.
+fn build(overlay: &str) -> Vec<Value> {
+    let mut objects = build_dir("crds");
+    objects.extend(build_dir(&format!("overlays/{overlay}")));
+    objects
 }
 
 fn kind(o: &Value) -> &str {
@@ -185,6 +193,68 @@ fn both_overlays_build_with_every_object() {
             }
         }
     }
+}
+
+/// Uninstalling (`kubectl delete -k deploy/base`, then `deploy/uninstall`) deletes no
+/// state: the CRDs and the namespace holding ClusterNetworks' shards are `deploy/crds`'
+/// alone (every CRD file listed there), and neither the base nor an overlay has them. The
+/// uninstaller runs the installer's image, as the installer does, on the same nodes and
+/// host folders, with no token and no capability.
+#[test]
+fn the_state_is_kept_out_of_what_an_uninstall_deletes() {
+    let crds = build_dir("crds");
+    let kinds: BTreeSet<&str> = crds.iter().map(kind).collect();
+    assert_eq!(kinds, set(&["CustomResourceDefinition", "Namespace"]));
+    assert_eq!(names_of(&crds, "Namespace"), set(&["danm-system"]));
+    assert_eq!(names_of(&crds, "CustomResourceDefinition").len(), 6);
+    for dir in [
+        "base",
+        "overlays/lightweight",
+        "overlays/production",
+        "uninstall",
+    ] {
+        for o in build_dir(dir) {
+            assert!(
+                !matches!(kind(&o), "CustomResourceDefinition" | "Namespace"),
+                "{dir} has {} {}: deleting it would delete state",
+                kind(&o),
+                name(&o)
+            );
+        }
+    }
+
+    let base = build_dir("base");
+    let installer = find(&base, "DaemonSet", "danm-cni-installer");
+    let uninstall = build_dir("uninstall");
+    assert_eq!(uninstall.len(), 1, "only the uninstaller");
+    let uninstaller = find(&uninstall, "DaemonSet", "danm-cni-uninstaller");
+    assert_eq!(uninstaller["metadata"]["namespace"], "danm-system");
+    let (spec, installer_spec) = (pod_spec(uninstaller).unwrap(), pod_spec(installer).unwrap());
+    assert_eq!(spec["nodeSelector"], installer_spec["nodeSelector"]);
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let (container, installer_container) = (containers(uninstaller)[0], containers(installer)[0]);
+    assert_eq!(container["image"], installer_container["image"]);
+    assert_eq!(
+        container["command"],
+        json!(["/install-cni.sh", "uninstall"])
+    );
+    assert_eq!(container["env"], installer_container["env"]);
+    for volume in ["cni-bin", "cni-conf"] {
+        let path = |s: &Value| {
+            s["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == volume)
+                .map(|v| v["hostPath"]["path"].clone())
+        };
+        assert_eq!(path(spec), path(installer_spec), "{volume}");
+    }
+    let context = &container["securityContext"];
+    assert_eq!(context["allowPrivilegeEscalation"], false);
+    assert_eq!(context["readOnlyRootFilesystem"], true);
+    assert_eq!(context["capabilities"]["drop"], json!(["ALL"]));
+    assert!(context["capabilities"]["add"].is_null());
 }
 
 /// The pod template of a workload, if `o` is one.

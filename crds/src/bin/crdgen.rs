@@ -1,4 +1,4 @@
-//! Writes every danm.io CRD to `crds/manifests/` and to `deploy/base/crds/` (kustomize reads
+//! Writes every danm.io CRD to `crds/manifests/` and to `deploy/crds/` (kustomize reads
 //! files only from inside its own tree, so the deployment carries a copy), or only to the
 //! folder given as first argument.
 
@@ -8,7 +8,7 @@ fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dirs = match std::env::args().nth(1) {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => vec![root.join("manifests"), root.join("../deploy/base/crds")],
+        None => vec![root.join("manifests"), root.join("../deploy/crds")],
     };
     for dir in dirs {
         std::fs::create_dir_all(&dir)?;

@@ -29,7 +29,9 @@ const DAEMON_BIN: &str = "/usr/local/bin";
 const NONROOT: &str = "65532:65532";
 
 /// The busybox applets `install-cni.sh` runs, linked to `/bin/busybox`.
-const INSTALLER_APPLETS: &[&str] = &["sh", "cp", "chmod", "mv", "mkdir", "sed", "sleep", "cmp"];
+const INSTALLER_APPLETS: &[&str] = &[
+    "sh", "cp", "chmod", "mv", "mkdir", "rm", "sed", "sleep", "cmp",
+];
 
 /// A file of the installer's image from the repository: (path in the repository, path in
 /// the image).

@@ -38,23 +38,28 @@ pub async fn start_plane() -> ControlPlane {
     .expect("the control plane starts")
 }
 
-/// Imports every image of `deploy/images` into `node`, then applies `deploy/base`
-/// unchanged (`kubectl apply --server-side -k`).
+/// Imports every image of `deploy/images` into `node`, then applies `deploy/crds` and
+/// `deploy/base` unchanged, as docs/install.md does.
 pub fn apply_base(plane: &ControlPlane, node: &RealNode) {
     for image in deploy_images() {
         node.import_image(&image);
     }
+    for dir in ["deploy/crds", "deploy/base"] {
+        kustomize(plane, "apply", dir);
+    }
+}
+
+/// `kubectl <verb> -k <dir>` (`apply` server-side), `dir` relative to the repository.
+pub fn kustomize(plane: &ControlPlane, verb: &str, dir: &str) {
+    let path = repository_file(dir).display().to_string();
+    let mut args = vec![verb];
+    if verb == "apply" {
+        args.push("--server-side");
+    }
+    args.extend(["-k", &path]);
     plane
-        .kubectl_with_input(
-            &[
-                "apply",
-                "--server-side",
-                "-k",
-                &repository_file("deploy/base").display().to_string(),
-            ],
-            "",
-        )
-        .expect("deploy/base applies");
+        .kubectl_with_input(&args, "")
+        .unwrap_or_else(|e| panic!("kubectl {verb} -k {dir}: {e}"));
 }
 
 /// Labels `node` so that the CNI installer runs there.
