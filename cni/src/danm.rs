@@ -6,102 +6,30 @@
 //! reported.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use danm_proto::v1 as pb;
 use futures::future::join_all;
 use ipnet::IpNet;
-use serde_json::{Value, json};
 
-use crate::delegate::{self, Delegation};
+use crate::delegate::Delegation;
 use crate::exec::Plugin;
 use crate::ipam_plugin;
-use crate::ipamd::{self, DEFAULT_IPAMD};
+use crate::ipamd;
 use crate::previous;
 use crate::protocol::{CniError, CniResult, ErrorCode, Interface, IpConfig, Request, Route};
 use danm_netlink::{self as netlink, Backend, LinkId, Netlink};
 
+mod config;
+mod delegated;
+
+pub use config::DanmConfig;
+use delegated::{delegation_for, ipamd_ipam, sriov_device};
+
 /// DANM's limit for a whole ADD.
 pub const ADD_LIMIT: Duration = Duration::from_secs(10);
-
-/// The keys of `00-danm.conf` (besides the standard `cniVersion`, `name`, `type`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DanmConfig {
-    /// `ipamd`: ipamd's address (`http://127.0.0.1:50051` by default).
-    pub ipamd: String,
-    /// `cniDir`: where delegated networks' configurations are (`/etc/cni/net.d`).
-    pub cni_dir: PathBuf,
-    /// `namingScheme`: empty (DANM's default) or `legacy`.
-    pub naming_scheme: String,
-    /// `kubeletCheckpoint`: kubelet's device-manager checkpoint, for SR-IOV device ids.
-    pub kubelet_checkpoint: PathBuf,
-    /// `args["danm.io/interfaces"]`: the interface list when no API server can tell it
-    /// (ipamd on its embedded store): the annotation's JSON, as a list or as a string.
-    pub interfaces: String,
-    /// `ipamdTLS`: TLS to ipamd (`ca`, and `cert`/`key` for mutual TLS, `serverName`).
-    pub tls: Option<ipamd::ClientTls>,
-    /// `cniCacheDir`: libcni's cache (`/var/lib/cni`), where DEL finds the network that
-    /// attached a container before danm did ([`crate::previous`]).
-    pub cni_cache_dir: PathBuf,
-    /// `name`: this configuration's network name (libcni caches danm's own attachments
-    /// under it).
-    pub name: String,
-}
-
-impl DanmConfig {
-    /// Reads the configuration, naming the field that is wrong.
-    pub fn parse(config: &Value) -> Result<DanmConfig, CniError> {
-        let text = |key: &str, default: &str| -> Result<String, CniError> {
-            match config.get(key) {
-                None | Some(Value::Null) => Ok(default.to_owned()),
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(other) => Err(CniError::new(
-                    ErrorCode::InvalidConfig,
-                    format!("{key}: must be a string, not {other}"),
-                    String::new(),
-                )),
-            }
-        };
-        let naming_scheme = text("namingScheme", "")?;
-        if !["", "legacy"].contains(&naming_scheme.as_str()) {
-            return Err(CniError::new(
-                ErrorCode::InvalidConfig,
-                format!("namingScheme: {naming_scheme:?} is neither empty nor \"legacy\""),
-                String::new(),
-            ));
-        }
-        let interfaces = match config.pointer("/args/danm.io~1interfaces") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(list @ Value::Array(_)) => list.to_string(),
-            Some(other) => {
-                return Err(CniError::new(
-                    ErrorCode::InvalidConfig,
-                    format!(
-                        "args.danm.io/interfaces: must be a list or a JSON string, not {other}"
-                    ),
-                    String::new(),
-                ));
-            }
-        };
-        Ok(DanmConfig {
-            ipamd: text("ipamd", DEFAULT_IPAMD)?,
-            cni_dir: text("cniDir", "/etc/cni/net.d")?.into(),
-            naming_scheme,
-            kubelet_checkpoint: text(
-                "kubeletCheckpoint",
-                "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint",
-            )?
-            .into(),
-            interfaces,
-            tls: ipamd::parse_tls(config, "ipamdTLS")?,
-            cni_cache_dir: text("cniCacheDir", previous::DEFAULT_CACHE_DIR)?.into(),
-            name: text("name", "danm")?,
-        })
-    }
-}
 
 /// The plugin.
 #[derive(Debug, Default)]
@@ -450,70 +378,6 @@ async fn configure(request: &Request, plan: &pb::InterfacePlan) -> Result<CniRes
     Ok(result)
 }
 
-/// How a delegated interface is built: its configuration file, or for an `sriov` network
-/// without one, DANM's generated sriov configuration on the pod's virtual function.
-fn delegation_for(
-    config: &DanmConfig,
-    request: &Request,
-    plan: &pb::InterfacePlan,
-    device: Option<&str>,
-) -> Result<Delegation, CniError> {
-    if plan.network_type != "sriov" || Delegation::has_file(&config.cni_dir, &plan.network_id) {
-        return Delegation::load(&config.cni_dir, &plan.network_id, &plan.network_type);
-    }
-    let device = device.ok_or_else(|| {
-        CniError::new(
-            ErrorCode::InvalidConfig,
-            "an sriov network needs Options.device_pool (the device plugin's resource)",
-            String::new(),
-        )
-    })?;
-    let master = delegate::pf_name(Path::new("/sys"), device)?;
-    Ok(Delegation::sriov(
-        &request.version,
-        &plan.network_id,
-        &master,
-        plan.vlan,
-        device,
-    ))
-}
-
-fn sriov_device(
-    config: &DanmConfig,
-    request: &Request,
-    pool: &str,
-    used: &[String],
-) -> Result<String, CniError> {
-    let pod_uid = request.arg("K8S_POD_UID").ok_or_else(|| {
-        CniError::new(
-            ErrorCode::InvalidEnvironment,
-            "K8S_POD_UID is needed in CNI_ARGS for a device-pool network",
-            String::new(),
-        )
-    })?;
-    let text = std::fs::read(&config.kubelet_checkpoint).map_err(|e| {
-        CniError::new(
-            ErrorCode::IoFailure,
-            format!("cannot read {}", config.kubelet_checkpoint.display()),
-            e.to_string(),
-        )
-    })?;
-    let checkpoint: Value = serde_json::from_slice(&text).map_err(|e| {
-        CniError::new(
-            ErrorCode::DecodeFailure,
-            format!("{} is not JSON", config.kubelet_checkpoint.display()),
-            e.to_string(),
-        )
-    })?;
-    delegate::device_id(&checkpoint, pod_uid, pool, used).ok_or_else(|| {
-        CniError::new(
-            ErrorCode::InvalidConfig,
-            format!("no device of {pool} is allocated to pod {pod_uid}"),
-            "the pod must request the device pool's resource".to_owned(),
-        )
-    })
-}
-
 /// The interfaces the container holds, as ipamd recorded them (and the connection).
 async fn container_interfaces(
     config: &DanmConfig,
@@ -530,28 +394,6 @@ async fn container_interfaces(
         .into_inner()
         .interfaces;
     Ok((client, plans))
-}
-
-/// The `ipam` section of a delegated interface whose addresses ipamd gave (None when the
-/// pod asked for none): `danm-ipam`, naming exactly those addresses.
-fn ipamd_ipam(config: &DanmConfig, plan: &pb::InterfacePlan) -> Option<Value> {
-    if plan.ip.is_empty() && plan.ip6.is_empty() {
-        return None;
-    }
-    let network = plan.network.clone().unwrap_or_default();
-    let mut ipam = json!({
-        "type": "danm-ipam",
-        "ipamd": config.ipamd,
-        "network": network.name,
-        "kind": ipamd::kind_name(&network),
-        "namespace": network.namespace,
-        "ip": plan.ip,
-        "ip6": plan.ip6,
-    });
-    if let Some(tls) = &config.tls {
-        ipam["ipamdTLS"] = ipamd::tls_json(tls);
-    }
-    Some(ipam)
 }
 
 /// One CNI error out of several, keeping the first one's code.

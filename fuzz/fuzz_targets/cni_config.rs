@@ -1,7 +1,8 @@
 //! The network configuration on a CNI plugin's stdin, as `danm` and `danm-ipam` read it:
 //! never a panic, whatever the JSON. And whatever NetworkID, NetworkType or chain a network
 //! names, every file the plugin would read is in `cniDir` and every program it would run is
-//! in a `CNI_PATH` folder (libcni's CVE-2021-20206 was a plugin name with a path in it).
+//! in a `CNI_PATH` folder (libcni's CVE-2021-20206 was a plugin name with a path in it),
+//! also for a libcni cache entry's configuration (`danm_cni::previous`), run at DEL.
 #![no_main]
 
 use std::path::{Path, PathBuf};
@@ -64,9 +65,29 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // The same input as a libcni cache entry (its `config` in base64).
+    if let Ok(delegation) = danm_cni::previous::parse_entry(data, "cbr0", "c", "eth0") {
+        for program in delegation.programs(&path) {
+            assert!(
+                path.iter().any(|d| inside(&program, d)),
+                "a cache entry runs {}",
+                program.display()
+            );
+        }
+    }
+
     let Ok(config) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
+    if let Ok(delegation) = Delegation::from_config(&config) {
+        for program in delegation.programs(&path) {
+            assert!(
+                path.iter().any(|d| inside(&program, d)),
+                "a configuration runs {}",
+                program.display()
+            );
+        }
+    }
     let _ = danm_cni::danm::DanmConfig::parse(&config);
     let _ = danm_cni::ipam_plugin::IpamConfig::parse(&config, "default");
     let _ = danm_cni::ipamd::parse_tls(&config, "ipamdTLS");

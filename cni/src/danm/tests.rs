@@ -1,6 +1,9 @@
 //! Unit tests of the metaplugin: configuration parsing and interface naming.
 
 use super::*;
+use crate::ipamd::DEFAULT_IPAMD;
+use serde_json::json;
+use std::path::PathBuf;
 
 #[test]
 fn reads_00_danm_conf() {
