@@ -5,7 +5,12 @@
 # and the EndpointSlices, then stays up until Ctrl-C. Needs root (network namespaces) and
 # what ./test.sh builds (the control plane in ~/.cache/danm-rs/k8s; run ./test.sh first on a
 # fresh machine, or testkit/k8s/build.sh).
+#
+# ./demo.sh --real-node: deploy/crds and deploy/base applied unchanged on a real node of this
+# machine (kubelet and containerd 1.6, images built here), a pod through the installed danm;
+# says why when the machine cannot run one (root, containerd and runc, nftables,
+# busybox-static, the reference CNI plugins: what .ci/run installs).
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo build --quiet --workspace --bins
-exec target/debug/e2e-demo
+exec target/debug/e2e-demo "$@"

@@ -18,58 +18,15 @@
 //! configuration at once instead of waiting; the suite deleted, `deploy/uninstall` takes
 //! danm off the node and the state stays.
 
-use danm_e2e::fabric::ip;
 use danm_e2e::pods::{eventually, pod_ip, ready};
-use danm_e2e::real_node::bed::HostLink;
-use danm_e2e::real_node::services::ServiceProxy;
 use danm_e2e::real_node::suite::{
-    SYSTEM, apply_base, deployment_serves, installer_pod, job_completes, kustomize, node_ready,
-    opt_in, start_plane,
+    BareBed, SYSTEM, apply_base, deployment_serves, installer_pod, job_completes, kustomize,
+    networks, node_ready, opt_in, start_plane,
 };
-use danm_e2e::real_node::{Containerd, HostSnapshot, RealNode, suite};
+use danm_e2e::real_node::{HostSnapshot, suite};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-
-/// The pods' gateway: the host end of the pods' link, on `danm-system`'s network, where
-/// its route to the Services' range leads.
-const GATEWAY: &str = "198.18.7.1";
-
-/// The networks: `danm-system`'s (its pods reach the Services, the API server among them,
-/// through the gateway) and the test namespace's, both macvlan over `link`.
-fn networks(link: &HostLink) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {{name: real-node}}
----
-apiVersion: danm.io/v1
-kind: DanmNet
-metadata: {{name: default, namespace: danm-system}}
-spec:
-  NetworkID: system
-  NetworkType: macvlan
-  Options:
-    host_device: {host}
-    cidr: 198.18.7.0/24
-    allocation_pool: {{start: 198.18.7.10, end: 198.18.7.60}}
-    routes: {{10.96.0.0/16: {GATEWAY}}}
----
-apiVersion: danm.io/v1
-kind: DanmNet
-metadata: {{name: default, namespace: real-node}}
-spec:
-  NetworkID: default
-  NetworkType: macvlan
-  Options:
-    host_device: {host}
-    cidr: 198.18.8.0/24
-    allocation_pool: {{start: 198.18.8.10, end: 198.18.8.60}}
-"#,
-        host = link.0
-    )
-}
 
 /// A pod of the test namespace on its default network: a TCP server, as the manifests
 /// run containers (non-root, read-only root, no capability).
@@ -96,21 +53,12 @@ spec:
 async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     let plane = start_plane().await;
     let before = HostSnapshot::take();
-    let link = HostLink::create();
-    let gateway_link = format!("{}p", link.0);
-    ip(&[
-        "addr",
-        "add",
-        &format!("{GATEWAY}/24"),
-        "dev",
-        &gateway_link,
-    ]);
-    let services = ServiceProxy::start(&plane, &gateway_link).await;
-    let node = RealNode::start_bare(&plane, Containerd::debian(), "real-1").await;
+    let bed = BareBed::start(&plane).await;
+    let node = &bed.node;
     node.import(&plane, "netcheck");
     let client = plane.client().await;
-    let diagnose = || suite::diagnose(&plane, &node);
-    apply_base(&plane, &node);
+    let diagnose = || suite::diagnose(&plane, node);
+    apply_base(&plane, node);
 
     // The certificates; no CNI until the node opts in.
     job_completes(&client, "danm-certs", diagnose).await;
@@ -175,7 +123,7 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     );
 
     // The networks, through the webhook (failurePolicy Fail: admitted means it answered).
-    let networks = networks(&link);
+    let networks = networks(&bed.link);
     eventually(90, "the webhook admits the networks", diagnose, || async {
         plane.kubectl_apply(&networks).ok()
     })
@@ -437,7 +385,6 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
     kustomize(&plane, "delete", "deploy/uninstall");
 
     // The node gone, the host is as before, its CNI, kubelet and nftables state included.
-    drop(node);
-    drop(services);
+    drop(bed);
     assert_eq!(HostSnapshot::take(), before);
 }

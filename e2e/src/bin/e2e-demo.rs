@@ -1,5 +1,6 @@
 //! `./demo.sh`: the whole suite on one machine with DANM's svcwatcher demo applied, shown as
-//! a user sees it, until Ctrl-C.
+//! a user sees it, until Ctrl-C. `./demo.sh --real-node`: `deploy/` on a real node
+//! ([`danm_e2e::real_node::demo`]).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,18 @@ fn section(title: &str) {
 
 #[tokio::main]
 async fn main() {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--real-node") => return danm_e2e::real_node::demo::run().await,
+        Some(other) => {
+            eprintln!(
+                "demo: unknown argument {other:?}\nusage: ./demo.sh [--real-node]\n  \
+                 (no argument) nodes as network namespaces, DANM's svcwatcher demo\n  \
+                 --real-node   deploy/ on a real kubelet and containerd of this machine"
+            );
+            std::process::exit(2);
+        }
+    }
     if !danm_e2e::fabric::is_root() {
         eprintln!("demo: network namespaces need root: run it as root");
         std::process::exit(1);

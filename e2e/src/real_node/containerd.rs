@@ -23,15 +23,19 @@ impl Containerd {
     /// Debian's containerd 1.6 (`apt-get install containerd runc`; `.ci/run` installs
     /// them), from `PATH`.
     pub fn debian() -> Containerd {
-        let found = which("containerd")
-            .and_then(|daemon| Containerd::in_dir(daemon.parent()?))
-            .filter(|c| c.minor_version() == "1.6");
-        found.unwrap_or_else(|| {
+        Containerd::find_debian().unwrap_or_else(|| {
             panic!(
                 "containerd 1.6 with containerd-shim-runc-v2, ctr and runc is not on PATH: \
                  `apt-get install containerd runc` on Debian 12 (.ci/run does)"
             )
         })
+    }
+
+    /// Debian's containerd 1.6 if it is on `PATH` with its shim, `ctr` and runc.
+    pub fn find_debian() -> Option<Containerd> {
+        which("containerd")
+            .and_then(|daemon| Containerd::in_dir(daemon.parent()?))
+            .filter(|c| c.minor_version() == "1.6")
     }
 
     /// containerd 2.x as `testkit/k8s/build.sh` builds it, beside the control plane's

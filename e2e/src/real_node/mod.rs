@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 pub mod bed;
 mod cni;
 mod containerd;
+pub mod demo;
 mod host;
 pub mod images;
 pub mod services;

@@ -1,6 +1,8 @@
-//! `deploy/base` on a bare real node, as an operator brings it up: apply it unchanged,
-//! wait for its Jobs and Deployments, label the node, find the installer's pod, and say
-//! what the cluster and the node were doing when a wait fails.
+//! `deploy/base` on a bare real node, as an operator brings it up: the bed (a bare node, a
+//! host link for the pods' macvlans with the pods' gateway on it, the Service stand-in),
+//! the networks, applying `deploy/crds` and `deploy/base` unchanged, waiting for their Jobs
+//! and Deployments, labelling the node, finding the installer's pod, and saying what the
+//! cluster and the node were doing when a wait fails.
 
 use danm_testkit::control_plane::{ControlPlane, Options};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -8,8 +10,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 
-use super::RealNode;
+use super::bed::HostLink;
 use super::images::{deploy_images, repository_file};
+use super::services::ServiceProxy;
+use super::{Containerd, RealNode};
+use crate::fabric::ip;
 use crate::pods::eventually;
 
 /// The namespace of `deploy/base`.
@@ -17,6 +22,81 @@ pub const SYSTEM: &str = "danm-system";
 
 /// The node label that lets the CNI installer on a node.
 pub const OPT_IN: &str = "danm.io/cni=enabled";
+
+/// The pods' gateway: the host end of the pods' link, on `danm-system`'s network, where
+/// its route to the Services' range leads.
+pub const GATEWAY: &str = "198.18.7.1";
+
+/// The networks: `danm-system`'s (its pods reach the Services, the API server among them,
+/// through the gateway) and the test namespace's, both macvlan over `link`.
+pub fn networks(link: &HostLink) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: real-node}}
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: default, namespace: danm-system}}
+spec:
+  NetworkID: system
+  NetworkType: macvlan
+  Options:
+    host_device: {host}
+    cidr: 198.18.7.0/24
+    allocation_pool: {{start: 198.18.7.10, end: 198.18.7.60}}
+    routes: {{10.96.0.0/16: {GATEWAY}}}
+---
+apiVersion: danm.io/v1
+kind: DanmNet
+metadata: {{name: default, namespace: real-node}}
+spec:
+  NetworkID: default
+  NetworkType: macvlan
+  Options:
+    host_device: {host}
+    cidr: 198.18.8.0/24
+    allocation_pool: {{start: 198.18.8.10, end: 198.18.8.60}}
+"#,
+        host = link.0
+    )
+}
+
+/// A bare node `real-1` (containerd 1.6) with the host link its pods' macvlans ride on,
+/// the pods' gateway [`GATEWAY`] on the link's other end, and Services through
+/// [`ServiceProxy`]. Dropped in that order: the node, the Services, the link.
+#[derive(Debug)]
+pub struct BareBed {
+    /// The node.
+    pub node: RealNode,
+    /// Services and cluster DNS.
+    pub services: ServiceProxy,
+    /// The pods' host link ([`networks`] puts them on it).
+    pub link: HostLink,
+}
+
+impl BareBed {
+    /// Starts the bed on `plane`.
+    pub async fn start(plane: &ControlPlane) -> BareBed {
+        let link = HostLink::create();
+        let gateway_link = format!("{}p", link.0);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY}/24"),
+            "dev",
+            &gateway_link,
+        ]);
+        let services = ServiceProxy::start(plane, &gateway_link).await;
+        let node = RealNode::start_bare(plane, Containerd::debian(), "real-1").await;
+        BareBed {
+            node,
+            services,
+            link,
+        }
+    }
+}
 
 /// A control plane for a bare node running `deploy/base` (scheduler, pod garbage
 /// collection, node lifecycle and the CronJob controller), after checking for root (kubelet,
