@@ -135,19 +135,7 @@ async fn main() {
             ""
         )
     );
-    println!(
-        "\nThe cluster stays up until Ctrl-C. Poke at it with:\n  export KUBECONFIG={}\n  {} get pods -A -o wide",
-        cluster.plane.kubeconfig().display(),
-        danm_testkit::control_plane::binaries()
-            .map(|d| d.join("kubectl").display().to_string())
-            .unwrap_or_else(|_| "kubectl".into())
-    );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    danm_e2e::real_node::demo::until_stopped(&cluster.plane).await;
     eprintln!("demo: stopping");
     drop(cluster);
     eprintln!("demo: stopped; its namespaces, bridges and processes are gone");

@@ -123,6 +123,15 @@ pub async fn run() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    until_stopped(&plane).await;
+    eprintln!("demo: stopping (the node's processes, folders, cgroups, links and tables go)");
+    drop(bed);
+    drop(plane);
+    eprintln!("demo: stopped");
+}
+
+/// Says how to reach `plane` with kubectl, then waits for Ctrl-C or SIGTERM.
+pub async fn until_stopped(plane: &danm_testkit::control_plane::ControlPlane) {
     println!(
         "\nThe cluster stays up until Ctrl-C. Poke at it with:\n  export KUBECONFIG={}\n  {} get pods -A -o wide",
         plane.kubeconfig().display(),
@@ -134,8 +143,4 @@ pub async fn run() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("demo: stopping (the node's processes, folders, cgroups, links and tables go)");
-    drop(bed);
-    drop(plane);
-    eprintln!("demo: stopped");
 }
