@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 use crate::delegate::Delegation;
 use crate::protocol::{CniError, ErrorCode, Request};
 
+/// The metaplugin's own type: never run from here.
+const SELF: &str = "danm";
+
 /// libcni's default cache folder (containerd and CRI-O use it).
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
 
@@ -35,8 +38,10 @@ pub struct PreviousAttachment {
 }
 
 /// The cached attachments of `container_id`'s `ifname` by networks other than `own`
-/// (`danm`'s own network name), in file-name order. An entry that cannot be read or
-/// parsed is an error naming it (never skipped silently: its DEL would be lost).
+/// (`danm`'s own network name), in file-name order. An entry whose configuration runs
+/// `danm` itself (a meta plugin such as Multus caches danm under a network name of its
+/// own) is skipped: its DEL would come back here. An entry that cannot be read or parsed
+/// is an error naming it (never skipped silently: its DEL would be lost).
 pub fn find(
     cache_dir: &Path,
     own: &str,
@@ -64,6 +69,9 @@ pub fn find(
         let text = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
         let delegation = parse_entry(&text, network, container_id, ifname)
             .map_err(|why| bad_entry(&path, why))?;
+        if delegation.plugins.iter().any(|(kind, _)| kind == SELF) {
+            continue;
+        }
         found.push(PreviousAttachment {
             path,
             network: network.to_owned(),
@@ -218,6 +226,10 @@ mod tests {
         write(dir.path(), &format!("danm-{CID}-eth0"), &own);
         write(dir.path(), "cbr0-fedcba-eth0", &entry);
         write(dir.path(), &format!("cbr0-{CID}-net1"), &entry);
+        // danm itself under another name (Multus delegating to it): would call itself.
+        let multus = json!({"cniVersion": "1.0.0", "name": "signalling", "type": "danm"});
+        let looped = cache_entry("signalling", CID, "eth0", &multus, &result);
+        write(dir.path(), &format!("signalling-{CID}-eth0"), &looped);
 
         let found = find(dir.path(), "danm", CID, "eth0").unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
