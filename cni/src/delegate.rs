@@ -172,9 +172,19 @@ impl Delegation {
 
     /// DEL through the chain, last plugin first; every failure is reported.
     pub async fn del(&self, request: &Request, ifname: &str) -> Result<(), CniError> {
+        self.del_with_env(request, ifname, &[]).await
+    }
+
+    /// [`Delegation::del`], with `env` added to each plugin's environment.
+    pub async fn del_with_env(
+        &self,
+        request: &Request,
+        ifname: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(), CniError> {
         let mut errors = Vec::new();
         for (kind, config) in self.plugins.iter().rev() {
-            if let Err(e) = call(request, kind, "DEL", ifname, config).await {
+            if let Err(e) = call_with_env(request, kind, "DEL", ifname, config, env).await {
                 errors.push(e.to_string());
             }
         }
@@ -198,6 +208,18 @@ pub async fn call(
     ifname: &str,
     config: &Value,
 ) -> Result<Option<Value>, CniError> {
+    call_with_env(request, kind, command, ifname, config, &[]).await
+}
+
+/// [`call`], with `env` added to the plugin's environment.
+pub async fn call_with_env(
+    request: &Request,
+    kind: &str,
+    command: &str,
+    ifname: &str,
+    config: &Value,
+    env: &[(&str, &str)],
+) -> Result<Option<Value>, CniError> {
     plugin_name("plugin type", kind)?;
     let binary = request
         .path
@@ -218,6 +240,7 @@ pub async fn call(
         .env("CNI_IFNAME", ifname)
         .env("CNI_ARGS", args_text(request))
         .env("CNI_PATH", join_paths(&request.path))
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,13 +4,27 @@
 //! the container; ipamd holds nothing for them, and without more the previous CNI's
 //! addresses and host state would leak.
 //!
-//! libcni (containerd, CRI-O) caches every ADD's configuration and result in
-//! `<cacheDir>/results/<network>-<containerID>-<ifname>` (`kind: cniCacheV1`, the
+//! libcni (containerd, CRI-O) caches every ADD's configuration, capability arguments and
+//! result in `<cacheDir>/results/<network>-<containerID>-<ifname>` (`kind: cniCacheV1`, the
 //! configuration's bytes in base64). When ipamd holds nothing for a container, `danm` DEL
-//! looks there for an entry of another network for the same container and interface, runs
-//! that network's DEL with it (each plugin by its `type`, checked as a plain name and run
-//! from `CNI_PATH` only, last plugin first, with the cached result as `prevResult` from CNI
-//! 0.4.0 on), as libcni would have, and removes the entry.
+//! looks there for an entry of another network for the same container and interface and
+//! runs that network's DEL as libcni would have: each plugin by its `type` (checked as a
+//! plain name, run from `CNI_PATH` only), last plugin first, with the cached result as
+//! `prevResult` from CNI 0.4.0 on (as cached: not converted to another version) and the
+//! cached capability arguments as `runtimeConfig` for the capabilities each plugin declares
+//! (portmap's DEL needs `portMappings` to remove a hostPort's rules). Then it removes the
+//! entry.
+//!
+//! What is not that container's is left alone: an entry whose recorded container,
+//! interface or network differs from its file name's. An entry that cannot be used (not
+//! JSON, not `cniCacheV1`, a plugin type with a path) is left in place with a warning on
+//! stderr: libcni would drop its `prevResult` or fail the same way, and a DEL that failed
+//! for it forever would keep the sandbox from ever going. A plugin's DEL that fails fails
+//! the DEL (the runtime retries), within [`PREVIOUS_DEL_LIMIT`].
+//!
+//! The DEL of a cached meta plugin (Multus, say) may call `danm` again for the same
+//! container: such a nested call carries [`NESTED`] in its environment and does not look
+//! at the cache again, and an entry that runs `danm` itself is never run.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +36,13 @@ use crate::protocol::{CniError, ErrorCode, Request};
 
 /// The metaplugin's own type: never run from here.
 const SELF: &str = "danm";
+
+/// Set (to the container id) in the environment of the plugins a previous network's DEL
+/// runs: a `danm` they call for that container does not run previous networks again.
+pub const NESTED: &str = "DANM_PREVIOUS_DEL";
+
+/// How long the DEL of one previous network may take.
+pub const PREVIOUS_DEL_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// libcni's default cache folder (containerd and CRI-O use it).
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
@@ -56,19 +77,34 @@ pub fn find(
     };
     let suffix = format!("-{container_id}-{ifname}");
     let mut found = Vec::new();
+    if container_id.is_empty() {
+        return Ok(found);
+    }
     for entry in entries {
         let entry = entry.map_err(|e| io_error(&results, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(network) = name.strip_suffix(&suffix) else {
             continue;
         };
-        if network.is_empty() || network == own || container_id.is_empty() {
+        if network.is_empty() || network == own {
             continue;
         }
         let path = entry.path();
-        let text = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
-        let delegation = parse_entry(&text, network, container_id, ifname)
-            .map_err(|why| bad_entry(&path, why))?;
+        let delegation = match std::fs::read(&path)
+            .map_err(|e| Unusable(e.to_string()))
+            .and_then(|text| parse_entry(&text, network, container_id, ifname))
+        {
+            Ok(d) => d,
+            // Another container's (its id ends like this one's), not ours to judge.
+            Err(Entry::Foreign) => continue,
+            Err(Entry::Unusable(why)) => {
+                eprintln!(
+                    "danm: libcni's cache entry {} cannot be used, left in place: {why}",
+                    path.display()
+                );
+                continue;
+            }
+        };
         if delegation.plugins.iter().any(|(kind, _)| kind == SELF) {
             continue;
         }
@@ -82,17 +118,33 @@ pub fn find(
     Ok(found)
 }
 
-/// The plugins of one cache entry, checked against the file's name.
+/// Why a cache entry is not run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// It records another container, interface or network than its file name says.
+    Foreign,
+    /// It cannot be used, and why.
+    Unusable(String),
+}
+use Entry::Unusable;
+
+/// The plugins of one cache entry, checked against the file's name, with the cached
+/// result as `prevResult` (from CNI 0.4.0 on) and the capability arguments each plugin
+/// declares as its `runtimeConfig`.
 pub fn parse_entry(
     text: &[u8],
     network: &str,
     container_id: &str,
     ifname: &str,
-) -> Result<Delegation, String> {
-    let entry: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+) -> Result<Delegation, Entry> {
+    let entry: Value =
+        serde_json::from_slice(text).map_err(|e| Unusable(format!("not JSON: {e}")))?;
     let field = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default();
     if field("kind") != "cniCacheV1" {
-        return Err(format!("kind {:?} is not cniCacheV1", field("kind")));
+        return Err(Unusable(format!(
+            "kind {:?} is not cniCacheV1",
+            field("kind")
+        )));
     }
     for (key, expected) in [
         ("containerId", container_id),
@@ -100,16 +152,35 @@ pub fn parse_entry(
         ("networkName", network),
     ] {
         if field(key) != expected {
-            return Err(format!("{key} {:?} is not {expected:?}", field(key)));
+            return Err(Entry::Foreign);
         }
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(field("config"))
-        .map_err(|e| format!("config is not base64: {e}"))?;
+        .map_err(|e| Unusable(format!("config is not base64: {e}")))?;
     let config: Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("config is not JSON: {e}"))?;
+        serde_json::from_slice(&bytes).map_err(|e| Unusable(format!("config is not JSON: {e}")))?;
     let mut delegation =
-        Delegation::from_config(&config).map_err(|e| format!("config: {}", e.msg))?;
+        Delegation::from_config(&config).map_err(|e| Unusable(format!("config: {}", e.msg)))?;
+    if let Some(arguments) = entry.get("capabilityArgs").and_then(Value::as_object) {
+        for (_, plugin) in &mut delegation.plugins {
+            let declared: Vec<String> = plugin
+                .get("capabilities")
+                .and_then(Value::as_object)
+                .map(|caps| {
+                    caps.iter()
+                        .filter(|(_, on)| on.as_bool() == Some(true))
+                        .map(|(name, _)| name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for capability in declared {
+                if let Some(value) = arguments.get(&capability) {
+                    plugin["runtimeConfig"][&capability] = value.clone();
+                }
+            }
+        }
+    }
     let version = config
         .get("cniVersion")
         .and_then(Value::as_str)
@@ -125,12 +196,29 @@ pub fn parse_entry(
 }
 
 /// Runs the DEL of every previous attachment of the request's container and interface,
-/// removing each cache entry whose DEL succeeded; every failure is reported.
+/// removing each cache entry whose DEL succeeded; every failure is reported. Nothing when
+/// this call is itself nested in such a DEL (see [`NESTED`]).
 pub async fn release(cache_dir: &Path, own: &str, request: &Request) -> Result<(), CniError> {
+    if std::env::var(NESTED).is_ok_and(|id| id == request.container_id) {
+        return Ok(());
+    }
     let previous = find(cache_dir, own, &request.container_id, &request.ifname)?;
     let mut errors = Vec::new();
+    let nested = [(NESTED, request.container_id.as_str())];
     for attachment in previous {
-        match attachment.delegation.del(request, &request.ifname).await {
+        let del = attachment
+            .delegation
+            .del_with_env(request, &request.ifname, &nested);
+        let outcome = tokio::time::timeout(PREVIOUS_DEL_LIMIT, del)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CniError::new(
+                    ErrorCode::DelegateFailed,
+                    format!("no answer within {} s", PREVIOUS_DEL_LIMIT.as_secs()),
+                    String::new(),
+                ))
+            });
+        match outcome {
             Ok(()) => {
                 if let Err(e) = std::fs::remove_file(&attachment.path)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -168,14 +256,6 @@ fn io_error(path: &Path, e: std::io::Error) -> CniError {
         ErrorCode::IoFailure,
         format!("cannot read libcni's cache {}", path.display()),
         e.to_string(),
-    )
-}
-
-fn bad_entry(path: &Path, why: String) -> CniError {
-    CniError::new(
-        ErrorCode::InvalidConfig,
-        format!("libcni's cache entry {} cannot be used", path.display()),
-        why,
     )
 }
 
@@ -258,19 +338,24 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_that_does_not_match_its_name_or_names_a_path_is_refused() {
+    fn an_entry_of_another_container_is_foreign_and_a_broken_one_unusable() {
         let result = json!({});
         let mut other = cache_entry("cbr0", "another", "eth0", &flannel_like(), &result);
-        let e = parse_entry(other.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap_err();
-        assert!(e.contains("containerId"), "{e}");
+        let parse = |v: &Value| parse_entry(v.to_string().as_bytes(), "cbr0", CID, "eth0");
+        assert_eq!(parse(&other).unwrap_err(), Entry::Foreign);
+        other["containerId"] = json!(CID);
         other["kind"] = json!("v2");
-        let e = parse_entry(other.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap_err();
-        assert!(e.contains("cniCacheV1"), "{e}");
+        let Err(Entry::Unusable(why)) = parse(&other) else {
+            panic!("a v2 entry was used")
+        };
+        assert!(why.contains("cniCacheV1"), "{why}");
         let hostile = json!({"cniVersion": "1.0.0", "name": "cbr0",
             "plugins": [{"type": "../../usr/bin/reboot"}]});
-        let entry = cache_entry("cbr0", CID, "eth0", &hostile, &result);
-        let e = parse_entry(entry.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap_err();
-        assert!(e.contains("not a plugin name"), "{e}");
+        let Err(Entry::Unusable(why)) = parse(&cache_entry("cbr0", CID, "eth0", &hostile, &result))
+        else {
+            panic!("a plugin with a path was used")
+        };
+        assert!(why.contains("not a plugin name"), "{why}");
         let single = json!({"cniVersion": "0.3.1", "name": "old", "type": "bridge"});
         let entry = cache_entry("old", CID, "eth0", &single, &json!({"ips": []}));
         let d = parse_entry(entry.to_string().as_bytes(), "old", CID, "eth0").unwrap();
@@ -279,5 +364,43 @@ mod tests {
             d.plugins[0].1.get("prevResult").is_none(),
             "no prevResult before 0.4.0"
         );
+    }
+
+    #[test]
+    fn unusable_and_foreign_entries_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("results")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("results/broken-{CID}-eth0")),
+            "{not json",
+        )
+        .unwrap();
+        // Container "x-0123..." ends like CID: its entry is not this container's.
+        let foreign = cache_entry(
+            "net-x",
+            "x-0123456789abcdef",
+            "eth0",
+            &flannel_like(),
+            &json!({}),
+        );
+        write(dir.path(), &format!("net-x-{CID}-eth0"), &foreign);
+        assert!(find(dir.path(), "danm", CID, "eth0").unwrap().is_empty());
+        assert!(
+            dir.path()
+                .join(format!("results/broken-{CID}-eth0"))
+                .exists()
+        );
+    }
+
+    #[test]
+    fn each_plugin_gets_the_capability_arguments_it_declares() {
+        let mut entry = cache_entry("cbr0", CID, "eth0", &flannel_like(), &json!({}));
+        let mappings = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+        entry["capabilityArgs"] =
+            json!({"portMappings": mappings, "bandwidth": {"ingressRate": 1}});
+        let d = parse_entry(entry.to_string().as_bytes(), "cbr0", CID, "eth0").unwrap();
+        let (bridge, portmap) = (&d.plugins[0].1, &d.plugins[1].1);
+        assert!(bridge.get("runtimeConfig").is_none(), "{bridge}");
+        assert_eq!(portmap["runtimeConfig"], json!({"portMappings": mappings}));
     }
 }

@@ -126,3 +126,70 @@ async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() 
     );
     assert!(entry.exists(), "the entry stays for the runtime's retry");
 }
+
+/// A DEL nested in a previous network's DEL (a cached Multus calling `danm` again for the
+/// same container) carries `DANM_PREVIOUS_DEL` and does not run previous networks again:
+/// here the cached network would fail, so only the marker lets the nested DEL succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_del_does_not_run_previous_networks_again() {
+    let ipamd = Ipamd::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let gone = json!({"cniVersion": "1.0.0", "name": "gone",
+                      "plugins": [{"type": "uninstalled-plugin"}]});
+    let entry = cache.join(format!("results/gone-{CID}-eth0"));
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(
+        &entry,
+        cache_entry("gone", CID, "eth0", &gone, &json!({})).to_string(),
+    )
+    .unwrap();
+    let conf = danm_conf_with_cache(&ipamd, dir.path(), &cache);
+    let run = move |nested: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_danm"));
+        command
+            .env("CNI_COMMAND", "DEL")
+            .env("CNI_CONTAINERID", CID)
+            .env("CNI_NETNS", "")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", bin_dir())
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p",
+            )
+            .env_remove(danm_cni::previous::NESTED)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some(id) = nested {
+            command.env(danm_cni::previous::NESTED, id);
+        }
+        let mut child = command.spawn().unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let (nested, plain, other) = tokio::task::spawn_blocking(move || {
+        (run(Some(CID)), run(None), run(Some("another-container")))
+    })
+    .await
+    .unwrap();
+    assert!(
+        nested.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nested.stdout)
+    );
+    assert!(
+        !plain.status.success(),
+        "the cached network runs without the marker"
+    );
+    assert!(
+        !other.status.success(),
+        "another container's marker counts for nothing"
+    );
+    assert!(entry.exists());
+}

@@ -13,7 +13,8 @@
 #
 # `install-cni.sh uninstall` (deploy/uninstall) does the opposite on a node: removes
 # 00-danm.conf first (the runtime then calls the next configuration of the folder), then
-# the CA bundle and token folder and the plugins, and stays up (Ready) until deleted.
+# the CA bundle and token folder and the plugins, again whenever one comes back, and stays
+# up (Ready) until deleted.
 set -eu
 
 bin_dir="${CNI_BIN_DIR:-/host/opt/cni/bin}"
@@ -30,14 +31,20 @@ pause() {
 }
 
 if [ "${1:-}" = uninstall ]; then
-  rm -f "$conf_dir/00-danm.conf" "$conf_dir/00-danm.conf.danm-tmp"
-  rm -rf "$conf_dir/danm"
-  for plugin in danm danm-ipam; do
-    rm -f "$bin_dir/$plugin" "$bin_dir/$plugin.danm-tmp"
-  done
-  echo "install-cni: uninstalled: $conf_dir/00-danm.conf, $conf_dir/danm/ and danm, danm-ipam in $bin_dir removed; this node's new pods get the next configuration of $conf_dir"
+  # Again every few seconds: an installer pod still stopping may write a file back.
+  said=""
   while :; do
-    pause 3600
+    if [ -e "$conf_dir/00-danm.conf" ] || [ -e "$conf_dir/danm" ] \
+      || [ -e "$bin_dir/danm" ] || [ -e "$bin_dir/danm-ipam" ] || [ -z "$said" ]; then
+      rm -f "$conf_dir/00-danm.conf" "$conf_dir/00-danm.conf.danm-tmp"
+      rm -rf "$conf_dir/danm"
+      for plugin in danm danm-ipam; do
+        rm -f "$bin_dir/$plugin" "$bin_dir/$plugin.danm-tmp"
+      done
+      echo "install-cni: uninstalled: $conf_dir/00-danm.conf, $conf_dir/danm/ and danm, danm-ipam in $bin_dir removed; this node's new pods get the next configuration of $conf_dir"
+      said=yes
+    fi
+    pause "${DANM_UNINSTALL_CHECK_SECONDS:-10}"
   done
 fi
 

@@ -338,8 +338,37 @@ async fn deploy_base_applied_unchanged_brings_up_the_suite_on_a_fresh_node() {
         "the node stays Ready"
     );
 
-    // Uninstalling: the suite deleted, then deploy/uninstall takes danm off the node; the
-    // networks, their allocations and deploy/crds stay.
+    // Uninstalling, as docs/install.md says: ipamd back, the pods attached through danm
+    // (svcwatcher's) deleted while ipamd serves their DEL, the suite deleted, then
+    // deploy/uninstall takes danm off the node; the networks, their allocations and
+    // deploy/crds stay.
+    plane
+        .kubectl_with_input(
+            &[
+                "scale",
+                "deployment",
+                "-n",
+                SYSTEM,
+                "danm-ipamd",
+                "--replicas=1",
+            ],
+            "",
+        )
+        .expect("ipamd scaled back");
+    deployment_serves(&client, "danm-ipamd", diagnose).await;
+    plane
+        .kubectl_with_input(
+            &[
+                "delete",
+                "deployment",
+                "-n",
+                SYSTEM,
+                "danm-svcwatcher",
+                "--cascade=foreground",
+            ],
+            "",
+        )
+        .expect("svcwatcher and its pods deleted");
     kustomize(&plane, "delete", "deploy/base");
     kustomize(&plane, "apply", "deploy/uninstall");
     eventually(

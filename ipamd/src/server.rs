@@ -165,6 +165,9 @@ async fn report_health(
                     false
                 }
             };
+            if ready && serving == Some(false) {
+                tracing::info!("ready again: health reports SERVING");
+            }
             let default_networks = engine.served_default_networks();
             drop(engine);
             if serving != Some(ready) {
@@ -194,7 +197,14 @@ async fn report_health(
     };
     tokio::select! {
         _ = check => {}
-        _ = shutdown => reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await,
+        _ = shutdown => {
+            // Draining: no caller (a probe, the CNI installer) is told to go ahead.
+            for service in ["", health::IPAM, health::DEFAULT_NETWORK] {
+                reporter
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        }
     }
 }
 

@@ -86,7 +86,13 @@ pub struct HostSnapshot {
 
 /// The host folders a real node may create (kubelet's fixed device-plugin folder, libcni's
 /// cache, a bare node's CNI folders).
-const HOST_FOLDERS: &[&str] = &[KUBELET_ROOT, CNI_CACHE_ROOT, "/opt/cni", "/etc/cni"];
+const HOST_FOLDERS: &[&str] = &[
+    KUBELET_ROOT,
+    CNI_CACHE_ROOT,
+    HOST_LOCAL_ROOT,
+    "/opt/cni",
+    "/etc/cni",
+];
 
 /// libcni's cache (containerd's default `cacheDir`).
 const CNI_CACHE_ROOT: &str = "/var/lib/cni";
@@ -162,7 +168,7 @@ pub(super) struct HostState {
 
 impl HostState {
     pub(super) fn save(dir: &Path, mut owned: Vec<PathBuf>) -> HostState {
-        for folder in [KUBELET_ROOT, CNI_CACHE_ROOT] {
+        for folder in [KUBELET_ROOT, CNI_CACHE_ROOT, HOST_LOCAL_ROOT] {
             if !Path::new(folder).exists() {
                 owned.push(folder.into());
             }

@@ -129,12 +129,16 @@ pub fn apply_base(plane: &ControlPlane, node: &RealNode) {
     }
 }
 
-/// `kubectl <verb> -k <dir>` (`apply` server-side), `dir` relative to the repository.
+/// `kubectl <verb> -k <dir>` as docs/install.md runs it (`apply` server-side; `delete`
+/// waiting for the workloads' pods, ignoring what is not there), `dir` relative to the
+/// repository.
 pub fn kustomize(plane: &ControlPlane, verb: &str, dir: &str) {
     let path = repository_file(dir).display().to_string();
     let mut args = vec![verb];
-    if verb == "apply" {
-        args.push("--server-side");
+    match verb {
+        "apply" => args.push("--server-side"),
+        "delete" => args.extend(["--cascade=foreground", "--ignore-not-found"]),
+        _ => {}
     }
     args.extend(["-k", &path]);
     plane
