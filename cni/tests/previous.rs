@@ -101,11 +101,9 @@ async fn a_container_attached_before_danm_gets_its_del_from_the_network_that_att
     assert!(again.ok, "second DEL: {} {}", again.stdout, again.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() {
-    let ipamd = Ipamd::start("").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
+/// A cache entry of network `gone` for [`CID`], whose plugin is not in `CNI_PATH` (its
+/// DEL fails); its path.
+fn cache_a_network_whose_plugin_is_gone(cache: &Path) -> std::path::PathBuf {
     let gone = json!({"cniVersion": "1.0.0", "name": "gone",
                       "plugins": [{"type": "uninstalled-plugin"}]});
     let entry = cache.join(format!("results/gone-{CID}-eth0"));
@@ -115,6 +113,15 @@ async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() 
         cache_entry("gone", CID, "eth0", &gone, &json!({})).to_string(),
     )
     .unwrap();
+    entry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() {
+    let ipamd = Ipamd::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let entry = cache_a_network_whose_plugin_is_gone(&cache);
     let conf = danm_conf_with_cache(&ipamd, dir.path(), &cache);
     let del = danm("DEL", CID, "", &conf).await;
     assert!(!del.ok, "{}", del.stdout);
@@ -135,15 +142,7 @@ async fn a_nested_del_does_not_run_previous_networks_again() {
     let ipamd = Ipamd::start("").await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let gone = json!({"cniVersion": "1.0.0", "name": "gone",
-                      "plugins": [{"type": "uninstalled-plugin"}]});
-    let entry = cache.join(format!("results/gone-{CID}-eth0"));
-    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
-    std::fs::write(
-        &entry,
-        cache_entry("gone", CID, "eth0", &gone, &json!({})).to_string(),
-    )
-    .unwrap();
+    let entry = cache_a_network_whose_plugin_is_gone(&cache);
     let conf = danm_conf_with_cache(&ipamd, dir.path(), &cache);
     let run = move |nested: Option<&str>| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_danm"));
