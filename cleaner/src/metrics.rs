@@ -1,6 +1,7 @@
 //! The cleaner's Prometheus metrics (served at `/metrics` in `--watch` mode).
 
 use danm_core::leak::Reason;
+use danm_runtime::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,55 +44,48 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("danm_cleaner");
-        let by_reason = Family::<ReasonLabels, Counter>::default;
-        let (found, freed, kept, failed) = (by_reason(), by_reason(), by_reason(), by_reason());
-        registry.register(
+        type ByReason = Family<ReasonLabels, Counter>;
+        let found: ByReason = register(
+            &mut registry,
             "found",
             "Leaked DanmEps, addresses and shards found, by reason",
-            found.clone(),
         );
-        registry.register("freed", "Findings freed, by reason", freed.clone());
-        registry.register(
+        let freed: ByReason = register(&mut registry, "freed", "Findings freed, by reason");
+        let kept: ByReason = register(
+            &mut registry,
             "kept",
             "Findings kept because they were in use on re-check, by reason",
-            kept.clone(),
         );
-        registry.register(
+        let failed: ByReason = register(
+            &mut registry,
             "failed",
             "Findings that could not be freed (retried next pass), by reason",
-            failed.clone(),
         );
-        let addresses_freed = Counter::default();
-        registry.register(
+        let addresses_freed: Counter = register(
+            &mut registry,
             "addresses_freed",
             "Addresses freed through ipamd",
-            addresses_freed.clone(),
         );
-        let passes = Counter::default();
-        registry.register("passes", "Passes completed", passes.clone());
-        let pass_failures = Counter::default();
-        registry.register(
+        let passes: Counter = register(&mut registry, "passes", "Passes completed");
+        let pass_failures: Counter = register(
+            &mut registry,
             "pass_failures",
             "Passes that could not read the cluster",
-            pass_failures.clone(),
         );
-        let last_pass_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        let last_pass_seconds: Gauge<f64, AtomicU64> = register(
+            &mut registry,
             "last_pass_seconds",
             "Duration of the last pass",
-            last_pass_seconds.clone(),
         );
-        let young_orphans = Gauge::default();
-        registry.register(
+        let young_orphans: Gauge = register(
+            &mut registry,
             "young_orphans",
             "Addresses no DanmEp names, still within the grace period, at the last pass",
-            young_orphans.clone(),
         );
-        let corrupt_shards = Gauge::default();
-        registry.register(
+        let corrupt_shards: Gauge = register(
+            &mut registry,
             "corrupt_shards",
             "Shards whose payload does not match its CRC32, at the last pass",
-            corrupt_shards.clone(),
         );
         Metrics {
             registry,
@@ -152,9 +146,6 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        danm_runtime::metrics::encode(&self.registry)
     }
 }

@@ -1,5 +1,6 @@
 //! The one registry of everything ipamd reports: the engine's counters, the RPC metrics
-//! and the pools' gauges (read from the engine at scrape time), and its text encoding.
+//! and the pools' gauges (read from the engine at scrape time);
+//! `danm_runtime::metrics::encode` renders it.
 //! It sits above the engine (it reads it); the counters themselves are in
 //! [`crate::metrics`], below the engine and the workers that count.
 
@@ -81,14 +82,6 @@ pub fn registry(engine: &Arc<Engine>, rpc: &RpcMetrics, tenant_names: bool) -> R
         tenant_names,
     }));
     registry
-}
-
-/// Renders a registry in Prometheus' text format.
-pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    out
 }
 
 /// A pool row's labels: kind, namespace, network, family.

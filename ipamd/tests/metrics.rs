@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use danm_ipamd::engine::Engine;
 use danm_ipamd::metrics::RpcMetrics;
-use danm_ipamd::registry::{encode, registry};
+use danm_ipamd::registry::registry;
 use danm_ipamd::store::Store;
 use danm_ipamd::store::memory::MemoryStore;
 use danm_ipamd::worker::WorkerConfig;
+use danm_runtime::metrics::encode;
 
 const NETWORKS: &str = r#"
 apiVersion: danm.io/v1

@@ -9,7 +9,10 @@
 //!   `/readyz`, on a port of its own;
 //! * [`shutdown_signal`]: SIGTERM or Ctrl-C, for graceful shutdown;
 //! * [`parse_duration`]: durations as flags take them (`10m`, `90s`);
-//! * [`elect`]: Lease leader election (`kube-lease-manager`), for replicated writers;
+//! * [`ClusterArgs`]: the `--kubeconfig` and `--log-format` flags every controller takes;
+//! * [`lead`]: Lease leader election (`kube-lease-manager`) and "run while leading", for
+//!   replicated writers;
+//! * [`metrics`]: registering Prometheus metrics and rendering them;
 //! * [`tls`]: a serving certificate reloaded when its files change (webhook, ipamd);
 //! * [`index`]: a watch-fed index (relists and events handed to the index's code, and
 //!   whether every kind has been listed).
@@ -23,7 +26,11 @@ use axum::Router;
 use axum::routing::get;
 
 pub mod index;
+pub mod lead;
+pub mod metrics;
 pub mod tls;
+
+pub use lead::{Election, LeaseArgs, TermEnding, elect};
 
 /// Why the plumbing failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +64,26 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (for containers).
     Json,
+}
+
+/// The flags every controller takes: where the cluster is and how to log (flatten them
+/// into the binary's arguments).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Log format (logs go to standard error): `text` or `json`.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ClusterArgs {
+    /// Starts logging as `--log-format` says, then connects as `--kubeconfig` says.
+    pub async fn start(&self) -> Result<kube::Client, RuntimeError> {
+        logging(self.log_format);
+        kube_client(self.kubeconfig.as_deref()).await
+    }
 }
 
 /// Logs to standard error in `format`, filtered by `RUST_LOG` (default `info`).
@@ -149,51 +176,6 @@ where
     });
     tracing::info!(admin = %bound, "serving /metrics, /healthz, /readyz");
     Ok(bound)
-}
-
-/// A running election: `leading` says whether this replica holds the Lease now and
-/// changes when that changes; drop it and await `task` to release the Lease.
-#[derive(Debug)]
-pub struct Election {
-    /// This replica's identity in the Lease.
-    pub identity: String,
-    /// Whether it holds the Lease.
-    pub leading: tokio::sync::watch::Receiver<bool>,
-    /// The task renewing the Lease; it releases it once `leading` is dropped.
-    pub task: tokio::task::JoinHandle<
-        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
-    >,
-}
-
-/// Joins the election of Lease `namespace/name` (created if missing) as `identity` (default:
-/// the host name, which is the pod name in a pod). The Lease lasts 15 s and is renewed 5 s
-/// before it ends: another replica takes over within 15 s of this one's death.
-pub async fn elect(
-    client: kube::Client,
-    namespace: &str,
-    name: &str,
-    identity: Option<String>,
-) -> Result<Election, RuntimeError> {
-    let identity = identity
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, name)
-        .with_namespace(namespace)
-        .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .map_err(|e| RuntimeError::Lease {
-            lease: format!("{namespace}/{name}"),
-            reason: e.to_string(),
-        })?;
-    let (leading, task) = manager.watch().await;
-    Ok(Election {
-        identity,
-        leading,
-        task,
-    })
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -1,5 +1,6 @@
 //! The webhook's Prometheus metrics, served at `/metrics`.
 
+use danm_runtime::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,17 +88,15 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("danm_webhook");
-        let admissions = Family::<AdmissionLabels, Counter>::default();
-        registry.register(
+        let admissions: Family<AdmissionLabels, Counter> = register(
+            &mut registry,
             "admissions",
             "Admission requests answered, by path, kind, operation and result",
-            admissions.clone(),
         );
-        let denials = Family::<RuleLabels, Counter>::default();
-        registry.register(
+        let denials: Family<RuleLabels, Counter> = register(
+            &mut registry,
             "denials",
             "Problems found in denied objects, by the rule they break",
-            denials.clone(),
         );
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         registry.register(
@@ -105,29 +104,25 @@ impl Metrics {
             "Time to answer an admission request",
             duration.clone(),
         );
-        let reserved = Counter::default();
-        registry.register(
+        let reserved: Counter = register(
+            &mut registry,
             "vni_reserved",
             "VLAN/VxLAN ids reserved for TenantNetworks",
-            reserved.clone(),
         );
-        let freed = Family::<FreedLabels, Counter>::default();
-        registry.register(
+        let freed: Family<FreedLabels, Counter> = register(
+            &mut registry,
             "vni_freed",
             "VLAN/VxLAN ids freed, by reason",
-            freed.clone(),
         );
-        let conflicts = Counter::default();
-        registry.register(
+        let conflicts: Counter = register(
+            &mut registry,
             "tenantconfig_conflicts",
             "TenantConfig writes that lost to a concurrent writer and were retried",
-            conflicts.clone(),
         );
-        let refused = Family::<RefusedLabels, Counter>::default();
-        registry.register(
+        let refused: Family<RefusedLabels, Counter> = register(
+            &mut registry,
             "refused",
             "Requests and connections refused before being read, by reason",
-            refused.clone(),
         );
         Metrics {
             registry,
@@ -150,9 +145,6 @@ impl Metrics {
 
     /// The metrics in Prometheus' text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        danm_runtime::metrics::encode(&self.registry)
     }
 }

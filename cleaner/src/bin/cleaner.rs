@@ -2,17 +2,15 @@
 //! behind, through ipamd. `--once` for a CronJob, `--watch` for a Deployment.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{ArgGroup, Parser, ValueEnum};
 use danm_cleaner::metrics::Metrics;
 use danm_cleaner::{Freer, PassConfig, Report, Sightings, pass};
 use danm_proto::client::{Client, Settings};
 use danm_runtime::{
-    LogFormat, elect, kube_client, logging, parse_duration, serve_admin, shutdown_signal,
+    ClusterArgs, LeaseArgs, TermEnding, parse_duration, serve_admin, shutdown_signal,
 };
 
 /// Frees the addresses and DanmEps that dead pods, nodes and networks left behind.
@@ -61,24 +59,14 @@ struct Args {
     ipamd: String,
     #[command(flatten)]
     ipamd_tls: danm_proto::client::TlsArgs,
-    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Namespace of the Lease (--watch).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
-    namespace: String,
-    /// Name of the Lease that elects the one replica that cleans (--watch).
-    #[arg(long, default_value = "danm-cleaner")]
-    lease: String,
-    /// This replica's identity in the Lease (default: the pod name, else the host name).
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The Lease that elects the one replica that cleans (--watch).
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// Admin server with --watch: `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, default_value = "0.0.0.0:9090")]
     admin_listen: SocketAddr,
-    /// Log format (logs go to standard error): `text` or `json`.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,8 +78,7 @@ enum Output {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    logging(args.log_format);
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let client = args.cluster.start().await?;
     let freer = Freer {
         client,
         ipamd: connect_ipamd(&args)?,
@@ -132,42 +119,33 @@ async fn watch(
 ) -> anyhow::Result<()> {
     let served = Arc::clone(&metrics);
     serve_admin(args.admin_listen, move || served.encode()).await?;
-
-    let election = elect(
-        freer.client.clone(),
-        &args.namespace,
-        &args.lease,
-        args.identity.clone(),
-    )
-    .await?;
-    let (identity, mut leader, lease_task) = (election.identity, election.leading, election.task);
-    let mut sightings = Sightings::default();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        if !*leader.borrow_and_update() {
-            tracing::info!(%identity, lease = %args.lease, "waiting for the Lease");
-            tokio::select! {
-                changed = leader.changed() => { changed.context("the Lease task ended")?; continue; }
-                _ = &mut shutdown => break,
+    let election = args
+        .lease
+        .elect(freer.client.clone(), "danm-cleaner")
+        .await?;
+    // Kept across terms: how long each orphan address has been seen.
+    let sightings = tokio::sync::Mutex::new(Sightings::default());
+    let term = |ending: TermEnding| {
+        let (sightings, metrics) = (&sightings, &metrics);
+        async move {
+            let mut sightings = sightings.lock().await;
+            while !ending.is_ending() {
+                match pass(freer, config, &mut sightings, metrics).await {
+                    Ok(report) => print_report(&report, args.output)
+                        .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot print the report")),
+                    Err(e) => {
+                        metrics.pass_failed();
+                        tracing::warn!(error = %e, "pass failed; the next one retries");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(args.interval) => {}
+                    _ = ending.clone().wait() => {}
+                }
             }
         }
-        match pass(freer, config, &mut sightings, &metrics).await {
-            Ok(report) => print_report(&report, args.output)?,
-            Err(e) => {
-                metrics.pass_failed();
-                tracing::warn!(error = %e, "pass failed; the next one retries");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(args.interval) => {}
-            _ = leader.changed() => {}
-            _ = &mut shutdown => break,
-        }
-    }
-    tracing::info!("stopping: releasing the Lease");
-    drop(leader);
-    let _ = lease_task.await;
+    };
+    election.run(shutdown_signal(), term).await?;
     Ok(())
 }
 

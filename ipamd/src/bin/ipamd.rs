@@ -9,9 +9,10 @@ use clap::Parser;
 use danm_ipamd::authz::Policy;
 use danm_ipamd::engine::{Engine, EngineConfig};
 use danm_ipamd::metrics::RpcMetrics;
-use danm_ipamd::registry::{encode as encode_metrics, registry as metrics_registry};
+use danm_ipamd::registry::registry as metrics_registry;
 use danm_ipamd::worker::WorkerConfig;
 use danm_ipamd::{networks, server, store};
+use danm_runtime::metrics::encode as encode_metrics;
 
 /// The cluster-wide IP address management service of DANM.
 #[derive(Parser, Debug)]

@@ -3,15 +3,12 @@
 //! and NET_ADMIN.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use danm_runtime::{
-    LogFormat, kube_client, logging, parse_duration, serve_admin_with, shutdown_signal,
-};
+use danm_runtime::{ClusterArgs, parse_duration, serve_admin_with, shutdown_signal};
 use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
 
 /// Keeps this node's VLAN and VxLAN host links as the DanmNets, TenantNetworks and
@@ -21,9 +18,8 @@ use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// This node's name (the Events' reporting instance).
     #[arg(long, env = "NODE_NAME", default_value = "unknown-node")]
     node_name: String,
@@ -34,16 +30,12 @@ struct Args {
     /// bind it to the node's address, `$(NODE_IP):9091` in the DaemonSet).
     #[arg(long, default_value = "0.0.0.0:9091", value_parser = danm_runtime::parse_listen)]
     admin_listen: SocketAddr,
-    /// Log format (standard error): `text` or `json`.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    logging(args.log_format);
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let client = args.cluster.start().await?;
     let netlink = danm_netlink::Netlink::host().context("netlink")?;
     let links = NodeLinks::new(netlink.handle().clone());
     let metrics = Arc::new(Metrics::new());

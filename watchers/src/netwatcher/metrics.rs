@@ -2,6 +2,7 @@
 //! readiness, served at `/readyz`: ready once a sync has succeeded, until one fails.
 
 use danm_core::hostlinks::Action;
+use danm_runtime::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,35 +40,30 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("danm_netwatcher");
-        let created = Counter::default();
-        registry.register(
+        let created: Counter = register(
+            &mut registry,
             "links_created",
             "Host links created (re-creations included)",
-            created.clone(),
         );
-        let removed = Counter::default();
-        registry.register(
+        let removed: Counter = register(
+            &mut registry,
             "links_removed",
             "Host links removed (re-creations included)",
-            removed.clone(),
         );
-        let failed = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let failed: Family<ReasonLabels, Counter> = register(
+            &mut registry,
             "link_failures",
             "Host links that could not be kept, by reason (counted at every sync they fail)",
-            failed.clone(),
         );
-        let sync_failures = Counter::default();
-        registry.register(
+        let sync_failures: Counter = register(
+            &mut registry,
             "sync_failures",
             "Syncs that failed and were retried",
-            sync_failures.clone(),
         );
-        let managed = Gauge::default();
-        registry.register(
+        let managed: Gauge = register(
+            &mut registry,
             "links_wanted",
             "Host links the networks ask for on this node, at the last sync",
-            managed.clone(),
         );
         Metrics {
             registry,
@@ -128,10 +124,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        danm_runtime::metrics::encode(&self.registry)
     }
 }
 

@@ -21,6 +21,7 @@ use danm_core::services::{
     PodEndpoint, ServicePort, StoredSlice, Target, selection, selects, slices,
 };
 use danm_crds::DanmEp;
+use danm_runtime::metrics::register;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -86,28 +87,19 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("danm_svcwatcher");
-        let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "reconciles",
-            "Service reconciles, by result",
-            reconciles.clone(),
-        );
-        let (slices_written, slices_deleted, endpoints_written) =
-            (Counter::default(), Counter::default(), Counter::default());
-        registry.register(
+        let reconciles: Family<ResultLabels, Counter> =
+            register(&mut registry, "reconciles", "Service reconciles, by result");
+        let slices_written: Counter = register(
+            &mut registry,
             "slices_written",
             "EndpointSlices created or changed",
-            slices_written.clone(),
         );
-        registry.register(
-            "slices_deleted",
-            "EndpointSlices deleted",
-            slices_deleted.clone(),
-        );
-        registry.register(
+        let slices_deleted: Counter =
+            register(&mut registry, "slices_deleted", "EndpointSlices deleted");
+        let endpoints_written: Counter = register(
+            &mut registry,
             "endpoints_written",
             "Endpoints objects written",
-            endpoints_written.clone(),
         );
         Metrics {
             registry,
@@ -126,10 +118,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        danm_runtime::metrics::encode(&self.registry)
     }
 }
 
