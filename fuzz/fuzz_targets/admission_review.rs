@@ -5,15 +5,16 @@
 //! and passes ipamd's validation with a NetworkID; an admitted TenantConfig's ranges parse.
 #![no_main]
 
-use danm_core::admit::review::decode;
+use danm_core::admit::review::{NetworkRoute, Path, Route, decode, route};
 use danm_core::admit::vni::{VniRange, VniType};
 use danm_core::admit::{
-    Environment, NetworkRequest, Operation, TenantConfigRequest, admit_network,
-    admit_tenant_config, admit_tenant_config_delete,
+    Environment, Operation, TenantConfigRequest, admit_network, admit_tenant_config,
+    admit_tenant_config_delete,
 };
 use danm_core::network::{NetworkKey, NetworkKind, plan};
 use danm_crds::{IfaceProfile, NetworkSpec, TenantConfig};
 use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
 
 fn tenant_config() -> TenantConfig {
     let profile = |name: &str, vni_type: &str, vni_range: &str| IfaceProfile {
@@ -37,57 +38,50 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = decode(data) else {
         return;
     };
-    let Some(operation) = Operation::of(&request.operation) else {
-        return;
-    };
-    let value = |o: &Option<kube::core::DynamicObject>| {
-        o.as_ref()
-            .map(|o| serde_json::to_value(o).expect("an object serializes"))
-    };
-    let (object, old_object) = (value(&request.object), value(&request.old_object));
-    if request.kind.kind == "TenantConfig" {
-        if operation == Operation::Delete {
-            if let Some(old) = &old_object {
-                let _ = admit_tenant_config_delete(old);
+    // Routed as the webhook routes it, at each of its paths.
+    for path in Path::ALL {
+        match route(path, &request) {
+            Route::Allow | Route::Deny(_) => {}
+            Route::TenantConfigDelete { old } => {
+                let _ = admit_tenant_config_delete(&old);
             }
-            return;
+            Route::TenantConfigWrite {
+                operation,
+                object,
+                old,
+            } => tenant_config_write(operation, &object, old.as_ref()),
+            Route::Network(network) => network_request(&network, data),
         }
-        let Some(object) = &object else { return };
-        let admitted = admit_tenant_config(&TenantConfigRequest {
-            operation,
-            object,
-            old: old_object.as_ref(),
-            other: None,
-        });
-        if let Ok(admitted) = admitted {
-            let mut doc = object.clone();
-            json_patch::patch(&mut doc, &admitted.patch).expect("the patch applies to its object");
-            let config: TenantConfig =
-                serde_json::from_value(doc).expect("an admitted TenantConfig parses");
-            for p in &config.host_devices {
-                if let Some(t) = VniType::parse(&p.vni_type) {
-                    VniRange::parse(&p.vni_range, t).expect("an admitted range parses");
-                }
-            }
-        }
-        return;
     }
-    let Some(kind) = NetworkKind::parse(&request.kind.kind) else {
-        return;
-    };
-    let namespace = request.namespace.as_deref().unwrap_or_default();
+});
+
+fn tenant_config_write(operation: Operation, object: &Value, old: Option<&Value>) {
+    let admitted = admit_tenant_config(&TenantConfigRequest {
+        operation,
+        object,
+        old,
+        other: None,
+    });
+    if let Ok(admitted) = admitted {
+        let mut doc = object.clone();
+        json_patch::patch(&mut doc, &admitted.patch).expect("the patch applies to its object");
+        let config: TenantConfig =
+            serde_json::from_value(doc).expect("an admitted TenantConfig parses");
+        for p in &config.host_devices {
+            if let Some(t) = VniType::parse(&p.vni_type) {
+                VniRange::parse(&p.vni_range, t).expect("an admitted range parses");
+            }
+        }
+    }
+}
+
+fn network_request(network: &NetworkRoute<'_>, data: &[u8]) {
+    let (operation, kind) = (network.operation, network.kind);
+    let (object, old_object) = (&network.object, &network.old_object);
     let config = tenant_config();
     let mut choose = |n: usize| data.len() % n;
-    let network = NetworkRequest {
-        operation,
-        kind,
-        namespace,
-        name: &request.name,
-        object: object.as_ref(),
-        old_object: old_object.as_ref(),
-    };
     let Ok(admitted) = admit_network(
-        &network,
+        &network.request(),
         &mut Environment {
             tenant_config: Some(&config),
             connected_pod: None,
@@ -108,19 +102,24 @@ fuzz_target!(|data: &[u8]| {
                 None | Some(serde_json::Value::Null) => Ok(NetworkSpec::default()),
                 Some(s) => serde_json::from_value::<NetworkSpec>(s.clone()),
             };
-            matches!((spec(&object), spec(&old_object)), (Ok(new), Ok(old)) if new == old)
+            matches!((spec(object), spec(old_object)), (Ok(new), Ok(old)) if new == old)
         })
     {
         return;
     }
-    let Some(mut doc) = object else { return };
+    let Some(mut doc) = object.clone() else {
+        return;
+    };
     json_patch::patch(&mut doc, &admitted.patch).expect("the patch applies to its object");
     let spec: NetworkSpec = match doc.get("spec") {
         Some(spec) => serde_json::from_value(spec.clone()).expect("the patched spec parses"),
         None => NetworkSpec::default(),
     };
     assert!(!spec.network_id.is_empty(), "admitted without a NetworkID");
-    if let Err(e) = plan(NetworkKey::new(kind, namespace, &request.name), &spec) {
+    if let Err(e) = plan(
+        NetworkKey::new(kind, network.namespace, network.name),
+        &spec,
+    ) {
         panic!("admitted a network ipamd refuses: {e}");
     }
     if kind == NetworkKind::TenantNetwork && operation == Operation::Create {
@@ -130,4 +129,4 @@ fuzz_target!(|data: &[u8]| {
             "an id given without being recorded"
         );
     }
-});
+}

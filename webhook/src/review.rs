@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use danm_core::admit::review::{BadReview, decode};
+pub use danm_core::admit::review::Path;
+use danm_core::admit::review::{BadReview, Route, decode, route};
 use danm_core::admit::{
     self, Admitted, Denial, Environment, NetworkRequest, Operation, TenantConfigRequest,
     admit_network,
@@ -20,28 +21,6 @@ use crate::links::Links;
 use crate::metrics::{AdmissionLabels, Metrics, PathLabels, RuleLabels};
 use crate::tenants::{Tenants, TenantsError};
 use crate::usage::Usage;
-
-/// The three paths, as DANM's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// `/netvalidation`: networks on CREATE and UPDATE.
-    NetValidation,
-    /// `/confvalidation`: TenantConfigs on CREATE and UPDATE.
-    ConfValidation,
-    /// `/netdeletion`: networks on DELETE.
-    NetDeletion,
-}
-
-impl Path {
-    /// The URL path.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Path::NetValidation => "/netvalidation",
-            Path::ConfValidation => "/confvalidation",
-            Path::NetDeletion => "/netdeletion",
-        }
-    }
-}
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -148,73 +127,26 @@ impl Admission {
     }
 
     async fn decide(&self, path: Path, request: &AdmissionRequest<DynamicObject>) -> Outcome {
-        let Some(operation) = Operation::of(&request.operation) else {
-            return Outcome::Allowed(Box::default());
-        };
-        let to_value = |o: &Option<DynamicObject>| {
-            o.as_ref()
-                .map(|o| serde_json::to_value(o).expect("an object serializes"))
-        };
-        let (object, old_object) = (to_value(&request.object), to_value(&request.old_object));
-        let kind = request.kind.kind.as_str();
-        if request.kind.group != danm_crds::GROUP {
-            return Outcome::Denied(not_handled(kind, path));
-        }
-        match (path, kind) {
-            // /netdeletion judges deletions only: a configuration that sends it a CREATE
-            // must not get ids reserved there.
-            (Path::NetDeletion, _) if operation != Operation::Delete => {
-                Outcome::Allowed(Box::default())
+        match route(path, request) {
+            Route::Allow => Outcome::Allowed(Box::default()),
+            Route::Deny(denial) => Outcome::Denied(denial),
+            Route::TenantConfigDelete { old } => match admit::admit_tenant_config_delete(&old) {
+                Ok(()) => Outcome::Allowed(Box::default()),
+                Err(d) => Outcome::Denied(d),
+            },
+            Route::TenantConfigWrite {
+                operation,
+                object,
+                old,
+            } => self.tenant_config(operation, &object, old.as_ref()),
+            Route::Network(network) => {
+                self.network(&network.request(), &request.uid, request.dry_run)
+                    .await
             }
-            (Path::ConfValidation | Path::NetDeletion, "TenantConfig") => {
-                self.tenant_config(request, operation, object.as_ref(), old_object.as_ref())
-            }
-            (Path::NetValidation | Path::NetDeletion, kind) => {
-                let Some(kind) = NetworkKind::parse(kind) else {
-                    return Outcome::Denied(not_handled(kind, path));
-                };
-                let namespace = request.namespace.as_deref().unwrap_or_default();
-                let network = NetworkRequest {
-                    operation,
-                    kind,
-                    namespace,
-                    name: &request.name,
-                    object: object.as_ref(),
-                    old_object: old_object.as_ref(),
-                };
-                self.network(&network, &request.uid, request.dry_run).await
-            }
-            (_, kind) => Outcome::Denied(not_handled(kind, path)),
         }
     }
 
-    fn tenant_config(
-        &self,
-        request: &AdmissionRequest<DynamicObject>,
-        operation: Operation,
-        object: Option<&Value>,
-        old_object: Option<&Value>,
-    ) -> Outcome {
-        let missing = |field: &str| {
-            Outcome::Denied(Denial::one(
-                format!("TenantConfig {}", request.name),
-                field,
-                danm_core::network::Rule::Schema,
-                format!("the {operation:?} request carries no {field}"),
-            ))
-        };
-        if operation == Operation::Delete {
-            let Some(old) = old_object else {
-                return missing("oldObject");
-            };
-            return match admit::admit_tenant_config_delete(old) {
-                Ok(()) => Outcome::Allowed(Box::default()),
-                Err(d) => Outcome::Denied(d),
-            };
-        }
-        let Some(object) = object else {
-            return missing("object");
-        };
+    fn tenant_config(&self, operation: Operation, object: &Value, old: Option<&Value>) -> Outcome {
         if operation == Operation::Create && !self.tenants.is_ready() {
             return Outcome::Failed(TenantsError::NotReady.to_string());
         }
@@ -222,7 +154,7 @@ impl Admission {
         let decided = admit::admit_tenant_config(&TenantConfigRequest {
             operation,
             object,
-            old: old_object,
+            old,
             other: other.as_deref(),
         });
         match decided {
@@ -271,16 +203,4 @@ impl Admission {
             Err(d) => Outcome::Denied(d),
         }
     }
-}
-
-fn not_handled(kind: &str, path: Path) -> Denial {
-    Denial::one(
-        format!("{kind} object"),
-        "request.kind",
-        danm_core::network::Rule::Unnumbered,
-        format!(
-            "kind {kind:?} is not handled by the DANM webhook at {}",
-            path.as_str()
-        ),
-    )
 }

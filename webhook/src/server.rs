@@ -116,9 +116,7 @@ fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 fn is_admission_path(path: &str) -> bool {
-    [Path::NetValidation, Path::ConfValidation, Path::NetDeletion]
-        .iter()
-        .any(|p| p.as_str() == path)
+    Path::ALL.iter().any(|p| p.as_str() == path)
 }
 
 /// Room for bodies in flight (see [`BODY_BUDGET`]), in KiB: the small lane and the large.

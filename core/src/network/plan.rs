@@ -248,6 +248,54 @@ fn pool_bounds(
     Some((start, end))
 }
 
+/// Where one family's part of a spec is, and the rule each of its checks enforces.
+struct FamilyFields {
+    family: Family,
+    /// The subnet's field (`cidr`, `net6`) and its rule.
+    net: (&'static str, Rule),
+    /// The allocation pool's field and the rule refusing it without a subnet.
+    pool: (&'static str, Rule),
+    /// The routes' field and their rule.
+    routes: (&'static str, Rule),
+    /// The rules of the pool's start, end and their order.
+    start: Rule,
+    end: Rule,
+    order: Rule,
+    /// The rule of the pool's own CIDR (IPv6 only).
+    pool_cidr: Rule,
+}
+
+const V4_FIELDS: FamilyFields = FamilyFields {
+    family: Family::V4,
+    net: ("spec.Options.cidr", Rule::DanmNet(1)),
+    pool: ("spec.Options.allocation_pool", Rule::DanmNet(7)),
+    routes: ("spec.Options.routes", Rule::DanmNet(2)),
+    start: Rule::DanmNet(8),
+    end: Rule::DanmNet(9),
+    order: Rule::DanmNet(10),
+    pool_cidr: Rule::Unnumbered,
+};
+
+const V6_FIELDS: FamilyFields = FamilyFields {
+    family: Family::V6,
+    net: ("spec.Options.net6", Rule::DanmNet(3)),
+    pool: ("spec.Options.allocation_pool_v6", Rule::DanmNet(11)),
+    routes: ("spec.Options.routes6", Rule::DanmNet(4)),
+    start: Rule::DanmNet(12),
+    end: Rule::DanmNet(13),
+    order: Rule::DanmNet(14),
+    pool_cidr: Rule::DanmNet(15),
+};
+
+/// One family's part of a spec, as written.
+struct FamilyText<'s> {
+    net: Option<&'s str>,
+    pool_cidr: Option<&'s str>,
+    pool_start: Option<&'s str>,
+    pool_end: Option<&'s str>,
+    routes: &'s Option<BTreeMap<String, String>>,
+}
+
 fn plan_v4(
     spec: &NetworkSpec,
     statics: StaticScope,
@@ -255,78 +303,14 @@ fn plan_v4(
 ) -> Option<FamilyPlan> {
     let opts = &spec.options;
     let pool = opts.allocation_pool.as_ref();
-    let pool_start = pool.and_then(|p| nonempty(&p.start));
-    let pool_end = pool.and_then(|p| nonempty(&p.end));
-    let Some(cidr_text) = nonempty(&opts.cidr) else {
-        if pool_start.is_some() || pool_end.is_some() {
-            problem(
-                "spec.Options.allocation_pool",
-                Rule::DanmNet(7),
-                "cannot be defined without spec.Options.cidr".into(),
-            );
-        }
-        if opts.routes.as_ref().is_some_and(|r| !r.is_empty()) {
-            problem(
-                "spec.Options.routes",
-                Rule::DanmNet(2),
-                "cannot be defined without spec.Options.cidr".into(),
-            );
-        }
-        return None;
+    let text = FamilyText {
+        net: nonempty(&opts.cidr),
+        pool_cidr: None,
+        pool_start: pool.and_then(|p| nonempty(&p.start)),
+        pool_end: pool.and_then(|p| nonempty(&p.end)),
+        routes: &opts.routes,
     };
-    let cidr = match Cidr::parse_family(cidr_text, Family::V4) {
-        Ok(c) => c,
-        Err(e) => {
-            problem("spec.Options.cidr", Rule::DanmNet(1), e.to_string());
-            return None;
-        }
-    };
-    let mut reserved = BTreeMap::new();
-    if cidr.prefix() <= 30 {
-        reserved.insert(0, Reservation::NetworkAddress);
-        reserved.insert(cidr.last_offset(), Reservation::Broadcast);
-    }
-    reserve_gateways(
-        &opts.routes,
-        &cidr,
-        "spec.Options.routes",
-        Rule::DanmNet(2),
-        &mut reserved,
-        problem,
-    );
-    let explicit = pool_start.is_some() || pool_end.is_some();
-    let bounds = pool_bounds(
-        pool_start,
-        pool_end,
-        &cidr,
-        &cidr,
-        "spec.Options.allocation_pool",
-        PoolRules {
-            start: Rule::DanmNet(8),
-            end: Rule::DanmNet(9),
-        },
-        problem,
-    );
-    if explicit && bounds.is_none() {
-        if let (Some(s), Some(e)) = (pool_start, pool_end)
-            && cidr.contains(parse_addr_lenient(s).ok()?)
-            && cidr.contains(parse_addr_lenient(e).ok()?)
-        {
-            problem(
-                "spec.Options.allocation_pool",
-                Rule::DanmNet(10),
-                format!("end {e} is before start {s}"),
-            );
-        }
-        return None;
-    }
-    Some(FamilyPlan {
-        family: Family::V4,
-        cidr,
-        pool: bounds,
-        reserved,
-        statics,
-    })
+    plan_family(&V4_FIELDS, &text, statics, problem)
 }
 
 fn plan_v6(
@@ -336,96 +320,116 @@ fn plan_v6(
 ) -> Option<FamilyPlan> {
     let opts = &spec.options;
     let pool = opts.allocation_pool_v6.as_ref();
-    let pool_cidr = pool.and_then(|p| nonempty(&p.cidr));
-    let pool_start = pool.and_then(|p| nonempty(&p.start));
-    let pool_end = pool.and_then(|p| nonempty(&p.end));
-    let Some(net6_text) = nonempty(&opts.net6) else {
-        if pool_cidr.is_some() || pool_start.is_some() || pool_end.is_some() {
-            problem(
-                "spec.Options.allocation_pool_v6",
-                Rule::DanmNet(11),
-                "cannot be defined without spec.Options.net6".into(),
-            );
+    let text = FamilyText {
+        net: nonempty(&opts.net6),
+        pool_cidr: pool.and_then(|p| nonempty(&p.cidr)),
+        pool_start: pool.and_then(|p| nonempty(&p.start)),
+        pool_end: pool.and_then(|p| nonempty(&p.end)),
+        routes: &opts.routes6,
+    };
+    plan_family(&V6_FIELDS, &text, statics, problem)
+}
+
+/// One family's plan: its subnet, the range its pool is drawn from (IPv4: the subnet; IPv6:
+/// the pool's CIDR, else DANM's default part of the subnet), the addresses no pod gets
+/// (IPv4: network and broadcast addresses up to a /30; IPv6: the subnet-router anycast
+/// address up to a /126; every route's gateway) and the pool's bounds.
+fn plan_family(
+    fields: &FamilyFields,
+    text: &FamilyText<'_>,
+    statics: StaticScope,
+    problem: &mut impl FnMut(&str, Rule, String),
+) -> Option<FamilyPlan> {
+    let (pool_field, routes_field) = (fields.pool.0, fields.routes.0);
+    let Some(net_text) = text.net else {
+        if text.pool_cidr.is_some() || text.pool_start.is_some() || text.pool_end.is_some() {
+            let without = format!("cannot be defined without {}", fields.net.0);
+            problem(pool_field, fields.pool.1, without);
         }
-        if opts.routes6.as_ref().is_some_and(|r| !r.is_empty()) {
-            problem(
-                "spec.Options.routes6",
-                Rule::DanmNet(4),
-                "cannot be defined without spec.Options.net6".into(),
-            );
+        if text.routes.as_ref().is_some_and(|r| !r.is_empty()) {
+            let without = format!("cannot be defined without {}", fields.net.0);
+            problem(routes_field, fields.routes.1, without);
         }
         return None;
     };
-    let net6 = match Cidr::parse_family(net6_text, Family::V6) {
+    let net = match Cidr::parse_family(net_text, fields.family) {
         Ok(c) => c,
         Err(e) => {
-            problem("spec.Options.net6", Rule::DanmNet(3), e.to_string());
+            problem(fields.net.0, fields.net.1, e.to_string());
             return None;
         }
     };
-    let range = match pool_cidr {
-        Some(text) => match Cidr::parse_family(text, Family::V6) {
-            Ok(c) if net6.contains_cidr(&c) => c,
-            Ok(c) => {
-                problem(
-                    "spec.Options.allocation_pool_v6.cidr",
-                    Rule::DanmNet(15),
-                    format!("{c} is not inside net6 {net6}"),
-                );
-                return None;
+    let range = match (fields.family, text.pool_cidr) {
+        (Family::V4, _) => net,
+        (Family::V6, None) => default_v6_pool_cidr(&net),
+        (Family::V6, Some(pool_cidr)) => {
+            let field = format!("{pool_field}.cidr");
+            match Cidr::parse_family(pool_cidr, Family::V6) {
+                Ok(c) if net.contains_cidr(&c) => c,
+                Ok(c) => {
+                    problem(
+                        &field,
+                        fields.pool_cidr,
+                        format!("{c} is not inside net6 {net}"),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    problem(&field, fields.pool_cidr, e.to_string());
+                    return None;
+                }
             }
-            Err(e) => {
-                problem(
-                    "spec.Options.allocation_pool_v6.cidr",
-                    Rule::DanmNet(15),
-                    e.to_string(),
-                );
-                return None;
-            }
-        },
-        None => default_v6_pool_cidr(&net6),
+        }
     };
     let mut reserved = BTreeMap::new();
-    if net6.prefix() < 127 {
-        reserved.insert(0, Reservation::SubnetRouterAnycast);
+    match fields.family {
+        Family::V4 if net.prefix() <= 30 => {
+            reserved.insert(0, Reservation::NetworkAddress);
+            reserved.insert(net.last_offset(), Reservation::Broadcast);
+        }
+        Family::V6 if net.prefix() < 127 => {
+            reserved.insert(0, Reservation::SubnetRouterAnycast);
+        }
+        _ => {}
     }
     reserve_gateways(
-        &opts.routes6,
-        &net6,
-        "spec.Options.routes6",
-        Rule::DanmNet(4),
+        text.routes,
+        &net,
+        routes_field,
+        fields.routes.1,
         &mut reserved,
         problem,
     );
-    let explicit = pool_start.is_some() || pool_end.is_some();
+    let rules = PoolRules {
+        start: fields.start,
+        end: fields.end,
+    };
     let bounds = pool_bounds(
-        pool_start,
-        pool_end,
+        text.pool_start,
+        text.pool_end,
         &range,
-        &net6,
-        "spec.Options.allocation_pool_v6",
-        PoolRules {
-            start: Rule::DanmNet(12),
-            end: Rule::DanmNet(13),
-        },
+        &net,
+        pool_field,
+        rules,
         problem,
     );
+    let explicit = text.pool_start.is_some() || text.pool_end.is_some();
     if explicit && bounds.is_none() {
-        if let (Some(s), Some(e)) = (pool_start, pool_end)
+        if let (Some(s), Some(e)) = (text.pool_start, text.pool_end)
             && range.contains(parse_addr_lenient(s).ok()?)
             && range.contains(parse_addr_lenient(e).ok()?)
         {
             problem(
-                "spec.Options.allocation_pool_v6",
-                Rule::DanmNet(14),
+                pool_field,
+                fields.order,
                 format!("end {e} is before start {s}"),
             );
         }
         return None;
     }
     Some(FamilyPlan {
-        family: Family::V6,
-        cidr: net6,
+        family: fields.family,
+        cidr: net,
         pool: bounds,
         reserved,
         statics,
@@ -433,300 +437,4 @@ fn plan_v6(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use danm_crds::{IpPool, IpPoolV6, NetworkOptions};
-
-    fn key() -> NetworkKey {
-        NetworkKey::new(NetworkKind::DanmNet, "default", "test")
-    }
-
-    fn spec(opts: NetworkOptions) -> NetworkSpec {
-        NetworkSpec {
-            network_id: "test".into(),
-            network_type: "macvlan".into(),
-            allowed_tenants: None,
-            options: opts,
-        }
-    }
-
-    #[test]
-    fn any_linux_routing_table_but_the_kernels_own_is_accepted() {
-        let with_table = |table: i64| {
-            plan(
-                key(),
-                &spec(NetworkOptions {
-                    cidr: Some("10.0.0.0/24".into()),
-                    rt_tables: Some(table),
-                    ..Default::default()
-                }),
-            )
-        };
-        // DANM's svcwatcher demo uses table 300.
-        for good in [0, 1, 200, 252, 256, 300, i64::from(u32::MAX)] {
-            assert!(with_table(good).is_ok(), "{good}");
-        }
-        for bad in [-1, 253, 254, 255, i64::from(u32::MAX) + 1] {
-            let e = with_table(bad).unwrap_err().to_string();
-            assert!(e.contains("spec.Options.rt_tables"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
-    fn v4_defaults_to_cidr_minus_network_and_broadcast() {
-        let p = plan(
-            key(),
-            &spec(NetworkOptions {
-                cidr: Some("10.0.0.0/24".into()),
-                routes: Some([("10.1.0.0/16".to_string(), "10.0.0.65".to_string())].into()),
-                ..Default::default()
-            }),
-        )
-        .unwrap();
-        let v4 = p.v4.unwrap();
-        assert_eq!(v4.pool, Some((1, 254)));
-        assert_eq!(v4.reserved.get(&0), Some(&Reservation::NetworkAddress));
-        assert_eq!(v4.reserved.get(&255), Some(&Reservation::Broadcast));
-        assert_eq!(
-            v4.reserved.get(&65),
-            Some(&Reservation::Gateway("10.1.0.0/16".into()))
-        );
-        assert!(p.v6.is_none());
-    }
-
-    #[test]
-    fn explicit_pool() {
-        let p = plan(
-            key(),
-            &spec(NetworkOptions {
-                cidr: Some("10.240.1.0/24".into()),
-                allocation_pool: Some(IpPool {
-                    start: Some("10.240.1.100".into()),
-                    end: Some("10.240.1.200".into()),
-                    last_ip: None,
-                }),
-                ..Default::default()
-            }),
-        )
-        .unwrap();
-        assert_eq!(p.v4.unwrap().pool, Some((100, 200)));
-    }
-
-    #[test]
-    fn v6_defaults_to_first_106() {
-        let p = plan(
-            key(),
-            &spec(NetworkOptions {
-                net6: Some("2001:db8::/64".into()),
-                ..Default::default()
-            }),
-        )
-        .unwrap();
-        let v6 = p.v6.unwrap();
-        assert_eq!(v6.pool, Some((1, (1 << 22) - 2)));
-        let wide = plan(
-            key(),
-            &spec(NetworkOptions {
-                net6: Some("2001:db8::/64".into()),
-                allocation_pool_v6: Some(IpPoolV6 {
-                    cidr: Some("2001:db8::/64".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        )
-        .unwrap();
-        assert_eq!(wide.v6.unwrap().pool, Some((1, (1u128 << 64) - 2)));
-    }
-
-    #[test]
-    fn every_problem_is_named() {
-        let err = plan(
-            key(),
-            &NetworkSpec {
-                network_id: "waytoolongid".into(),
-                network_type: "ipvlan".into(),
-                allowed_tenants: Some(vec!["a".into()]),
-                options: NetworkOptions {
-                    cidr: Some("10.0.0/24".into()),
-                    net6: Some("2001:db8::/64".into()),
-                    allocation_pool_v6: Some(IpPoolV6 {
-                        cidr: Some("2001:db9::/80".into()),
-                        ..Default::default()
-                    }),
-                    vlan: Some(5),
-                    vxlan: Some(6),
-                    ..Default::default()
-                },
-            },
-        )
-        .unwrap_err();
-        let NetworkError::Invalid { problems, network } = &err;
-        assert_eq!(network, "DanmNet default/test");
-        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        for f in [
-            "spec.NetworkID",
-            "spec.AllowedTenants",
-            "spec.Options.vlan",
-            "spec.Options.cidr",
-            "spec.Options.allocation_pool_v6.cidr",
-        ] {
-            assert!(fields.contains(&f), "{f} missing from {err}");
-        }
-    }
-
-    #[test]
-    fn pool_problems() {
-        let bad = |pool: IpPool, routes: Option<BTreeMap<String, String>>| {
-            plan(
-                key(),
-                &spec(NetworkOptions {
-                    cidr: Some("10.0.0.0/24".into()),
-                    allocation_pool: Some(pool),
-                    routes,
-                    ..Default::default()
-                }),
-            )
-            .unwrap_err()
-            .to_string()
-        };
-        let e = bad(
-            IpPool {
-                start: Some("10.0.1.1".into()),
-                end: Some("10.0.0.9".into()),
-                last_ip: None,
-            },
-            None,
-        );
-        assert!(e.contains("spec.Options.allocation_pool.start"), "{e}");
-        let e = bad(
-            IpPool {
-                start: Some("10.0.0.9".into()),
-                end: Some("10.0.0.1".into()),
-                last_ip: None,
-            },
-            None,
-        );
-        assert!(e.contains("end 10.0.0.1 is before start 10.0.0.9"), "{e}");
-        let e = bad(
-            IpPool::default(),
-            Some([("10.9.0.0/16".to_string(), "192.168.0.1".to_string())].into()),
-        );
-        assert!(e.contains("spec.Options.routes[10.9.0.0/16]"), "{e}");
-        let e = plan(
-            key(),
-            &spec(NetworkOptions {
-                allocation_pool: Some(IpPool {
-                    start: Some("10.0.0.1".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("without spec.Options.cidr"), "{e}");
-    }
-
-    #[test]
-    fn names_that_become_paths_or_links_must_be_plain() {
-        for (field, bad) in [
-            ("spec.NetworkType", "/sbin/reboot"),
-            ("spec.NetworkType", "../../../usr/bin/x"),
-            ("spec.NetworkType", ".."),
-            ("spec.NetworkID", "../../etc/passwd"),
-            ("spec.NetworkID", "/etc/shadow"),
-            ("spec.NetworkID", "a b"),
-        ] {
-            let mut s = spec(NetworkOptions::default());
-            match field {
-                "spec.NetworkType" => s.network_type = bad.into(),
-                _ => s.network_id = bad.into(),
-            }
-            for kind in NetworkKind::ALL {
-                let e = plan(NetworkKey::new(kind, "t", "n"), &s)
-                    .unwrap_err()
-                    .to_string();
-                assert!(e.contains(field) && e.contains(bad), "{bad}: {e}");
-            }
-        }
-        let mut s = spec(NetworkOptions {
-            container_prefix: Some("eth/../x".into()),
-            ..Default::default()
-        });
-        let e = plan(key(), &s).unwrap_err().to_string();
-        assert!(e.contains("spec.Options.container_prefix"), "{e}");
-        s.options.container_prefix = Some("abcdefghijklmn".into());
-        let e = plan(key(), &s).unwrap_err().to_string();
-        assert!(e.contains("longer than 13"), "{e}");
-        s.options.container_prefix = Some("signalling-a".into());
-        s.network_type = "sriov-dpdk_2.1".into();
-        s.network_id = "sriov_a".into();
-        assert!(plan(key(), &s).is_ok());
-        s.network_type = String::new();
-        s.network_id = String::new();
-        assert!(plan(key(), &s).is_ok(), "empty means default, not a name");
-    }
-
-    #[test]
-    fn static_scope_defaults_by_kind_and_a_tenant_cannot_widen_it() {
-        let mut s = spec(NetworkOptions {
-            cidr: Some("10.0.0.0/24".into()),
-            ..Default::default()
-        });
-        let scope = |kind, s: &NetworkSpec| {
-            plan(NetworkKey::new(kind, "t", "n"), s)
-                .map(|p| p.v4.unwrap().statics)
-                .map_err(|e| e.to_string())
-        };
-        assert_eq!(scope(NetworkKind::TenantNetwork, &s), Ok(StaticScope::Pool));
-        assert_eq!(scope(NetworkKind::DanmNet, &s), Ok(StaticScope::Cidr));
-        assert_eq!(
-            scope(NetworkKind::ClusterNetwork, &s),
-            Ok(StaticScope::Cidr)
-        );
-        s.options.static_scope = Some(StaticScope::Pool);
-        assert_eq!(
-            scope(NetworkKind::ClusterNetwork, &s),
-            Ok(StaticScope::Pool)
-        );
-        s.options.static_scope = Some(StaticScope::Cidr);
-        let e = scope(NetworkKind::TenantNetwork, &s).unwrap_err();
-        assert!(e.contains("spec.Options.static_scope"), "{e}");
-    }
-
-    #[test]
-    fn a_pool_of_reserved_addresses_only_is_refused() {
-        let only_broadcast = spec(NetworkOptions {
-            cidr: Some("10.0.0.0/24".into()),
-            allocation_pool: Some(IpPool {
-                start: Some("10.0.0.255".into()),
-                end: Some("10.0.0.255".into()),
-                last_ip: None,
-            }),
-            ..Default::default()
-        });
-        let e = plan(key(), &only_broadcast).unwrap_err().to_string();
-        assert!(
-            e.contains("spec.Options.allocation_pool") && e.contains("no usable address"),
-            "{e}"
-        );
-        let mut one = only_broadcast.clone();
-        one.options.allocation_pool.as_mut().unwrap().start = Some("10.0.0.254".into());
-        assert_eq!(plan(key(), &one).unwrap().v4.unwrap().capacity(), 1);
-    }
-
-    #[test]
-    fn allowed_tenants() {
-        let mut s = spec(NetworkOptions::default());
-        s.allowed_tenants = Some(vec!["default".into()]);
-        let p = plan(
-            NetworkKey::new(NetworkKind::ClusterNetwork, "x", "default"),
-            &s,
-        )
-        .unwrap();
-        assert_eq!(p.key.namespace, "");
-        assert!(p.tenant_allowed("default"));
-        assert!(!p.tenant_allowed("kube-system"));
-    }
-}
+mod tests;
