@@ -7,13 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use danm_runtime::accept::{accept, handshake};
 use danm_runtime::tls::{ClientCaError, ReloadingCert, ReloadingClientCas};
 use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
-
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the TLS material cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -83,32 +81,13 @@ pub(crate) fn incoming(
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+                accepted = accept(&listener) => accepted,
                 _ = ready.closed() => return,
             };
-            // No Nagle: small answers must not wait for the client's delayed ACK (40 ms).
-            let _ = tcp.set_nodelay(true);
             let (acceptor, ready, failures) = (acceptor.clone(), ready.clone(), failures.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = ready.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => {
-                        failures.inc();
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        failures.inc();
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                    }
+                if let Some(tls) = handshake(&acceptor, tcp, peer, &failures).await {
+                    let _ = ready.send(Ok(tls)).await;
                 }
             });
         }

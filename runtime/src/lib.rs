@@ -13,6 +13,8 @@
 //! * [`lead`]: Lease leader election (`kube-lease-manager`) and "run while leading", for
 //!   replicated writers;
 //! * [`metrics`]: registering Prometheus metrics and rendering them;
+//! * [`accept`]: taking TLS connections: accept with retries, the handshake with a timeout
+//!   and a failure counter (ipamd's gRPC port, the webhook);
 //! * [`tls`]: a serving certificate reloaded when its files change (webhook, ipamd);
 //! * [`index`]: a watch-fed index (relists and events handed to the index's code, and
 //!   whether every kind has been listed).
@@ -25,6 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 
+pub mod accept;
 pub mod index;
 pub mod lead;
 pub mod metrics;

@@ -47,7 +47,8 @@ pub struct FreedLabels {
 pub struct RefusedLabels {
     /// `unauthenticated` (an admission path without the API server's certificate),
     /// `too_large` (a body over 4 MiB), `busy` (no room in the memory budget in time),
-    /// `connections` (too many connections from one address, or in all).
+    /// `connections` (too many connections from one address, or in all), `handshake` (a
+    /// TLS handshake that failed or took over 10 s).
     pub reason: &'static str,
 }
 

@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use danm_runtime::accept::{accept, handshake};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
@@ -55,7 +56,6 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// See [`MAX_CONNECTIONS`].
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 requests per connection: what Go's HTTP/2 client (the API server's)
 /// assumes before it has read our SETTINGS. A lower limit makes it send streams we must
 /// refuse, which it retries only after a second.
@@ -286,24 +286,13 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+            (tcp, peer) = accept(&listener) => {
                 let Some(slot) = Slot::take(&open_connections, &per_address, peer.ip()) else {
                     metrics.refused.get_or_create(&RefusedLabels { reason: "connections" }).inc();
                     tracing::debug!(%peer, "too many connections: closed");
                     drop(tcp);
                     continue;
                 };
-                // Replies are small writes; without this, Nagle's algorithm and the API
-                // server's delayed ACKs add ~40 ms to an admission.
-                let _ = tcp.set_nodelay(true);
                 let connection = Connection {
                     acceptor: acceptor.clone(),
                     builder: builder.clone(),
@@ -385,16 +374,15 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
+        let failures = self
+            .metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                reason: "handshake",
+            })
+            .clone();
+        let Some(tls) = handshake(&self.acceptor, tcp, peer, &failures).await else {
+            return;
         };
         // Whether this connection may use the admission paths: decided once, from the
         // certificate the handshake verified.

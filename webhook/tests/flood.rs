@@ -226,14 +226,41 @@ async fn a_flood_from_the_node_network_reserves_nothing_and_starves_nothing() {
             assert!(peak < 192 * 1024, "peak {} KiB", peak);
         }
     }
-    // The refusals are counted.
-    let metrics = reqwest::get(format!("http://{}/metrics", bed.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for reason in ["unauthenticated", "too_large", "connections"] {
+    // A plaintext client (or a port scanner) fails the TLS handshake and is closed.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut plain = tokio::net::TcpStream::connect(bed.replicas[0])
+            .await
+            .unwrap();
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("200 OK"),
+            "answered in plaintext"
+        );
+    }
+    // The refusals are counted (the handshake's just after the connection is closed).
+    let scrape = || async {
+        reqwest::get(format!("http://{}/metrics", bed.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut metrics = scrape().await;
+    for _ in 0..50 {
+        if metrics.contains("reason=\"handshake\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = scrape().await;
+    }
+    for reason in ["unauthenticated", "too_large", "connections", "handshake"] {
         assert!(
             metrics.contains(&format!(
                 "danm_webhook_refused_total{{reason=\"{reason}\"}}"
