@@ -46,20 +46,28 @@ impl Synced {
         *self.listed.borrow() >= self.kinds
     }
 
+    /// Completes once each kind has been listed.
+    pub async fn listed(&self) {
+        let mut listed = self.listed.subscribe();
+        // The sender is `self`, alive while this borrows it: no error.
+        let _ = listed.wait_for(|n| *n >= self.kinds).await;
+    }
+
     fn listed_once(&self) {
         self.listed.send_modify(|n| *n += 1);
     }
 }
 
-/// Follows every object of `api` for as long as the runtime runs, handing each change to
-/// `apply`, and counts the kind as listed in `synced` after its first list. `kind` names it
-/// in the logs.
+/// Follows every object of `api` until the returned task is aborted (or the runtime ends),
+/// handing each change to `apply`, and counts the kind as listed in `synced` after its
+/// first list (once `apply` has taken it). `kind` names it in the logs.
 pub fn follow<K>(
     api: Api<K>,
     kind: &'static str,
     synced: std::sync::Arc<Synced>,
     mut apply: impl FnMut(Change<K>) + Send + 'static,
-) where
+) -> tokio::task::AbortHandle
+where
     K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
 {
     tokio::spawn(async move {
@@ -91,5 +99,6 @@ pub fn follow<K>(
                 Err(e) => tracing::warn!(kind, error = %e, "watch failed, retrying"),
             }
         }
-    });
+    })
+    .abort_handle()
 }

@@ -1,8 +1,8 @@
 //! A watch-fed cache of every DanmEp (a reflector), indexed by object, by container id and
 //! by owner fingerprint, so that no request of ipamd lists DanmEps cluster-wide.
 //!
-//! It is fed by a kube-runtime watcher (a fresh list at start and after a 410, then watch
-//! events), and by this replica's own writes as soon as they succeed, so that what this
+//! It is fed by `danm_runtime::index` (a kube-runtime watcher: a fresh list at start and
+//! after a 410, then watch events), and by this replica's own writes as soon as they succeed, so that what this
 //! replica just wrote is seen at once. It may lag behind other replicas' writes by the
 //! watch's delay: callers use it to find records, never to decide that something may be
 //! freed (that is confirmed from a fresh read).
@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use danm_core::OwnerKey;
 use danm_crds::DanmEp;
-use futures::StreamExt;
+use danm_runtime::index::{Change, Synced, follow};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::watch;
 
 use crate::store::{EndpointRecord, StoreError, StoreResult};
 
@@ -77,10 +75,6 @@ impl Index {
         forget(&mut self.by_fingerprint, old.owner.fingerprint(), slot);
     }
 
-    fn len(&self) -> usize {
-        self.by_object.len()
-    }
-
     fn collect<'a>(&self, slots: impl IntoIterator<Item = &'a u32>) -> Vec<EndpointRecord> {
         slots
             .into_iter()
@@ -93,7 +87,7 @@ impl Index {
 #[derive(Debug)]
 pub(super) struct EndpointCache {
     index: RwLock<Index>,
-    synced: watch::Sender<bool>,
+    synced: Arc<Synced>,
 }
 
 /// How long a read waits for the first full list before the store is called unavailable.
@@ -105,54 +99,41 @@ impl EndpointCache {
     pub(super) fn start(client: Client) -> (Arc<EndpointCache>, tokio::task::AbortHandle) {
         let cache = Arc::new(EndpointCache {
             index: RwLock::default(),
-            synced: watch::channel(false).0,
+            synced: Arc::new(Synced::new(1)),
         });
         let fed = Arc::clone(&cache);
-        let task = tokio::spawn(async move {
-            let api: Api<DanmEp> = Api::all(client);
-            let mut stream = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            let mut relist: Option<Index> = None;
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => relist = Some(Index::default()),
-                    Ok(watcher::Event::InitApply(ep)) => {
-                        if let (Some(buffer), Some(record)) = (relist.as_mut(), readable(ep)) {
-                            buffer.insert(record);
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if let Some(buffer) = relist.take() {
-                            let count = buffer.len();
-                            *fed.index.write().expect("lock") = buffer;
-                            fed.synced.send_replace(true);
-                            tracing::info!(count, "endpoint cache listed every DanmEp");
-                        }
-                    }
-                    Ok(watcher::Event::Apply(ep)) => {
-                        if let Some(record) = readable(ep) {
-                            fed.index.write().expect("lock").insert(record);
-                        }
-                    }
-                    Ok(watcher::Event::Delete(ep)) => {
-                        let at = (ep.namespace().unwrap_or_default(), ep.name_any());
-                        fed.index.write().expect("lock").remove(&at);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "DanmEp watch failed, retrying"),
+        let task = follow(
+            Api::<DanmEp>::all(client),
+            "DanmEp",
+            Arc::clone(&cache.synced),
+            move |change| fed.apply(change),
+        );
+        (cache, task)
+    }
+
+    fn apply(&self, change: Change<DanmEp>) {
+        match change {
+            Change::Relisted(endpoints) => {
+                let mut fresh = Index::default();
+                for record in endpoints.into_iter().filter_map(readable) {
+                    fresh.insert(record);
+                }
+                *self.index.write().expect("lock") = fresh;
+            }
+            Change::Applied(ep) => {
+                if let Some(record) = readable(ep) {
+                    self.insert(record);
                 }
             }
-        })
-        .abort_handle();
-        (cache, task)
+            Change::Deleted(ep) => self.remove(&ep.namespace().unwrap_or_default(), &ep.name_any()),
+        }
     }
 
     /// Waits (up to 30 s) for the first full list.
     pub(super) async fn synced(&self) -> StoreResult<()> {
-        let mut synced = self.synced.subscribe();
-        match tokio::time::timeout(SYNC_WAIT, synced.wait_for(|s| *s)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(StoreError::Unavailable(
+        match tokio::time::timeout(SYNC_WAIT, self.synced.listed()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::Unavailable(
                 "the DanmEp cache has not listed the API server's DanmEps yet".into(),
             )),
         }
@@ -160,7 +141,7 @@ impl EndpointCache {
 
     /// Whether the first full list is in.
     pub(super) fn is_synced(&self) -> bool {
-        *self.synced.borrow()
+        self.synced.is_synced()
     }
 
     /// Records what this replica just wrote.
