@@ -112,7 +112,7 @@ impl Freer {
                     .ipamd
                     .clone()
                     .reclaim_orphan(pb::ReclaimOrphanRequest {
-                        network: Some(network_ref(network)),
+                        network: Some(pb::NetworkRef::from(network)),
                         address: address.to_string(),
                         fingerprint: format!("{fingerprint:016x}"),
                     })
@@ -221,7 +221,7 @@ impl Freer {
             .ipamd
             .clone()
             .release(pb::ReleaseRequest {
-                network: Some(network_ref(network)),
+                network: Some(pb::NetworkRef::from(network)),
                 owner: Some(pb::Owner {
                     container_id: facts.container_id.clone(),
                     ifname: facts.ifname.clone(),
@@ -302,20 +302,6 @@ impl Freer {
                 source,
             }),
         }
-    }
-}
-
-/// A network as ipamd's API names it.
-pub fn network_ref(key: &NetworkKey) -> pb::NetworkRef {
-    let kind = match key.kind {
-        NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
-        NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
-        NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
-    };
-    pb::NetworkRef {
-        kind: kind as i32,
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
     }
 }
 

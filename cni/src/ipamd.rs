@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use danm_core::NetworkKind;
 use danm_proto::v1 as pb;
 use std::path::PathBuf;
 
@@ -187,22 +188,21 @@ pub fn cni_error(what: &str, status: &Status) -> CniError {
     )
 }
 
-/// A network reference from the plugin configuration's words.
+/// A network reference from the plugin configuration's words (`ipam.kind`: empty is a
+/// DanmNet, as in DANM).
 pub fn network_ref(kind: &str, namespace: &str, name: &str) -> Result<pb::NetworkRef, CniError> {
     let kind = match kind {
-        "" | "DanmNet" => pb::NetworkKind::DanmNet,
-        "TenantNetwork" => pb::NetworkKind::TenantNetwork,
-        "ClusterNetwork" => pb::NetworkKind::ClusterNetwork,
-        other => {
-            return Err(CniError::new(
+        "" => NetworkKind::DanmNet,
+        other => NetworkKind::parse(other).ok_or_else(|| {
+            CniError::new(
                 ErrorCode::InvalidConfig,
                 format!("ipam.kind: {other:?} is not DanmNet, TenantNetwork or ClusterNetwork"),
                 String::new(),
-            ));
-        }
+            )
+        })?,
     };
     Ok(pb::NetworkRef {
-        kind: kind as i32,
+        kind: pb::NetworkKind::from(kind) as i32,
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     })
@@ -210,11 +210,9 @@ pub fn network_ref(kind: &str, namespace: &str, name: &str) -> Result<pb::Networ
 
 /// The kind of a network reference, in the words of the configuration.
 pub fn kind_name(network: &pb::NetworkRef) -> &'static str {
-    match pb::NetworkKind::try_from(network.kind) {
-        Ok(pb::NetworkKind::TenantNetwork) => "TenantNetwork",
-        Ok(pb::NetworkKind::ClusterNetwork) => "ClusterNetwork",
-        _ => "DanmNet",
-    }
+    danm_proto::network::kind_from_wire(network.kind)
+        .unwrap_or(NetworkKind::DanmNet)
+        .as_str()
 }
 
 /// Routes of ipamd as CNI routes (those that do not parse are skipped).

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::authz::{self, Policy};
 use crate::engine::{AttachInput, Engine, EngineError, Metrics, OwnerInfo};
 use crate::store::EndpointRecord;
-use crate::wire::{invalid, network_info, network_key, network_ref, status};
+use crate::wire::{invalid, network_info, network_key, status};
 
 /// The gRPC service over an engine.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ fn network_part(
     let Some(plan) = plan else {
         return pb::InterfacePlan {
             ifname: ifname.to_owned(),
-            network: Some(network_ref(key)),
+            network: Some(pb::NetworkRef::from(key)),
             network_type: recorded_type.to_owned(),
             ..Default::default()
         };
@@ -79,7 +79,7 @@ fn network_part(
     let o = &plan.spec.options;
     pb::InterfacePlan {
         ifname: ifname.to_owned(),
-        network: Some(network_ref(key)),
+        network: Some(pb::NetworkRef::from(key)),
         network_type: plan.network_type().to_owned(),
         network_id: plan.spec.network_id.clone(),
         host_device: o.host_device.clone().unwrap_or_default(),
@@ -435,7 +435,7 @@ impl Ipam for IpamService {
                 host: e.spec.host,
             });
             Ok(pb::Allocation {
-                network: Some(network_ref(&l.network)),
+                network: Some(pb::NetworkRef::from(&l.network)),
                 address: l.address.to_string(),
                 owner,
                 fingerprint: format!("{:016x}", l.fingerprint),

@@ -8,7 +8,7 @@
 //! `PERMISSION_DENIED` for a caller that may not make the call, `UNAVAILABLE` when the store
 //! fails (retry).
 
-use danm_core::{AllocError, Family, NetworkKey, NetworkKind, NetworkPlan};
+use danm_core::{AllocError, Family, NetworkKey, NetworkPlan};
 use danm_proto::v1 as pb;
 use tonic::Status;
 
@@ -67,15 +67,12 @@ pub fn invalid(field: &str, message: &str) -> Status {
 /// Decodes a network reference; `field` names it in errors.
 pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey, Status> {
     let r = r.ok_or_else(|| invalid(field, "is required"))?;
-    let kind = pb::NetworkKind::try_from(r.kind)
-        .ok()
-        .and_then(kind_from_proto)
-        .ok_or_else(|| {
-            invalid(
-                &format!("{field}.kind"),
-                "must be DANM_NET, TENANT_NETWORK or CLUSTER_NETWORK",
-            )
-        })?;
+    let kind = danm_proto::network::kind_from_wire(r.kind).ok_or_else(|| {
+        invalid(
+            &format!("{field}.kind"),
+            "must be DANM_NET, TENANT_NETWORK or CLUSTER_NETWORK",
+        )
+    })?;
     if r.name.is_empty() {
         return Err(invalid(&format!("{field}.name"), "must not be empty"));
     }
@@ -90,34 +87,6 @@ pub fn network_key(r: Option<&pb::NetworkRef>, field: &str) -> Result<NetworkKey
         ));
     }
     Ok(NetworkKey::new(kind, &r.namespace, &r.name))
-}
-
-/// Encodes a network key.
-pub fn network_ref(key: &NetworkKey) -> pb::NetworkRef {
-    pb::NetworkRef {
-        kind: kind_to_proto(key.kind) as i32,
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-    }
-}
-
-/// A network kind as the API sends it; `None` for the unspecified value.
-pub fn kind_from_proto(kind: pb::NetworkKind) -> Option<NetworkKind> {
-    match kind {
-        pb::NetworkKind::DanmNet => Some(NetworkKind::DanmNet),
-        pb::NetworkKind::TenantNetwork => Some(NetworkKind::TenantNetwork),
-        pb::NetworkKind::ClusterNetwork => Some(NetworkKind::ClusterNetwork),
-        _ => None,
-    }
-}
-
-/// A network kind as the API carries it.
-pub fn kind_to_proto(kind: NetworkKind) -> pb::NetworkKind {
-    match kind {
-        NetworkKind::DanmNet => pb::NetworkKind::DanmNet,
-        NetworkKind::TenantNetwork => pb::NetworkKind::TenantNetwork,
-        NetworkKind::ClusterNetwork => pb::NetworkKind::ClusterNetwork,
-    }
 }
 
 /// What ipamd's GetNetwork answers, from a network's plan, its allocated addresses per
@@ -152,7 +121,7 @@ pub fn network_info(
         })
     };
     pb::NetworkInfo {
-        network: Some(network_ref(&plan.key)),
+        network: Some(pb::NetworkRef::from(&plan.key)),
         network_type: plan.network_type().to_owned(),
         network_id: plan.spec.network_id.clone(),
         v4: family(Family::V4),

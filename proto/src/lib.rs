@@ -1,10 +1,11 @@
 //! The `danm.ipam.v1.Ipam` gRPC API of ipamd: generated message types, client and server,
 //! the encoded file descriptor set for gRPC server reflection, [`client`]: how every client
-//! connects to ipamd, and [`status`]: whether a failed call was never carried out (safe to
+//! connects to ipamd, [`network`]: networks converted to and from the API's words, and [`status`]: whether a failed call was never carried out (safe to
 //! try again), and [`health`]: the service names ipamd's `grpc.health.v1` answers for.
 
 pub mod client;
 pub mod health;
+pub mod network;
 pub mod status;
 
 /// `danm.ipam.v1`.

@@ -63,7 +63,7 @@ pub async fn view(client: &kube::Client, key: &NetworkKey) -> Result<View, Showa
                 host: r.spec.host.clone(),
             });
             allocations.push(pb::Allocation {
-                network: Some(crate::wire::network_ref(key)),
+                network: Some(pb::NetworkRef::from(key)),
                 address: address.to_string(),
                 owner,
                 fingerprint: format!("{fingerprint:016x}"),

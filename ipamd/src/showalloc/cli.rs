@@ -113,7 +113,7 @@ pub async fn run(args: Args) -> Result<String, ShowallocError> {
         ));
     }
     let key = NetworkKey::new(kind, &args.namespace, name);
-    let network = crate::wire::network_ref(&key);
+    let network = pb::NetworkRef::from(&key);
     let (info, allocations) = match &args.ipamd {
         Some(address) => {
             let settings = Settings::new(address, &format!("showalloc-{}", std::process::id()))
