@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec};
+use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, names};
 use danm_testkit::apiserver::{ApiServer, Options};
 use danm_testkit::control_plane::{ControlPlane, Options as PlaneOptions};
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -232,15 +232,15 @@ pub async fn preload_danmeps(
                     metadata: ObjectMeta {
                         name: Some(owner.endpoint_name()),
                         labels: Some(BTreeMap::from([
-                            ("danm.io/network-kind".to_owned(), "DanmNet".to_owned()),
-                            ("danm.io/network-namespace".to_owned(), namespace.clone()),
-                            ("danm.io/network-name".to_owned(), network.clone()),
+                            (names::NETWORK_KIND_LABEL.to_owned(), "DanmNet".to_owned()),
+                            (names::NETWORK_NAMESPACE_LABEL.to_owned(), namespace.clone()),
+                            (names::NETWORK_NAME_LABEL.to_owned(), network.clone()),
                             (
-                                "danm.io/container-id".to_owned(),
+                                names::CONTAINER_ID_LABEL.to_owned(),
                                 owner.container_id.clone(),
                             ),
                             (
-                                "danm.io/owner-fingerprint".to_owned(),
+                                names::OWNER_FINGERPRINT_LABEL.to_owned(),
                                 format!("{:016x}", owner.fingerprint()),
                             ),
                         ])),

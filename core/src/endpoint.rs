@@ -10,7 +10,8 @@
 //! DanmEp's own (a ClusterNetwork is in none). Only ipamd writes DanmEps (the
 //! `danm-danmep-writers` admission policy), so their labels are ipamd's word.
 
-use danm_crds::{DanmEp, NETWORK_KIND_LABEL, NETWORK_NAMESPACE_LABEL};
+use danm_crds::DanmEp;
+use danm_crds::names::{NETWORK_KIND_LABEL, NETWORK_NAMESPACE_LABEL};
 
 use crate::{NetworkKey, NetworkKind};
 

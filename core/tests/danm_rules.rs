@@ -3,7 +3,7 @@
 //! older numbering), each with an object that breaks the rule and one that keeps it. Every
 //! denial must name the field and the rule.
 
-use danm_core::admit::vni::{RESERVATION_ANNOTATION, VniType};
+use danm_core::admit::vni::{VNI_RESERVATION_ANNOTATION, VniType};
 use danm_core::admit::{
     Admitted, Denial, Environment, NetworkRequest, Operation, TenantConfigRequest, admit_network,
     admit_tenant_config, admit_tenant_config_delete,
@@ -869,7 +869,7 @@ fn a_tenant_network_gets_the_named_profile_an_id_and_the_mapped_network_id() {
         json!({"start": "10.240.1.1", "end": "10.240.1.254"})
     );
     assert_eq!(
-        doc["metadata"]["annotations"][RESERVATION_ANNOTATION],
+        doc["metadata"]["annotations"][VNI_RESERVATION_ANNOTATION],
         "token-1"
     );
 
@@ -1029,7 +1029,8 @@ fn the_reservation_annotation_is_the_webhooks() {
     // On CREATE, a copied token is replaced (an id is reserved) or removed (none is).
     let copied = |spec: Value| {
         let mut obj = object(TenantNetwork, spec);
-        obj["metadata"]["annotations"] = json!({RESERVATION_ANNOTATION: "copied", "keep": "me"});
+        obj["metadata"]["annotations"] =
+            json!({VNI_RESERVATION_ANNOTATION: "copied", "keep": "me"});
         obj
     };
     let config = tconf();
@@ -1063,7 +1064,7 @@ fn the_reservation_annotation_is_the_webhooks() {
         let annotations = &doc["metadata"]["annotations"];
         assert_eq!(
             annotations
-                .get(RESERVATION_ANNOTATION)
+                .get(VNI_RESERVATION_ANNOTATION)
                 .and_then(Value::as_str),
             expected
         );
@@ -1075,7 +1076,7 @@ fn the_reservation_annotation_is_the_webhooks() {
             TenantNetwork,
             with(base(), json!({"host_device": "ens4", "vlan": 1000})),
         );
-        o["metadata"]["annotations"] = json!({RESERVATION_ANNOTATION: "t"});
+        o["metadata"]["annotations"] = json!({VNI_RESERVATION_ANNOTATION: "t"});
         o
     };
     for value in [json!("other"), Value::Null] {
@@ -1083,10 +1084,13 @@ fn the_reservation_annotation_is_the_webhooks() {
         changed["metadata"]["annotations"] = if value.is_null() {
             json!({})
         } else {
-            json!({RESERVATION_ANNOTATION: value})
+            json!({VNI_RESERVATION_ANNOTATION: value})
         };
         let err = run(&changed, Update, Some(&stored)).unwrap_err();
-        assert!(err.to_string().contains(RESERVATION_ANNOTATION), "{err}");
+        assert!(
+            err.to_string().contains(VNI_RESERVATION_ANNOTATION),
+            "{err}"
+        );
     }
     let same = run(&stored, Update, Some(&stored)).unwrap();
     assert!(same.patch.0.is_empty(), "{:?}", same.patch);
@@ -1130,7 +1134,7 @@ fn a_retried_admission_gets_the_id_its_token_already_holds() {
     assert_eq!(doc["spec"]["Options"]["host_device"], "ens5");
     assert_eq!(doc["spec"]["Options"]["vlan"], 2500);
     assert_eq!(
-        doc["metadata"]["annotations"][RESERVATION_ANNOTATION],
+        doc["metadata"]["annotations"][VNI_RESERVATION_ANNOTATION],
         "token-1"
     );
 }

@@ -11,9 +11,12 @@
 //! * [`AllocationShard`] (namespaced, new): one slice of one address family of one network,
 //!   holding a roaring bitmap of the allocated addresses and a CRC32 of its payload.
 //!
+//! [`names`] holds every label and annotation name the suite writes or reads.
+//!
 //! [`all_crds`] returns every CustomResourceDefinition; the `crdgen` binary writes them to
 //! `crds/manifests/`, and a test fails when the checked-in YAML drifts from these types.
 
+pub mod names;
 mod network;
 mod shard;
 mod tenant_config;
@@ -29,15 +32,6 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "danm.io";
 /// The API version of every DANM kind.
 pub const VERSION: &str = "v1";
-/// The pod annotation that lists a pod's network connections.
-pub const INTERFACES_ANNOTATION: &str = "danm.io/interfaces";
-/// The label ipamd writes on its DanmEps and AllocationShards: the network's kind.
-pub const NETWORK_KIND_LABEL: &str = "danm.io/network-kind";
-/// The label ipamd writes on its DanmEps and AllocationShards: the network's namespace
-/// (a DanmEp is in its pod's namespace, which an `Allocate` call may choose apart from the
-/// network's).
-pub const NETWORK_NAMESPACE_LABEL: &str = "danm.io/network-namespace";
-
 /// Every CRD of the API, with the file name `crdgen` writes it to.
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![

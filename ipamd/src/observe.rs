@@ -17,8 +17,7 @@ use tracing::Instrument;
 
 use crate::metrics::{MethodLabels, RpcLabels, RpcMetrics};
 
-/// The metadata key of the request id.
-pub const REQUEST_ID: &str = "x-request-id";
+use danm_proto::client::REQUEST_ID_HEADER as REQUEST_ID;
 
 /// The prefix of the Ipam service's paths; other services (health, reflection) are
 /// passed through without metrics.

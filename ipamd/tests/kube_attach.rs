@@ -190,7 +190,7 @@ async fn attach_follows_danm_on_its_4_0_examples() {
     .unwrap();
     annotated.metadata.annotations = Some(
         [(
-            danm_crds::INTERFACES_ANNOTATION.to_string(),
+            danm_crds::names::INTERFACES_ANNOTATION.to_string(),
             r#"[{"tenantNetwork":"management","ip":"dynamic"},{"network":"internal","ip":"10.240.1.7/24"}]"#.to_string(),
         )]
         .into(),

@@ -157,6 +157,10 @@ pub enum ClientError {
     },
 }
 
+/// The metadata key of the request id: set by every client (the CNI names one per call),
+/// logged by ipamd with every call and sent back in the response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Adds the request id to every call, and the bearer token if there is one.
 #[derive(Clone, Debug, Default)]
 pub struct CallHeaders {
@@ -167,7 +171,7 @@ pub struct CallHeaders {
 impl tonic::service::Interceptor for CallHeaders {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(id) = &self.request_id {
-            request.metadata_mut().insert("x-request-id", id.clone());
+            request.metadata_mut().insert(REQUEST_ID_HEADER, id.clone());
         }
         if let Some(bearer) = &self.bearer {
             request

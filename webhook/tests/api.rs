@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{bed, delete_tenant_networks, eventually, https, reservations_of};
-use danm_core::admit::vni::RESERVATION_ANNOTATION;
+use danm_core::admit::vni::VNI_RESERVATION_ANNOTATION;
 use danm_crds::{
     DanmEp, DanmEpSpec, DanmNet, NetworkOptions, NetworkSpec, TenantNetwork, TenantNetworkSpec,
 };
@@ -112,7 +112,7 @@ async fn danm_4_0_examples_are_refused_or_mutated_as_danm_documents() {
         .collect();
     let carried: HashSet<String> = [&chosen, &random]
         .iter()
-        .map(|tn| tn.annotations()[RESERVATION_ANNOTATION].clone())
+        .map(|tn| tn.annotations()[VNI_RESERVATION_ANNOTATION].clone())
         .collect();
     assert_eq!(held, carried);
 }
@@ -148,7 +148,7 @@ async fn two_replicas_hand_out_200_distinct_ids_and_deleting_frees_all() {
                 .or_insert_with(Vec::new)
                 .push((
                     tn.name_any(),
-                    tn.annotations().get(RESERVATION_ANNOTATION).cloned(),
+                    tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned(),
                 ));
         }
         seen.retain(|_, v| v.len() > 1);
@@ -249,7 +249,7 @@ async fn a_create_refused_after_admission_leaks_nothing_after_the_grace_period()
         .create(&PostParams::default(), &tenant_network("dup", "dup"))
         .await
         .unwrap();
-    let token = kept.annotations()[RESERVATION_ANNOTATION].clone();
+    let token = kept.annotations()[VNI_RESERVATION_ANNOTATION].clone();
     // Admitted (an id reserved), then refused by the API server: the name is taken.
     match tns
         .create(&PostParams::default(), &tenant_network("dup", "dup"))
@@ -303,7 +303,7 @@ async fn the_tenant_config_keeps_its_reservations_and_stays_while_it_holds_ids()
         .create(&PostParams::default(), &tenant_network("kept", "kept"))
         .await
         .unwrap();
-    let token = tn.annotations()[RESERVATION_ANNOTATION].clone();
+    let token = tn.annotations()[VNI_RESERVATION_ANNOTATION].clone();
     let kubectl = |args: &[&str], stdin: &str| common::kubectl(plane, args, stdin);
 
     // The original manifest over the stored object: its hostDevices carry no reservations.

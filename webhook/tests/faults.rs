@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{GRACE_SECONDS, delete_tenant_networks, eventually, reservations_of};
-use danm_core::admit::vni::RESERVATION_ANNOTATION;
+use danm_core::admit::vni::VNI_RESERVATION_ANNOTATION;
 use danm_crds::{NetworkSpec, TenantNetwork, TenantNetworkSpec};
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::fault_proxy::FaultProxy;
@@ -84,7 +84,7 @@ async fn ids_stay_distinct_and_nothing_leaks_when_the_api_server_fails_the_webho
     assert_eq!(ids.len(), 100, "an id was handed out twice");
     let carried: HashSet<String> = created
         .iter()
-        .map(|tn| tn.annotations()[RESERVATION_ANNOTATION].clone())
+        .map(|tn| tn.annotations()[VNI_RESERVATION_ANNOTATION].clone())
         .collect();
     // What failed creates reserved (writes that landed, answers lost) goes after the grace.
     eventually(

@@ -15,7 +15,7 @@ use danm_crds::{IfaceProfile, IpPool, IpPoolV6, NetworkOptions, NetworkSpec, Ten
 use serde_json::Value;
 
 use super::patch::{TokenAnnotation, network_patch};
-use super::vni::{self, RESERVATION_ANNOTATION, VniError, VniPick, VniType, lowest_free};
+use super::vni::{self, VNI_RESERVATION_ANNOTATION, VniError, VniPick, VniType, lowest_free};
 use super::{Denial, Operation, parse_object};
 use crate::hostlinks::{self, LinkClash, LinkSpec, LinkTable};
 use crate::network::{
@@ -371,13 +371,13 @@ fn annotation_problems(request: &NetworkRequest, object: &Value) -> Option<Field
     }
     let token = |o: &Value| {
         o.pointer("/metadata/annotations")
-            .and_then(|a| a.get(RESERVATION_ANNOTATION))
+            .and_then(|a| a.get(VNI_RESERVATION_ANNOTATION))
             .cloned()
     };
     let now = token(object);
     let before = request.old_object.and_then(token);
     (now != before).then(|| FieldProblem {
-        field: format!("metadata.annotations[{RESERVATION_ANNOTATION}]"),
+        field: format!("metadata.annotations[{VNI_RESERVATION_ANNOTATION}]"),
         message: "is written by the webhook (it ties the network to its reserved id)".into(),
         rule: Rule::Ours,
     })

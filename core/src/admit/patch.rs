@@ -12,7 +12,7 @@ use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::vni::RESERVATION_ANNOTATION;
+use super::vni::VNI_RESERVATION_ANNOTATION;
 
 /// What becomes of the reservation annotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,27 +80,27 @@ pub fn network_patch(
     }
     let annotations = object.pointer("/metadata/annotations");
     if annotation == TokenAnnotation::Strip
-        && annotations.is_some_and(|a| a.get(RESERVATION_ANNOTATION).is_some())
+        && annotations.is_some_and(|a| a.get(VNI_RESERVATION_ANNOTATION).is_some())
     {
         ops.push(PatchOperation::Remove(RemoveOperation {
-            path: PointerBuf::from_tokens(["metadata", "annotations", RESERVATION_ANNOTATION]),
+            path: PointerBuf::from_tokens(["metadata", "annotations", VNI_RESERVATION_ANNOTATION]),
         }));
     }
     if let TokenAnnotation::Set(token) = annotation {
         if !object.get("metadata").is_some_and(Value::is_object) {
             ops.push(add(
                 &["metadata"],
-                json!({ "annotations": { RESERVATION_ANNOTATION: token } }),
+                json!({ "annotations": { VNI_RESERVATION_ANNOTATION: token } }),
             ));
         } else if annotations.is_some_and(Value::is_object) {
             ops.push(add(
-                &["metadata", "annotations", RESERVATION_ANNOTATION],
+                &["metadata", "annotations", VNI_RESERVATION_ANNOTATION],
                 json!(token),
             ));
         } else {
             ops.push(add(
                 &["metadata", "annotations"],
-                json!({ RESERVATION_ANNOTATION: token }),
+                json!({ VNI_RESERVATION_ANNOTATION: token }),
             ));
         }
     }

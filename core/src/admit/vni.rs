@@ -5,7 +5,7 @@
 //! an id reserved for a create that then failed stayed taken forever, and a repeated
 //! delete freed an id that had meanwhile gone to another network. Here a profile keeps a
 //! map `reservations` from id to its holder: the TenantNetwork's name, the token the
-//! webhook also writes into that TenantNetwork (annotation [`RESERVATION_ANNOTATION`]) and
+//! webhook also writes into that TenantNetwork (annotation [`VNI_RESERVATION_ANNOTATION`]) and
 //! the time of the reservation. An id is freed only for the holder whose token it carries;
 //! a reservation whose token no TenantNetwork carries is freed once older than a grace
 //! period (its create failed after admission). Ids set in a DANM-era `alloc` stay taken.
@@ -15,8 +15,7 @@ use std::fmt;
 
 use danm_crds::{IfaceProfile, TenantConfig, VniReservation};
 
-/// The annotation in which a TenantNetwork carries the token of its id's reservation.
-pub const RESERVATION_ANNOTATION: &str = "danm.io/vni-reservation";
+pub use danm_crds::names::VNI_RESERVATION_ANNOTATION;
 
 /// What a profile hands out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

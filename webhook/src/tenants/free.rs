@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use danm_core::admit::vni::{self, HeldVni, RESERVATION_ANNOTATION, VniType};
+use danm_core::admit::vni::{self, HeldVni, VNI_RESERVATION_ANNOTATION, VniType};
 use danm_crds::{TenantConfig, TenantNetwork};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
@@ -65,7 +65,7 @@ impl Tenants {
                     .networks
                     .state()
                     .iter()
-                    .filter_map(|tn| tn.annotations().get(RESERVATION_ANNOTATION).cloned())
+                    .filter_map(|tn| tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned())
                     .collect();
                 let now = jiff::Timestamp::now();
                 let grace = self.config.grace;
@@ -159,7 +159,7 @@ impl Tenants {
             .unwrap_or(("", held.holder.network.as_str()));
         let api: Api<TenantNetwork> = Api::namespaced(self.client.clone(), namespace);
         let carries = |tn: &TenantNetwork| {
-            tn.annotations().get(RESERVATION_ANNOTATION) == Some(&held.holder.token)
+            tn.annotations().get(VNI_RESERVATION_ANNOTATION) == Some(&held.holder.token)
         };
         let read = |e: CallError| TenantsError::Holder {
             network: held.holder.network.clone(),
@@ -179,7 +179,7 @@ impl Tenants {
 
 /// What a deleted TenantNetwork held: its token, or its DANM-era id.
 pub(super) fn gone_of(tn: &TenantNetwork) -> Gone {
-    let token = tn.annotations().get(RESERVATION_ANNOTATION).cloned();
+    let token = tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned();
     let opts = &tn.spec.network.options;
     let profile = opts
         .device_pool

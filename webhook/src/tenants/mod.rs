@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use danm_core::admit::vni::{self, RESERVATION_ANNOTATION, VniType};
+use danm_core::admit::vni::{self, VNI_RESERVATION_ANNOTATION, VniType};
 use danm_core::admit::{Admitted, Denial, Environment, NetworkRequest, admit_network};
 use danm_crds::{TenantConfig, TenantNetwork, VniReservation};
 use futures::StreamExt;
@@ -370,7 +370,7 @@ impl Tenants {
             .networks
             .state()
             .iter()
-            .filter_map(|tn| tn.annotations().get(RESERVATION_ANNOTATION).cloned())
+            .filter_map(|tn| tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned())
             .collect();
         for attempt in 0..self.config.attempts {
             let mut working = config.clone();

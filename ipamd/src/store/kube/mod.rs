@@ -38,9 +38,9 @@ use super::{
 };
 use endpoints::EndpointCache;
 use objects::{
-    ANNOTATION_INDEX, ANNOTATION_NETWORK, LABEL_CONTAINER, LABEL_FAMILY, LABEL_FINGERPRINT,
-    fingerprint_label, label_value, map_err, network_labels, network_selector, to_record,
-    to_stored,
+    CONTAINER_ID_LABEL, FAMILY_LABEL, NETWORK_ANNOTATION, OWNER_FINGERPRINT_LABEL,
+    SHARD_INDEX_ANNOTATION, fingerprint_label, label_value, map_err, network_labels,
+    network_selector, to_record, to_stored,
 };
 
 /// The Kubernetes store.
@@ -294,7 +294,7 @@ impl Store for KubeStore {
         spec: AllocationShardSpec,
     ) -> StoreResult<Version> {
         let mut labels = network_labels(&key.network);
-        labels.insert(LABEL_FAMILY.to_owned(), key.family.tag().to_owned());
+        labels.insert(FAMILY_LABEL.to_owned(), key.family.tag().to_owned());
         let owner_references = self.network_uid(&key.network).await.map(|uid| {
             vec![OwnerReference {
                 api_version: "danm.io/v1".into(),
@@ -311,9 +311,12 @@ impl Store for KubeStore {
                 namespace: Some(self.shard_namespace(&key.network)),
                 labels: Some(labels),
                 annotations: Some(BTreeMap::from([
-                    (ANNOTATION_INDEX.to_owned(), format!("{:x}", key.index)),
                     (
-                        ANNOTATION_NETWORK.to_owned(),
+                        SHARD_INDEX_ANNOTATION.to_owned(),
+                        format!("{:x}", key.index),
+                    ),
+                    (
+                        NETWORK_ANNOTATION.to_owned(),
                         super::network_storage_key(&key.network),
                     ),
                 ])),
@@ -359,9 +362,9 @@ impl Store for KubeStore {
         record.spec.network_name = record.network.name.clone();
         record.spec.api_type = record.network.kind.as_str().to_owned();
         let mut labels = network_labels(&record.network);
-        labels.insert(LABEL_CONTAINER.into(), label_value(&owner.container_id));
+        labels.insert(CONTAINER_ID_LABEL.into(), label_value(&owner.container_id));
         labels.insert(
-            LABEL_FINGERPRINT.into(),
+            OWNER_FINGERPRINT_LABEL.into(),
             fingerprint_label(owner.fingerprint()),
         );
         let ep = DanmEp {
@@ -436,10 +439,10 @@ impl Store for KubeStore {
         };
         let listed = self
             .danmeps(ns)
-            .list(
-                &ListParams::default()
-                    .labels(&format!("{LABEL_CONTAINER}={}", label_value(container_id))),
-            )
+            .list(&ListParams::default().labels(&format!(
+                "{CONTAINER_ID_LABEL}={}",
+                label_value(container_id)
+            )))
             .await
             .map_err(map_err(|| format!("endpoints of container {container_id}")))?;
         Ok(listed
@@ -459,7 +462,7 @@ impl Store for KubeStore {
         self.endpoints.synced().await?;
         let listed = Api::<DanmEp>::all(self.client.clone())
             .list(&ListParams::default().labels(&format!(
-                "{LABEL_FINGERPRINT}={}",
+                "{OWNER_FINGERPRINT_LABEL}={}",
                 fingerprint_label(fingerprint)
             )))
             .await
@@ -503,7 +506,7 @@ impl Store for KubeStore {
                 .unwrap_or_default(),
             interfaces: pod
                 .annotations()
-                .get(danm_crds::INTERFACES_ANNOTATION)
+                .get(danm_crds::names::INTERFACES_ANNOTATION)
                 .cloned(),
         }))
     }

@@ -9,14 +9,10 @@ use kube::ResourceExt;
 
 use crate::store::{EndpointRecord, ShardKey, StoreError, StoreResult, StoredShard};
 
-pub(super) const LABEL_KIND: &str = danm_crds::NETWORK_KIND_LABEL;
-pub(super) const LABEL_NAMESPACE: &str = danm_crds::NETWORK_NAMESPACE_LABEL;
-pub(super) const LABEL_NAME: &str = "danm.io/network-name";
-pub(super) const LABEL_FAMILY: &str = "danm.io/family";
-pub(super) const LABEL_CONTAINER: &str = "danm.io/container-id";
-pub(super) const LABEL_FINGERPRINT: &str = "danm.io/owner-fingerprint";
-pub(super) const ANNOTATION_INDEX: &str = "danm.io/shard-index";
-pub(super) const ANNOTATION_NETWORK: &str = "danm.io/network";
+pub(super) use danm_crds::names::{
+    CONTAINER_ID_LABEL, FAMILY_LABEL, NETWORK_ANNOTATION, NETWORK_KIND_LABEL, NETWORK_NAME_LABEL,
+    NETWORK_NAMESPACE_LABEL, OWNER_FINGERPRINT_LABEL, SHARD_INDEX_ANNOTATION,
+};
 
 pub(super) fn map_err(what: impl Fn() -> String) -> impl Fn(kube::Error) -> StoreError {
     move |e| match &e {
@@ -40,15 +36,18 @@ pub(super) fn fingerprint_label(fingerprint: u64) -> String {
 
 pub(super) fn network_labels(key: &NetworkKey) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (LABEL_KIND.to_owned(), key.kind.as_str().to_owned()),
-        (LABEL_NAMESPACE.to_owned(), label_value(&key.namespace)),
-        (LABEL_NAME.to_owned(), label_value(&key.name)),
+        (NETWORK_KIND_LABEL.to_owned(), key.kind.as_str().to_owned()),
+        (
+            NETWORK_NAMESPACE_LABEL.to_owned(),
+            label_value(&key.namespace),
+        ),
+        (NETWORK_NAME_LABEL.to_owned(), label_value(&key.name)),
     ])
 }
 
 pub(super) fn network_selector(key: &NetworkKey) -> String {
     format!(
-        "{LABEL_KIND}={},{LABEL_NAMESPACE}={},{LABEL_NAME}={}",
+        "{NETWORK_KIND_LABEL}={},{NETWORK_NAMESPACE_LABEL}={},{NETWORK_NAME_LABEL}={}",
         key.kind.as_str(),
         label_value(&key.namespace),
         label_value(&key.name)
@@ -91,7 +90,7 @@ pub(super) fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
     };
     let network = object
         .annotations()
-        .get(ANNOTATION_NETWORK)
+        .get(NETWORK_ANNOTATION)
         .and_then(|n| {
             let mut parts = n.splitn(3, '/');
             let kind = NetworkKind::parse(parts.next()?)?;
@@ -100,7 +99,7 @@ pub(super) fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
         .ok_or_else(|| unreadable("no danm.io/network annotation"))?;
     let index = object
         .annotations()
-        .get(ANNOTATION_INDEX)
+        .get(SHARD_INDEX_ANNOTATION)
         .and_then(|i| u128::from_str_radix(i, 16).ok())
         .ok_or_else(|| unreadable("no shard index annotation"))?;
     // The key's family comes from what ipamd wrote when it created the object (its name,
@@ -119,7 +118,7 @@ pub(super) fn to_stored(object: AllocationShard) -> StoreResult<StoredShard> {
                 == name
         })
         .or_else(|| {
-            let tag = object.labels().get(LABEL_FAMILY)?;
+            let tag = object.labels().get(FAMILY_LABEL)?;
             Family::ALL.into_iter().find(|f| f.tag() == tag)
         })
         .ok_or_else(|| {
@@ -163,8 +162,8 @@ mod tests {
         );
         object.metadata.annotations = Some(
             [
-                (ANNOTATION_NETWORK.to_owned(), "DanmNet/ns/net".to_owned()),
-                (ANNOTATION_INDEX.to_owned(), "0".to_owned()),
+                (NETWORK_ANNOTATION.to_owned(), "DanmNet/ns/net".to_owned()),
+                (SHARD_INDEX_ANNOTATION.to_owned(), "0".to_owned()),
             ]
             .into(),
         );
@@ -176,7 +175,7 @@ mod tests {
         ));
         // Without a name of ipamd's, the label says it.
         object.metadata.name = Some("renamed".into());
-        object.metadata.labels = Some([(LABEL_FAMILY.to_owned(), "v4".to_owned())].into());
+        object.metadata.labels = Some([(FAMILY_LABEL.to_owned(), "v4".to_owned())].into());
         assert_eq!(to_stored(object.clone()).unwrap().key.family, Family::V4);
         object.metadata.labels = None;
         assert!(to_stored(object).is_err());
