@@ -64,3 +64,21 @@ async fn tenant_networks_are_named_in_metrics_only_when_asked() {
         "{named}"
     );
 }
+
+/// Every series ipamd's registry renders is in `docs/metrics.md` (the certificate's expiry,
+/// registered by the binary when it serves TLS, is named there too).
+#[tokio::test]
+async fn every_series_is_in_the_metrics_reference() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    for net in danm_ipamd::networks::parse_manifests(NETWORKS).unwrap() {
+        store.put_network(net).await.unwrap();
+    }
+    let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
+    let text = encode(&registry(&engine, &RpcMetrics::default(), true));
+    assert!(text.contains("danm_ipamd_pool_capacity"), "{text}");
+    let undocumented = danm_testkit::metrics_doc::undocumented(&text);
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/metrics.md: {undocumented:?}"
+    );
+}

@@ -180,7 +180,7 @@ impl ReloadingCert {
 
     /// A Prometheus collector of `<prefix>_certificate_expiry_timestamp_seconds`: when the
     /// served certificate expires (an alert fires 30 days before; see
-    /// `deploy/prometheus/alerts.yaml`).
+    /// `deploy/components/monitoring/alerts.yaml`).
     pub fn expiry_collector(self: &Arc<Self>) -> CertificateExpiry {
         CertificateExpiry(Arc::downgrade(self))
     }

@@ -14,6 +14,7 @@
 //!   (with `DANM_TESTS_AS_SERVICE_ACCOUNTS`) its ServiceAccount and RBAC from `deploy/base`.
 //! * [`pki`]: test CAs and the server and client certificates they issue, as PEM files.
 //! * [`cni`]: a CNI plugin binary run as a container runtime runs it.
+//! * [`metrics_doc`]: keeps `docs/metrics.md` naming every series the binaries serve.
 //! * [`image`]: container images assembled from files (a docker archive, as `docker save`
 //!   writes), since no container engine runs here and no registry is reachable.
 //! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
@@ -26,6 +27,7 @@ pub mod fault_proxy;
 pub mod fixtures;
 pub mod identity;
 pub mod image;
+pub mod metrics_doc;
 pub mod pki;
 pub mod webhook;
 

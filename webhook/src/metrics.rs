@@ -149,3 +149,17 @@ impl Metrics {
         danm_runtime::metrics::encode(&self.registry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_in_the_metrics_reference() {
+        let undocumented = danm_testkit::metrics_doc::undocumented(&Metrics::new().encode());
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/metrics.md: {undocumented:?}"
+        );
+    }
+}

@@ -133,6 +133,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_series_is_in_the_metrics_reference() {
+        let undocumented = danm_testkit::metrics_doc::undocumented(&Metrics::new().encode());
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/metrics.md: {undocumented:?}"
+        );
+    }
+
+    #[test]
     fn ready_after_a_sync_until_one_fails() {
         let metrics = Metrics::new();
         assert_eq!(metrics.readiness(), Err("no sync yet".to_owned()));

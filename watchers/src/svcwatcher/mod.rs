@@ -525,3 +525,17 @@ fn error_policy(service: Arc<Service>, error: &SvcError, ctx: Arc<Context>) -> A
     tracing::warn!(service = %format!("{}/{}", service.namespace().unwrap_or_default(), service.name_any()), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_in_the_metrics_reference() {
+        let undocumented = danm_testkit::metrics_doc::undocumented(&Metrics::new().encode());
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/metrics.md: {undocumented:?}"
+        );
+    }
+}
