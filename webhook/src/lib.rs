@@ -16,7 +16,6 @@
 //! * [`server`]: HTTPS (rustls) with the admission paths, `/metrics`, `/healthz`, `/readyz`.
 //! * [`metrics`]: the Prometheus metrics.
 
-pub mod certs;
 pub mod links;
 pub mod metrics;
 pub mod review;

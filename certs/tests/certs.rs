@@ -11,8 +11,8 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
+use danm_certs::{self as certs, Action, Ca, Leaf, Options, Report};
 use danm_testkit::control_plane::ControlPlane;
-use danm_webhook::certs::{self, Action, Ca, Leaf, Options, Report};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };

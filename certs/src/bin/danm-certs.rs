@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use danm_certs::{self as certs, Options, RotationPolicy};
 use danm_runtime::{LogFormat, kube_client, logging};
-use danm_webhook::certs::{self, Options, RotationPolicy};
 
 /// Creates the TLS material of DANM in one namespace, renews it, and rotates its CA.
 ///

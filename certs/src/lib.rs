@@ -1,6 +1,6 @@
-//! The TLS material of the suite, created at install time by the `danm-certs` Job, renewed
-//! by its CronJob (or `--every`), and kept idempotent: running it again changes nothing
-//! unless something needs it.
+//! `danm-certs`: the suite's PKI. The TLS material of the suite is created at install time
+//! by the `danm-certs` Job, renewed by its CronJob (or `--every`), and kept idempotent:
+//! running it again changes nothing unless something needs it.
 //!
 //! In one namespace:
 //!
