@@ -3,7 +3,8 @@
 //! every interface in parallel within DANM's overall limit of 10 s: `ipvlan` (L2) and
 //! `macvlan` (bridge) are built here with netlink, anything else is delegated. One result
 //! for the runtime; if any interface fails, what this ADD did is undone and every error is
-//! reported.
+//! reported. How each interface is made, and so unmade at DEL, is decided once, in
+//! [`maker`].
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,9 +25,10 @@ use danm_netlink::{self as netlink, Backend, LinkId, Netlink};
 
 mod config;
 mod delegated;
+mod maker;
 
 pub use config::DanmConfig;
-use delegated::{delegation_for, ipamd_ipam, sriov_device};
+use maker::{Devices, Maker, backend, makers};
 
 /// DANM's limit for a whole ADD.
 pub const ADD_LIMIT: Duration = Duration::from_secs(10);
@@ -34,15 +36,6 @@ pub const ADD_LIMIT: Duration = Duration::from_secs(10);
 /// The plugin.
 #[derive(Debug, Default)]
 pub struct Danm;
-
-/// How an interface is built.
-fn backend(network_type: &str) -> Option<Backend> {
-    match network_type {
-        "" | "ipvlan" => Some(Backend::Ipvlan),
-        "macvlan" => Some(Backend::Macvlan),
-        _ => None,
-    }
-}
 
 /// The host link a built-in interface hangs off: netwatcher's VxLAN or VLAN link, or the
 /// network's host device (DANM's names, from `danm_core::hostlinks`, as netwatcher names
@@ -235,54 +228,18 @@ impl Danm {
     async fn delegate(
         &self,
         request: &Request,
-        config: &DanmConfig,
         plan: &pb::InterfacePlan,
-        used_devices: &[String],
+        delegation: Delegation,
     ) -> Result<(Built, CniResult), (Option<Built>, CniError)> {
-        let fail = |e: CniError| {
-            (
-                None,
-                CniError::new(
-                    e.code,
-                    format!(
-                        "interface {} on network {}: {}",
-                        plan.ifname,
-                        network_name(plan),
-                        e.msg
-                    ),
-                    e.details,
-                ),
-            )
+        let outcome = delegation.add(request, &plan.ifname).await;
+        let built = Built::Delegated {
+            delegation,
+            ifname: plan.ifname.clone(),
         };
-        let device = if plan.device_pool.is_empty() {
-            None
-        } else {
-            Some(sriov_device(config, request, &plan.device_pool, used_devices).map_err(fail)?)
-        };
-        let mut delegation =
-            delegation_for(config, request, plan, device.as_deref()).map_err(fail)?;
-        if let Some(ipam) = ipamd_ipam(config, plan) {
-            delegation.set_ipam(ipam);
-        }
-        if let Some(device) = &device {
-            delegation.set_device_id(device);
-        }
-        match delegation.add(request, &plan.ifname).await {
-            Ok(result) => Ok((
-                Built::Delegated {
-                    delegation,
-                    ifname: plan.ifname.clone(),
-                },
-                result,
-            )),
+        match outcome {
+            Ok(result) => Ok((built, result)),
             // The delegate failed half-way: its DEL cleans what it did.
-            Err(e) => Err((
-                Some(Built::Delegated {
-                    delegation,
-                    ifname: plan.ifname.clone(),
-                }),
-                fail(e).1,
-            )),
+            Err(e) => Err((Some(built), in_interface(plan, e))),
         }
     }
 
@@ -306,6 +263,20 @@ impl Danm {
                 .map_err(|e| e.to_string()),
         }
     }
+}
+
+/// `e`, naming the interface and network it is about.
+fn in_interface(plan: &pb::InterfacePlan, e: CniError) -> CniError {
+    CniError::new(
+        e.code,
+        format!(
+            "interface {} on network {}: {}",
+            plan.ifname,
+            network_name(plan),
+            e.msg
+        ),
+        e.details,
+    )
 }
 
 /// Addresses, link up, routes, policy routes, inside the pod's namespace.
@@ -431,24 +402,12 @@ impl Plugin for Danm {
             .into_inner()
             .interfaces;
 
-        // SR-IOV device ids are handed out in interface order.
-        let mut used_devices: Vec<Vec<String>> = Vec::new();
-        let mut taken = Vec::new();
-        for plan in &plans {
-            used_devices.push(taken.clone());
-            if !plan.device_pool.is_empty()
-                && let Ok(d) = sriov_device(&config, request, &plan.device_pool, &taken)
-            {
-                taken.push(d);
-            }
-        }
-        let work = join_all(plans.iter().zip(&used_devices).map(|(plan, used)| {
-            let config = &config;
-            async move {
-                match backend(&plan.network_type) {
-                    Some(b) => self.build_link(request, plan, b).await,
-                    None => self.delegate(request, config, plan, used).await,
-                }
+        let makers = makers(&config, request, &plans, Devices::Required);
+        let work = join_all(plans.iter().zip(makers).map(|(plan, maker)| async move {
+            match maker {
+                Ok(Maker::Link(backend)) => self.build_link(request, plan, backend).await,
+                Ok(Maker::Delegated(delegation)) => self.delegate(request, plan, delegation).await,
+                Err(e) => Err((None, in_interface(plan, e))),
             }
         }));
         let remaining = ADD_LIMIT.saturating_sub(started.elapsed());
@@ -517,48 +476,28 @@ impl Plugin for Danm {
                 errors.push(e);
             }
         }
-        // SR-IOV devices, handed out in interface order as at ADD.
-        let mut taken: Vec<String> = Vec::new();
-        for plan in &plans {
-            let outcome = match backend(&plan.network_type) {
+        let makers = makers(&config, request, &plans, Devices::BestEffort);
+        for (plan, maker) in plans.iter().zip(makers) {
+            let outcome = match maker {
                 // Without the namespace the kernel has removed its links already.
-                Some(_) if !netns_alive => Ok(()),
-                Some(_) => {
+                Ok(Maker::Link(_)) if !netns_alive => Ok(()),
+                Ok(Maker::Link(_)) => {
                     let built = Built::Link {
                         ifname: plan.ifname.clone(),
                         table: plan.rt_tables,
                     };
                     self.undo(request, built).await
                 }
-                None => {
-                    let device = if plan.device_pool.is_empty() {
-                        None
-                    } else {
-                        sriov_device(&config, request, &plan.device_pool, &taken).ok()
+                // Configured as at ADD: the delegate's IPAM is danm-ipam where ipamd gave
+                // the addresses.
+                Ok(Maker::Delegated(delegation)) => {
+                    let built = Built::Delegated {
+                        delegation,
+                        ifname: plan.ifname.clone(),
                     };
-                    taken.extend(device.clone());
-                    match delegation_for(&config, request, plan, device.as_deref()) {
-                        Ok(mut delegation) => {
-                            // The configuration of the ADD: the delegate's IPAM is
-                            // danm-ipam where ipamd gave the addresses.
-                            if let Some(ipam) = ipamd_ipam(&config, plan) {
-                                delegation.set_ipam(ipam);
-                            }
-                            if let Some(d) = &device {
-                                delegation.set_device_id(d);
-                            }
-                            self.undo(
-                                request,
-                                Built::Delegated {
-                                    delegation,
-                                    ifname: plan.ifname.clone(),
-                                },
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
+                    self.undo(request, built).await
                 }
+                Err(e) => Err(e.to_string()),
             };
             if let Err(e) = outcome {
                 errors.push(failed(plan, ErrorCode::InterfaceFailed, e));
