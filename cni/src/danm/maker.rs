@@ -32,8 +32,8 @@ pub(super) enum Devices {
 
 /// How a network type is built here; `None`: delegated.
 pub(super) fn backend(network_type: &str) -> Option<Backend> {
-    match network_type {
-        "" | "ipvlan" => Some(Backend::Ipvlan),
+    match danm_core::network::effective_network_type(network_type) {
+        "ipvlan" => Some(Backend::Ipvlan),
         "macvlan" => Some(Backend::Macvlan),
         _ => None,
     }

@@ -20,7 +20,7 @@ use super::{Denial, Operation, parse_object};
 use crate::hostlinks::{self, LinkClash, LinkSpec, LinkTable};
 use crate::network::{
     FieldProblem, NetworkError, NetworkKey, NetworkKind, NetworkPlan, Rule, default_v6_pool_cidr,
-    is_dynamic_backend, plan,
+    effective_network_type, is_dynamic_backend, plan,
 };
 
 /// One admission request for a network.
@@ -148,9 +148,7 @@ pub fn admit_network(request: &NetworkRequest, env: &mut Environment) -> Result<
     }
     problems.extend(annotation_problems(request, object));
     let mut fin = spec.clone();
-    if fin.network_type.is_empty() {
-        fin.network_type = "ipvlan".into();
-    }
+    fin.network_type = effective_network_type(&spec.network_type).to_owned();
     if let Err(NetworkError::Invalid { problems: p, .. }) = plan(key.clone(), &fin) {
         problems.extend(p);
     }
@@ -389,11 +387,7 @@ fn given(value: &Option<String>) -> Option<&str> {
 
 /// The NetworkType, with DANM's default.
 fn network_type_of(spec: &NetworkSpec) -> &str {
-    if spec.network_type.is_empty() {
-        "ipvlan"
-    } else {
-        &spec.network_type
-    }
+    effective_network_type(&spec.network_type)
 }
 
 /// A TenantNetwork's NetworkType must be one the TenantConfig allows (when it lists any).

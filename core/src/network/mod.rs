@@ -210,11 +210,7 @@ impl NetworkPlan {
     }
     /// The NetworkType, defaulted to `ipvlan` as DANM does.
     pub fn network_type(&self) -> &str {
-        if self.spec.network_type.is_empty() {
-            "ipvlan"
-        } else {
-            &self.spec.network_type
-        }
+        effective_network_type(&self.spec.network_type)
     }
     /// Whether a pod of `namespace` may connect (ClusterNetwork `AllowedTenants`).
     pub fn tenant_allowed(&self, namespace: &str) -> bool {
@@ -295,6 +291,16 @@ pub enum NetworkError {
         /// Every problem found.
         problems: Vec<FieldProblem>,
     },
+}
+
+/// The NetworkType a network of written type `network_type` has: DANM's default, `ipvlan`,
+/// when none is written. The one place the default is decided (ipamd, the webhook, the CNI).
+pub fn effective_network_type(network_type: &str) -> &str {
+    if network_type.is_empty() {
+        "ipvlan"
+    } else {
+        network_type
+    }
 }
 
 /// NetworkTypes DANM builds itself (NetworkID limited to 10 characters for them).

@@ -6,7 +6,7 @@ use danm_crds::{NetworkSpec, StaticScope};
 
 use super::{
     FamilyPlan, FieldProblem, NetworkError, NetworkKey, NetworkKind, NetworkPlan, Reservation,
-    Rule, default_v6_pool_cidr, is_dynamic_backend, static_scope,
+    Rule, default_v6_pool_cidr, effective_network_type, is_dynamic_backend, static_scope,
 };
 use crate::addr::{Cidr, Family, parse_addr_lenient};
 use crate::names;
@@ -72,11 +72,7 @@ pub fn plan(key: NetworkKey, spec: &NetworkSpec) -> Result<NetworkPlan, NetworkE
             format!(
                 "{:?} is longer than 10 bytes, the limit for NetworkType {:?}",
                 spec.network_id,
-                if spec.network_type.is_empty() {
-                    "ipvlan"
-                } else {
-                    &spec.network_type
-                }
+                effective_network_type(&spec.network_type)
             ),
         );
     }
