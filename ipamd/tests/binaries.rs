@@ -279,8 +279,8 @@ async fn an_unauthenticated_ipamd_on_a_reachable_address_needs_insecure() {
         Command::new(env!("CARGO_BIN_EXE_ipamd"))
             .args(["--store", "memory", "--listen", &everywhere, "--insecure"])
             .env("NO_COLOR", "1")
-            .stdout(log.reopen().unwrap())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );

@@ -329,10 +329,12 @@ async fn the_ipamd_binary_serves_from_the_real_api_server_over_tls() {
     let mut ipamd = Command::new(env!("CARGO_BIN_EXE_ipamd"))
         .args(["--store", "kube", "--namespace", &ipamd_namespace])
         .args(["--listen", &listen, "--orphan-grace-seconds", "0"])
-        .env("KUBECONFIG", &kubeconfig)
+        // The flag, not $KUBECONFIG: both are read.
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
         .env("NO_COLOR", "1")
-        .stdout(log.reopen().unwrap())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let network = Some(pb::NetworkRef {

@@ -118,8 +118,8 @@ fn start_ipamd(kubeconfig: &Path, pki: &Pki, namespace: &str, log: &Path) -> Ipa
         .args(["--admin-client-ca", &path("danm-ca.pem")])
         .env("KUBECONFIG", kubeconfig)
         .env("NO_COLOR", "1")
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
     Ipamd {

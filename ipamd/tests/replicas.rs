@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -225,8 +225,7 @@ async fn run(trouble: Trouble) {
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "warn,danm_runtime=info")
             .env("NO_COLOR", "1")
-            .stdout(std::fs::File::create(dir.path().join(format!("replica-{i}.log"))).unwrap())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(dir.path().join(format!("replica-{i}.log"))).unwrap())
             .spawn()
             .unwrap();
         replicas.push(Replica(child));

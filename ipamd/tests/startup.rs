@@ -45,8 +45,8 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
@@ -87,7 +87,7 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
             let mut log = String::new();
             ipamd
                 .0
-                .stdout
+                .stderr
                 .take()
                 .unwrap()
                 .read_to_string(&mut log)
@@ -101,7 +101,7 @@ async fn ipamd_waits_for_an_unreachable_api_server_then_serves() {
     let mut log = String::new();
     ipamd
         .0
-        .stdout
+        .stderr
         .take()
         .unwrap()
         .read_to_string(&mut log)

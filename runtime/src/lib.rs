@@ -89,22 +89,15 @@ impl ClusterArgs {
     }
 }
 
-/// Logs to standard error in `format`, filtered by `RUST_LOG` (default `info`).
+/// Logs to standard error (every binary of the suite: one place to look, and standard
+/// output stays for what a command prints) in `format`, filtered by `RUST_LOG` (default
+/// `info`).
 pub fn logging(format: LogFormat) {
-    logging_to(format, std::io::stderr);
-}
-
-/// Logs to `writer` (standard output for ipamd, whose tests and quick start read it) in
-/// `format`, filtered by `RUST_LOG` (default `info`).
-pub fn logging_to<W>(format: LogFormat, writer: W)
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),

@@ -31,13 +31,17 @@ struct Args {
     /// the folder are kept.
     #[arg(long, env = "IPAMD_NETWORKS")]
     networks: Option<PathBuf>,
+    /// Kubeconfig file, with --store kube or --node-identity sa-token (default: in-cluster
+    /// config, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// ipamd's own namespace (with --store kube, ClusterNetwork shards live here).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     namespace: String,
     /// gRPC listen address.
     #[arg(long, env = "IPAMD_LISTEN", default_value = "127.0.0.1:50051")]
     listen: String,
-    /// Log format (to standard output).
+    /// Log format (to standard error).
     #[arg(long, env = "IPAMD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: danm_runtime::LogFormat,
     /// Admin HTTP listen address, e.g. 10.0.0.7:9090: /metrics (Prometheus), /healthz,
@@ -176,7 +180,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    danm_runtime::logging_to(args.log_format, std::io::stdout);
+    danm_runtime::logging(args.log_format);
     let (tls, serving) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let (config, serving) = danm_ipamd::tls::TlsFiles {
@@ -317,7 +321,7 @@ async fn policy(args: &Args) -> anyhow::Result<Policy> {
     let tokens = match args.node_identity {
         NodeIdentity::KubeletCert => None,
         NodeIdentity::SaToken => Some(Arc::new(danm_ipamd::tokens::NodeTokens::new(
-            danm_runtime::kube_client(None)
+            danm_runtime::kube_client(args.kubeconfig.as_deref())
                 .await
                 .context("--node-identity sa-token reviews tokens with the API server")?,
             &args.node_token_audience,
@@ -336,7 +340,8 @@ async fn start(
     args: &Args,
     manifests: &[store::NetworkObject],
 ) -> anyhow::Result<(Arc<dyn store::Store>, Arc<Engine>)> {
-    let store = store::select::open(&args.store, &args.namespace).await?;
+    let store =
+        store::select::open(&args.store, &args.namespace, args.kubeconfig.as_deref()).await?;
     if let Some(dir) = &args.networks {
         tracing::info!(count = manifests.len(), dir = %dir.display(), "loading networks");
     }

@@ -121,7 +121,7 @@ pub async fn run(args: Args) -> Result<String, ShowallocError> {
             from_ipamd(&settings, &network).await?
         }
         None => {
-            let client = kube_client(args.kubeconfig.as_ref()).await?;
+            let client = danm_runtime::kube_client(args.kubeconfig.as_deref()).await?;
             let view = api::view(&client, &key).await?;
             (view.info, view.allocations)
         }
@@ -157,22 +157,6 @@ pub async fn run(args: Args) -> Result<String, ShowallocError> {
             args.show_cidr.as_deref(),
         )?),
     }
-}
-
-async fn kube_client(path: Option<&PathBuf>) -> Result<kube::Client, ShowallocError> {
-    let config = match path {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| ShowallocError::Kubeconfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| ShowallocError::Kubeconfig(format!("{}: {e}", path.display())))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| ShowallocError::Kubeconfig(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| ShowallocError::Kubeconfig(e.to_string()))
 }
 
 async fn from_ipamd(

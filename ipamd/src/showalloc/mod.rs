@@ -43,8 +43,8 @@ pub enum ShowallocError {
     #[error("ipamd: {0}")]
     Ipamd(String),
     /// No usable Kubernetes configuration.
-    #[error("Kubernetes configuration: {0}")]
-    Kubeconfig(String),
+    #[error(transparent)]
+    Kubeconfig(#[from] danm_runtime::RuntimeError),
     /// The API refused a read.
     #[error("Kubernetes API: {0}")]
     Api(String),

@@ -1,5 +1,6 @@
 //! Choosing a store from its command-line form (`--store memory|file:PATH|kube`).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::Store;
@@ -14,21 +15,26 @@ pub enum OpenError {
     #[error("--store {0:?} is not one of: memory, file:PATH, kube")]
     UnknownStore(String),
     /// `--store kube` without a usable Kubernetes client configuration.
-    #[error("--store kube: no Kubernetes client configuration")]
-    NoKubeConfig(#[source] ::kube::Error),
+    #[error("--store kube: {0}")]
+    NoKubeConfig(#[source] danm_runtime::RuntimeError),
     /// The store file cannot be opened.
     #[error(transparent)]
     File(#[from] FileError),
 }
 
-/// Opens a store from its command-line form: `memory`, `file:PATH` or `kube` (the
-/// in-cluster configuration, or `KUBECONFIG`); `namespace` is ipamd's own.
-pub async fn open(spec: &str, namespace: &str) -> Result<Arc<dyn Store>, OpenError> {
+/// Opens a store from its command-line form: `memory`, `file:PATH` or `kube` (with
+/// `kubeconfig`, else the in-cluster configuration, `$KUBECONFIG` or `~/.kube/config`);
+/// `namespace` is ipamd's own.
+pub async fn open(
+    spec: &str,
+    namespace: &str,
+    kubeconfig: Option<&Path>,
+) -> Result<Arc<dyn Store>, OpenError> {
     check(spec)?;
     match spec.split_once(':') {
         _ if spec == "memory" => Ok(Arc::new(MemoryStore::new())),
         _ if spec == "kube" => {
-            let client = ::kube::Client::try_default()
+            let client = danm_runtime::kube_client(kubeconfig)
                 .await
                 .map_err(OpenError::NoKubeConfig)?;
             Ok(Arc::new(KubeStore::new(client, namespace).await))

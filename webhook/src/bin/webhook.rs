@@ -69,7 +69,10 @@ struct Args {
     /// a moment after it is stored).
     #[arg(long, env = "WEBHOOK_MAX_PENDING_PER_NAMESPACE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_pending_per_namespace: u64,
-    /// Log format (to standard output).
+    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Log format (to standard error).
     #[arg(long, env = "WEBHOOK_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: danm_runtime::LogFormat,
     /// Admin HTTP listen address, e.g. 10.0.0.7:9093: /metrics (as on the HTTPS port, for
@@ -99,7 +102,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    danm_runtime::logging_to(args.log_format, std::io::stdout);
+    danm_runtime::logging(args.log_format);
     let cert = ReloadingCert::start(
         TlsFiles {
             cert: args.tls_cert.clone(),
@@ -107,9 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         Duration::from_secs(args.tls_reload_seconds),
     )?;
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let client = danm_runtime::kube_client(args.kubeconfig.as_deref()).await?;
     let mut metrics = Metrics::new();
     metrics.track_certificate(&cert);
     let metrics = Arc::new(metrics);

@@ -105,7 +105,8 @@ pub fn webhook_command(
         .arg(&client_ca)
         .args(["--client-name", WEBHOOK_CLIENT]);
     command
-        .env("KUBECONFIG", kubeconfig)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
         .env("RUST_LOG", "info,danm_webhook=debug")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--tls-cert")
