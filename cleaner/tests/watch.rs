@@ -4,35 +4,24 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Bed, TURN};
 use danm_core::OwnerKey;
 use danm_crds::DanmEp;
+use danm_testkit::process::{KillOnDrop, free_addr};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
 struct Replica {
     identity: String,
     admin: String,
-    child: Child,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    child: KillOnDrop,
 }
 
 fn replica(bed: &Bed, identity: &str, lease: &str) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin = format!("127.0.0.1:{port}");
+    let admin = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_cleaner"))
         .args(["--watch", "--interval", "1s", "--grace", "0s"])
         .args(["--ipamd", &bed.ipamd_url, "--admin-listen", &admin])
@@ -53,7 +42,7 @@ fn replica(bed: &Bed, identity: &str, lease: &str) -> Replica {
     Replica {
         identity: identity.into(),
         admin,
-        child,
+        child: KillOnDrop(child),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, free_port};
+use danm_testkit::process::{KillOnDrop as Daemon, free_port};
 
 fn run(bin: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin).args(args).output().unwrap();

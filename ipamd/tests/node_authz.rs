@@ -7,7 +7,7 @@
 //! ipamctl and showalloc reach that ipamd with the same identities.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use danm_crds::DanmEp;
@@ -15,6 +15,7 @@ use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::pki::{TestCa, Usage};
+use danm_testkit::process::{KillOnDrop, free_addr};
 use kube::api::{Api, ListParams};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -75,22 +76,10 @@ impl Pki {
 }
 
 struct Ipamd {
-    child: Child,
+    _child: KillOnDrop,
     grpc: String,
     admin: String,
     log: PathBuf,
-}
-
-impl Drop for Ipamd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 fn start_ipamd(kubeconfig: &Path, pki: &Pki, namespace: &str, log: &Path) -> Ipamd {
@@ -123,7 +112,7 @@ fn start_ipamd(kubeconfig: &Path, pki: &Pki, namespace: &str, log: &Path) -> Ipa
         .spawn()
         .unwrap();
     Ipamd {
-        child,
+        _child: KillOnDrop(child),
         grpc,
         admin,
         log: log.to_owned(),

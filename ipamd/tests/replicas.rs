@@ -17,24 +17,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::free_port;
 use danm_crds::{AllocationShard, DanmEp, DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::fault_proxy::FaultProxy;
+use danm_testkit::process::free_port;
 use kube::api::{Api, ListParams, PostParams};
 use tokio::sync::Mutex;
 use tonic::Code;
 
-struct Replica(Child);
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use danm_testkit::process::KillOnDrop as Replica;
 
 type Client = IpamClient<tonic::transport::Channel>;
 

@@ -8,12 +8,12 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, free_port};
 use danm_crds::{DanmNet, DanmNetSpec, NetworkOptions, NetworkSpec};
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::fault_proxy::FaultProxy;
+use danm_testkit::process::{KillOnDrop as Daemon, free_port};
 use kube::api::{Api, PostParams};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

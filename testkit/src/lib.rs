@@ -12,6 +12,7 @@
 //! * [`fixtures`]: manifests modelled on DANM's examples, written in this repository.
 //! * [`identity`]: the identity a component under test acts as: the administrator, or
 //!   (with `DANM_TESTS_AS_SERVICE_ACCOUNTS`) its ServiceAccount and RBAC from `deploy/base`.
+//! * [`process`]: child processes killed however a test ends, and free loopback ports.
 //! * [`pki`]: test CAs and the server and client certificates they issue, as PEM files.
 //! * [`cni`]: a CNI plugin binary run as a container runtime runs it.
 //! * [`metrics_doc`]: keeps `docs/metrics.md` naming every series the binaries serve.
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod image;
 pub mod metrics_doc;
 pub mod pki;
+pub mod process;
 pub mod webhook;
 
 /// Serves `router` on `listener` in a task until the returned sender is used or dropped,

@@ -42,6 +42,12 @@ pub fn undocumented(exposition: &str) -> Vec<String> {
         .collect()
 }
 
+/// Fails, naming them, when `exposition` declares metrics `docs/metrics.md` does not name.
+pub fn assert_documented(exposition: &str) {
+    let missing = undocumented(exposition);
+    assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

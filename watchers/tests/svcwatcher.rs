@@ -6,12 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec};
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::identity;
+use danm_testkit::process::{KillOnDrop, free_addr};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Endpoints, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,25 +22,13 @@ const NS: &str = "example-vnf";
 
 struct Replica {
     identity: String,
-    child: Child,
+    _child: KillOnDrop,
     admin: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A svcwatcher process; `kubeconfig` is what it acts as (`danm_testkit::identity`).
 fn replica(kubeconfig: &Path, identity: &str, lease_ns: &str) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let admin = format!("127.0.0.1:{port}");
+    let admin = free_addr();
     let child = Command::new(env!("CARGO_BIN_EXE_svcwatcher"))
         .args([
             "--namespace",
@@ -57,7 +46,7 @@ fn replica(kubeconfig: &Path, identity: &str, lease_ns: &str) -> Replica {
         .unwrap();
     Replica {
         identity: identity.into(),
-        child,
+        _child: KillOnDrop(child),
         admin,
     }
 }

@@ -101,22 +101,3 @@ pub async fn reopen(path: &std::path::Path) -> Arc<dyn Store> {
         }
     }
 }
-
-/// A child process (ipamd, a replica), killed however the test ends.
-pub struct Daemon(pub std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}

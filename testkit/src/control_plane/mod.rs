@@ -154,13 +154,7 @@ impl Spawned {
 static SHARED: tokio::sync::OnceCell<Result<ControlPlane, String>> =
     tokio::sync::OnceCell::const_new();
 
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use crate::process::free_port;
 
 /// The folder of the control plane's binaries: `DANM_K8S_BIN` if set, else what
 /// `testkit/k8s/build.sh` builds (or finds in its cache).
