@@ -7,6 +7,7 @@
 //!   `$KUBECONFIG` or `~/.kube/config`;
 //! * [`serve_admin`]: the admin server, `/metrics` (Prometheus text), `/healthz` and
 //!   `/readyz`, on a port of its own;
+//! * [`main`]: a binary's async body run, and its outcome turned into the exit status;
 //! * [`shutdown_signal`]: SIGTERM or Ctrl-C, for graceful shutdown;
 //! * [`parse_duration`]: durations as flags take them (`10m`, `90s`);
 //! * [`ClusterArgs`]: the `--kubeconfig` and `--log-format` flags every controller takes;
@@ -172,6 +173,31 @@ where
     });
     tracing::info!(admin = %bound, "serving /metrics, /healthz, /readyz");
     Ok(bound)
+}
+
+/// Runs a binary's body on a multi-threaded Tokio runtime and ends the process the suite's
+/// way: exit 0 when it succeeds; else one line on standard error, `<name>: <what failed:
+/// why: why>` (the error's whole chain, as `{:#}` prints an `anyhow::Error`), and exit 1.
+/// Every long-running binary's `main` is this call.
+pub fn main<E, F>(name: &str, body: F) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let outcome = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(body),
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -75,20 +75,12 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    logging(args.log_format);
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    danm_runtime::main("danm-certs", run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    logging(args.log_format);
     let options = Options {
         namespace: args.namespace,
         webhook_configuration: args.webhook_configuration,

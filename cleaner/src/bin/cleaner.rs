@@ -75,9 +75,11 @@ enum Output {
     Json,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    danm_runtime::main("cleaner", run(Args::parse()))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.cluster.start().await?;
     let freer = Freer {
         client,

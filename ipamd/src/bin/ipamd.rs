@@ -161,22 +161,7 @@ enum AuthorizationMode {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ipamd: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // The whole chain on one line: "what failed: why: why".
-            eprintln!("ipamd: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    danm_runtime::main("ipamd", run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

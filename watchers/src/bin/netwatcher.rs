@@ -32,9 +32,11 @@ struct Args {
     admin_listen: SocketAddr,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    danm_runtime::main("netwatcher", run(Args::parse()))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.cluster.start().await?;
     let netlink = danm_netlink::Netlink::host().context("netlink")?;
     let links = NodeLinks::new(netlink.handle().clone());

@@ -27,9 +27,11 @@ struct Args {
     admin_listen: SocketAddr,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    danm_runtime::main("svcwatcher", run(Args::parse()))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.cluster.start().await?;
     let metrics = Arc::new(Metrics::new());
     let served = Arc::clone(&metrics);

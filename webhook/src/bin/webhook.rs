@@ -84,21 +84,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("webhook: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("webhook: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    danm_runtime::main("webhook", run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
