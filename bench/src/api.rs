@@ -1,27 +1,19 @@
-//! The Kubernetes API a bench run works against: the in-process stand-in (a set write
-//! latency, counters kept by the stand-in itself) or the real control plane of `testkit`
-//! (etcd with fsync on disk, kube-apiserver; counters read from the API server's own
-//! `apiserver_request_total` metric, so nothing sits between the callers and the server).
+//! The Kubernetes API a bench run works against: a fresh real control plane of `testkit`
+//! (etcd with fsync on disk, kube-apiserver), with, when asked, `testkit`'s fault proxy in
+//! front adding a set latency to every write. The counters are read from the API server's
+//! own `apiserver_request_total` metric.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, names};
-use danm_testkit::apiserver::{ApiServer, Options};
 use danm_testkit::control_plane::{ControlPlane, Options as PlaneOptions};
+use danm_testkit::fault_proxy::FaultProxy;
 use kube::api::{Api, ObjectMeta, PostParams};
-
-/// Which API server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ApiKind {
-    /// testkit's in-memory stand-in, with `--write-latency-ms` added to every write.
-    StandIn,
-    /// A real kube-apiserver and etcd (fsync on), built by testkit/k8s/build.sh.
-    Real,
-}
 
 /// What the API server served, as far as the bench counts it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,91 +22,83 @@ pub struct Counters {
     pub requests: u64,
     /// Creates, updates, patches and deletes that were applied (2xx answers).
     pub writes: u64,
-    /// Writes answered 409 (stale resourceVersion; on the real server AlreadyExists too).
+    /// Writes answered 409 (a stale resourceVersion, or AlreadyExists).
     pub conflicts: u64,
-    /// The largest write body (the stand-in only).
-    pub largest_write: Option<u64>,
-    /// Bytes of the answers (the real API server only: its `apiserver_response_sizes`).
+    /// Bytes of the answers (the API server's `apiserver_response_sizes`).
     pub response_bytes: Option<u64>,
 }
 
 /// A running API server for one bench run.
-pub enum Target {
-    /// The stand-in.
-    StandIn(ApiServer),
-    /// The real control plane.
-    Real(Box<ControlPlane>),
+pub struct Target {
+    plane: Box<ControlPlane>,
+    /// In front of the API server when a write latency is asked.
+    proxy: Option<FaultProxy>,
 }
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::StandIn(s) => write!(f, "stand-in at {}", s.url()),
-            Target::Real(p) => write!(f, "kube-apiserver at {}", p.url()),
+        match &self.proxy {
+            Some(p) => write!(
+                f,
+                "kube-apiserver at {} behind {}",
+                self.plane.url(),
+                p.url()
+            ),
+            None => write!(f, "kube-apiserver at {}", self.plane.url()),
         }
     }
 }
 
 impl Target {
-    /// Starts a fresh API server of `kind`.
-    pub async fn start(kind: ApiKind, write_latency: Duration) -> anyhow::Result<Target> {
-        Ok(match kind {
-            ApiKind::StandIn => Target::StandIn(
-                ApiServer::start(Options {
-                    write_latency,
-                    ..Options::default()
-                })
-                .await?,
-            ),
-            ApiKind::Real => Target::Real(Box::new(
-                ControlPlane::start(PlaneOptions {
-                    etcd_fsync: true,
-                    ..PlaneOptions::default()
-                })
-                .await
-                .context("starting the real control plane (testkit/k8s/build.sh builds it)")?,
-            )),
+    /// Starts a fresh control plane; with a `write_latency`, the clients and ipamd reach it
+    /// through the fault proxy, which holds every write that long before passing it on.
+    pub async fn start(write_latency: Duration) -> anyhow::Result<Target> {
+        let plane = ControlPlane::start(PlaneOptions {
+            etcd_fsync: true,
+            ..PlaneOptions::default()
+        })
+        .await
+        .context("starting the real control plane (testkit/k8s/build.sh builds it)")?;
+        let proxy = if write_latency.is_zero() {
+            None
+        } else {
+            let proxy = FaultProxy::start(&plane).await?;
+            proxy
+                .faults()
+                .write_latency_ms
+                .store(write_latency.as_millis() as u64, Ordering::Relaxed);
+            Some(proxy)
+        };
+        Ok(Target {
+            plane: Box::new(plane),
+            proxy,
         })
     }
 
     /// An administrator's client.
     pub async fn client(&self) -> kube::Client {
-        match self {
-            Target::StandIn(s) => s.client(),
-            Target::Real(p) => p.client().await,
+        match &self.proxy {
+            Some(p) => p.client(),
+            None => self.plane.client().await,
         }
     }
 
     /// Writes a kubeconfig for ipamd to `path`.
     pub fn write_kubeconfig(&self, path: &Path) -> anyhow::Result<()> {
-        match self {
-            Target::StandIn(s) => std::fs::write(path, s.kubeconfig())?,
-            Target::Real(p) => {
-                std::fs::copy(p.kubeconfig(), path)?;
+        match &self.proxy {
+            Some(p) => std::fs::write(path, p.kubeconfig())?,
+            None => {
+                std::fs::copy(self.plane.kubeconfig(), path)?;
             }
         }
         Ok(())
     }
 
-    /// The counters so far.
+    /// The counters so far, from the API server itself.
     pub async fn counters(&self) -> anyhow::Result<Counters> {
-        match self {
-            Target::StandIn(s) => {
-                let (requests, writes, largest) = s.counters();
-                Ok(Counters {
-                    requests,
-                    writes,
-                    conflicts: s.conflicts(),
-                    largest_write: Some(largest),
-                    response_bytes: None,
-                })
-            }
-            Target::Real(p) => {
-                let request = http::Request::get("/metrics").body(Vec::new())?;
-                let text = p.client().await.request_text(request).await?;
-                Ok(request_counters(&text))
-            }
-        }
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = self.plane.client().await.request_text(request).await?;
+        Ok(request_counters(&text))
     }
 }
 
@@ -299,7 +283,6 @@ apiserver_response_sizes_sum{component="apiserver",group="",resource="pods",scop
 "#;
         let c = request_counters(text);
         assert_eq!((c.requests, c.writes, c.conflicts), (17, 7, 3));
-        assert_eq!(c.largest_write, None);
         assert_eq!(c.response_bytes, Some(5096));
     }
 }

@@ -2,7 +2,8 @@
 //! `scale-bench` (what one pod's Attach, Interfaces and Detach cost as the cluster grows)
 //! and `cni-latency` (the `danm` plugin's ADD and DEL, process start to exit).
 //!
-//! * [`api`]: the API server a run works against (the stand-in, or a real control plane)
+//! * [`api`]: the API server a run works against (a fresh real control plane, with the fault
+//!   proxy in front when a write latency is asked)
 //!   and its request counters.
 //! * [`replicas`]: ipamd processes and the gRPC callers of them.
 //! * [`load`]: the fill-then-churn client load.

@@ -1,13 +1,13 @@
 //! `bench`: ipamd against DANM's algorithm, side by side, on the same Kubernetes API server
 //! and the same clients.
 //!
-//! One run starts an API server (`--api stand-in`: testkit's stand-in in this process, real
-//! HTTP on loopback, `--write-latency-ms` on every write; `--api real`: a real etcd and
-//! kube-apiserver, see [`api`]), `--replicas` real ipamd processes on it (`--store kube`),
+//! One run starts a real etcd and kube-apiserver (see [`danm_bench::api`]; with
+//! `--write-latency-ms`, testkit's fault proxy in front adds that delay to every write),
+//! `--replicas` real ipamd processes on it (`--store kube`),
 //! and `--clients` concurrent callers on one DanmNet of `--cidr`: they fill it with `--fill`
 //! allocations, then churn (release the oldest, allocate a new one) `--churn` times. Then
-//! the same load runs against DANM's algorithm ([`danm_baseline`]) on a fresh API server of
-//! the same kind. One JSON object is printed.
+//! the same load runs against DANM's algorithm ([`danm_baseline`]) on a fresh API server
+//! of the same setup. One JSON object is printed.
 
 mod danm_baseline;
 
@@ -22,7 +22,7 @@ use ipnet::Ipv4Net;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use danm_bench::api::{ApiKind, Target};
+use danm_bench::api::Target;
 use danm_bench::load::{self, LoadResult, round2};
 use danm_bench::replicas;
 
@@ -39,13 +39,10 @@ struct Args {
     /// The network's IPv4 CIDR (the pool is all of it).
     #[arg(long, default_value = "10.64.0.0/16")]
     cidr: Ipv4Net,
-    /// The API server: `stand-in` (testkit's, in this process, with --write-latency-ms) or
-    /// `real` (etcd and kube-apiserver built by testkit/k8s/build.sh; needs Go the first time).
-    #[arg(long, value_enum, default_value = "stand-in")]
-    api: ApiKind,
-    /// Delay the API stand-in adds to every write, in milliseconds (an etcd commit); not
-    /// used with --api real, where etcd's own commit latency applies.
-    #[arg(long, default_value_t = 5)]
+    /// Delay added to every write, in milliseconds, by testkit's fault proxy in front of the
+    /// API server (0: none, the clients talk to the API server directly, and etcd's own
+    /// commit latency is the write latency).
+    #[arg(long, default_value_t = 0)]
     write_latency_ms: u64,
     /// Allocations of the fill phase.
     #[arg(long, default_value_t = 5000)]
@@ -86,11 +83,8 @@ async fn main() -> anyhow::Result<()> {
             "replicas": args.replicas,
             "clients": args.clients,
             "cidr": args.cidr.to_string(),
-            "api": match args.api {
-                ApiKind::StandIn => "stand-in",
-                ApiKind::Real => "real kube-apiserver and etcd (fsync on)",
-            },
-            "write_latency_ms": (args.api == ApiKind::StandIn).then_some(args.write_latency_ms),
+            "api": "real kube-apiserver and etcd (fsync on)",
+            "added_write_latency_ms": args.write_latency_ms,
             "fill": args.fill,
             "churn": args.churn,
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
@@ -118,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn api_server(args: &Args) -> anyhow::Result<Target> {
-    Target::start(args.api, Duration::from_millis(args.write_latency_ms)).await
+    Target::start(Duration::from_millis(args.write_latency_ms)).await
 }
 
 async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
@@ -189,7 +183,6 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
     out["rounds"] = json!(rounds);
     out["shards"] = json!(shards.len());
     out["largest_object_bytes"] = json!(largest_shard);
-    out["largest_write_bytes"] = json!(after.largest_write);
     out["peak_rss_mib"] = json!(
         peak_rss
             .iter()
@@ -224,7 +217,6 @@ async fn run_danm(args: &Args) -> anyhow::Result<Value> {
     out["api_conflicts"] = json!(after.conflicts - before.conflicts);
     out["retries"] = json!(baseline.retries.load(std::sync::atomic::Ordering::Relaxed));
     out["largest_object_bytes"] = json!(baseline.object_bytes().await?);
-    out["largest_write_bytes"] = json!(after.largest_write);
     out["label"] = json!(
         "reference implementation of nokia/danm pkg/ipam's algorithm, written for this bench"
     );

@@ -1,4 +1,4 @@
-//! ipamd as the bench runs it: `n` real `ipamd --store kube` processes on one stand-in, and
+//! ipamd as the bench runs it: `n` real `ipamd --store kube` processes on one API server, and
 //! the [`Ipam`] that calls them over gRPC (caller `i` always talks to replica `i % n`).
 
 use std::path::{Path, PathBuf};

@@ -18,10 +18,7 @@
 //! * [`metrics_doc`]: keeps `docs/metrics.md` naming every series the binaries serve.
 //! * [`image`]: container images assembled from files (a docker archive, as `docker save`
 //!   writes), since no container engine runs here and no registry is reachable.
-//! * [`apiserver`]: the in-memory API stand-in, kept for the bench, which compares its
-//!   figures with the real API server's, and for the tests that pin where the two agree.
 
-pub mod apiserver;
 pub mod cni;
 pub mod control_plane;
 pub mod fault_proxy;

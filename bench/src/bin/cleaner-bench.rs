@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use danm_bench::api::{ApiKind, Target, preload_danmeps};
+use danm_bench::api::{Target, preload_danmeps};
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::json;
@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
             cleaner.display()
         );
     }
-    let server = Target::start(ApiKind::Real, Duration::ZERO).await?;
+    let server = Target::start(Duration::ZERO).await?;
     let client = server.client().await;
     danm_bench::api::namespaces_and_danmnet(&client, &[NAMESPACE], NETWORK).await?;
     let node = Node {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use danm_bench::api::{ApiKind, Counters, Target};
+use danm_bench::api::{Counters, Target};
 use danm_bench::replicas;
 use danm_bench::stats::{Latencies, round2};
 use danm_crds::{DanmEp, DanmEpSpec};
@@ -24,10 +24,6 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The API server: `real` (etcd and kube-apiserver built by testkit/k8s/build.sh) or
-    /// `stand-in`.
-    #[arg(long, value_enum, default_value = "real")]
-    api: ApiKind,
     /// Numbers of DanmEps of other pods to pre-load, one run each.
     #[arg(long, value_delimiter = ',', default_value = "100,10000,100000")]
     endpoints: Vec<usize>,
@@ -63,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let report = json!({
         "setup": {
-            "api": format!("{:?}", args.api),
+            "api": "real kube-apiserver and etcd (fsync on)",
             "pods": args.pods,
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
         },
@@ -74,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args, ipamd: &std::path::Path, endpoints: usize) -> anyhow::Result<Value> {
-    let server = Target::start(args.api, Duration::ZERO).await?;
+    let server = Target::start(Duration::ZERO).await?;
     let client = server.client().await;
     danm_bench::api::namespaces_and_danmnet(&client, &[NAMESPACE, "danm-system"], NETWORK).await?;
     let started = Instant::now();

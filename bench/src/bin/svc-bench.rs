@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use danm_bench::api::{ApiKind, Target, namespaces_and_danmnet, preload_danmeps};
+use danm_bench::api::{Target, namespaces_and_danmnet, preload_danmeps};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
             binary.display()
         );
     }
-    let server = Target::start(ApiKind::Real, Duration::ZERO).await?;
+    let server = Target::start(Duration::ZERO).await?;
     let client = server.client().await;
     namespaces_and_danmnet(&client, &[NS], NS).await?;
     let api = Api::<Pod>::namespaced(client.clone(), NS);
