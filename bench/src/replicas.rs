@@ -110,7 +110,7 @@ pub async fn start(
             ])
             .args(["--start-hint", &hint.to_string()])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

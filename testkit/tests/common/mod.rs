@@ -1,6 +1,5 @@
-//! The API-server behaviours our components rely on, written once and run against both the
-//! real API server (`real_api_server.rs`) and the stand-in the bench uses (`stand_in.rs`),
-//! so that the stand-in is held to what the real server does.
+//! The API-server behaviours our components rely on, each a function of a client, run
+//! against the real API server by `real_api_server.rs`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -380,9 +379,4 @@ pub async fn objects_over_the_size_limits_are_refused(client: kube::Client, ns: 
     assert_eq!(api_code(e).0, 413);
     let e = api.get("big").await.unwrap_err();
     assert_eq!(api_code(e).0, 404, "nothing was stored");
-}
-
-/// Kind metadata as the API reports it.
-pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).into_owned()
 }
