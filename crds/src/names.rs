@@ -1,9 +1,11 @@
-//! Every label and annotation name the suite writes or reads on Kubernetes objects: the
-//! wire contract between ipamd, the webhook, the CNI, the cleaner, the watchers and
-//! `showalloc`, in one place. (The gRPC request-id header is in `danm_proto::client`.)
+//! The label and annotation names that more than one component writes or reads on pods,
+//! networks, DanmEps and AllocationShards: the wire contract between ipamd, the webhook, the
+//! cleaner, the watchers and `showalloc`, in one place. Names one component keeps to itself
+//! stay with it: svcwatcher's Service annotations and `managed-by` value
+//! (`danm_core::services`, `watchers/src/svcwatcher`), danm-certs' CA annotations
+//! (`danm_certs`). The gRPC request-id header is in `danm_proto::client`.
 
-/// The pod annotation that lists a pod's network connections (DANM's `danm.k8s.io/interfaces`
-/// is read too).
+/// The pod annotation that lists a pod's network connections.
 pub const INTERFACES_ANNOTATION: &str = "danm.io/interfaces";
 
 /// On DanmEps and AllocationShards (ipamd): the network's kind.

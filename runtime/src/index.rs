@@ -65,23 +65,40 @@ pub fn follow<K>(
     api: Api<K>,
     kind: &'static str,
     synced: std::sync::Arc<Synced>,
-    mut apply: impl FnMut(Change<K>) + Send + 'static,
+    apply: impl FnMut(Change<K>) + Send + 'static,
 ) -> tokio::task::AbortHandle
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    follow_map(api, kind, synced, |object| object, apply)
+}
+
+/// As [`follow`], with every object turned by `convert` into what the index keeps as soon
+/// as it arrives: a relist then buffers only the converted values, never every object of
+/// the kind in full.
+pub fn follow_map<K, V>(
+    api: Api<K>,
+    kind: &'static str,
+    synced: std::sync::Arc<Synced>,
+    convert: impl Fn(K) -> V + Send + 'static,
+    mut apply: impl FnMut(Change<V>) + Send + 'static,
+) -> tokio::task::AbortHandle
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+    V: Send + 'static,
 {
     tokio::spawn(async move {
         let mut stream = watcher(api, watcher::Config::default())
             .default_backoff()
             .boxed();
-        let mut relist: Option<Vec<K>> = None;
+        let mut relist: Option<Vec<V>> = None;
         let mut first = true;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Init) => relist = Some(Vec::new()),
                 Ok(watcher::Event::InitApply(object)) => {
                     if let Some(buffer) = relist.as_mut() {
-                        buffer.push(object);
+                        buffer.push(convert(object));
                     }
                 }
                 Ok(watcher::Event::InitDone) => {
@@ -94,8 +111,8 @@ where
                         }
                     }
                 }
-                Ok(watcher::Event::Apply(object)) => apply(Change::Applied(object)),
-                Ok(watcher::Event::Delete(object)) => apply(Change::Deleted(object)),
+                Ok(watcher::Event::Apply(object)) => apply(Change::Applied(convert(object))),
+                Ok(watcher::Event::Delete(object)) => apply(Change::Deleted(convert(object))),
                 Err(e) => tracing::warn!(kind, error = %e, "watch failed, retrying"),
             }
         }

@@ -8,8 +8,10 @@
 //! reads a `watch` channel of "am I leading", so it is tested without an API server.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio::sync::watch;
 
 use crate::RuntimeError;
@@ -24,8 +26,8 @@ pub struct LeaseArgs {
     /// Namespace of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub namespace: String,
-    /// Name of the Lease that elects the one active replica (default: the binary's name,
-    /// `danm-cleaner` or `danm-svcwatcher`).
+    /// Name of the Lease that elects the one active replica (default: `danm-cleaner` for
+    /// the cleaner, `danm-svcwatcher` for svcwatcher).
     #[arg(long)]
     pub lease: Option<String>,
     /// This replica's identity in the Lease (default: the pod name, else the host name).
@@ -114,6 +116,18 @@ enum Stop {
     Shutdown,
 }
 
+/// Logs a term's panic, if it panicked.
+fn log_panic(identity: &str, outcome: Result<(), Box<dyn std::any::Any + Send>>) {
+    if let Err(panic) = outcome {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%identity, panic = %what, "the term panicked");
+    }
+}
+
 fn task_gone(lease: &str) -> RuntimeError {
     RuntimeError::Lease {
         lease: lease.to_owned(),
@@ -124,8 +138,10 @@ fn task_gone(lease: &str) -> RuntimeError {
 /// Runs `term` each time `leading` turns true, until `shutdown` completes: a term is told to
 /// end when `leading` turns false or `shutdown` completes, and is awaited to the end; a term
 /// that returns by itself while leading is started again after [`RESTART_DELAY`]. Dropping
-/// `leading` (on return) is what lets the Lease task release the Lease. Fails only when the
-/// Lease task is gone (`leading`'s sender dropped) while this replica waits for the Lease.
+/// `leading` (on return) is what lets the Lease task release the Lease. A term that panics
+/// is logged and, like one that returns, started again after the delay. Fails when the
+/// Lease task is gone (`leading`'s sender dropped), whether this replica waits for the Lease
+/// or holds it (its term is ended first).
 pub async fn lead<T, F>(
     identity: &str,
     lease: &str,
@@ -139,6 +155,11 @@ where
 {
     tokio::pin!(shutdown);
     loop {
+        // The last value stays readable once the sender is gone: a dead Lease task must not
+        // look like a held Lease.
+        if leading.has_changed().is_err() {
+            return Err(task_gone(lease));
+        }
         while !*leading.borrow_and_update() {
             tracing::info!(%identity, %lease, "waiting for the Lease");
             tokio::select! {
@@ -148,10 +169,14 @@ where
         }
         tracing::info!(%identity, %lease, "holding the Lease: term starts");
         let (end, ending) = watch::channel(false);
-        let running = term(TermEnding(ending));
+        // A panicking term is caught, as a spawned task's would be: logged, then restarted.
+        let running = AssertUnwindSafe(term(TermEnding(ending))).catch_unwind();
         tokio::pin!(running);
         let stop = tokio::select! {
-            _ = &mut running => Stop::ReturnedByItself,
+            outcome = &mut running => {
+                log_panic(identity, outcome);
+                Stop::ReturnedByItself
+            }
             lost = lease_lost(&mut leading) => match lost {
                 Ok(()) => Stop::LeaseLost,
                 Err(()) => Stop::LeaseTaskGone,
@@ -160,7 +185,7 @@ where
         };
         if stop != Stop::ReturnedByItself {
             end.send_replace(true);
-            running.await;
+            log_panic(identity, running.await);
         }
         match stop {
             Stop::Shutdown => {
@@ -336,6 +361,45 @@ mod tests {
         assert_eq!(
             *starts.lock().unwrap(),
             [Duration::ZERO, RESTART_DELAY, RESTART_DELAY * 2]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_term_that_panics_is_started_again_after_the_delay() {
+        let starts = Arc::new(Mutex::new(0));
+        let (_leading, rx) = watch::channel(true);
+        let term = {
+            let starts = Arc::clone(&starts);
+            move |_ending: TermEnding| {
+                *starts.lock().unwrap() += 1;
+                async { panic!("the controller broke") }
+            }
+        };
+        let shutdown = tokio::time::sleep(RESTART_DELAY + RESTART_DELAY / 2);
+        lead("me", "ns/lease", rx, shutdown, term).await.unwrap();
+        assert_eq!(*starts.lock().unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_term_starts_once_the_lease_task_died_during_the_restart_delay() {
+        let starts = Arc::new(Mutex::new(0));
+        let (leading, rx) = watch::channel(true);
+        let term = {
+            let starts = Arc::clone(&starts);
+            move |_ending: TermEnding| {
+                *starts.lock().unwrap() += 1;
+                async {}
+            }
+        };
+        let task = tokio::spawn(lead("me", "ns/lease", rx, std::future::pending(), term));
+        tokio::time::sleep(RESTART_DELAY / 2).await;
+        drop(leading);
+        let err = task.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("ns/lease"), "{err}");
+        assert_eq!(
+            *starts.lock().unwrap(),
+            1,
+            "no term after the Lease task died"
         );
     }
 

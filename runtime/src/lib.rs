@@ -3,8 +3,8 @@
 //!
 //! * [`logging`]: `tracing` to standard error, as text or JSON, filtered by `RUST_LOG`
 //!   (default `info`);
-//! * [`kube_client`]: a client from `--kubeconfig`, else the in-cluster config,
-//!   `$KUBECONFIG` or `~/.kube/config`;
+//! * [`kube_client`]: a client from `--kubeconfig`, else `$KUBECONFIG` or `~/.kube/config`,
+//!   else the in-cluster config;
 //! * [`serve_admin`]: the admin server, `/metrics` (Prometheus text), `/healthz` and
 //!   `/readyz`, on a port of its own;
 //! * [`main`]: a binary's async body run, and its outcome turned into the exit status;
@@ -74,7 +74,7 @@ pub enum LogFormat {
 /// into the binary's arguments).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    /// Kubeconfig file (default: $KUBECONFIG or ~/.kube/config, else the in-cluster config).
     #[arg(long)]
     pub kubeconfig: Option<std::path::PathBuf>,
     /// Log format (logs go to standard error): `text` or `json`.
@@ -105,8 +105,8 @@ pub fn logging(format: LogFormat) {
     }
 }
 
-/// A Kubernetes client from `kubeconfig`, else the in-cluster config, `$KUBECONFIG` or
-/// `~/.kube/config`.
+/// A Kubernetes client from `kubeconfig`, else `$KUBECONFIG` or `~/.kube/config`, else the
+/// in-cluster config (kube's `Config::infer` order).
 pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, RuntimeError> {
     let fail = |e: &dyn std::fmt::Display| RuntimeError::Kubeconfig(e.to_string());
     let config = match kubeconfig {
@@ -120,7 +120,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, Runt
         }
         None => kube::Config::infer().await.map_err(|e| {
             RuntimeError::Kubeconfig(format!(
-                "none found (in-cluster, $KUBECONFIG or ~/.kube/config): {e}"
+                "none found ($KUBECONFIG, ~/.kube/config or in-cluster): {e}"
             ))
         })?,
     };

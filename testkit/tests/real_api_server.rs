@@ -1,5 +1,5 @@
 //! The real API server of the test control plane: the behaviours our components rely on
-//! (shared with the stand-in's tests in `common/`), and what only a real control plane has:
+//! (written as functions of a client in `common/`), and what only a real control plane has:
 //! CRD schemas and printer columns, pagination, field selectors refused where a custom
 //! resource does not support them, the initial-events bookmark, the garbage collector,
 //! RBAC for users and ServiceAccounts, and the fault proxy in front of it all. Also: the

@@ -55,7 +55,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_CONNECTIONS: usize = 4096;
 /// See [`MAX_CONNECTIONS`].
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
-/// How long a client may take over its TLS handshake.
 /// Concurrent HTTP/2 requests per connection: what Go's HTTP/2 client (the API server's)
 /// assumes before it has read our SETTINGS. A lower limit makes it send streams we must
 /// refuse, which it retries only after a second.

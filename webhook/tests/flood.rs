@@ -243,7 +243,8 @@ async fn a_flood_from_the_node_network_reserves_nothing_and_starves_nothing() {
             "answered in plaintext"
         );
     }
-    // The refusals are counted (the handshake's just after the connection is closed).
+    // The refusals are counted (the failed handshake just after the connection is closed;
+    // its series exists from the first connection on, at 0).
     let scrape = || async {
         reqwest::get(format!("http://{}/metrics", bed.admin))
             .await
@@ -252,14 +253,25 @@ async fn a_flood_from_the_node_network_reserves_nothing_and_starves_nothing() {
             .await
             .unwrap()
     };
+    let failed_handshakes = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("danm_webhook_refused_total{reason=\"handshake\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let mut metrics = scrape().await;
     for _ in 0..50 {
-        if metrics.contains("reason=\"handshake\"") {
+        if failed_handshakes(&metrics) > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         metrics = scrape().await;
     }
+    assert!(
+        failed_handshakes(&metrics) > 0,
+        "the plaintext client's handshake was not counted: {metrics}"
+    );
     for reason in ["unauthenticated", "too_large", "connections", "handshake"] {
         assert!(
             metrics.contains(&format!(

@@ -62,7 +62,7 @@ struct Args {
     /// Run again and again, this long apart, until SIGTERM (default: run once).
     #[arg(long, env = "DANM_CERTS_EVERY", value_parser = certs::parse_renew_before)]
     every: Option<Duration>,
-    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    /// Kubeconfig file (default: $KUBECONFIG or ~/.kube/config, else the in-cluster config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Log format (logs go to standard error): `text` or `json`.

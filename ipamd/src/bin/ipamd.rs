@@ -31,8 +31,8 @@ struct Args {
     /// the folder are kept.
     #[arg(long, env = "IPAMD_NETWORKS")]
     networks: Option<PathBuf>,
-    /// Kubeconfig file, with --store kube or --node-identity sa-token (default: in-cluster
-    /// config, else $KUBECONFIG or ~/.kube/config).
+    /// Kubeconfig file, with --store kube or --node-identity sa-token (default: $KUBECONFIG
+    /// or ~/.kube/config, else the in-cluster config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// ipamd's own namespace (with --store kube, ClusterNetwork shards live here).

@@ -16,14 +16,14 @@ pub enum OpenError {
     UnknownStore(String),
     /// `--store kube` without a usable Kubernetes client configuration.
     #[error("--store kube: {0}")]
-    NoKubeConfig(#[source] danm_runtime::RuntimeError),
+    NoKubeConfig(danm_runtime::RuntimeError),
     /// The store file cannot be opened.
     #[error(transparent)]
     File(#[from] FileError),
 }
 
 /// Opens a store from its command-line form: `memory`, `file:PATH` or `kube` (with
-/// `kubeconfig`, else the in-cluster configuration, `$KUBECONFIG` or `~/.kube/config`);
+/// `kubeconfig`, else `$KUBECONFIG` or `~/.kube/config`, else the in-cluster configuration);
 /// `namespace` is ipamd's own.
 pub async fn open(
     spec: &str,

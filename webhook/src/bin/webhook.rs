@@ -69,7 +69,7 @@ struct Args {
     /// a moment after it is stored).
     #[arg(long, env = "WEBHOOK_MAX_PENDING_PER_NAMESPACE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_pending_per_namespace: u64,
-    /// Kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    /// Kubeconfig file (default: $KUBECONFIG or ~/.kube/config, else the in-cluster config).
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
     /// Log format (to standard error).

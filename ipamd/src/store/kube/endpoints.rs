@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use danm_core::OwnerKey;
 use danm_crds::DanmEp;
-use danm_runtime::index::{Change, Synced, follow};
+use danm_runtime::index::{Change, Synced, follow_map};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
@@ -102,30 +102,35 @@ impl EndpointCache {
             synced: Arc::new(Synced::new(1)),
         });
         let fed = Arc::clone(&cache);
-        let task = follow(
+        // Each DanmEp becomes its small record as it arrives: a relist never holds every
+        // DanmEp in full.
+        let task = follow_map(
             Api::<DanmEp>::all(client),
             "DanmEp",
             Arc::clone(&cache.synced),
+            |ep| {
+                (
+                    (ep.namespace().unwrap_or_default(), ep.name_any()),
+                    readable(ep),
+                )
+            },
             move |change| fed.apply(change),
         );
         (cache, task)
     }
 
-    fn apply(&self, change: Change<DanmEp>) {
+    fn apply(&self, change: Change<(ObjectRef, Option<EndpointRecord>)>) {
         match change {
             Change::Relisted(endpoints) => {
                 let mut fresh = Index::default();
-                for record in endpoints.into_iter().filter_map(readable) {
+                for record in endpoints.into_iter().filter_map(|(_, record)| record) {
                     fresh.insert(record);
                 }
                 *self.index.write().expect("lock") = fresh;
             }
-            Change::Applied(ep) => {
-                if let Some(record) = readable(ep) {
-                    self.insert(record);
-                }
-            }
-            Change::Deleted(ep) => self.remove(&ep.namespace().unwrap_or_default(), &ep.name_any()),
+            Change::Applied((_, Some(record))) => self.insert(record),
+            Change::Applied((_, None)) => {}
+            Change::Deleted(((namespace, name), _)) => self.remove(&namespace, &name),
         }
     }
 
