@@ -61,12 +61,7 @@ impl Tenants {
             for attempt in 0..self.config.attempts {
                 let mut config = bounded(api.get(&name)).await.map_err(|e| e.of(&name))?;
                 // Read after the TenantConfig: a TenantNetwork created since is carried.
-                let carried: HashSet<String> = self
-                    .networks
-                    .state()
-                    .iter()
-                    .filter_map(|tn| tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned())
-                    .collect();
+                let carried = self.carried_tokens();
                 let now = jiff::Timestamp::now();
                 let grace = self.config.grace;
                 // Expired and carried by no TenantNetwork the watch knows: confirmed with a

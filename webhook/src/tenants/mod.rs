@@ -211,6 +211,16 @@ impl std::fmt::Debug for Tenants {
 }
 
 impl Tenants {
+    /// The reservation tokens the stored TenantNetworks carry (a reservation whose token no
+    /// TenantNetwork carries is pending, or leaked).
+    fn carried_tokens(&self) -> HashSet<String> {
+        self.networks
+            .state()
+            .iter()
+            .filter_map(|tn| tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned())
+            .collect()
+    }
+
     /// Starts the watches of TenantConfigs and TenantNetworks and the reconciliation.
     pub fn start(
         client: Client,
@@ -366,12 +376,7 @@ impl Tenants {
             _ => (*snapshot).clone(),
         };
         // Tokens the stored TenantNetworks carry: a reservation without one is pending.
-        let carried: HashSet<String> = self
-            .networks
-            .state()
-            .iter()
-            .filter_map(|tn| tn.annotations().get(VNI_RESERVATION_ANNOTATION).cloned())
-            .collect();
+        let carried = self.carried_tokens();
         for attempt in 0..self.config.attempts {
             let mut working = config.clone();
             // The grace period counts from the write: the network is stored just after.
