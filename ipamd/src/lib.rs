@@ -18,18 +18,26 @@
 //! * [`authz`]: who may call what (node-scoped, by client certificate or token).
 //! * [`service`]: the `danm.ipam.v1.Ipam` gRPC service.
 //! * [`server`]: serves it with gRPC health and reflection.
-//! * [`showalloc`]: the showalloc CLI (DANM's format), from the API or from ipamd.
+//! * [`cli`]: the command-line tools, showalloc (DANM's format, from the API or from ipamd)
+//!   and ipamctl.
+//! * [`run`]: the composition root of the `ipamd` binary: flags, TLS, store, engine,
+//!   reclaimer, one metrics registry, server.
+//!
+//! Every binary's `main` is one call into [`run`] or [`cli`]; those two are the binaries'
+//! bodies and, as binaries do, report errors with `anyhow`. The layers below have typed
+//! errors.
 
 pub mod authz;
+pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod networks;
 pub mod observe;
 pub mod registry;
+pub mod run;
 pub mod server;
 pub mod service;
-pub mod showalloc;
 pub mod store;
 pub mod tls;
 pub mod tokens;

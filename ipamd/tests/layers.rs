@@ -23,7 +23,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("authorization", &["authz"]),
     ("gRPC service", &["service"]),
     ("server", &["server"]),
-    ("command-line tools", &["showalloc"]),
+    (
+        "command-line tools and the composition root",
+        &["cli", "run"],
+    ),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
@@ -116,4 +119,28 @@ fn every_module_uses_only_lower_layers() {
         }
     }
     assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+}
+
+/// Every binary's `main` is one call into the library (`run` or `cli`): what a binary does
+/// is read, and tested, in the layers above.
+#[test]
+fn every_binary_is_a_few_lines() {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin");
+    let mut long = Vec::new();
+    for entry in std::fs::read_dir(&bin).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
+            .count();
+        if code > 5 {
+            long.push(format!("{}: {code} lines of code", path.display()));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "a binary's body belongs in the library (`run` or `cli`):\n{}",
+        long.join("\n")
+    );
 }

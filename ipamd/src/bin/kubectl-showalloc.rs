@@ -2,5 +2,5 @@
 //! the PATH with the arguments after `showalloc`).
 
 fn main() -> std::process::ExitCode {
-    danm_ipamd::showalloc::cli::main()
+    danm_ipamd::cli::showalloc::cli::main()
 }
