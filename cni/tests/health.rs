@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Ipamd;
+use common::{Ipamd, start_ipamd};
 use danm_ipamd::networks::parse_manifests;
 
 fn health(args: &[&str]) -> (i32, String) {
@@ -54,7 +54,7 @@ async fn put(ipamd: &Ipamd, yaml: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_network_is_serving_only_once_a_valid_default_network_is_served() {
-    let ipamd = Ipamd::start(&network("other", "10.70.0.0/24")).await;
+    let ipamd = start_ipamd(&network("other", "10.70.0.0/24")).await;
     let address = ipamd.addr.to_string();
 
     // ipamd allocates, but a pod with no annotation would find no network.

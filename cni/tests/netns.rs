@@ -11,16 +11,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
-use danm_ipamd::engine::Engine;
 use danm_ipamd::store::Store;
-use danm_ipamd::worker::WorkerConfig;
+use danm_testkit::netns::{ip, unique};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_macvlan_interfaces_add_check_del() {
-    let (a, b) = (Veth::new(), Veth::new());
-    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
-    let ns = Netns::new();
+    let (a, b) = (veth(), veth());
+    let ipamd = start_ipamd(&networks(&a.name, &b.name)).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let conf = danm_conf(
         &ipamd.url(),
@@ -87,7 +86,7 @@ async fn two_macvlan_interfaces_add_check_del() {
         rules6.contains(&format!("from {pr6_ip} lookup 200")),
         "{rules6}"
     );
-    assert_eq!(ipamd.allocated().await, 4);
+    assert_eq!(allocated(&ipamd).await, 4);
 
     let check = danm("CHECK", "c-two", &ns.path(), &conf).await;
     assert!(check.ok, "CHECK failed: {} {}", check.stdout, check.stderr);
@@ -101,7 +100,7 @@ async fn two_macvlan_interfaces_add_check_del() {
             "{family} rule removed"
         );
     }
-    assert_eq!(ipamd.allocated().await, 0, "addresses released");
+    assert_eq!(allocated(&ipamd).await, 0, "addresses released");
     let again = danm("DEL", "c-two", &ns.path(), &conf).await;
     assert!(again.ok, "a second DEL succeeds: {}", again.stdout);
     // CHECK of a container that holds nothing: code 3.
@@ -123,8 +122,8 @@ async fn add_check_del_with_ipamd_on_the_real_api_server() {
     let plane = ControlPlane::shared().await;
     let namespace = plane.namespace("cni").await;
     let ipamd_namespace = plane.namespace("danm-system").await;
-    let parent = Veth::new();
-    let netns = Netns::new();
+    let parent = veth();
+    let netns = netns();
     plane
         .kubectl_apply(&format!(
             "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {{name: kube, namespace: {namespace}}}\nspec:\n  NetworkID: kube\n  NetworkType: macvlan\n  Options: {{host_device: {}, cidr: 10.57.0.0/24, net6: 'fd00:57::/64', container_prefix: kb}}\n",
@@ -138,14 +137,8 @@ async fn add_check_del_with_ipamd_on_the_real_api_server() {
         .unwrap();
     let client = plane.client().await;
     let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone(), &ipamd_namespace).await);
-    let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(danm_ipamd::server::serve(
-        Arc::clone(&engine),
-        listener,
-        std::future::pending(),
-    ));
+    let ipamd = ipamd_on(store).await;
+    let url = ipamd.url();
     let dir = tempfile::tempdir().unwrap();
     // No `args`: the interfaces come from the pod's annotation, through ipamd.
     let conf = json!({
@@ -196,7 +189,8 @@ async fn add_check_del_with_ipamd_on_the_real_api_server() {
             .is_empty()
     );
     assert!(
-        engine
+        ipamd
+            .engine
             .list_allocations(None)
             .await
             .unwrap()
@@ -207,9 +201,9 @@ async fn add_check_del_with_ipamd_on_the_real_api_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_add_whose_second_interface_fails_leaves_nothing() {
-    let (a, b) = (Veth::new(), Veth::new());
-    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
-    let ns = Netns::new();
+    let (a, b) = (veth(), veth());
+    let ipamd = start_ipamd(&networks(&a.name, &b.name)).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let conf = danm_conf(
         &ipamd.url(),
@@ -225,14 +219,14 @@ async fn an_add_whose_second_interface_fails_leaves_nothing() {
         "{details}"
     );
     assert_eq!(ns.links(), ["lo"], "no link left behind");
-    assert_eq!(ipamd.allocated().await, 0, "no allocation left behind");
+    assert_eq!(allocated(&ipamd).await, 0, "no allocation left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_nothing() {
-    let (a, b) = (Veth::new(), Veth::new());
-    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
-    let ns = Netns::new();
+    let (a, b) = (veth(), veth());
+    let ipamd = start_ipamd(&networks(&a.name, &b.name)).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
 
     // Malformed stdin.
@@ -283,8 +277,8 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
         dir.path(),
         json!([{"network": "tiny", "ip": "dynamic"}]),
     );
-    let ns2 = Netns::new();
-    let ns3 = Netns::new();
+    let ns2 = netns();
+    let ns3 = netns();
     // Results come in the version the configuration asks for.
     let mut old = tiny.clone();
     old["cniVersion"] = json!("0.4.0");
@@ -309,7 +303,7 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
     assert!(t2.stdout["ips"][0].get("version").is_none());
     let full = danm("ADD", "c-t3", &ns.path(), &tiny).await;
     expect_error(&full, 100, "exhausted");
-    assert_eq!(ipamd.allocated().await, 2);
+    assert_eq!(allocated(&ipamd).await, 2);
     // The error names the CNI call's request id, which ipamd's log line of the refusal
     // carries: one id from the runtime's log to ipamd's.
     let details = full.stdout["details"].as_str().unwrap_or_default();
@@ -343,14 +337,14 @@ async fn bad_input_full_pool_and_unreachable_ipamd_are_cni_errors_that_change_no
 
     // None of these changed anything in the namespace.
     assert_eq!(ns.links(), ["lo"]);
-    assert_eq!(ipamd.allocated().await, 2);
+    assert_eq!(allocated(&ipamd).await, 2);
 
     // DEL after the namespace is gone (the runtime removed it first) still releases.
     let ns2_path = ns2.path();
     drop(ns2);
     let del = danm("DEL", "c-t1", &ns2_path, &tiny).await;
     assert!(del.ok, "{} {}", del.stdout, del.stderr);
-    assert_eq!(ipamd.allocated().await, 1);
+    assert_eq!(allocated(&ipamd).await, 1);
 
     // VERSION and STATUS.
     let version = danm("VERSION", "", "", &json!({"cniVersion": "1.1.0"})).await;
@@ -397,12 +391,12 @@ async fn delegation_to_the_bridge_plugin_takes_its_address_from_ipamd() {
         Path::new(PLUGINS).join("bridge").is_file(),
         "{PLUGINS}/bridge missing: apt-get install containernetworking-plugins"
     );
-    let (a, b) = (Veth::new(), Veth::new());
-    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
-    let ns = Netns::new();
+    let (a, b) = (veth(), veth());
+    let ipamd = start_ipamd(&networks(&a.name, &b.name)).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let bridge = unique("dbr");
-    let _cleanup = HostLink(bridge.clone());
+    let _cleanup = HostLink::adopt(&bridge);
     std::fs::write(
         dir.path().join("br.conf"),
         json!({"cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": bridge,
@@ -426,10 +420,10 @@ async fn delegation_to_the_bridge_plugin_takes_its_address_from_ipamd() {
         !address.contains("192.168.99."),
         "host-local was replaced: {address}"
     );
-    assert_eq!(ipamd.allocated().await, 1);
+    assert_eq!(allocated(&ipamd).await, 1);
     let del = danm("DEL", "c-br", &ns.path(), &conf).await;
     assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
-    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(allocated(&ipamd).await, 0);
     assert_eq!(ns.links(), ["lo"]);
     // DEL gets the ADD's configuration (danm-ipam, not the file's host-local, which would
     // have opened its store for network br on the host).
@@ -444,9 +438,9 @@ async fn the_macvlan_plugin_uses_danm_ipam_directly() {
         "{} missing: apt-get install containernetworking-plugins",
         macvlan.display()
     );
-    let (a, b) = (Veth::new(), Veth::new());
-    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
-    let ns = Netns::new();
+    let (a, b) = (veth(), veth());
+    let ipamd = start_ipamd(&networks(&a.name, &b.name)).await;
+    let ns = netns();
     let conf = json!({
         "cniVersion": "1.0.0", "name": "direct", "type": "macvlan", "master": a.name,
         "ipam": {"type": "danm-ipam", "ipamd": ipamd.url(), "network": "direct"}
@@ -489,10 +483,10 @@ async fn the_macvlan_plugin_uses_danm_ipam_directly() {
         .unwrap();
         assert!(out.ok, "{command}: {} {}", out.stdout, out.stderr);
     }
-    assert_eq!(ipamd.allocated().await, 1, "GC kept the valid attachment");
+    assert_eq!(allocated(&ipamd).await, 1, "GC kept the valid attachment");
     let del = run("DEL", conf.clone(), ns.path()).await.unwrap();
     assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
-    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(allocated(&ipamd).await, 0);
     assert!(
         run("DEL", conf, ns.path()).await.unwrap().ok,
         "a second DEL succeeds"
@@ -502,10 +496,10 @@ async fn the_macvlan_plugin_uses_danm_ipam_directly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "kernel without ipvlan: this machine's kernel has no ipvlan links (the request itself is unit-tested in danm_netlink::socket)"]
 async fn an_ipvlan_interface_is_built_in_the_pod_namespace() {
-    let (a, b) = (Veth::new(), Veth::new());
+    let (a, b) = (veth(), veth());
     let yaml = networks(&a.name, &b.name).replace("NetworkType: macvlan", "NetworkType: ipvlan");
-    let ipamd = Ipamd::start(&yaml).await;
-    let ns = Netns::new();
+    let ipamd = start_ipamd(&yaml).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let conf = danm_conf(
         &ipamd.url(),
@@ -516,20 +510,20 @@ async fn an_ipvlan_interface_is_built_in_the_pod_namespace() {
     assert!(add.ok, "ADD failed: {} {}", add.stdout, add.stderr);
     assert!(ns.ip(&["-d", "link", "show", "eth0"]).contains("ipvlan"));
     assert!(danm("DEL", "c-ipvlan", &ns.path(), &conf).await.ok);
-    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(allocated(&ipamd).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vxlan_network_hangs_its_interface_off_netwatchers_vx_link() {
-    let veth = Veth::new();
+    let veth = veth();
     // netwatcher's link for NetworkID "vxn", VNI 42 (created here as netwatcher would).
     let vx = "vx_vxn";
     let _ = Command::new("ip").args(["link", "del", vx]).status();
-    let _cleanup = HostLink(vx.to_owned());
-    sh(&[
+    let _cleanup = HostLink::adopt(vx);
+    ip(&[
         "link", "add", vx, "type", "vxlan", "id", "42", "dstport", "4789", "dev", &veth.name,
     ]);
-    sh(&["link", "set", vx, "up"]);
+    ip(&["link", "set", vx, "up"]);
     let yaml = format!(
         r#"
 apiVersion: danm.io/v1
@@ -545,8 +539,8 @@ spec:
 "#,
         veth.name
     );
-    let ipamd = Ipamd::start(&yaml).await;
-    let ns = Netns::new();
+    let ipamd = start_ipamd(&yaml).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let conf = danm_conf(
         &ipamd.url(),
@@ -558,7 +552,7 @@ spec:
     let details = ns.ip(&["-d", "link", "show", "eth0"]);
     assert!(details.contains("macvlan"), "{details}");
     // eth0@ifN: N is the parent's index in the host namespace, which must be vx_vxn's.
-    let host: Value = serde_json::from_str(&sh(&["-j", "link", "show", vx])).unwrap();
+    let host: Value = serde_json::from_str(&ip(&["-j", "link", "show", vx])).unwrap();
     let parent = host[0]["ifindex"].as_u64().unwrap();
     assert!(
         details.contains(&format!("eth0@if{parent}:")),
@@ -567,7 +561,7 @@ spec:
     assert!(ns.ip(&["addr", "show", "eth0"]).contains("10.57.0."));
     let del = danm("DEL", "c-vx", &ns.path(), &conf).await;
     assert!(del.ok, "DEL failed: {}", del.stdout);
-    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(allocated(&ipamd).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,12 +572,12 @@ async fn a_conflist_chain_runs_in_order_with_danm_ipam_in_its_first_plugin() {
             "{PLUGINS}/{plugin} missing: apt-get install containernetworking-plugins"
         );
     }
-    let (a, b) = (Veth::new(), Veth::new());
-    let ipamd = Ipamd::start(&networks(&a.name, &b.name)).await;
-    let ns = Netns::new();
+    let (a, b) = (veth(), veth());
+    let ipamd = start_ipamd(&networks(&a.name, &b.name)).await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let bridge = unique("dbr");
-    let _cleanup = HostLink(bridge.clone());
+    let _cleanup = HostLink::adopt(&bridge);
     std::fs::write(
         dir.path().join("chain.conflist"),
         json!({"cniVersion": "1.0.0", "name": "chain", "plugins": [
@@ -608,6 +602,6 @@ async fn a_conflist_chain_runs_in_order_with_danm_ipam_in_its_first_plugin() {
     );
     let del = danm("DEL", "c-chain", &ns.path(), &conf).await;
     assert!(del.ok, "DEL failed: {} {}", del.stdout, del.stderr);
-    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(allocated(&ipamd).await, 0);
     assert_eq!(ns.links(), ["lo"]);
 }

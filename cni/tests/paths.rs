@@ -148,8 +148,8 @@ spec:
 "#,
         bed.path("outside/marker").display()
     );
-    let ipamd = Ipamd::start(&yaml).await;
-    let ns = Netns::new();
+    let ipamd = start_ipamd(&yaml).await;
+    let ns = netns();
     std::fs::write(
         bed.path("net.d/evil.conf"),
         r#"{"cniVersion":"1.0.0","name":"evil"}"#,
@@ -165,7 +165,7 @@ spec:
     let msg = add.stdout.to_string();
     assert!(msg.contains("spec.NetworkType"), "{msg}");
     assert!(!bed.marker_ran(), "the marker ran");
-    assert_eq!(ipamd.allocated().await, 0);
+    assert_eq!(allocated(&ipamd).await, 0);
     assert_eq!(ns.links(), ["lo"]);
 }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use common::*;
 use danm_cni::previous::cache_entry;
+use danm_testkit::netns::{require_root, unique};
 use serde_json::{Value, json};
 
 const CID: &str = "c-before-danm";
@@ -73,12 +74,12 @@ async fn a_container_attached_before_danm_gets_its_del_from_the_network_that_att
         Path::new(PLUGINS).join("bridge").is_file(),
         "{PLUGINS}/bridge missing: apt-get install containernetworking-plugins"
     );
-    let ipamd = Ipamd::start("").await;
-    let ns = Netns::new();
+    let ipamd = start_ipamd("").await;
+    let ns = netns();
     let dir = tempfile::tempdir().unwrap();
     let (cache, data) = (dir.path().join("cache"), dir.path().join("host-local"));
     let bridge = unique("fbr");
-    let _bridge = HostLink(bridge.clone());
+    let _bridge = HostLink::adopt(&bridge);
     let list = flannel_like(&bridge, &data);
     let address = attach_before_danm(&list, &ns, &cache).await;
     let reservation = data.join("cbr0").join(&address);
@@ -118,7 +119,7 @@ fn cache_a_network_whose_plugin_is_gone(cache: &Path) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() {
-    let ipamd = Ipamd::start("").await;
+    let ipamd = start_ipamd("").await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let entry = cache_a_network_whose_plugin_is_gone(&cache);
@@ -139,7 +140,7 @@ async fn a_previous_network_whose_del_fails_fails_the_del_and_keeps_its_entry() 
 /// here the cached network would fail, so only the marker lets the nested DEL succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nested_del_does_not_run_previous_networks_again() {
-    let ipamd = Ipamd::start("").await;
+    let ipamd = start_ipamd("").await;
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let entry = cache_a_network_whose_plugin_is_gone(&cache);

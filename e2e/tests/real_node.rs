@@ -17,7 +17,7 @@ use danm_crds::DanmEp;
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::{eventually, pod_ip, ready};
-use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, node_config, start_node};
+use danm_e2e::real_node::bed::{default_network, diagnose, host_link, node_config, start_node};
 use danm_e2e::real_node::{Containerd, HostSnapshot, PAUSE_IMAGE, RealNode, RealNodeConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
@@ -76,7 +76,7 @@ async fn containerd_2_starts_a_pod_whose_network_danm_built_and_deletes_it_leavi
 async fn a_pod_lives_and_goes(cluster: Cluster, containerd: Containerd) {
     danm_e2e::pods::init_logs();
     let host_before = HostSnapshot::take();
-    let link = HostLink::create();
+    let link = host_link();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
     let node = start_node(&cluster, containerd).await;
     let diagnose = || diagnose(&cluster, &node);
@@ -159,7 +159,7 @@ async fn an_ipamd_outage_keeps_the_node_ready_and_new_pods_wait_for_it() {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
-    let link = HostLink::create();
+    let link = host_link();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
     let node = RealNode::start(
         &cluster.plane,
@@ -325,7 +325,7 @@ async fn a_runtime_restart_loses_nothing_and_a_statefulset_pod_keeps_its_static_
     let _serial = SERIAL.lock().await;
     let containerd = Containerd::debian();
     let cluster = Cluster::start_for_real_nodes().await;
-    let link = HostLink::create();
+    let link = host_link();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
     let mut node = start_node(&cluster, containerd).await;
     let client = cluster.plane.client().await;

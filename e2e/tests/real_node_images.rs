@@ -20,7 +20,7 @@ use danm_e2e::cluster::{Cluster, binary};
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::phase_when_done;
 use danm_e2e::real_node::Containerd;
-use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, start_node};
+use danm_e2e::real_node::bed::{default_network, diagnose, host_link, start_node};
 use danm_e2e::real_node::images::{INSTALLER_IMAGE, daemon_images, deploy_images, repository_file};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::Api;
@@ -154,7 +154,7 @@ async fn the_images_run_as_deploy_base_runs_them_and_the_installer_installs_danm
     );
     let containerd = Containerd::debian();
     let cluster = Cluster::start_for_real_nodes().await;
-    let link = HostLink::create();
+    let link = host_link();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 20));
     let node = start_node(&cluster, containerd).await;
     for image in deploy_images() {

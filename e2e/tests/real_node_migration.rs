@@ -102,7 +102,7 @@ async fn a_node_moves_from_flannel_to_danm_and_keeps_its_pods() {
     let before = HostSnapshot::take();
     let bridge = unique("dmf");
     ip(&["link", "add", &bridge, "type", "bridge"]);
-    let _bridge = HostLink(bridge.clone());
+    let _bridge = HostLink::adopt(&bridge);
     ip(&["link", "set", &bridge, "up"]);
     let services = ServiceProxy::start(&plane, &bridge).await;
     let node = RealNode::start_bare(&plane, Containerd::debian(), "real-1").await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::ready;
-use danm_e2e::real_node::bed::{HostLink, default_network, node_config};
+use danm_e2e::real_node::bed::{default_network, host_link, node_config};
 use danm_e2e::real_node::{Containerd, RealNode, RealNodeConfig};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -54,7 +54,7 @@ async fn a_hundred_pods_start_and_go_through_kubelet_and_the_cni_share_is_report
     );
     let cluster = Cluster::start_for_real_nodes().await;
     let containerd = Containerd::built(&cluster.plane);
-    let link = HostLink::create();
+    let link = host_link();
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&link, 250));
     let node = RealNode::start(
         &cluster.plane,

@@ -13,7 +13,7 @@ use danm_e2e::cluster::Cluster;
 use danm_e2e::fabric::is_root;
 use danm_e2e::pods::{phase_when_done, ready};
 use danm_e2e::real_node::Containerd;
-use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, start_node};
+use danm_e2e::real_node::bed::{HostLink, default_network, diagnose, host_link, start_node};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
@@ -46,7 +46,7 @@ spec:
   clusterIP: None
   ports: [{{name: check, port: 5555, protocol: TCP}}]
 "#,
-        host = link.0
+        host = link.name
     )
 }
 
@@ -107,7 +107,7 @@ async fn a_client_container_reaches_a_server_container_through_svcwatchers_slice
     );
     let containerd = Containerd::debian();
     let cluster = Cluster::start_for_real_nodes().await;
-    let (management, data) = (HostLink::create(), HostLink::create());
+    let (management, data) = (host_link(), host_link());
     cluster.kubectl(&["apply", "-f", "-"], &default_network(&management, 20));
     cluster.kubectl(&["apply", "-f", "-"], &internal_network(&data));
     let node = start_node(&cluster, containerd).await;

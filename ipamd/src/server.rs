@@ -37,6 +37,61 @@ pub async fn serve(
     serve_with_tls(engine, listener, None, shutdown).await
 }
 
+/// An engine served by a task of this process on a loopback port, plaintext, every caller
+/// allowed: ipamd embedded in a test, a bench or a demo. Dropped, it stops serving;
+/// [`LocalServer::stop`] also waits for the server to end.
+#[derive(Debug)]
+pub struct LocalServer {
+    /// Where it listens (`127.0.0.1`, a free port).
+    pub addr: std::net::SocketAddr,
+    /// The engine it serves.
+    pub engine: Arc<Engine>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl LocalServer {
+    /// Serves `engine` on a free loopback port.
+    pub async fn start(engine: Arc<Engine>) -> std::io::Result<LocalServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(Arc::clone(&engine), listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(LocalServer {
+            addr,
+            engine,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// `http://<addr>`, as a client is given it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving (calls in flight are answered) and waits for the server to end.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// How to serve, beyond the engine and its listener.
 #[derive(Debug, Default)]
 pub struct ServeOptions {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::{Ipamd, add_networks, alloc, dnet, owner};
+use common::{Ipamd, add_networks, alloc, client, dnet, owner, start_ipamd};
 use danm_core::{Family, NetworkKey, NetworkKind};
 use danm_ipamd::store::file::FileStore;
 use danm_ipamd::store::memory::MemoryStore;
@@ -52,7 +52,7 @@ spec:
 
 async fn start(store: Arc<dyn Store>) -> Ipamd {
     add_networks(store.as_ref(), NETS).await;
-    Ipamd::start(store).await
+    start_ipamd(store).await
 }
 
 fn addr(cidr: &str) -> String {
@@ -68,7 +68,7 @@ async fn sixty_four_callers_fill_a_24_exactly_then_restart_keeps_everything() {
     // 64 concurrent callers, 5 owners each: 320 requests for 254 addresses.
     let mut tasks = Vec::new();
     for caller in 0..64 {
-        let mut client = ipamd.client().await;
+        let mut client = client(&ipamd).await;
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for i in 0..5 {
@@ -107,11 +107,11 @@ async fn sixty_four_callers_fill_a_24_exactly_then_restart_keeps_everything() {
         "320 requests committed in {rounds} rounds, {} shard writes",
         metrics.shard_writes.get()
     );
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 
     // Restart on the same file: everything is still allocated, retries are idempotent.
-    let ipamd = Ipamd::start(common::reopen(&path).await).await;
-    let mut client = ipamd.client().await;
+    let ipamd = start_ipamd(common::reopen(&path).await).await;
+    let mut client = client(&ipamd).await;
     let err = client
         .allocate(alloc("net24", "newcomer", "dynamic", ""))
         .await
@@ -149,13 +149,13 @@ async fn sixty_four_callers_fill_a_24_exactly_then_restart_keeps_everything() {
         listed += 1;
     }
     assert_eq!(listed, 254);
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_frees_and_stale_release_frees_nothing() {
     let ipamd = start(Arc::new(MemoryStore::new())).await;
-    let mut c = ipamd.client().await;
+    let mut c = client(&ipamd).await;
     let first = c
         .allocate(alloc("net24", "old", "10.20.0.7", ""))
         .await
@@ -194,13 +194,13 @@ async fn release_frees_and_stale_release_frees_nothing() {
         "{}",
         taken.message()
     );
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_none_and_dual_stack_follow_danm() {
     let ipamd = start(Arc::new(MemoryStore::new())).await;
-    let mut c = ipamd.client().await;
+    let mut c = client(&ipamd).await;
     // Dual stack in one request; dynamic v4 comes from the narrowed pool.
     let r = c
         .allocate(alloc("dual", "d1", "dynamic", "dynamic"))
@@ -276,14 +276,14 @@ async fn static_none_and_dual_stack_follow_danm() {
         listed.iter().all(|l| l.endpoint.is_some()),
         "nothing held without a record"
     );
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_and_change_nothing() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let ipamd = start(Arc::clone(&store)).await;
-    let mut c = ipamd.client().await;
+    let mut c = client(&ipamd).await;
     let cases: Vec<(pb::AllocateRequest, Code, &str)> = vec![
         (
             alloc("nosuchnet", "x", "dynamic", ""),
@@ -377,7 +377,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         assert!(store.list_shards(&key).await.unwrap().is_empty());
     }
     assert!(store.list_endpoints().await.unwrap().is_empty());
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,7 +386,7 @@ async fn corrupt_shard_is_refused_by_name_and_other_shards_keep_serving() {
     let path = dir.path().join("ipamd.redb");
     let store: Arc<dyn Store> = Arc::new(FileStore::open(&path).unwrap());
     let ipamd = start(Arc::clone(&store)).await;
-    let mut c = ipamd.client().await;
+    let mut c = client(&ipamd).await;
     // Two shards of the /16: 10.64.0.x (shard 0) and 10.64.4.x (shard 1).
     c.allocate(alloc("big", "a", "10.64.0.5", ""))
         .await
@@ -394,7 +394,7 @@ async fn corrupt_shard_is_refused_by_name_and_other_shards_keep_serving() {
     c.allocate(alloc("big", "b", "10.64.4.5", ""))
         .await
         .unwrap();
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 
     // Flip one payload character of shard 0 behind ipamd's back.
     let key = ShardKey {
@@ -414,8 +414,8 @@ async fn corrupt_shard_is_refused_by_name_and_other_shards_keep_serving() {
         .unwrap();
     drop(store);
 
-    let ipamd = Ipamd::start(common::reopen(&path).await).await;
-    let mut c = ipamd.client().await;
+    let ipamd = start_ipamd(common::reopen(&path).await).await;
+    let mut c = client(&ipamd).await;
     let e = c
         .allocate(alloc("big", "c", "10.64.0.9", ""))
         .await
@@ -450,7 +450,7 @@ async fn corrupt_shard_is_refused_by_name_and_other_shards_keep_serving() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(ipamd.engine.metrics.corrupt_shards.get() >= 1);
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,7 +459,7 @@ async fn concurrent_retries_of_one_owner_get_one_address() {
     let ipamd = start(Arc::clone(&store)).await;
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let mut c = ipamd.client().await;
+        let mut c = client(&ipamd).await;
         tasks.push(tokio::spawn(async move {
             c.allocate(alloc("big", "same-owner", "dynamic", ""))
                 .await
@@ -479,14 +479,14 @@ async fn concurrent_retries_of_one_owner_get_one_address() {
     );
     let listed = ipamd.engine.list_allocations(None).await.unwrap();
     assert_eq!(listed.len(), 1, "and nothing else is held");
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_shard_and_record_is_reclaimed_after_the_grace_period() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let ipamd = start(Arc::clone(&store)).await;
-    let mut c = ipamd.client().await;
+    let mut c = client(&ipamd).await;
     c.allocate(alloc("net24", "kept", "10.20.0.10", ""))
         .await
         .unwrap();
@@ -528,7 +528,7 @@ async fn a_crash_between_shard_and_record_is_reclaimed_after_the_grace_period() 
         engine.reclaim_orphans(grace).await.unwrap().is_empty(),
         "recorded allocations are never reclaimed"
     );
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }
 
 /// CNI GC covers one node's attachments: an unscoped Gc is refused to a caller that is not
@@ -541,8 +541,8 @@ async fn gc_frees_only_the_named_hosts_attachments() {
         "apiVersion: danm.io/v1\nkind: DanmNet\nmetadata: {name: gcnet, namespace: default}\nspec: {NetworkID: gcnet, NetworkType: macvlan, Options: {cidr: 10.61.0.0/24}}\n",
     )
     .await;
-    let ipamd = Ipamd::start(store).await;
-    let mut client = ipamd.client().await;
+    let ipamd = start_ipamd(store).await;
+    let mut client = client(&ipamd).await;
     for (cid, host) in [("on-h1", "h1"), ("also-h1", "h1"), ("on-h2", "h2")] {
         let mut request = alloc("gcnet", cid, "dynamic", "");
         request.owner.as_mut().unwrap().host = host.into();
@@ -577,5 +577,5 @@ async fn gc_frees_only_the_named_hosts_attachments() {
         left,
         HashSet::from(["also-h1".to_owned(), "on-h2".to_owned()])
     );
-    ipamd.stop().await;
+    ipamd.stop().await.unwrap();
 }

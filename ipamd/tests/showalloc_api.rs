@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use danm_ipamd::engine::{Engine, EngineConfig};
+use danm_ipamd::server::LocalServer;
 use danm_ipamd::store::Store;
 use danm_ipamd::store::kube::KubeStore;
 use danm_proto::v1 as pb;
@@ -41,13 +42,8 @@ async fn showalloc_reads_the_api_while_ipamd_is_down_and_runs_as_a_kubectl_plugi
     let ipamd_client = danm_testkit::identity::client_for(plane, "ipamd", &[]).await;
     let store: Arc<dyn Store> = Arc::new(KubeStore::new(ipamd_client, &ipamd_ns).await);
     let engine = Engine::start(store, EngineConfig::default()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(danm_ipamd::server::serve(engine, listener, async {
-        let _ = stopped.await;
-    }));
-    let mut ipamd = IpamClient::connect(url).await.unwrap();
+    let server = LocalServer::start(engine).await.unwrap();
+    let mut ipamd = IpamClient::connect(server.url()).await.unwrap();
     let network = Some(pb::NetworkRef {
         kind: pb::NetworkKind::ClusterNetwork as i32,
         namespace: String::new(),
@@ -74,8 +70,7 @@ async fn showalloc_reads_the_api_while_ipamd_is_down_and_runs_as_a_kubectl_plugi
             .unwrap();
     }
     drop(ipamd);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await.unwrap();
 
     let showalloc = |program: &str, args: &[&str]| {
         let out = Command::new(program)

@@ -12,7 +12,9 @@
 //! * [`fixtures`]: manifests modelled on DANM's examples, written in this repository.
 //! * [`identity`]: the identity a component under test acts as: the administrator, or
 //!   (with `DANM_TESTS_AS_SERVICE_ACCOUNTS`) its ServiceAccount and RBAC from `deploy/base`.
+//! * [`netns`]: network namespaces and host links, unique per process, deleted on drop.
 //! * [`process`]: child processes killed however a test ends, and free loopback ports.
+//! * [`pods`]: pods bound to a node whose container never runs, made Ready or not.
 //! * [`pki`]: test CAs and the server and client certificates they issue, as PEM files.
 //! * [`cni`]: a CNI plugin binary run as a container runtime runs it.
 //! * [`metrics_doc`]: keeps `docs/metrics.md` naming every series the binaries serve.
@@ -26,7 +28,9 @@ pub mod fixtures;
 pub mod identity;
 pub mod image;
 pub mod metrics_doc;
+pub mod netns;
 pub mod pki;
+pub mod pods;
 pub mod process;
 pub mod webhook;
 

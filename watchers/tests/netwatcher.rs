@@ -10,6 +10,7 @@ use danm_core::hostlinks::{LinkParams, ObservedLink, group_v4};
 use danm_netlink::Netlink;
 use danm_netlink::host::Observed;
 use danm_testkit::control_plane::ControlPlane;
+use danm_testkit::netns::Netns;
 use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
@@ -17,38 +18,21 @@ use kube::api::{Api, ListParams};
 /// A network namespace with a veth pair: `ens-nw` (198.18.10.1/24, left down: netwatcher
 /// brings a parent up) and its peer.
 struct Node {
-    name: String,
+    netns: Netns,
 }
 
 impl Node {
     fn new(tag: &str) -> Node {
-        let name = format!("nw-{tag}-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "-n", &name, "link", "add", "ens-nw", "type", "veth", "peer", "name", "ens-peer",
+        let netns = Netns::new(&format!("nw{tag}"));
+        netns.ip(&[
+            "link", "add", "ens-nw", "type", "veth", "peer", "name", "ens-peer",
         ]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            "198.18.10.1/24",
-            "dev",
-            "ens-nw",
-        ]);
-        Node { name }
+        netns.ip(&["addr", "add", "198.18.10.1/24", "dev", "ens-nw"]);
+        Node { netns }
     }
 
     fn path(&self) -> std::path::PathBuf {
-        std::path::PathBuf::from(format!("/var/run/netns/{}", self.name))
+        self.netns.path().into()
     }
 
     fn links(&self) -> NodeLinks {
@@ -56,19 +40,7 @@ impl Node {
     }
 
     fn delete_link(&self, link: &str) {
-        let status = Command::new("ip")
-            .args(["-n", &self.name, "link", "del", link])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        self.netns.ip(&["link", "del", link]);
     }
 }
 
@@ -195,7 +167,7 @@ async fn vxlan_links_follow_the_networks_and_are_reconciled() {
     let replaced = (0..10).any(|_| {
         let ip = |args: &[&str]| {
             Command::new("ip")
-                .args(["-n", &node.name])
+                .args(["-n", &node.netns.name])
                 .args(args)
                 .status()
                 .unwrap()

@@ -14,7 +14,7 @@ use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::identity;
 use danm_testkit::process::{KillOnDrop, free_addr};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Endpoints, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 
@@ -62,28 +62,7 @@ async fn pod(
     let created = pods
         .create(
             &PostParams::default(),
-            &Pod {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    labels: Some(
-                        labels
-                            .iter()
-                            .map(|(k, v)| ((*k).into(), (*v).into()))
-                            .collect(),
-                    ),
-                    ..Default::default()
-                },
-                spec: Some(PodSpec {
-                    node_name: Some("node-1".into()),
-                    containers: vec![Container {
-                        name: "busybox".into(),
-                        image: Some("busybox:latest".into()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            &danm_testkit::pods::pod(name, "node-1", labels),
         )
         .await
         .unwrap();
@@ -117,15 +96,7 @@ async fn pod(
 }
 
 async fn set_ready(client: &kube::Client, name: &str, ready: bool) {
-    let status = if ready { "True" } else { "False" };
-    Api::<Pod>::namespaced(client.clone(), NS)
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": status}]}
-            })),
-        )
+    danm_testkit::pods::set_ready(&Api::namespaced(client.clone(), NS), name, ready)
         .await
         .unwrap();
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Parser;
 use danm_bench::api::{Target, preload_danmeps};
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::json;
 
@@ -186,22 +186,7 @@ async fn create_pods(client: &kube::Client, count: usize) -> anyhow::Result<Vec<
     let api = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
-        let pod = Pod {
-            metadata: ObjectMeta {
-                name: Some(format!("pod-{i}")),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some(NODE.into()),
-                containers: vec![Container {
-                    name: "app".into(),
-                    image: Some("registry.invalid/app:1".into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let pod = danm_testkit::pods::pod(&format!("pod-{i}"), NODE, &[]);
         let created = api.create(&PostParams::default(), &pod).await?;
         out.push((format!("pod-{i}"), created.metadata.uid.unwrap_or_default()));
     }

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use clap::Parser;
 use danm_bench::api::{Target, namespaces_and_danmnet, preload_danmeps};
+use danm_testkit::pods;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 /// Times svcwatcher on one Service selecting many pods.
@@ -93,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let after_deletes = writes(&admin).await?;
     for i in args.changes..2 * args.changes {
-        set_ready(&api, &format!("pod-{i}"), false).await?;
+        pods::set_ready(&api, &format!("pod-{i}"), false).await?;
         let not_ready = i - args.changes + 1;
         wait_endpoints(&client, |_, nr| nr == not_ready).await?;
     }
@@ -115,37 +116,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn create_ready_pod(api: &Api<Pod>, name: &str) -> anyhow::Result<(String, String)> {
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some([("app".to_owned(), "bench".to_owned())].into()),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some("bench-node".into()),
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some("registry.invalid/app:1".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod = pods::pod(name, "bench-node", &[("app", "bench")]);
     let created = api.create(&PostParams::default(), &pod).await?;
-    set_ready(api, name, true).await?;
+    pods::set_ready(api, name, true).await?;
     Ok((name.to_owned(), created.metadata.uid.unwrap_or_default()))
-}
-
-async fn set_ready(api: &Api<Pod>, name: &str, ready: bool) -> anyhow::Result<()> {
-    let status = if ready { "True" } else { "False" };
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"conditions": [{"type": "Ready", "status": status}]}})),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Waits until the Service's slices hold (endpoints, not ready) satisfying `done`.

@@ -15,13 +15,14 @@ use std::time::Duration;
 use danm_cleaner::metrics::Metrics;
 use danm_cleaner::{Freer, PassConfig, Report, Sightings};
 use danm_ipamd::engine::{Engine, EngineConfig};
+use danm_ipamd::server::LocalServer;
 use danm_ipamd::store::Store;
 use danm_ipamd::store::kube::KubeStore;
 use danm_proto::client::Settings;
 use danm_proto::v1 as pb;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::identity;
-use k8s_openapi::api::core::v1::{Container, Node, NodeCondition, NodeStatus, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, Pod};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 
 /// The cleaner sees the whole cluster: the tests of this binary take turns.
@@ -40,7 +41,7 @@ pub struct Bed {
     /// `http://127.0.0.1:port`.
     pub ipamd_url: String,
     pub ipamd: danm_proto::client::Client,
-    _server: tokio::task::JoinHandle<()>,
+    _server: LocalServer,
 }
 
 impl Bed {
@@ -57,13 +58,8 @@ impl Bed {
             .await
             .unwrap();
         let engine = Engine::start(store, EngineConfig::default()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ipamd_url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            danm_ipamd::server::serve(engine, listener, std::future::pending())
-                .await
-                .unwrap();
-        });
+        let server = LocalServer::start(engine).await.unwrap();
+        let ipamd_url = server.url();
         let ipamd = danm_proto::client::connect(&Settings::new(&ipamd_url, "cleaner-test"))
             .await
             .unwrap();
@@ -176,23 +172,7 @@ impl Bed {
 
     /// A pod bound to `node`; its UID.
     pub async fn pod(&self, name: &str, node: &str) -> String {
-        let pod = Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(self.ns.clone()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some(node.into()),
-                containers: vec![Container {
-                    name: "app".into(),
-                    image: Some("registry.invalid/app:1".into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let pod = danm_testkit::pods::pod(name, node, &[]);
         Api::<Pod>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &pod)
             .await

@@ -4,10 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use danm_ipamd::engine::Engine;
@@ -18,111 +15,16 @@ use serde_json::{Value, json};
 
 pub const PLUGINS: &str = "/usr/lib/cni";
 
-/// A name unique to this process and call (interface names are at most 15 bytes).
-pub fn unique(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}{}",
-        std::process::id() % 10_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Uid:")
-                .map(|v| v.split_whitespace().next().unwrap().to_owned())
-        })
-        .unwrap();
-    assert_eq!(
-        uid, "0",
-        "these tests build interfaces in network namespaces: run them as root (CI does)"
-    );
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new() -> Netns {
-        require_root();
-        let name = unique("danmt");
-        sh(&["netns", "add", &name]);
-        Netns { name }
-    }
-    pub fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.name)
-    }
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        sh(&all)
-    }
-    pub fn links(&self) -> Vec<String> {
-        let v: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_owned())
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
+pub use danm_testkit::netns::{HostLink, Netns};
 
 /// A veth pair in the host namespace, both ends up; `name` is the parent to use.
-pub struct Veth {
-    pub name: String,
+pub fn veth() -> HostLink {
+    HostLink::veth("dv")
 }
 
-impl Veth {
-    pub fn new() -> Veth {
-        require_root();
-        let name = unique("dv");
-        let peer = format!("{name}p");
-        sh(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-        sh(&["link", "set", &name, "up"]);
-        sh(&["link", "set", &peer, "up"]);
-        Veth { name }
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.name])
-            .status();
-    }
-}
-
-/// A host link deleted on drop.
-pub struct HostLink(pub String);
-
-impl Drop for HostLink {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
+/// A network namespace for one test's pod.
+pub fn netns() -> Netns {
+    Netns::new("danmt")
 }
 
 /// The log of the ipamds of this process (every test's), kept to be searched.
@@ -153,36 +55,28 @@ pub fn capture_ipamd_log() {
     });
 }
 
-/// ipamd in this process, on a memory store with `yaml`'s networks.
-pub struct Ipamd {
-    pub addr: SocketAddr,
-    pub engine: Arc<Engine>,
+/// ipamd in this process.
+pub use danm_ipamd::server::LocalServer as Ipamd;
+
+/// ipamd in this process on `store`, its log captured.
+pub async fn ipamd_on(store: Arc<dyn Store>) -> Ipamd {
+    capture_ipamd_log();
+    let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
+    Ipamd::start(engine).await.unwrap()
 }
 
-impl Ipamd {
-    pub async fn start(yaml: &str) -> Ipamd {
-        capture_ipamd_log();
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        for net in danm_ipamd::networks::parse_manifests(yaml).unwrap() {
-            store.put_network(net).await.unwrap();
-        }
-        let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(danm_ipamd::server::serve(
-            Arc::clone(&engine),
-            listener,
-            std::future::pending(),
-        ));
-        Ipamd { addr, engine }
+/// ipamd in this process on a memory store with `yaml`'s networks.
+pub async fn start_ipamd(yaml: &str) -> Ipamd {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    for net in danm_ipamd::networks::parse_manifests(yaml).unwrap() {
+        store.put_network(net).await.unwrap();
     }
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-    /// Addresses held by anyone.
-    pub async fn allocated(&self) -> usize {
-        self.engine.list_allocations(None).await.unwrap().len()
-    }
+    ipamd_on(store).await
+}
+
+/// Addresses held by anyone.
+pub async fn allocated(ipamd: &Ipamd) -> usize {
+    ipamd.engine.list_allocations(None).await.unwrap().len()
 }
 
 /// What a plugin call printed and how it ended.

@@ -4,39 +4,14 @@
 
 use super::{Containerd, RealNode, RealNodeConfig};
 use crate::cluster::{Cluster, binary};
-use crate::fabric::{ip, unique};
 
 /// A veth pair in the host's namespace whose first end the pods' macvlans ride on
 /// (containerd runs `danm` in the host's namespace); removed on drop.
-#[derive(Debug)]
-pub struct HostLink(pub String);
+pub use danm_testkit::netns::HostLink;
 
-impl HostLink {
-    /// Creates the pair, both ends up.
-    pub fn create() -> HostLink {
-        let name = unique("drn");
-        ip(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{name}p"),
-        ]);
-        ip(&["link", "set", &name, "up"]);
-        ip(&["link", "set", &format!("{name}p"), "up"]);
-        HostLink(name)
-    }
-}
-
-impl Drop for HostLink {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "delete", &self.0])
-            .status();
-    }
+/// Creates the host link of a real-node scenario, both ends up.
+pub fn host_link() -> HostLink {
+    HostLink::veth("drn")
 }
 
 /// `00-danm.conf` as `deploy/images/install-cni.sh` renders the template for a node
@@ -83,7 +58,7 @@ spec:
     cidr: 198.18.7.0/24
     allocation_pool: {{start: 198.18.7.10, end: 198.18.7.{last}}}
 "#,
-        host = link.0
+        host = link.name
     )
 }
 

@@ -59,7 +59,7 @@ spec:
     cidr: 198.18.8.0/24
     allocation_pool: {{start: 198.18.8.10, end: 198.18.8.60}}
 "#,
-        host = link.0
+        host = link.name
     )
 }
 
@@ -79,8 +79,8 @@ pub struct BareBed {
 impl BareBed {
     /// Starts the bed on `plane`.
     pub async fn start(plane: &ControlPlane) -> BareBed {
-        let link = HostLink::create();
-        let gateway_link = format!("{}p", link.0);
+        let link = super::bed::host_link();
+        let gateway_link = format!("{}p", link.name);
         ip(&[
             "addr",
             "add",

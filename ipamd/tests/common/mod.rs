@@ -8,48 +8,20 @@ use danm_ipamd::store::Store;
 use danm_ipamd::worker::WorkerConfig;
 use danm_proto::v1 as pb;
 use danm_proto::v1::ipam_client::IpamClient;
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// A running in-process ipamd.
-pub struct Ipamd {
-    pub addr: std::net::SocketAddr,
-    pub engine: Arc<Engine>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), danm_ipamd::server::ServeError>>>,
+pub use danm_ipamd::server::LocalServer as Ipamd;
+
+/// An in-process ipamd on `store`.
+pub async fn start_ipamd(store: Arc<dyn Store>) -> Ipamd {
+    let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
+    Ipamd::start(engine).await.unwrap()
 }
 
-impl Ipamd {
-    pub async fn start(store: Arc<dyn Store>) -> Ipamd {
-        let engine = Engine::start(store, WorkerConfig::default()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(danm_ipamd::server::serve(
-            Arc::clone(&engine),
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ipamd {
-            addr,
-            engine,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub async fn client(&self) -> IpamClient<Channel> {
-        IpamClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
+/// A client of `ipamd`.
+pub async fn client(ipamd: &Ipamd) -> IpamClient<Channel> {
+    IpamClient::connect(ipamd.url()).await.unwrap()
 }
 
 /// Puts the networks of a YAML text into a store.
