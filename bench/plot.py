@@ -46,7 +46,7 @@ def svg(points, path):
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="14">Allocations per second against concurrent clients (3 replicas, /16, 5 ms writes)</text>',
+        f'<text x="{left}" y="22" font-size="14">Allocations per second against concurrent clients (3 replicas, /16, real API server)</text>',
     ]
     decade = lo
     while decade <= hi:

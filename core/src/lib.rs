@@ -23,6 +23,8 @@
 //!   decisions).
 //! * [`services`]: which Services are DANM's and the EndpointSlices each should have
 //!   (svcwatcher's decisions).
+//! * [`netpol`]: which DanmNetworkPolicies isolate which interface of a pod and what they
+//!   allow there (the policer's decisions).
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
@@ -36,6 +38,7 @@ pub mod layout;
 pub mod leak;
 pub mod migrate;
 pub mod names;
+pub mod netpol;
 pub mod network;
 pub mod owner;
 pub mod policy;

@@ -8,6 +8,8 @@
 //! * [`TenantConfig`] (cluster scoped): interface profiles and NetworkID mappings for tenants.
 //!   Its fields sit at the top level of the object, as in DANM, not under `spec`.
 //! * [`DanmEp`] (namespaced): one record per pod interface.
+//! * [`DanmNetworkPolicy`] (namespaced): Kubernetes' NetworkPolicy on every interface of a
+//!   pod, enforced by the policer (DANM's was `danm.k8s.io`'s, in danm-utils).
 //! * [`AllocationShard`] (namespaced, new): one slice of one address family of one network,
 //!   holding a roaring bitmap of the allocated addresses and a CRC32 of its payload.
 //!
@@ -17,10 +19,12 @@
 //! `crds/manifests/`, and a test fails when the checked-in YAML drifts from these types.
 
 pub mod names;
+mod netpol;
 mod network;
 mod shard;
 mod tenant_config;
 
+pub use netpol::*;
 pub use network::*;
 pub use shard::*;
 pub use tenant_config::*;
@@ -41,6 +45,7 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("TenantConfig.yaml", tenant_config_crd()),
         ("DanmEp.yaml", DanmEp::crd()),
         ("AllocationShard.yaml", AllocationShard::crd()),
+        ("DanmNetworkPolicy.yaml", DanmNetworkPolicy::crd()),
     ]
 }
 

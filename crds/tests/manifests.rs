@@ -126,6 +126,7 @@ fn crds_have_danms_names_and_short_names() {
             vec!["ashard", "ash"],
             "Namespaced",
         ),
+        ("danmnetworkpolicies.danm.io", vec!["dnetpol"], "Namespaced"),
     ];
     for (name, short, scope) in expect {
         let found = names

@@ -79,6 +79,19 @@ impl Netns {
         ip(&all)
     }
 
+    /// Runs `work` on a thread inside the namespace (the sockets it opens live there);
+    /// what it returns.
+    pub fn within<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = std::fs::File::open(self.path()).expect("the namespace's file");
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("entering the namespace");
+            work()
+        })
+        .join()
+        .expect("the thread in the namespace")
+    }
+
     /// The names of its links.
     pub fn links(&self) -> Vec<String> {
         let links: serde_json::Value =

@@ -78,6 +78,7 @@ fn both_overlays_build_with_every_object() {
                 "tenantconfigs.danm.io",
                 "danmeps.danm.io",
                 "allocationshards.danm.io",
+                "danmnetworkpolicies.danm.io",
             ],
         );
         has("Namespace", &["danm-system"]);

@@ -1,0 +1,72 @@
+//! Label selectors, as Kubernetes evaluates them: every `matchLabels` pair and every
+//! `matchExpressions` requirement must hold; an empty selector matches everything.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// A selector Kubernetes would refuse; it matches nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// An operator other than In, NotIn, Exists and DoesNotExist.
+    #[error(
+        "matchExpressions[{index}].operator: {operator:?} is not In, NotIn, Exists or DoesNotExist"
+    )]
+    Operator {
+        /// The requirement's index.
+        index: usize,
+        /// The operator.
+        operator: String,
+    },
+    /// In or NotIn with no value, or Exists or DoesNotExist with some.
+    #[error("matchExpressions[{index}].values: {operator} must have {}", if *.must_have { "at least one value" } else { "no values" })]
+    Values {
+        /// The requirement's index.
+        index: usize,
+        /// The operator.
+        operator: String,
+        /// Whether the operator needs values.
+        must_have: bool,
+    },
+}
+
+/// Whether `selector` matches `labels`; an invalid selector is an error.
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, SelectorError> {
+    let mut matches = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    for (index, requirement) in selector.match_expressions.iter().flatten().enumerate() {
+        let values = requirement.values.as_deref().unwrap_or_default();
+        let value = labels.get(&requirement.key);
+        let operator = requirement.operator.as_str();
+        let needs_values = match operator {
+            "In" | "NotIn" => true,
+            "Exists" | "DoesNotExist" => false,
+            _ => {
+                return Err(SelectorError::Operator {
+                    index,
+                    operator: operator.to_owned(),
+                });
+            }
+        };
+        if needs_values == values.is_empty() {
+            return Err(SelectorError::Values {
+                index,
+                operator: operator.to_owned(),
+                must_have: needs_values,
+            });
+        }
+        matches &= match operator {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            _ => value.is_none(),
+        };
+    }
+    Ok(matches)
+}

@@ -1,0 +1,158 @@
+//! A transaction of [`crate::ruleset`] applied inside a pod's network namespace: `nft -j
+//! -f -` run from a thread that entered the namespace (the process inherits it), so the
+//! policer's own namespace is never changed and the kernel applies the whole batch or
+//! nothing.
+
+use std::path::{Path, PathBuf};
+
+use nftables::schema::Nftables;
+
+/// Why a transaction was not applied (the pod keeps the rules it had).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The namespace could not be opened (the sandbox is gone, or never was).
+    #[error("network namespace {path}: {source}")]
+    Namespace {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The namespace could not be entered.
+    #[error("entering network namespace {path}: {source}")]
+    Enter {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        source: nix::Error,
+    },
+    /// `nft` could not be run.
+    #[error("running {program} in {path}: {source}")]
+    Run {
+        /// The namespace's path.
+        path: PathBuf,
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `nft` refused the batch (the kernel applied none of it).
+    #[error("nft in {path} refused the transaction: {stderr}")]
+    Refused {
+        /// The namespace's path.
+        path: PathBuf,
+        /// What `nft` said.
+        stderr: String,
+    },
+    /// `nft` printed something that is not its JSON.
+    #[error("nft in {path} printed no valid JSON: {source}")]
+    Output {
+        /// The namespace's path.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The thread that runs `nft` panicked.
+    #[error("the thread applying rules in {0} panicked")]
+    Panicked(PathBuf),
+}
+
+/// Runs `nft` (the program `nft` on the PATH, or `nft` given) on `batch` in the network
+/// namespace at `netns`.
+pub fn apply(netns: &Path, batch: &Nftables<'_>, nft: Option<&Path>) -> Result<(), ApplyError> {
+    let payload = serde_json::to_vec(batch).expect("a ruleset always serializes");
+    in_namespace(netns, |path| {
+        run(path, nft, &["-j", "-f", "-"], &payload).map(drop)
+    })
+}
+
+/// The table of ours in the namespace at `netns`, as `nft -j list table` prints it; None
+/// when there is none.
+pub fn current(netns: &Path, nft: Option<&Path>) -> Result<Option<Nftables<'static>>, ApplyError> {
+    in_namespace(netns, |path| {
+        let listed = run(
+            path,
+            nft,
+            &["-j", "list", "table", "inet", crate::ruleset::TABLE],
+            b"",
+        );
+        match listed {
+            Ok(stdout) => {
+                serde_json::from_slice(&stdout)
+                    .map(Some)
+                    .map_err(|source| ApplyError::Output {
+                        path: path.to_owned(),
+                        source,
+                    })
+            }
+            // Listing a table that does not exist fails with ENOENT.
+            Err(ApplyError::Refused { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Runs `nft args` with `stdin`; its standard output, or its standard error as the error.
+fn run(
+    path: &Path,
+    nft: Option<&Path>,
+    args: &[&str],
+    stdin: &[u8],
+) -> Result<Vec<u8>, ApplyError> {
+    use std::io::Write;
+    let program = nft.unwrap_or(Path::new("nft"));
+    let failed = |source| ApplyError::Run {
+        path: path.to_owned(),
+        program: program.to_owned(),
+        source,
+    };
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    let mut input = child.stdin.take().expect("stdin is piped");
+    input.write_all(stdin).map_err(failed)?;
+    drop(input);
+    let output = child.wait_with_output().map_err(failed)?;
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(ApplyError::Refused {
+            path: path.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Runs `work` on a new thread inside the network namespace at `netns` (a scoped thread:
+/// it ends, and the namespace with it, before this returns).
+fn in_namespace<T: Send>(
+    netns: &Path,
+    work: impl FnOnce(&Path) -> Result<T, ApplyError> + Send,
+) -> Result<T, ApplyError> {
+    let file = std::fs::File::open(netns).map_err(|source| ApplyError::Namespace {
+        path: netns.to_owned(),
+        source,
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |source| ApplyError::Enter {
+                        path: netns.to_owned(),
+                        source,
+                    },
+                )?;
+                work(netns)
+            })
+            .join()
+            .map_err(|_| ApplyError::Panicked(netns.to_owned()))?
+    })
+}
