@@ -13,13 +13,14 @@ cargo test --workspace --locked
 # is refused Secrets). A request outside its role fails the test. Only the test files that
 # start a component (its binary or its library's client) against the API server: cleaner
 # (leaks, races, watch), svcwatcher and netwatcher, the webhook (api, faults), ipamd
-# (kube_attach, node_authz, showalloc_api). `--workspace` with `--test` names selects just
+# (kube_attach, node_authz, showalloc_api), the policer (controller). `--workspace` with `--test` names selects just
 # those and keeps the features of the run above, so nothing is rebuilt: about 2 minutes more.
 DANM_TESTS_AS_SERVICE_ACCOUNTS=1 cargo test --workspace --locked \
   --test leaks --test races --test watch \
   --test svcwatcher --test netwatcher \
   --test api --test faults \
-  --test kube_attach --test node_authz --test showalloc_api
+  --test kube_attach --test node_authz --test showalloc_api \
+  --test controller
 seconds="${FUZZ_SECONDS:-30}"
 if [ "$seconds" != 0 ]; then
   # The fuzz targets run under cargo fuzz (libFuzzer), installed from crates.io the first

@@ -99,9 +99,51 @@ pub fn file_in(dir: &Path, name: &str, suffix: &str) -> Result<PathBuf, NameErro
     Ok(dir.join(file))
 }
 
+/// The network namespace a DanmEp records (`netns`, from the runtime's `CNI_NETNS`) as a
+/// path the policer may enter: only `root/<plain name>`, the form runtimes give
+/// (`/var/run/netns/cni-…`). Anything else, `..` or a path elsewhere included, is refused,
+/// so no record can make the policer open a file outside `root`.
+pub fn netns_in(root: &Path, recorded: &str) -> Result<PathBuf, NameError> {
+    let path = Path::new(recorded);
+    let name = path
+        .parent()
+        .filter(|parent| *parent == root)
+        .and_then(|_| path.file_name())
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| NameError::Character {
+            name: recorded.to_owned(),
+            character: '/',
+        })?;
+    file_in(root, name, "")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recorded_netns_is_entered_only_under_the_root() {
+        let root = Path::new("/var/run/netns");
+        assert_eq!(
+            netns_in(root, "/var/run/netns/cni-1234-abcd").unwrap(),
+            root.join("cni-1234-abcd")
+        );
+        for hostile in [
+            "",
+            "/var/run/netns",
+            "/var/run/netns/",
+            "/var/run/netns/../../../etc/shadow",
+            "/var/run/netns/..",
+            "/var/run/netns/a/b",
+            "/proc/1/ns/net",
+            "/etc/passwd",
+            "var/run/netns/x",
+            "/var/run/netns/x\n",
+            "/var/run/netnsx/y",
+        ] {
+            assert!(netns_in(root, hostile).is_err(), "{hostile:?} accepted");
+        }
+    }
 
     #[test]
     fn plain_names_pass() {

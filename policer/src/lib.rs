@@ -4,6 +4,9 @@
 //! * [`ruleset`]: one pod's decisions (`danm_core::netpol::PodRules`) as one nftables
 //!   table of ours, `inet danm_policer`: a chain per isolated interface and direction,
 //!   the allowed peers in named interval sets, a REJECT at the end.
+//! * [`index`] and [`controller`]: namespaces, pods, DanmEps and DanmNetworkPolicies
+//!   followed with watches; each change starts a round that recomputes this node's pods'
+//!   decisions and applies those that changed.
 //! * [`apply`]: that table replaced atomically in a pod's network namespace (one `nft`
 //!   transaction), or removed; nothing else in the namespace is touched.
 //!
@@ -15,4 +18,6 @@
 //! whole table in one kernel transaction: a pod never holds half a ruleset.
 
 pub mod apply;
+pub mod controller;
+pub mod index;
 pub mod ruleset;

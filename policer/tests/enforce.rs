@@ -1,160 +1,16 @@
-//! The policer's tables enforced for real: a pod namespace with two interfaces (`net1`,
-//! `net2`), each a veth to a client namespace, TCP and UDP echo servers on ports 80 and 81
-//! in the pod, probed from the clients over IPv4 and IPv6 after each transaction. As root.
+//! The policer's tables enforced for real on the bed of `common` (a pod with `net1` and
+//! `net2`, a client behind each), probed over IPv4 and IPv6 after each transaction. As root.
+
+mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use common::{Bed, CLIENT_V4, POD_V4, POD_V6, Seen, echo_tcp};
 use danm_core::netpol::{AddressSet, Allowance, Isolated, Peers, PodRules, Ports, Protocol};
-use danm_policer::apply::{apply, current};
+use danm_policer::apply::apply;
 use danm_policer::ruleset::{remove, replace};
-use danm_testkit::netns::Netns;
-
-/// What a probe saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    /// The echo came back.
-    Answered,
-    /// Refused at once: a TCP reset or an ICMP unreachable (REJECT).
-    Refused,
-    /// Nothing within the timeout.
-    Silent,
-}
-
-struct Bed {
-    pod: Netns,
-    /// Behind `net1` and `net2`.
-    clients: [Netns; 2],
-}
-
-const POD_V4: [&str; 2] = ["10.99.1.2", "10.99.2.2"];
-const CLIENT_V4: [&str; 2] = ["10.99.1.1", "10.99.2.1"];
-const POD_V6: [&str; 2] = ["fd99:1::2", "fd99:2::2"];
-const CLIENT_V6: [&str; 2] = ["fd99:1::1", "fd99:2::1"];
-
-impl Bed {
-    fn new() -> Bed {
-        let pod = Netns::new("pol");
-        let clients = [Netns::new("polc"), Netns::new("polc")];
-        for (i, client) in clients.iter().enumerate() {
-            let ifname = format!("net{}", i + 1);
-            pod.ip(&[
-                "link",
-                "add",
-                &ifname,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &client.name,
-            ]);
-            for (ns, dev, v4, v6) in [
-                (&pod, ifname.as_str(), POD_V4[i], POD_V6[i]),
-                (client, "eth0", CLIENT_V4[i], CLIENT_V6[i]),
-            ] {
-                ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-                ns.ip(&[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{v6}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-                ns.ip(&["link", "set", dev, "up"]);
-            }
-        }
-        pod.within(|| {
-            for port in [80, 81] {
-                let tcp = TcpListener::bind(("::", port)).expect("TCP listener");
-                std::thread::spawn(move || {
-                    for stream in tcp.incoming().flatten() {
-                        std::thread::spawn(move || echo_tcp(stream));
-                    }
-                });
-                let udp = UdpSocket::bind(("::", port)).expect("UDP socket");
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(&buf[..n], from);
-                    }
-                });
-            }
-        });
-        Bed { pod, clients }
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        self.pod.path().into()
-    }
-
-    /// Probes the pod's address `to` (on the interface of client `from`) on TCP `port`.
-    fn tcp(&self, from: usize, to: &str, port: u16) -> Seen {
-        let target = SocketAddr::new(to.parse().unwrap(), port);
-        self.clients[from].within(move || {
-            match TcpStream::connect_timeout(&target, Duration::from_millis(700)) {
-                Ok(mut stream) => {
-                    stream
-                        .set_read_timeout(Some(Duration::from_millis(700)))
-                        .unwrap();
-                    let _ = stream.write_all(b"ping");
-                    let mut buf = [0u8; 4];
-                    match stream.read_exact(&mut buf) {
-                        Ok(()) if &buf == b"ping" => Seen::Answered,
-                        _ => Seen::Silent,
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
-                Err(_) => Seen::Silent,
-            }
-        })
-    }
-
-    /// Probes the pod's address `to` on UDP `port`.
-    fn udp(&self, from: usize, to: &str, port: u16) -> Seen {
-        let target = SocketAddr::new(to.parse().unwrap(), port);
-        self.clients[from].within(move || {
-            let any: IpAddr = if target.is_ipv4() {
-                "0.0.0.0".parse().unwrap()
-            } else {
-                "::".parse().unwrap()
-            };
-            let socket = UdpSocket::bind((any, 0)).unwrap();
-            socket.connect(target).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(700)))
-                .unwrap();
-            let _ = socket.send(b"ping");
-            let mut buf = [0u8; 4];
-            match socket.recv(&mut buf) {
-                Ok(4) if &buf == b"ping" => Seen::Answered,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
-                _ => Seen::Silent,
-            }
-        })
-    }
-
-    fn apply(&self, rules: &PodRules) {
-        apply(&self.path(), &replace(rules), None).expect("the transaction applies");
-    }
-
-    fn has_table(&self) -> bool {
-        current(&self.path(), None).expect("nft lists").is_some()
-    }
-}
-
-fn echo_tcp(mut stream: TcpStream) {
-    let mut buf = [0u8; 64];
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 || stream.write_all(&buf[..n]).is_err() {
-            return;
-        }
-    }
-}
 
 fn isolated(ifname: &str, allow: Vec<Allowance>) -> Isolated {
     Isolated {

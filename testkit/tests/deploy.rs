@@ -94,7 +94,9 @@ fn both_overlays_build_with_every_object() {
         has("ServiceAccount", &components);
         has("ClusterRole", &components[..5]);
         has("ClusterRoleBinding", &components[..5]);
-        has("ClusterRole", &["danm-certs"]);
+        has("ClusterRole", &["danm-certs", "danm-policer"]);
+        has("ServiceAccount", &["danm-policer"]);
+        has("ClusterRoleBinding", &["danm-policer"]);
         has("Role", &["danm-certs", "danm-svcwatcher-lease"]);
         has("RoleBinding", &["danm-certs", "danm-svcwatcher-lease"]);
         has(
@@ -207,7 +209,11 @@ fn the_state_is_kept_out_of_what_an_uninstall_deletes() {
     let kinds: BTreeSet<&str> = crds.iter().map(kind).collect();
     assert_eq!(kinds, set(&["CustomResourceDefinition", "Namespace"]));
     assert_eq!(names_of(&crds, "Namespace"), set(&["danm-system"]));
-    assert_eq!(names_of(&crds, "CustomResourceDefinition").len(), 6);
+    assert_eq!(
+        names_of(&crds, "CustomResourceDefinition").len(),
+        danm_crds::all_crds().len(),
+        "every CRD of danm-crds, in deploy/crds"
+    );
     for dir in [
         "base",
         "overlays/lightweight",
@@ -585,6 +591,7 @@ async fn overlays_apply_on_the_real_api_server() {
         "danm-svcwatcher",
         "danm-cleaner",
         "danm-cni-installer",
+        "danm-policer",
     ];
     for account in components {
         for what in [
@@ -631,6 +638,14 @@ async fn overlays_apply_on_the_real_api_server() {
     yes("danm-ipamd", &["get", "pods", "-n", "t1"]);
     no("danm-ipamd", &["delete", "pods", "-n", "t1"]);
     no("danm-ipamd", &["create", "danmnets.danm.io", "-n", "t1"]);
+    // The policer reads, cluster-wide, and writes nothing.
+    yes(
+        "danm-policer",
+        &["watch", "danmnetworkpolicies.danm.io", "-A"],
+    );
+    yes("danm-policer", &["list", "pods", "-A"]);
+    no("danm-policer", &["create", "danmeps.danm.io", "-n", "t1"]);
+    no("danm-policer", &["patch", "pods", "-n", "t1"]);
     // The webhook rewrites the TenantConfig only.
     yes("danm-webhook", &["update", "tenantconfigs.danm.io"]);
     no(
@@ -677,8 +692,9 @@ async fn overlays_apply_on_the_real_api_server() {
 /// The cert-manager component (not in the overlays: it needs cert-manager's CRDs) builds
 /// on the base, replaces the danm-certs Job, and asks cainjector for both caBundles.
 /// The components of `deploy/components/`.
-const COMPONENTS: [&str; 5] = [
+const COMPONENTS: [&str; 6] = [
     "cert-manager",
+    "policer",
     "apiserver-client-auth",
     "administrator-nodes",
     "monitoring",

@@ -1,0 +1,71 @@
+//! `policer`: enforces DanmNetworkPolicies on every interface of this node's pods, with an
+//! nftables table inside each pod's network namespace. Runs on every node (a DaemonSet)
+//! with the host network, NET_ADMIN and access to the pods' namespaces.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use danm_policer::controller::{self, Config, Status};
+use danm_runtime::{ClusterArgs, parse_duration, serve_admin_with, shutdown_signal};
+
+/// Keeps, in the network namespace of every pod of this node that a DanmNetworkPolicy
+/// selects, one nftables table (`inet danm_policer`) with what the policies allow on each
+/// interface, replaced atomically when anything that affects the pod changes, and removed
+/// when no policy selects it any more. Touches nothing else in the pods' namespaces.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// This node's name: the pods whose DanmEps name it as their host are this policer's.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The `nft` program (default: `nft` on the PATH).
+    #[arg(long, env = "POLICER_NFT")]
+    nft: Option<PathBuf>,
+    /// The folder of the pods' network namespaces (where the runtime creates them); a
+    /// DanmEp naming a namespace elsewhere is not entered.
+    #[arg(long, env = "POLICER_NETNS_ROOT", default_value = "/var/run/netns")]
+    netns_root: PathBuf,
+    /// How long changes are gathered into one round, e.g. `100ms`.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    settle: Duration,
+    /// Admin server: `/healthz`, `/readyz` (ready after the first full round; plaintext,
+    /// on the host network: bind it to the node's address).
+    #[arg(long, env = "POLICER_ADMIN_LISTEN", value_parser = danm_runtime::parse_listen)]
+    admin_listen: Option<SocketAddr>,
+}
+
+fn main() -> std::process::ExitCode {
+    danm_runtime::main("policer", run(Args::parse()))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let client = args.cluster.start().await?;
+    let status = Arc::new(Mutex::new(Status::default()));
+    if let Some(addr) = args.admin_listen {
+        let probed = Arc::clone(&status);
+        let ready = move || {
+            let synced = probed.lock().map(|s| s.synced).unwrap_or(false);
+            std::future::ready(if synced {
+                Ok(())
+            } else {
+                Err("the first round has not run yet".to_owned())
+            })
+        };
+        serve_admin_with(addr, String::new, ready).await?;
+    }
+    tracing::info!(node = %args.node_name, "enforcing DanmNetworkPolicies");
+    let config = Config {
+        node: args.node_name,
+        nft: args.nft,
+        netns_root: args.netns_root,
+        settle: args.settle,
+    };
+    controller::run(client, config, status, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

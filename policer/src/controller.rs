@@ -1,0 +1,218 @@
+//! The controller: follows namespaces, pods, DanmEps and DanmNetworkPolicies, and keeps the
+//! table of every pod of this node as the policies decide. After any change (coalesced), a
+//! round recomputes each local pod's decisions and applies those that differ from what it
+//! last applied; a failed apply keeps the pod's previous table and is retried every round
+//! until it succeeds. The first round, once every kind is listed, applies every local pod
+//! (removing tables no policy asks for any more), so a restart converges.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use danm_core::netpol::PodRules;
+use danm_crds::{DanmEp, DanmNetworkPolicy};
+use danm_runtime::index::{Change, Synced, follow_map};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::Api;
+use tokio::sync::Notify;
+
+use crate::index::{self, Index, PodKey};
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's name: the pods whose DanmEps name it as host are this policer's.
+    pub node: String,
+    /// The `nft` program (None: `nft` on the PATH).
+    pub nft: Option<PathBuf>,
+    /// The folder of the pods' network namespaces: a DanmEp's `netns` is entered only when
+    /// it names an entry of it (`danm_core::names::netns_in`).
+    pub netns_root: PathBuf,
+    /// How long changes are gathered before a round.
+    pub settle: Duration,
+}
+
+/// What the controller last did, for readiness and tests.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Rounds completed.
+    pub rounds: u64,
+    /// Whether the first full round (after every kind was listed) is done.
+    pub synced: bool,
+    /// Local pods whose last apply failed.
+    pub failing: usize,
+    /// Local pods that hold a table.
+    pub isolated: usize,
+}
+
+/// Runs until `shutdown` completes; `status` is kept current.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    status: Arc<Mutex<Status>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let index = Arc::new(Mutex::new(Index::default()));
+    let changed = Arc::new(Notify::new());
+    let synced = Arc::new(Synced::new(4));
+    let tasks = [
+        follow_kind(
+            Api::<Namespace>::all(client.clone()),
+            "Namespace",
+            &synced,
+            &index,
+            &changed,
+            index::namespace,
+            Index::namespaces_mut,
+        ),
+        follow_kind(
+            Api::<Pod>::all(client.clone()),
+            "Pod",
+            &synced,
+            &index,
+            &changed,
+            index::pod,
+            Index::pods_mut,
+        ),
+        follow_kind(
+            Api::<DanmEp>::all(client.clone()),
+            "DanmEp",
+            &synced,
+            &index,
+            &changed,
+            index::endpoint,
+            Index::endpoints_mut,
+        ),
+        follow_kind(
+            Api::<DanmNetworkPolicy>::all(client),
+            "DanmNetworkPolicy",
+            &synced,
+            &index,
+            &changed,
+            index::policy,
+            Index::policies_mut,
+        ),
+    ];
+    tokio::select! {
+        _ = reconcile(&config, &index, &changed, &synced, &status) => {}
+        _ = shutdown => {}
+    }
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// Follows one kind into one map of the index.
+fn follow_kind<K, Q, V>(
+    api: Api<K>,
+    kind: &'static str,
+    synced: &Arc<Synced>,
+    index: &Arc<Mutex<Index>>,
+    changed: &Arc<Notify>,
+    convert: fn(K) -> (Q, V),
+    map: fn(&mut Index) -> &mut std::collections::HashMap<Q, V>,
+) -> tokio::task::AbortHandle
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    Q: std::hash::Hash + Eq + Send + 'static,
+    V: Send + 'static,
+{
+    let (index, changed) = (Arc::clone(index), Arc::clone(changed));
+    follow_map(api, kind, Arc::clone(synced), convert, move |change| {
+        {
+            let mut index = index.lock().expect("the index lock");
+            let map = map(&mut index);
+            match change {
+                Change::Relisted(all) => {
+                    map.clear();
+                    map.extend(all);
+                }
+                Change::Applied((key, value)) => {
+                    map.insert(key, value);
+                }
+                Change::Deleted((key, _)) => {
+                    map.remove(&key);
+                }
+            }
+        }
+        changed.notify_one();
+    })
+}
+
+/// Rounds, forever: each after a change (and a settle time), once every kind is listed.
+async fn reconcile(
+    config: &Config,
+    index: &Mutex<Index>,
+    changed: &Notify,
+    synced: &Synced,
+    status: &Mutex<Status>,
+) {
+    synced.listed().await;
+    let mut applied: BTreeMap<(PodKey, String), PodRules> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let snapshot = index.lock().expect("the index lock").snapshot(&config.node);
+        let mut failing = 0;
+        let mut isolated = 0;
+        for (pod, netns) in &snapshot.local {
+            let rules = snapshot.rules(pod);
+            let key = (pod.clone(), netns.clone());
+            if !rules.is_empty() {
+                isolated += 1;
+            }
+            if !first && applied.get(&key) == Some(&rules) {
+                continue;
+            }
+            let path = match danm_core::names::netns_in(&config.netns_root, netns) {
+                Ok(path) => path,
+                Err(e) => {
+                    failing += 1;
+                    tracing::warn!(namespace = %pod.0, pod = %pod.1, netns = %netns, root = %config.netns_root.display(), error = %e, "the recorded network namespace is not one of the root's; not entered");
+                    continue;
+                }
+            };
+            let batch = crate::ruleset::replace(&rules);
+            let nft = config.nft.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                crate::apply::apply(&path, &batch, nft.as_deref())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(())) => {
+                    tracing::info!(namespace = %pod.0, pod = %pod.1, interfaces_in = rules.ingress.len(), interfaces_out = rules.egress.len(), "applied");
+                    applied.insert(key, rules);
+                }
+                Ok(Err(e)) => {
+                    failing += 1;
+                    applied.remove(&key);
+                    tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply failed; the pod keeps its previous rules, retried next round");
+                }
+                Err(e) => {
+                    failing += 1;
+                    applied.remove(&key);
+                    tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply task failed");
+                }
+            }
+        }
+        applied.retain(|(pod, netns), _| snapshot.local.get(pod) == Some(netns));
+        first = false;
+        {
+            let mut status = status.lock().expect("the status lock");
+            status.rounds += 1;
+            status.synced = true;
+            status.failing = failing;
+            status.isolated = isolated;
+        }
+        // A failed apply is retried after the settle time even with no change.
+        if failing > 0 {
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(config.settle * 10) => {}
+            }
+        } else {
+            changed.notified().await;
+        }
+        tokio::time::sleep(config.settle).await;
+    }
+}

@@ -1,0 +1,272 @@
+//! The policer's controller on the real API server: pods, DanmEps and DanmNetworkPolicies
+//! in the API, the pod's network namespace from the bed of `common`; each policy change
+//! reaches the pod's table, and a restart converges (stale tables removed, new policies
+//! applied). As root.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Bed, POD_V4, Seen};
+use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, DanmNetworkPolicy};
+use danm_policer::controller::{Config, Status, run};
+use danm_testkit::control_plane::ControlPlane;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+/// A controller running in a task until dropped.
+struct Running {
+    status: Arc<Mutex<Status>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(client: kube::Client, node: &str) -> Running {
+        let status = Arc::new(Mutex::new(Status::default()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = Config {
+            node: node.to_owned(),
+            nft: None,
+            netns_root: "/var/run/netns".into(),
+            settle: Duration::from_millis(50),
+        };
+        let task = tokio::spawn(run(client, config, Arc::clone(&status), async {
+            let _ = stopped.await;
+        }));
+        Running {
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.status.lock().unwrap().synced {
+            assert!(Instant::now() < deadline, "no first round within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+/// Waits until `probe` holds (the probes block: they run on the blocking pool).
+async fn eventually(what: &str, probe: impl Fn() -> bool + Send + Sync + 'static) {
+    let probe = Arc::new(probe);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = Arc::clone(&probe);
+        if tokio::task::spawn_blocking(move || p()).await.unwrap() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within 20 s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn endpoint(
+    name: &str,
+    pod: &str,
+    host: &str,
+    netns: &str,
+    ifname: &str,
+    network: &str,
+    address: &str,
+) -> DanmEp {
+    DanmEp::new(
+        name,
+        DanmEpSpec {
+            network_name: network.into(),
+            network_type: "macvlan".into(),
+            endpoint_id: name.into(),
+            interface: DanmEpIface {
+                name: ifname.into(),
+                address: address.into(),
+                ..Default::default()
+            },
+            host: host.into(),
+            pod: pod.into(),
+            netns: netns.into(),
+            api_type: "DanmNet".into(),
+            ..Default::default()
+        },
+    )
+}
+
+fn policy(name: &str, from_apps: &[&str]) -> DanmNetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "danm.io/v1", "kind": "DanmNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+                {"key": "app", "operator": "In", "values": from_apps}]}}]}]
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
+    let bed = Arc::new(Bed::new());
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    let ns = plane.namespace("policer").await;
+    let node = format!("policer-node-{}", std::process::id());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (name, app, host) in [
+        ("server", "server", node.as_str()),
+        ("client-a", "client", "elsewhere"),
+        ("client-b", "other", "elsewhere"),
+    ] {
+        pods.create(
+            &PostParams::default(),
+            &danm_testkit::pods::pod(name, host, &[("app", app)]),
+        )
+        .await
+        .unwrap();
+    }
+    let eps: Api<DanmEp> = Api::namespaced(client.clone(), &ns);
+    let netns = bed.pod.path();
+    for ep in [
+        endpoint(
+            "server-1",
+            "server",
+            &node,
+            &netns,
+            "net1",
+            "signal",
+            "10.99.1.2/24",
+        ),
+        endpoint(
+            "server-2",
+            "server",
+            &node,
+            &netns,
+            "net2",
+            "media",
+            "10.99.2.2/24",
+        ),
+        endpoint(
+            "client-a-0",
+            "client-a",
+            "elsewhere",
+            "",
+            "eth0",
+            "signal",
+            "10.99.1.1/24",
+        ),
+        endpoint(
+            "client-b-0",
+            "client-b",
+            "elsewhere",
+            "",
+            "eth0",
+            "media",
+            "10.99.2.1/24",
+        ),
+    ] {
+        eps.create(&PostParams::default(), &ep).await.unwrap();
+    }
+    let policies: Api<DanmNetworkPolicy> = Api::namespaced(client.clone(), &ns);
+
+    // The policer acts as its ServiceAccount when the tests are run so (test.sh's second run).
+    let policer = danm_testkit::identity::client_for(plane, "policer", &[]).await;
+    let controller = Running::start(policer.clone(), &node);
+    controller.synced().await;
+    assert!(!bed.has_table(), "no policy, no table");
+    assert_eq!(bed.tcp(1, POD_V4[1], 80), Seen::Answered);
+
+    // Only app=client may come in, on every interface of the server.
+    policies
+        .create(&PostParams::default(), &policy("from-clients", &["client"]))
+        .await
+        .unwrap();
+    let b = Arc::clone(&bed);
+    eventually("client-b refused on net2", move || {
+        b.tcp(1, POD_V4[1], 80) == Seen::Refused
+    })
+    .await;
+    assert_eq!(
+        bed.tcp(0, POD_V4[0], 80),
+        Seen::Answered,
+        "client-a allowed on net1"
+    );
+
+    // Changed: app=other too.
+    policies
+        .patch(
+            "from-clients",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::to_value(policy("from-clients", &["client", "other"])).unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let b = Arc::clone(&bed);
+    eventually("client-b allowed after the change", move || {
+        b.tcp(1, POD_V4[1], 80) == Seen::Answered
+    })
+    .await;
+
+    // A label change of a peer reaches the table too: client-a is no longer app=client.
+    pods.patch(
+        "client-a",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": "gone"}}})),
+    )
+    .await
+    .unwrap();
+    let b = Arc::clone(&bed);
+    eventually("client-a refused once relabelled", move || {
+        b.tcp(0, POD_V4[0], 80) == Seen::Refused
+    })
+    .await;
+
+    // The controller stops; the policy goes; a deny-all policy comes for... nothing else:
+    // the restarted controller removes the stale table.
+    controller.stop().await;
+    policies
+        .delete("from-clients", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(bed.has_table(), "nothing removed it while stopped");
+    let controller = Running::start(policer.clone(), &node);
+    controller.synced().await;
+    let b = Arc::clone(&bed);
+    eventually("the stale table removed after the restart", move || {
+        !b.has_table()
+    })
+    .await;
+    assert_eq!(bed.tcp(0, POD_V4[0], 81), Seen::Answered);
+
+    // And a policy created while it is stopped is applied when it starts.
+    controller.stop().await;
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "apiVersion": "danm.io/v1", "kind": "DanmNetworkPolicy",
+                "metadata": {"name": "deny-all"},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let controller = Running::start(policer, &node);
+    controller.synced().await;
+    let b = Arc::clone(&bed);
+    eventually("deny-all applied after the restart", move || {
+        b.tcp(0, POD_V4[0], 80) == Seen::Refused
+    })
+    .await;
+    controller.stop().await;
+}
