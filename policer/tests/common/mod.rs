@@ -70,23 +70,7 @@ impl Bed {
                 ns.ip(&["link", "set", dev, "up"]);
             }
         }
-        pod.within(|| {
-            for port in [80, 81] {
-                let tcp = TcpListener::bind(("::", port)).expect("TCP listener");
-                std::thread::spawn(move || {
-                    for stream in tcp.incoming().flatten() {
-                        std::thread::spawn(move || echo_tcp(stream));
-                    }
-                });
-                let udp = UdpSocket::bind(("::", port)).expect("UDP socket");
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64];
-                    while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                        let _ = udp.send_to(&buf[..n], from);
-                    }
-                });
-            }
-        });
+        serve_echo(&pod, &[80, 81]);
         Bed { pod, clients }
     }
 
@@ -96,48 +80,18 @@ impl Bed {
 
     /// Probes the pod's address `to` (on the interface of client `from`) on TCP `port`.
     pub fn tcp(&self, from: usize, to: &str, port: u16) -> Seen {
-        let target = SocketAddr::new(to.parse().unwrap(), port);
-        self.clients[from].within(move || {
-            match TcpStream::connect_timeout(&target, Duration::from_millis(700)) {
-                Ok(mut stream) => {
-                    stream
-                        .set_read_timeout(Some(Duration::from_millis(700)))
-                        .unwrap();
-                    let _ = stream.write_all(b"ping");
-                    let mut buf = [0u8; 4];
-                    match stream.read_exact(&mut buf) {
-                        Ok(()) if &buf == b"ping" => Seen::Answered,
-                        _ => Seen::Silent,
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
-                Err(_) => Seen::Silent,
-            }
-        })
+        tcp_probe(
+            &self.clients[from],
+            SocketAddr::new(to.parse().unwrap(), port),
+        )
     }
 
     /// Probes the pod's address `to` on UDP `port`.
     pub fn udp(&self, from: usize, to: &str, port: u16) -> Seen {
-        let target = SocketAddr::new(to.parse().unwrap(), port);
-        self.clients[from].within(move || {
-            let any: IpAddr = if target.is_ipv4() {
-                "0.0.0.0".parse().unwrap()
-            } else {
-                "::".parse().unwrap()
-            };
-            let socket = UdpSocket::bind((any, 0)).unwrap();
-            socket.connect(target).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(700)))
-                .unwrap();
-            let _ = socket.send(b"ping");
-            let mut buf = [0u8; 4];
-            match socket.recv(&mut buf) {
-                Ok(4) if &buf == b"ping" => Seen::Answered,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
-                _ => Seen::Silent,
-            }
-        })
+        udp_probe(
+            &self.clients[from],
+            SocketAddr::new(to.parse().unwrap(), port),
+        )
     }
 
     pub fn apply(&self, rules: &PodRules) {
@@ -156,4 +110,83 @@ pub fn echo_tcp(mut stream: TcpStream) {
             return;
         }
     }
+}
+
+/// TCP and UDP echo servers on `ports` (both families) in `ns`, for the process's life.
+pub fn serve_echo(ns: &Netns, ports: &[u16]) {
+    let ports = ports.to_vec();
+    ns.within(move || {
+        for port in ports {
+            let tcp = TcpListener::bind(("::", port)).expect("TCP listener");
+            std::thread::spawn(move || {
+                for stream in tcp.incoming().flatten() {
+                    std::thread::spawn(move || echo_tcp(stream));
+                }
+            });
+            let udp = UdpSocket::bind(("::", port)).expect("UDP socket");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            });
+        }
+    });
+}
+
+/// How long a probe waits for an answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// Connects from `ns` to `target` over TCP and waits for the echo.
+pub fn tcp_probe(ns: &Netns, target: SocketAddr) -> Seen {
+    ns.within(
+        move || match TcpStream::connect_timeout(&target, PROBE_TIMEOUT) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+                let _ = stream.write_all(b"ping");
+                let mut buf = [0u8; 4];
+                match stream.read_exact(&mut buf) {
+                    Ok(()) if &buf == b"ping" => Seen::Answered,
+                    _ => Seen::Silent,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
+            Err(_) => Seen::Silent,
+        },
+    )
+}
+
+/// Sends a datagram from `ns` to `target` over UDP and waits for the echo.
+pub fn udp_probe(ns: &Netns, target: SocketAddr) -> Seen {
+    ns.within(move || {
+        let any: IpAddr = if target.is_ipv4() {
+            "0.0.0.0".parse().unwrap()
+        } else {
+            "::".parse().unwrap()
+        };
+        let socket = UdpSocket::bind((any, 0)).unwrap();
+        socket.connect(target).unwrap();
+        socket.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+        let _ = socket.send(b"ping");
+        let mut buf = [0u8; 4];
+        match socket.recv(&mut buf) {
+            Ok(4) if &buf == b"ping" => Seen::Answered,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Seen::Refused,
+            _ => Seen::Silent,
+        }
+    })
+}
+
+/// Lifts ICMP's rate limits in `ns` (its own sysctls, not the host's): a probe refused
+/// with an ICMP unreachable must not go silent because an earlier one used the budget.
+pub fn no_icmp_rate_limit(ns: &Netns) {
+    ns.within(|| {
+        for (file, value) in [
+            ("/proc/sys/net/ipv4/icmp_ratelimit", "0"),
+            ("/proc/sys/net/ipv6/icmp/ratelimit", "0"),
+            ("/proc/sys/net/ipv4/icmp_msgs_per_sec", "100000"),
+        ] {
+            std::fs::write(file, value).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    });
 }
