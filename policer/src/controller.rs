@@ -8,16 +8,20 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use danm_core::netpol::PodRules;
 use danm_crds::{DanmEp, DanmNetworkPolicy};
 use danm_runtime::index::{Change, Synced, follow_map};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Notify;
 
 use crate::index::{self, Index, PodKey};
+use crate::metrics::Metrics;
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -33,29 +37,23 @@ pub struct Config {
     pub settle: Duration,
 }
 
-/// What the controller last did, for readiness and tests.
-#[derive(Debug, Default)]
-pub struct Status {
-    /// Rounds completed.
-    pub rounds: u64,
-    /// Whether the first full round (after every kind was listed) is done.
-    pub synced: bool,
-    /// Local pods whose last apply failed.
-    pub failing: usize,
-    /// Local pods that hold a table.
-    pub isolated: usize,
-}
-
-/// Runs until `shutdown` completes; `status` is kept current.
+/// Runs until `shutdown` completes, counting what it does in `metrics`.
 pub async fn run(
     client: kube::Client,
     config: Config,
-    status: Arc<Mutex<Status>>,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let index = Arc::new(Mutex::new(Index::default()));
     let changed = Arc::new(Notify::new());
     let synced = Arc::new(Synced::new(4));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "danm-policer".into(),
+            instance: Some(config.node.clone()),
+        },
+    );
     let tasks = [
         follow_kind(
             Api::<Namespace>::all(client.clone()),
@@ -95,7 +93,7 @@ pub async fn run(
         ),
     ];
     tokio::select! {
-        _ = reconcile(&config, &index, &changed, &synced, &status) => {}
+        _ = reconcile(&config, &index, &changed, &synced, &metrics, &recorder) => {}
         _ = shutdown => {}
     }
     for task in tasks {
@@ -146,21 +144,27 @@ async fn reconcile(
     index: &Mutex<Index>,
     changed: &Notify,
     synced: &Synced,
-    status: &Mutex<Status>,
+    metrics: &Metrics,
+    recorder: &Recorder,
 ) {
     synced.listed().await;
     let mut applied: BTreeMap<(PodKey, String), PodRules> = BTreeMap::new();
     let mut first = true;
+    // The failures already published as Events, so that one that stays is published once.
+    let mut reported: BTreeMap<PodKey, String> = BTreeMap::new();
     loop {
         let snapshot = index.lock().expect("the index lock").snapshot(&config.node);
         let mut failing = 0;
         let mut isolated = 0;
+        let mut rule_count = 0;
+        let mut failures: BTreeMap<PodKey, String> = BTreeMap::new();
         for (pod, netns) in &snapshot.local {
             let rules = snapshot.rules(pod);
             let key = (pod.clone(), netns.clone());
             if !rules.is_empty() {
                 isolated += 1;
             }
+            rule_count += crate::ruleset::rule_count(&rules);
             if !first && applied.get(&key) == Some(&rules) {
                 continue;
             }
@@ -168,28 +172,43 @@ async fn reconcile(
                 Ok(path) => path,
                 Err(e) => {
                     failing += 1;
+                    metrics.applied("refused-netns", 0.0);
                     tracing::warn!(namespace = %pod.0, pod = %pod.1, netns = %netns, root = %config.netns_root.display(), error = %e, "the recorded network namespace is not one of the root's; not entered");
+                    failures.insert(
+                        pod.clone(),
+                        format!(
+                            "network namespace {netns:?} is not an entry of {}: not entered",
+                            config.netns_root.display()
+                        ),
+                    );
                     continue;
                 }
             };
             let batch = crate::ruleset::replace(&rules);
             let nft = config.nft.clone();
+            let started = std::time::Instant::now();
             let outcome = tokio::task::spawn_blocking(move || {
                 crate::apply::apply(&path, &batch, nft.as_deref())
             })
             .await;
+            let seconds = started.elapsed().as_secs_f64();
             match outcome {
                 Ok(Ok(())) => {
+                    metrics.applied("ok", seconds);
                     tracing::info!(namespace = %pod.0, pod = %pod.1, interfaces_in = rules.ingress.len(), interfaces_out = rules.egress.len(), "applied");
                     applied.insert(key, rules);
                 }
                 Ok(Err(e)) => {
                     failing += 1;
+                    metrics.applied("failed", seconds);
+                    failures.insert(pod.clone(), e.to_string());
                     applied.remove(&key);
                     tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply failed; the pod keeps its previous rules, retried next round");
                 }
                 Err(e) => {
                     failing += 1;
+                    metrics.applied("failed", seconds);
+                    failures.insert(pod.clone(), e.to_string());
                     applied.remove(&key);
                     tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply task failed");
                 }
@@ -197,13 +216,8 @@ async fn reconcile(
         }
         applied.retain(|(pod, netns), _| snapshot.local.get(pod) == Some(netns));
         first = false;
-        {
-            let mut status = status.lock().expect("the status lock");
-            status.rounds += 1;
-            status.synced = true;
-            status.failing = failing;
-            status.isolated = isolated;
-        }
+        metrics.round(snapshot.local.len(), isolated, rule_count, failing);
+        publish(recorder, &failures, &mut reported).await;
         // A failed apply is retried after the settle time even with no change.
         if failing > 0 {
             tokio::select! {
@@ -215,4 +229,36 @@ async fn reconcile(
         }
         tokio::time::sleep(config.settle).await;
     }
+}
+
+/// Publishes a Warning Event on each pod whose apply failed, once per failure (a pod whose
+/// failure changes or comes back after a success is published again).
+async fn publish(
+    recorder: &Recorder,
+    failures: &BTreeMap<PodKey, String>,
+    reported: &mut BTreeMap<PodKey, String>,
+) {
+    for (pod, why) in failures {
+        if reported.get(pod) == Some(why) {
+            continue;
+        }
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(pod.0.clone()),
+            name: Some(pod.1.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "PolicyNotApplied".into(),
+            note: Some(format!("the pod keeps its previous rules: {why}")),
+            action: "ApplyNetworkPolicy".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "cannot publish an Event");
+        }
+    }
+    *reported = failures.clone();
 }

@@ -6,7 +6,7 @@
 //!   the allowed peers in named interval sets, a REJECT at the end.
 //! * [`index`] and [`controller`]: namespaces, pods, DanmEps and DanmNetworkPolicies
 //!   followed with watches; each change starts a round that recomputes this node's pods'
-//!   decisions and applies those that changed.
+//!   decisions and applies those that changed; [`metrics`]: what it did, for Prometheus.
 //! * [`apply`]: that table replaced atomically in a pod's network namespace (one `nft`
 //!   transaction), or removed; nothing else in the namespace is touched.
 //!
@@ -20,4 +20,5 @@
 pub mod apply;
 pub mod controller;
 pub mod index;
+pub mod metrics;
 pub mod ruleset;

@@ -54,6 +54,17 @@ pub fn remove() -> Nftables<'static> {
     replace(&PodRules::default())
 }
 
+/// How many rules the table of `rules` holds (0 when it has none).
+pub fn rule_count(rules: &PodRules) -> usize {
+    if rules.is_empty() {
+        return 0;
+    }
+    objects(rules)
+        .iter()
+        .filter(|o| matches!(o, NfListObject::Rule(_)))
+        .count()
+}
+
 fn table() -> Table<'static> {
     Table {
         family: FAMILY,

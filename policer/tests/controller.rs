@@ -5,26 +5,27 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Bed, POD_V4, Seen};
 use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, DanmNetworkPolicy};
-use danm_policer::controller::{Config, Status, run};
+use danm_policer::controller::{Config, run};
+use danm_policer::metrics::Metrics;
 use danm_testkit::control_plane::ControlPlane;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 /// A controller running in a task until dropped.
 struct Running {
-    status: Arc<Mutex<Status>>,
+    metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     fn start(client: kube::Client, node: &str) -> Running {
-        let status = Arc::new(Mutex::new(Status::default()));
+        let metrics = Arc::new(Metrics::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = Config {
             node: node.to_owned(),
@@ -32,11 +33,11 @@ impl Running {
             netns_root: "/var/run/netns".into(),
             settle: Duration::from_millis(50),
         };
-        let task = tokio::spawn(run(client, config, Arc::clone(&status), async {
+        let task = tokio::spawn(run(client, config, Arc::clone(&metrics), async {
             let _ = stopped.await;
         }));
         Running {
-            status,
+            metrics,
             stop: Some(stop),
             task,
         }
@@ -44,7 +45,7 @@ impl Running {
 
     async fn synced(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.status.lock().unwrap().synced {
+        while self.metrics.readiness().is_err() {
             assert!(Instant::now() < deadline, "no first round within 30 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -124,6 +125,7 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
         ("server", "server", node.as_str()),
         ("client-a", "client", "elsewhere"),
         ("client-b", "other", "elsewhere"),
+        ("evil", "evil", node.as_str()),
     ] {
         pods.create(
             &PostParams::default(),
@@ -171,6 +173,16 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
             "media",
             "10.99.2.1/24",
         ),
+        // A record naming a file outside the namespaces' folder: never entered.
+        endpoint(
+            "evil-0",
+            "evil",
+            &node,
+            "/var/run/netns/../../../etc/passwd",
+            "eth0",
+            "media",
+            "10.99.3.1/24",
+        ),
     ] {
         eps.create(&PostParams::default(), &ep).await.unwrap();
     }
@@ -181,6 +193,35 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
     let controller = Running::start(policer.clone(), &node);
     controller.synced().await;
     assert!(!bed.has_table(), "no policy, no table");
+    // (The first list may be served from the API server's watch cache a moment behind the
+    // last writes: what it missed comes as events, so the checks wait.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !controller
+        .metrics
+        .encode()
+        .contains("danm_policer_applies_total{result=\"refused-netns\"}")
+    {
+        assert!(Instant::now() < deadline, "{}", controller.metrics.encode());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = events.list(&Default::default()).await.unwrap();
+        let found = listed.items.iter().any(|e| {
+            e.reason.as_deref() == Some("PolicyNotApplied")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("evil")
+                && e.note.as_deref().is_some_and(|n| n.contains("not entered"))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Warning Event on the pod whose netns was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(bed.tcp(1, POD_V4[1], 80), Seen::Answered);
 
     // Only app=client may come in, on every interface of the server.

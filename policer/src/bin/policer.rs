@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use danm_policer::controller::{self, Config, Status};
+use danm_policer::controller::{self, Config};
+use danm_policer::metrics::Metrics;
 use danm_runtime::{ClusterArgs, parse_duration, serve_admin_with, shutdown_signal};
 
 /// Keeps, in the network namespace of every pod of this node that a DanmNetworkPolicy
@@ -33,8 +34,9 @@ struct Args {
     /// How long changes are gathered into one round, e.g. `100ms`.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     settle: Duration,
-    /// Admin server: `/healthz`, `/readyz` (ready after the first full round; plaintext,
-    /// on the host network: bind it to the node's address).
+    /// Admin server: `/metrics`, `/healthz`, `/readyz` (ready after the first full round;
+    /// plaintext, on the host network: bind it to the node's address, `$(NODE_IP):9094` in
+    /// the DaemonSet).
     #[arg(long, env = "POLICER_ADMIN_LISTEN", value_parser = danm_runtime::parse_listen)]
     admin_listen: Option<SocketAddr>,
 }
@@ -45,18 +47,11 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.cluster.start().await?;
-    let status = Arc::new(Mutex::new(Status::default()));
+    let metrics = Arc::new(Metrics::new());
     if let Some(addr) = args.admin_listen {
-        let probed = Arc::clone(&status);
-        let ready = move || {
-            let synced = probed.lock().map(|s| s.synced).unwrap_or(false);
-            std::future::ready(if synced {
-                Ok(())
-            } else {
-                Err("the first round has not run yet".to_owned())
-            })
-        };
-        serve_admin_with(addr, String::new, ready).await?;
+        let (served, probed) = (Arc::clone(&metrics), Arc::clone(&metrics));
+        let ready = move || std::future::ready(probed.readiness());
+        serve_admin_with(addr, move || served.encode(), ready).await?;
     }
     tracing::info!(node = %args.node_name, "enforcing DanmNetworkPolicies");
     let config = Config {
@@ -65,7 +60,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         netns_root: args.netns_root,
         settle: args.settle,
     };
-    controller::run(client, config, status, shutdown_signal()).await;
+    controller::run(client, config, metrics, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }
