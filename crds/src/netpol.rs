@@ -6,8 +6,8 @@
 //! policy isolates. DANM's manifests (group `danm.k8s.io`) move by changing the
 //! `apiVersion` line to `danm.io/v1`.
 
-use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,16 +34,22 @@ pub struct DanmNetworkPolicySpec {
     /// Which interfaces of the selected pods the policy isolates: those on these networks.
     /// Absent: every interface with an address (as DANM's Policer did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 16))]
     pub network_selector: Option<Vec<NetworkRef>>,
     /// `Ingress`, `Egress` or both. Absent: `Ingress`, plus `Egress` when the policy has
     /// egress rules (as Kubernetes decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 2, "x-kubernetes-validations" = [
+        {"rule": "self.all(t, t == 'Ingress' || t == 'Egress')", "message": "each policy type must be Ingress or Egress"}
+    ]))]
     pub policy_types: Option<Vec<String>>,
     /// Traffic allowed in; any rule that matches allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 32))]
     pub ingress: Option<Vec<IngressRule>>,
     /// Traffic allowed out; any rule that matches allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 32))]
     pub egress: Option<Vec<EgressRule>>,
 }
 
@@ -53,10 +59,12 @@ pub struct DanmNetworkPolicySpec {
 pub struct IngressRule {
     /// Where the traffic may come from; absent or empty: anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 32))]
     pub from: Option<Vec<Peer>>,
     /// The ports it may go to; absent or empty: every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<NetworkPolicyPort>>,
+    #[schemars(extend("maxItems" = 32))]
+    pub ports: Option<Vec<PolicyPort>>,
 }
 
 /// One egress rule: traffic to any of `to` on any of `ports`.
@@ -65,16 +73,24 @@ pub struct IngressRule {
 pub struct EgressRule {
     /// Where the traffic may go; absent or empty: anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 32))]
     pub to: Option<Vec<Peer>>,
     /// The ports it may go to; absent or empty: every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<NetworkPolicyPort>>,
+    #[schemars(extend("maxItems" = 32))]
+    pub ports: Option<Vec<PolicyPort>>,
 }
 
 /// A peer, as NetworkPolicy's, plus DANM's network selector. Selectors given together
 /// narrow each other; `ipBlock` stands alone.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.podSelector) || has(self.namespaceSelector) || has(self.ipBlock) || has(self.networkSelector)",
+     "message": "a peer needs podSelector, namespaceSelector, ipBlock or networkSelector"},
+    {"rule": "!has(self.ipBlock) || !(has(self.podSelector) || has(self.namespaceSelector) || has(self.networkSelector))",
+     "message": "ipBlock cannot be given with podSelector, namespaceSelector or networkSelector"}
+]))]
 pub struct Peer {
     /// Pods (of the policy's namespace, or of `namespaceSelector`'s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,11 +100,53 @@ pub struct Peer {
     pub namespace_selector: Option<LabelSelector>,
     /// A CIDR, minus exceptions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_block: Option<IPBlock>,
+    pub ip_block: Option<IpBlock>,
     /// Only the peers' interfaces on these networks (DANM's): with no pod or namespace
     /// selector, the interfaces on these networks of every pod of the policy's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 16))]
     pub network_selector: Option<Vec<NetworkRef>>,
+}
+
+/// A CIDR minus exceptions, as NetworkPolicy's `ipBlock`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "isCIDR(self.cidr)", "message": "cidr must be a CIDR, e.g. 10.0.0.0/16 or fd00::/64", "fieldPath": ".cidr"},
+    {"rule": "!has(self.except) || !isCIDR(self.cidr) || self.except.all(e, isCIDR(e) && cidr(self.cidr).containsCIDR(e) && cidr(e).prefixLength() > cidr(self.cidr).prefixLength())",
+     "message": "each except must be a CIDR strictly inside cidr", "fieldPath": ".except"}
+]))]
+pub struct IpBlock {
+    /// The addresses.
+    #[schemars(extend("maxLength" = 64))]
+    pub cidr: String,
+    /// Addresses of `cidr` left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 16, "items" = {"type": "string", "maxLength": 64}))]
+    pub except: Option<Vec<String>>,
+}
+
+/// A port, as NetworkPolicy's: a protocol and a number (with `endPort`, a range) or a
+/// container port's name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.port) || (type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : (size(self.port) <= 15 && self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.port.matches('[a-z]')))",
+     "message": "port must be a number from 1 to 65535 or a container port's name (at most 15 lowercase letters, digits and '-')", "fieldPath": ".port"},
+    {"rule": "!has(self.endPort) || (has(self.port) && type(self.port) == int && self.endPort >= self.port && self.endPort <= 65535)",
+     "message": "endPort needs a numbered port and must be at least port and at most 65535", "fieldPath": ".endPort"}
+]))]
+pub struct PolicyPort {
+    /// `TCP` (the default), `UDP` or `SCTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["TCP", "UDP", "SCTP"]))]
+    pub protocol: Option<String>,
+    /// A number or a container port's name; absent: every port of the protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 15))]
+    pub port: Option<IntOrString>,
+    /// With a numbered `port`: the last port of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_port: Option<i32>,
 }
 
 /// A DANM network by name and kind.
@@ -97,9 +155,11 @@ pub struct Peer {
 )]
 pub struct NetworkRef {
     /// The network's name.
+    #[schemars(extend("minLength" = 1, "maxLength" = 253))]
     pub name: String,
     /// `DanmNet`, `TenantNetwork` or `ClusterNetwork`; absent: `DanmNet` (as a pod's
     /// `network` field means).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["DanmNet", "TenantNetwork", "ClusterNetwork"]))]
     pub kind: Option<String>,
 }

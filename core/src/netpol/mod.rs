@@ -30,8 +30,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use danm_crds::{DanmNetworkPolicySpec, NetworkRef, Peer};
-use k8s_openapi::api::networking::v1::NetworkPolicyPort;
+use danm_crds::{DanmNetworkPolicySpec, NetworkRef, Peer, PolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use addrset::{AddressSet, Ranges};
@@ -343,7 +342,7 @@ fn peer_interfaces<'c>(
 
 /// The ports a rule's list allows, named ports resolved against `named`; no list, or an
 /// empty one, is every port.
-pub fn resolve(ports: Option<&[NetworkPolicyPort]>, named: &[NamedPort]) -> Ports {
+pub fn resolve(ports: Option<&[PolicyPort]>, named: &[NamedPort]) -> Ports {
     let ports = match ports {
         None | Some([]) => return Ports::Any,
         Some(ports) => ports,
@@ -386,7 +385,7 @@ pub fn resolve(ports: Option<&[NetworkPolicyPort]>, named: &[NamedPort]) -> Port
 fn egress_allowances(
     policy: PolicyView<'_>,
     to: Option<&[Peer]>,
-    ports: Option<&[NetworkPolicyPort]>,
+    ports: Option<&[PolicyPort]>,
     cluster: &dyn Cluster,
 ) -> Vec<Allowance> {
     let named = ports
