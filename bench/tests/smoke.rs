@@ -156,3 +156,29 @@ fn scale_bench_requests_per_call_do_not_grow_with_the_cluster() {
         "Attach reads the pod and writes"
     );
 }
+
+/// `policer-bench` end to end, small (as root: it makes network namespaces): every pod's
+/// table applied, then the change's, with the figures docs/benchmarks.md documents.
+#[test]
+fn policer_bench_applies_every_pod_and_the_change() {
+    let out = Command::new(env!("CARGO_BIN_EXE_policer-bench"))
+        .args(["--pods", "20", "--policies", "4", "--touched", "5"])
+        .output()
+        .expect("policer-bench runs");
+    assert!(
+        out.status.success(),
+        "policer-bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // 20 first-round removals, 20 tables for the 4 policies, 5 for the change.
+    assert!(report["applies"].as_f64().unwrap() >= 45.0, "{report}");
+    for key in [
+        "first_round_seconds",
+        "all_policies_applied_seconds",
+        "change_applied_seconds",
+        "apply_ms_per_pod",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
+    }
+}
