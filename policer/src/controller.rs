@@ -14,6 +14,7 @@ use std::time::Duration;
 use danm_core::netpol::PodRules;
 use danm_crds::{DanmEp, DanmNetworkPolicy};
 use danm_runtime::index::{Change, Synced, follow_map};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
@@ -35,6 +36,8 @@ pub struct Config {
     pub netns_root: PathBuf,
     /// How long changes are gathered before a round.
     pub settle: Duration,
+    /// How many pods' tables are applied at once (each an `nft` process).
+    pub parallel: usize,
 }
 
 /// Runs until `shutdown` completes, counting what it does in `metrics`.
@@ -158,6 +161,7 @@ async fn reconcile(
         let mut isolated = 0;
         let mut rule_count = 0;
         let mut failures: BTreeMap<PodKey, String> = BTreeMap::new();
+        let mut jobs = Vec::new();
         for (pod, netns) in &snapshot.local {
             let rules = snapshot.rules(pod);
             let key = (pod.clone(), netns.clone());
@@ -184,14 +188,24 @@ async fn reconcile(
                     continue;
                 }
             };
-            let batch = crate::ruleset::replace(&rules);
-            let nft = config.nft.clone();
-            let started = std::time::Instant::now();
-            let outcome = tokio::task::spawn_blocking(move || {
-                crate::apply::apply(&path, &batch, nft.as_deref())
+            jobs.push((pod.clone(), key, rules, path));
+        }
+        // The applies are independent (one namespace each): up to `parallel` at once.
+        let mut outcomes = futures::stream::iter(jobs)
+            .map(|(pod, key, rules, path)| {
+                let batch = crate::ruleset::replace(&rules);
+                let nft = config.nft.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        crate::apply::apply(&path, &batch, nft.as_deref())
+                    })
+                    .await;
+                    (pod, key, rules, outcome, started.elapsed().as_secs_f64())
+                }
             })
-            .await;
-            let seconds = started.elapsed().as_secs_f64();
+            .buffer_unordered(config.parallel.max(1));
+        while let Some((pod, key, rules, outcome, seconds)) = outcomes.next().await {
             match outcome {
                 Ok(Ok(())) => {
                     metrics.applied("ok", seconds);
@@ -214,6 +228,7 @@ async fn reconcile(
                 }
             }
         }
+        drop(outcomes);
         applied.retain(|(pod, netns), _| snapshot.local.get(pod) == Some(netns));
         first = false;
         metrics.round(snapshot.local.len(), isolated, rule_count, failing);

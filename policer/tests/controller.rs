@@ -32,6 +32,7 @@ impl Running {
             nft: None,
             netns_root: "/var/run/netns".into(),
             settle: Duration::from_millis(50),
+            parallel: 4,
         };
         let task = tokio::spawn(run(client, config, Arc::clone(&metrics), async {
             let _ = stopped.await;

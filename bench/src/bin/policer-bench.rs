@@ -33,6 +33,9 @@ struct Args {
     /// Pods the measured change touches.
     #[arg(long, default_value_t = 100)]
     touched: usize,
+    /// Tables applied at once (the policer's --parallel).
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
 }
 
 const NS: &str = "policer-bench";
@@ -108,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         nft: None,
         netns_root: "/var/run/netns".into(),
         settle: Duration::from_millis(100),
+        parallel: args.parallel,
     };
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -164,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             "pods": args.pods,
             "policies": args.policies,
             "touched": args.touched,
+            "parallel": args.parallel,
             "setup_seconds": round(setup_seconds),
             "first_round_seconds": round(first_round),
             "all_policies_applied_seconds": round(all_policies),

@@ -34,6 +34,10 @@ struct Args {
     /// How long changes are gathered into one round, e.g. `100ms`.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     settle: Duration,
+    /// How many pods' tables are applied at once (each one `nft` process in the pod's
+    /// namespace).
+    #[arg(long, env = "POLICER_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    parallel: u64,
     /// Admin server: `/metrics`, `/healthz`, `/readyz` (ready after the first full round;
     /// plaintext, on the host network: bind it to the node's address, `$(NODE_IP):9094` in
     /// the DaemonSet).
@@ -59,6 +63,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nft: args.nft,
         netns_root: args.netns_root,
         settle: args.settle,
+        parallel: args.parallel as usize,
     };
     controller::run(client, config, metrics, shutdown_signal()).await;
     tracing::info!("stopped");
