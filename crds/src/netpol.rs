@@ -34,7 +34,7 @@ pub struct DanmNetworkPolicySpec {
     /// Which interfaces of the selected pods the policy isolates: those on these networks.
     /// Absent: every interface with an address (as DANM's Policer did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxItems" = 16))]
+    #[schemars(extend("minItems" = 1, "maxItems" = 16))]
     pub network_selector: Option<Vec<NetworkRef>>,
     /// `Ingress`, `Egress` or both. Absent: `Ingress`, plus `Egress` when the policy has
     /// egress rules (as Kubernetes decides).
@@ -104,7 +104,7 @@ pub struct Peer {
     /// Only the peers' interfaces on these networks (DANM's): with no pod or namespace
     /// selector, the interfaces on these networks of every pod of the policy's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxItems" = 16))]
+    #[schemars(extend("minItems" = 1, "maxItems" = 16))]
     pub network_selector: Option<Vec<NetworkRef>>,
 }
 
@@ -130,7 +130,7 @@ pub struct IpBlock {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.port) || (type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : (size(self.port) <= 15 && self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.port.matches('[a-z]')))",
+    {"rule": "!has(self.port) || (type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : (size(self.port) <= 15 && self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.port.matches('[a-z]') && !self.port.contains('--')))",
      "message": "port must be a number from 1 to 65535 or a container port's name (at most 15 lowercase letters, digits and '-')", "fieldPath": ".port"},
     {"rule": "!has(self.endPort) || (has(self.port) && type(self.port) == int && self.endPort >= self.port && self.endPort <= 65535)",
      "message": "endPort needs a numbered port and must be at least port and at most 65535", "fieldPath": ".endPort"}

@@ -38,6 +38,9 @@ pub struct Config {
     pub settle: Duration,
     /// How many pods' tables are applied at once (each an `nft` process).
     pub parallel: usize,
+    /// The node's addresses: traffic between a pod and its node is always allowed, as
+    /// Kubernetes requires (kubelet's probes).
+    pub node_addresses: Vec<std::net::IpAddr>,
 }
 
 /// Runs until `shutdown` completes, counting what it does in `metrics`.
@@ -193,7 +196,7 @@ async fn reconcile(
         // The applies are independent (one namespace each): up to `parallel` at once.
         let mut outcomes = futures::stream::iter(jobs)
             .map(|(pod, key, rules, path)| {
-                let batch = crate::ruleset::replace(&rules);
+                let batch = crate::ruleset::replace(&rules, &config.node_addresses);
                 let nft = config.nft.clone();
                 async move {
                     let started = std::time::Instant::now();
@@ -229,7 +232,7 @@ async fn reconcile(
             }
         }
         drop(outcomes);
-        applied.retain(|(pod, netns), _| snapshot.local.get(pod) == Some(netns));
+        applied.retain(|key, _| snapshot.local.contains(key));
         first = false;
         metrics.round(snapshot.local.len(), isolated, rule_count, failing);
         publish(recorder, &failures, &mut reported).await;
@@ -267,7 +270,9 @@ async fn publish(
         let event = Event {
             type_: EventType::Warning,
             reason: "PolicyNotApplied".into(),
-            note: Some(format!("the pod keeps its previous rules: {why}")),
+            note: Some(truncated(&format!(
+                "the pod keeps the rules it had (none, if this was its first table): {why}"
+            ))),
             action: "ApplyNetworkPolicy".into(),
             secondary: None,
         };
@@ -276,4 +281,12 @@ async fn publish(
         }
     }
     *reported = failures.clone();
+}
+
+/// An Event's note is at most 1 kB.
+fn truncated(note: &str) -> String {
+    match note.char_indices().nth(1000) {
+        Some((at, _)) => format!("{}…", &note[..at]),
+        None => note.to_owned(),
+    }
 }

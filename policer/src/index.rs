@@ -2,7 +2,7 @@
 //! and named ports, every DanmEp (a pod's interfaces, addresses and network namespace) and
 //! every DanmNetworkPolicy. Objects are reduced to those facts as they arrive.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use danm_core::NetworkKind;
@@ -23,6 +23,8 @@ pub struct Endpoint {
     pub host: String,
     /// The pod's network namespace, as the CNI recorded it.
     pub netns: String,
+    /// The UID of the pod it was made for (empty in DANM's own records).
+    pub pod_uid: String,
     /// The interface.
     pub interface: Interface,
 }
@@ -39,8 +41,8 @@ pub struct Index {
 /// Labels.
 pub type Labels = BTreeMap<String, String>;
 
-/// A pod's labels and named ports.
-pub type PodFacts = (Labels, Vec<NamedPort>);
+/// A pod's labels, named ports and UID.
+pub type PodFacts = (Labels, Vec<NamedPort>, String);
 
 /// A namespace reduced to its facts.
 pub fn namespace(ns: Namespace) -> (String, Labels) {
@@ -63,7 +65,8 @@ pub fn pod(pod: Pod) -> (PodKey, PodFacts) {
             })
         })
         .collect();
-    (key, (pod.metadata.labels.unwrap_or_default(), ports))
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    (key, (pod.metadata.labels.unwrap_or_default(), ports, uid))
 }
 
 /// A DanmEp reduced to its facts; None when it names no network this build knows.
@@ -80,6 +83,7 @@ pub fn endpoint(ep: DanmEp) -> (PodKey, Option<Endpoint>) {
         pod: (namespace, spec.pod.clone()),
         host: spec.host.clone(),
         netns: spec.netns.clone(),
+        pod_uid: spec.pod_uid.clone(),
         interface: Interface {
             ifname: spec.interface.name.clone(),
             network: (kind, spec.network_name.clone()),
@@ -122,11 +126,16 @@ impl Index {
     /// `node` with their network namespaces, and the policies.
     pub fn snapshot(&self, node: &str) -> Snapshot {
         let mut views: BTreeMap<PodKey, PodView> = BTreeMap::new();
-        let mut netns: BTreeMap<PodKey, String> = BTreeMap::new();
+        let mut local: BTreeSet<(PodKey, String)> = BTreeSet::new();
         for ep in self.endpoints.values().flatten() {
-            let Some((labels, ports)) = self.pods.get(&ep.pod) else {
+            let Some((labels, ports, uid)) = self.pods.get(&ep.pod) else {
                 continue;
             };
+            // A record of an earlier pod of the same name (not deleted yet) is not this
+            // pod's.
+            if !ep.pod_uid.is_empty() && !uid.is_empty() && ep.pod_uid != *uid {
+                continue;
+            }
             let view = views.entry(ep.pod.clone()).or_insert_with(|| PodView {
                 namespace: ep.pod.0.clone(),
                 name: ep.pod.1.clone(),
@@ -136,7 +145,7 @@ impl Index {
             });
             view.interfaces.push(ep.interface.clone());
             if ep.host == node && !ep.netns.is_empty() {
-                netns.insert(ep.pod.clone(), ep.netns.clone());
+                local.insert((ep.pod.clone(), ep.netns.clone()));
             }
         }
         for view in views.values_mut() {
@@ -157,7 +166,7 @@ impl Index {
                 .collect(),
             views,
             by_namespace,
-            local: netns,
+            local,
             policies: self
                 .policies
                 .iter()
@@ -173,8 +182,9 @@ pub struct Snapshot {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     views: BTreeMap<PodKey, PodView>,
     by_namespace: BTreeMap<String, Vec<PodKey>>,
-    /// This node's pods and their network namespaces.
-    pub local: BTreeMap<PodKey, String>,
+    /// This node's pods with their network namespaces (a pod whose sandbox is being
+    /// re-created may briefly have two: each gets the table).
+    pub local: BTreeSet<(PodKey, String)>,
     policies: Vec<(String, DanmNetworkPolicySpec)>,
 }
 

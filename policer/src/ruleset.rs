@@ -1,10 +1,11 @@
 //! One pod's [`PodRules`] as one nftables table, `inet danm_policer`:
 //!
 //! ```text
-//! chain input   (hook input)    iif lo, established/related, ICMPv6 neighbour discovery:
-//!                               accept; iifname <isolated> jump in_<k>
+//! chain input   (hook input)    iif lo, established/related, ICMPv6 neighbour discovery,
+//!                               the node's addresses: accept; iifname <isolated> jump in_<k>
 //! chain output  (hook output)   the same, oifname <isolated> jump out_<k>
-//! chain forward (hook forward)  iifname jump in_<k>, oifname jump out_<k>
+//! chain forward (hook forward)  established/related accept; iifname jump fin_<k>, then
+//!                               oifname jump fout_<k>: the same rules, `return` for accept
 //! chain in_<k>  per allowance: ip saddr @in_<k>_<j>_4 [meta l4proto tcp th dport {..}]
 //!               accept (and ip6 with _6); then reject (TCP reset, else ICMP unreachable)
 //! chain out_<k> DNS (TCP and UDP 53) accept; per allowance with daddr; then reject
@@ -15,7 +16,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use danm_core::netpol::{AddressSet, Isolated, Peers, PodRules, Ports, Protocol, Ranges};
 use nftables::batch::Batch;
@@ -34,15 +35,15 @@ pub const TABLE: &str = "danm_policer";
 const FAMILY: NfFamily = NfFamily::INet;
 
 /// The transaction that replaces the pod's table with `rules`' (or removes it when `rules`
-/// isolate nothing): one `nft` batch, so the kernel applies all of it or none.
-pub fn replace(rules: &PodRules) -> Nftables<'static> {
+/// isolate nothing), traffic with the `node`'s addresses always allowed: one `nft` batch, so the kernel applies all of it or none.
+pub fn replace(rules: &PodRules, node: &[IpAddr]) -> Nftables<'static> {
     let mut batch = Batch::new();
     // Adding first makes the delete succeed whether or not the table exists.
     batch.add(NfListObject::Table(table()));
     batch.delete(NfListObject::Table(table()));
     if !rules.is_empty() {
         batch.add(NfListObject::Table(table()));
-        for object in objects(rules) {
+        for object in objects(rules, node) {
             batch.add(object);
         }
     }
@@ -51,7 +52,7 @@ pub fn replace(rules: &PodRules) -> Nftables<'static> {
 
 /// The transaction that removes the pod's table, whether or not it exists.
 pub fn remove() -> Nftables<'static> {
-    replace(&PodRules::default())
+    replace(&PodRules::default(), &[])
 }
 
 /// How many rules the table of `rules` holds (0 when it has none).
@@ -59,7 +60,7 @@ pub fn rule_count(rules: &PodRules) -> usize {
     if rules.is_empty() {
         return 0;
     }
-    objects(rules)
+    objects(rules, &[])
         .iter()
         .filter(|o| matches!(o, NfListObject::Rule(_)))
         .count()
@@ -105,7 +106,7 @@ impl Direction {
 
 /// Every set, chain and rule of the table, in the order `nft` needs them (sets and
 /// chains before the rules that use them).
-fn objects(rules: &PodRules) -> Vec<NfListObject<'static>> {
+fn objects(rules: &PodRules, node: &[IpAddr]) -> Vec<NfListObject<'static>> {
     let mut sets = Vec::new();
     let mut chains = Vec::new();
     let mut rule_list = Vec::new();
@@ -116,14 +117,28 @@ fn objects(rules: &PodRules) -> Vec<NfListObject<'static>> {
     ] {
         chains.push(base_chain(name, hook));
     }
-    let (lo_in, lo_out) = (
-        vec![is(meta(MetaKey::Iifname), "lo"), accept()],
-        vec![is(meta(MetaKey::Oifname), "lo"), accept()],
-    );
-    for (chain, lo) in [("input", lo_in), ("output", lo_out)] {
-        rule_list.push(rule(chain, lo));
+    for (chain, direction) in [("input", Direction::In), ("output", Direction::Out)] {
+        rule_list.push(rule(
+            chain,
+            vec![is(meta(direction.ifname()), "lo"), accept()],
+        ));
         rule_list.push(rule(chain, vec![established(), accept()]));
         rule_list.push(rule(chain, vec![neighbour_discovery(), accept()]));
+        // Traffic with the pod's own node is always allowed, as Kubernetes requires
+        // (kubelet's probes).
+        for (protocol, addresses) in node_sets(node) {
+            rule_list.push(rule(
+                chain,
+                vec![
+                    Statement::Match(Match {
+                        left: payload(protocol, direction.remote()),
+                        right: Expression::Named(NamedExpression::Set(addresses)),
+                        op: Operator::EQ,
+                    }),
+                    accept(),
+                ],
+            ));
+        }
     }
     rule_list.push(rule("forward", vec![established(), accept()]));
     for (direction, isolated, base) in [
@@ -132,30 +147,70 @@ fn objects(rules: &PodRules) -> Vec<NfListObject<'static>> {
     ] {
         for (k, interface) in isolated.iter().enumerate() {
             let chain = format!("{}_{k}", direction.prefix());
-            chains.push(regular_chain(&chain));
-            for base in [base, "forward"] {
+            // A forwarded packet crosses two interfaces: it must pass the ingress chain of
+            // the one it came in on and the egress chain of the one it leaves by, so the
+            // forward variants `return` what they allow instead of accepting it.
+            let forward = format!("f{chain}");
+            for (base, target) in [(base, &chain), ("forward", &forward)] {
+                chains.push(regular_chain(target));
                 rule_list.push(rule(
                     base,
                     vec![
                         is(meta(direction.ifname()), &interface.ifname),
                         Statement::Jump(JumpTarget {
-                            target: chain.clone().into(),
+                            target: target.clone().into(),
                         }),
                     ],
                 ));
             }
-            chain_rules(direction, &chain, interface, &mut sets, &mut rule_list);
+            chain_rules(
+                direction,
+                &chain,
+                &chain,
+                interface,
+                accept(),
+                Some(&mut sets),
+                &mut rule_list,
+            );
+            chain_rules(
+                direction,
+                &forward,
+                &chain,
+                interface,
+                Statement::Return(None),
+                None,
+                &mut rule_list,
+            );
         }
     }
     sets.into_iter().chain(chains).chain(rule_list).collect()
 }
 
-/// The rules of one isolated interface's chain, and the sets they look up.
+/// The node's addresses as anonymous sets, per payload protocol.
+fn node_sets(node: &[IpAddr]) -> Vec<(&'static str, Vec<SetItem<'static>>)> {
+    let mut out = Vec::new();
+    for (protocol, v4) in [("ip", true), ("ip6", false)] {
+        let items: Vec<SetItem<'static>> = node
+            .iter()
+            .filter(|a| a.is_ipv4() == v4)
+            .map(|a| SetItem::Element(Expression::String(a.to_string().into())))
+            .collect();
+        if !items.is_empty() {
+            out.push((protocol, items));
+        }
+    }
+    out
+}
+
+/// The rules of one isolated interface's chain, ending each allowance with `verdict`, and
+/// (when `sets` is given) the sets they look up, named after `set_prefix`.
 fn chain_rules(
     direction: Direction,
     chain: &str,
+    set_prefix: &str,
     interface: &Isolated,
-    sets: &mut Vec<NfListObject<'static>>,
+    verdict: Statement<'static>,
+    mut sets: Option<&mut Vec<NfListObject<'static>>>,
     rules: &mut Vec<NfListObject<'static>>,
 ) {
     if let Direction::Out = direction {
@@ -170,7 +225,7 @@ fn chain_rules(
                         right: Expression::Number(53),
                         op: Operator::EQ,
                     }),
-                    accept(),
+                    verdict.clone(),
                 ],
             ));
         }
@@ -178,11 +233,13 @@ fn chain_rules(
     for (j, allowance) in interface.allow.iter().enumerate() {
         let remotes: Vec<Option<Statement<'static>>> = match &allowance.peers {
             Peers::Any => vec![None],
-            Peers::Only(addresses) => family_sets(chain, j, addresses)
+            Peers::Only(addresses) => family_sets(set_prefix, j, addresses)
                 .into_iter()
                 .map(|(protocol, set)| {
                     let name = set_name(&set);
-                    sets.push(NfListObject::Set(Box::new(set)));
+                    if let Some(sets) = sets.as_deref_mut() {
+                        sets.push(NfListObject::Set(Box::new(set)));
+                    }
                     Some(Statement::Match(Match {
                         left: payload(protocol, direction.remote()),
                         right: Expression::String(format!("@{name}").into()),
@@ -202,7 +259,7 @@ fn chain_rules(
             for ports in &port_matches {
                 let mut statements: Vec<Statement<'static>> = remote.iter().cloned().collect();
                 statements.extend(ports.iter().cloned());
-                statements.push(accept());
+                statements.push(verdict.clone());
                 rules.push(rule(chain, statements));
             }
         }
@@ -437,7 +494,7 @@ mod tests {
     use danm_core::netpol::Allowance;
 
     fn json(rules: &PodRules) -> serde_json::Value {
-        serde_json::to_value(replace(rules)).unwrap()
+        serde_json::to_value(replace(rules, &[])).unwrap()
     }
 
     #[test]
@@ -483,7 +540,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                TABLE, TABLE, TABLE, "in_0_0_4", "input", "output", "forward", "in_0"
+                TABLE, TABLE, TABLE, "in_0_0_4", "input", "output", "forward", "in_0", "fin_0"
             ]
         );
         let text = batch.to_string();

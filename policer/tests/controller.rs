@@ -33,6 +33,7 @@ impl Running {
             netns_root: "/var/run/netns".into(),
             settle: Duration::from_millis(50),
             parallel: 4,
+            node_addresses: Vec::new(),
         };
         let task = tokio::spawn(run(client, config, Arc::clone(&metrics), async {
             let _ = stopped.await;

@@ -214,7 +214,7 @@ fn a_refused_transaction_keeps_the_rules_the_pod_had() {
     });
     // A batch the kernel refuses half-way (a jump to a chain that does not exist): none of
     // it applies, the deny-all table stays.
-    let mut broken = serde_json::to_value(replace(&PodRules::default())).unwrap();
+    let mut broken = serde_json::to_value(replace(&PodRules::default(), &[])).unwrap();
     broken["nftables"].as_array_mut().unwrap().push(serde_json::json!(
         {"add": {"rule": {"family": "inet", "table": "danm_policer", "chain": "nowhere", "expr": [{"accept": null}]}}}
     ));
@@ -227,4 +227,71 @@ fn a_refused_transaction_keeps_the_rules_the_pod_had() {
     );
     assert!(bed.has_table());
     assert_eq!(bed.tcp(0, POD_V4[0], 80), Seen::Refused);
+}
+
+/// Traffic between a pod and its node is always allowed (kubelet's probes): here the
+/// "node" is client 0's address.
+#[test]
+fn the_nodes_addresses_are_always_allowed() {
+    let bed = Bed::new();
+    let rules = PodRules {
+        ingress: vec![isolated("net1", Vec::new()), isolated("net2", Vec::new())],
+        egress: Vec::new(),
+    };
+    let node = [CLIENT_V4[0].parse().unwrap()];
+    apply(&bed.path(), &replace(&rules, &node), None).unwrap();
+    assert_eq!(bed.tcp(0, POD_V4[0], 80), Seen::Answered, "from the node");
+    assert_eq!(bed.tcp(1, POD_V4[1], 80), Seen::Refused, "from anyone else");
+}
+
+/// A pod that routes between its interfaces: a forwarded packet must pass the ingress
+/// rules of the interface it comes in on and the egress rules of the one it leaves by.
+#[test]
+fn forwarded_traffic_passes_both_interfaces_rules() {
+    let bed = Bed::new();
+    bed.pod
+        .within(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap());
+    bed.clients[0].ip(&["route", "add", "10.99.2.0/24", "via", POD_V4[0]]);
+    bed.clients[1].ip(&["route", "add", "10.99.1.0/24", "via", POD_V4[1]]);
+    common::serve_echo(&bed.clients[1], &[80]);
+    let target = SocketAddr::new(CLIENT_V4[1].parse().unwrap(), 80);
+    assert_eq!(
+        common::tcp_probe(&bed.clients[0], target),
+        Seen::Answered,
+        "routed"
+    );
+    // In on net1: allowed from anyone; out on net2: nothing allowed.
+    bed.apply(&PodRules {
+        ingress: vec![isolated(
+            "net1",
+            vec![Allowance {
+                peers: Peers::Any,
+                ports: Ports::Any,
+            }],
+        )],
+        egress: vec![isolated("net2", Vec::new())],
+    });
+    assert_eq!(
+        common::tcp_probe(&bed.clients[0], target),
+        Seen::Refused,
+        "the egress rules of net2 apply to forwarded traffic"
+    );
+    // Out on net2 allowed to client 1: the forwarded connection passes.
+    bed.apply(&PodRules {
+        ingress: vec![isolated(
+            "net1",
+            vec![Allowance {
+                peers: Peers::Any,
+                ports: Ports::Any,
+            }],
+        )],
+        egress: vec![isolated(
+            "net2",
+            vec![Allowance {
+                peers: Peers::Only(addresses(&["10.99.2.1/32"])),
+                ports: Ports::Only(vec![(Protocol::Tcp, 80, 80)]),
+            }],
+        )],
+    });
+    assert_eq!(common::tcp_probe(&bed.clients[0], target), Seen::Answered);
 }

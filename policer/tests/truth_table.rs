@@ -487,8 +487,12 @@ impl Cluster9 {
             .collect();
         for (view, ns) in self.views.iter().zip(&self.pods) {
             let rules = pod_rules(view, &views, self);
-            apply(std::path::Path::new(&ns.path()), &replace(&rules), None)
-                .expect("the table applies");
+            apply(
+                std::path::Path::new(&ns.path()),
+                &replace(&rules, &[]),
+                None,
+            )
+            .expect("the table applies");
         }
     }
 

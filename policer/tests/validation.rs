@@ -90,6 +90,17 @@ async fn invalid_policies_are_refused_naming_the_field() {
             "at least port",
         ),
         (
+            port(json!({"port": "a--b"})),
+            "ports[0].port",
+            "container port's name",
+        ),
+        (peer(json!({"networkSelector": []})), "networkSelector", ""),
+        (
+            json!({"podSelector": {}, "networkSelector": []}),
+            "spec.networkSelector",
+            "",
+        ),
+        (
             port(json!({"port": "http", "endPort": 90})),
             "ports[0].endPort",
             "numbered port",

@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         netns_root: "/var/run/netns".into(),
         settle: Duration::from_millis(100),
         parallel: args.parallel,
+        node_addresses: Vec::new(),
     };
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

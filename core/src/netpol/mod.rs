@@ -170,15 +170,16 @@ impl PodRules {
     }
 }
 
-/// The directions a policy isolates: (ingress, egress), as Kubernetes decides when
-/// `policyTypes` is absent.
+/// The directions a policy isolates: (ingress, egress). An absent or empty `policyTypes`
+/// is defaulted as Kubernetes does: `Ingress`, plus `Egress` when the policy has at least
+/// one egress rule.
 pub fn directions(spec: &DanmNetworkPolicySpec) -> (bool, bool) {
-    match &spec.policy_types {
-        Some(types) => (
+    match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => (
             types.iter().any(|t| t == "Ingress"),
             types.iter().any(|t| t == "Egress"),
         ),
-        None => (true, spec.egress.is_some()),
+        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     }
 }
 
@@ -375,9 +376,23 @@ pub fn resolve(ports: Option<&[PolicyPort]>, named: &[NamedPort]) -> Ports {
             ),
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    Ports::Only(out)
+    Ports::Only(merged(out))
+}
+
+/// Port ranges sorted, overlapping and adjacent ones of a protocol merged (an nftables
+/// interval set refuses overlapping elements).
+fn merged(mut ports: Vec<(Protocol, u16, u16)>) -> Vec<(Protocol, u16, u16)> {
+    ports.sort_unstable();
+    let mut out: Vec<(Protocol, u16, u16)> = Vec::with_capacity(ports.len());
+    for (protocol, first, last) in ports {
+        match out.last_mut() {
+            Some((p, _, end)) if *p == protocol && u32::from(first) <= u32::from(*end) + 1 => {
+                *end = (*end).max(last);
+            }
+            _ => out.push((protocol, first, last)),
+        }
+    }
+    out
 }
 
 /// An egress rule's allowances: named ports resolve per peer pod, so peers are grouped by

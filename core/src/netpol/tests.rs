@@ -500,3 +500,32 @@ fn label_selector_operators() {
     let policy = json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Equals", "values": ["x"]}]}});
     assert!(w.rules("a", "x", &[policy]).is_empty());
 }
+
+#[test]
+fn empty_policy_types_and_egress_lists_default_as_kubernetes_does() {
+    let w = world();
+    // policyTypes: [] is absent: Ingress.
+    let rules = w.rules("a", "x", &[json!({"podSelector": {}, "policyTypes": []})]);
+    assert_eq!((rules.ingress.len(), rules.egress.len()), (3, 0));
+    // egress: [] has no egress rule: no Egress type implied.
+    let rules = w.rules("a", "x", &[json!({"podSelector": {}, "egress": []})]);
+    assert_eq!((rules.ingress.len(), rules.egress.len()), (3, 0));
+}
+
+#[test]
+fn overlapping_port_ranges_merge() {
+    let ports: Vec<PolicyPort> = serde_json::from_value(json!([
+        {"port": 80}, {"port": 70, "endPort": 90}, {"port": 91}, {"port": "http"},
+        {"port": 80, "protocol": "UDP"}
+    ]))
+    .unwrap();
+    let named = [NamedPort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 85,
+    }];
+    assert_eq!(
+        resolve(Some(&ports), &named),
+        Ports::Only(vec![(Protocol::Tcp, 70, 91), (Protocol::Udp, 80, 80)])
+    );
+}

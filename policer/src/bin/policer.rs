@@ -24,6 +24,11 @@ struct Args {
     /// This node's name: the pods whose DanmEps name it as their host are this policer's.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
+    /// This node's addresses (repeat, or comma-separated; the DaemonSet gives
+    /// `$(NODE_IP)`): traffic between a pod and its node is always allowed, as Kubernetes
+    /// requires, so kubelet's probes reach isolated pods.
+    #[arg(long = "node-address", env = "NODE_IP", value_delimiter = ',')]
+    node_addresses: Vec<std::net::IpAddr>,
     /// The `nft` program (default: `nft` on the PATH).
     #[arg(long, env = "POLICER_NFT")]
     nft: Option<PathBuf>,
@@ -64,6 +69,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         netns_root: args.netns_root,
         settle: args.settle,
         parallel: args.parallel as usize,
+        node_addresses: args.node_addresses,
     };
     controller::run(client, config, metrics, shutdown_signal()).await;
     tracing::info!("stopped");

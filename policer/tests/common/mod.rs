@@ -95,7 +95,7 @@ impl Bed {
     }
 
     pub fn apply(&self, rules: &PodRules) {
-        apply(&self.path(), &replace(rules), None).expect("the transaction applies");
+        apply(&self.path(), &replace(rules, &[]), None).expect("the transaction applies");
     }
 
     pub fn has_table(&self) -> bool {
