@@ -22,6 +22,10 @@ use crate::cluster::binary;
 /// The CNI installer's image, as `deploy/base/cni/installer.yaml` names it.
 pub const INSTALLER_IMAGE: &str = "ghcr.io/danm-rs/cni-installer:0.1.0";
 
+/// The policer's image (`deploy/images/Dockerfile.policer`: its binary and nft), as the
+/// opt-in `deploy/components/policer` names it.
+pub const POLICER_IMAGE: &str = "ghcr.io/danm-rs/policer:0.1.0";
+
 /// Where the daemons' images keep their binaries (distroless's `PATH`).
 const DAEMON_BIN: &str = "/usr/local/bin";
 
@@ -289,6 +293,10 @@ mod tests {
                 assert_eq!(vec![program], installer_image().entrypoint, "{file:?}");
                 continue;
             }
+            if reference == POLICER_IMAGE {
+                assert_eq!(program, format!("{DAEMON_BIN}/policer"), "{file:?}");
+                continue;
+            }
             let row = rows
                 .iter()
                 .find(|row| row.reference == reference)
@@ -301,6 +309,29 @@ mod tests {
                 "{file:?} runs {program}, which {reference} does not hold"
             );
         }
+    }
+
+    /// The policer's Dockerfile builds its package's binary into the path its DaemonSet
+    /// runs, on an image that has nft.
+    #[test]
+    fn the_policer_image_holds_its_binary_and_nft() {
+        let dockerfile = read("deploy/images/Dockerfile.policer");
+        assert!(
+            dockerfile.contains("-p danm-policer --bin policer"),
+            "{dockerfile}"
+        );
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/policer {DAEMON_BIN}/policer")),
+            "{dockerfile}"
+        );
+        assert!(
+            dockerfile.contains("install -y --no-install-recommends nftables"),
+            "{dockerfile}"
+        );
+        assert_eq!(
+            package_binaries("danm-policer"),
+            BTreeSet::from(["policer".to_owned()])
+        );
     }
 
     #[test]
