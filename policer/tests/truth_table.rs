@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use common::{Seen, no_icmp_rate_limit, serve_echo, tcp_probe, udp_probe};
+use common::{Seen, no_icmp_rate_limit, serve_echo, tcp_probe, udp_probe_from};
 use danm_core::NetworkKind;
 use danm_core::netpol::{Cluster, Interface, NamedPort, PodView, PolicyView, Protocol, pod_rules};
 use danm_crds::DanmNetworkPolicySpec;
@@ -496,11 +496,15 @@ impl Cluster9 {
         }
     }
 
-    fn probe(&self, p: &Probe) -> bool {
+    /// Probe number `n` of the whole run (UDP probes each get a source port of their own:
+    /// see `common::udp_probe_from`).
+    fn probe(&self, p: &Probe, n: usize) -> bool {
         let target = SocketAddr::new(p.to.ip(p.net), p.port);
         let from = &self.pods[p.from.0];
         let seen = if p.udp {
-            udp_probe(from, target)
+            // 864 probes a case: a port comes back only after 46 cases, for another pair.
+            let port = 20_000 + (n % 40_000) as u16;
+            udp_probe_from(from, target, port)
         } else {
             tcp_probe(from, target)
         };
@@ -555,16 +559,20 @@ fn every_case_on_every_pair_network_protocol_and_port() {
     let mut failures = Vec::new();
     let cases = cases();
     assert!(cases.len() >= 30, "{} cases", cases.len());
-    for case in &cases {
+    for (c, case) in cases.iter().enumerate() {
         cluster.apply(&case.policies);
+        let (size, total) = (all.len().div_ceil(8), all.len());
         let observed: Vec<bool> = std::thread::scope(|scope| {
             let chunks: Vec<_> = all
-                .chunks(all.len().div_ceil(8))
-                .map(|chunk| {
-                    scope.spawn(|| {
+                .chunks(size)
+                .enumerate()
+                .map(|(k, chunk)| {
+                    let cluster = &cluster;
+                    scope.spawn(move || {
                         chunk
                             .iter()
-                            .map(|p| cluster.probe(p))
+                            .enumerate()
+                            .map(|(i, p)| cluster.probe(p, c * total + k * size + i))
                             .collect::<Vec<bool>>()
                     })
                 })

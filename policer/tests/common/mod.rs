@@ -158,13 +158,21 @@ pub fn tcp_probe(ns: &Netns, target: SocketAddr) -> Seen {
 
 /// Sends a datagram from `ns` to `target` over UDP and waits for the echo.
 pub fn udp_probe(ns: &Netns, target: SocketAddr) -> Seen {
+    udp_probe_from(ns, target, 0)
+}
+
+/// As [`udp_probe`], from source port `port` (0: any). A UDP flow's conntrack entry lives
+/// on for 30 s after its last packet: a probe that happened to reuse an earlier probe's
+/// source port would be "established" traffic, accepted whatever the rules now say, so
+/// callers that probe one pair many times give each probe a port of its own.
+pub fn udp_probe_from(ns: &Netns, target: SocketAddr, port: u16) -> Seen {
     ns.within(move || {
         let any: IpAddr = if target.is_ipv4() {
             "0.0.0.0".parse().unwrap()
         } else {
             "::".parse().unwrap()
         };
-        let socket = UdpSocket::bind((any, 0)).unwrap();
+        let socket = UdpSocket::bind((any, port)).unwrap();
         socket.connect(target).unwrap();
         socket.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
         let _ = socket.send(b"ping");
