@@ -82,6 +82,8 @@ subjects:
 }
 
 /// The admin server's `/metrics`, once it answers.
+const FREED: &str = "danm_cleaner_freed_total{reason=\"pod-gone\"}";
+
 async fn metrics(admin: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -101,6 +103,19 @@ async fn scrape(admin: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
+}
+
+/// The metrics once `series` reaches `at_least`: a pass counts its frees after its deletes,
+/// so the DanmEp can be gone a moment before the counter moves.
+async fn metrics_once(admin: &str, series: &str, at_least: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics(admin).await;
+        if count(&text, series) >= at_least || Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn count(metrics: &str, series: &str) -> u64 {
@@ -161,15 +176,9 @@ async fn one_replica_cleans_and_the_other_takes_over_when_it_dies() {
         lead.into_iter().next().unwrap(),
         other.into_iter().next().unwrap(),
     );
-    let lead_metrics = metrics(&lead.admin).await;
-    assert_eq!(
-        count(
-            &lead_metrics,
-            "danm_cleaner_freed_total{reason=\"pod-gone\"}"
-        ),
-        1,
-        "{lead_metrics}"
-    );
+    metrics_once(&lead.admin, FREED, 1).await;
+    let lead_metrics = metrics_once(&lead.admin, "danm_cleaner_passes_total", 1).await;
+    assert_eq!(count(&lead_metrics, FREED), 1, "{lead_metrics}");
     assert!(count(&lead_metrics, "danm_cleaner_passes_total") >= 1);
     let other_metrics = metrics(&other.admin).await;
     assert_eq!(
@@ -185,12 +194,8 @@ async fn one_replica_cleans_and_the_other_takes_over_when_it_dies() {
         holder(&bed, lease).await.as_deref(),
         Some(other.identity.as_str())
     );
-    let took_over = metrics(&other.admin).await;
-    assert_eq!(
-        count(&took_over, "danm_cleaner_freed_total{reason=\"pod-gone\"}"),
-        1,
-        "{took_over}"
-    );
+    let took_over = metrics_once(&other.admin, FREED, 1).await;
+    assert_eq!(count(&took_over, FREED), 1, "{took_over}");
 
     // SIGTERM: the replica stops cleanly and gives the Lease up.
     let pid = other.child.id().to_string();

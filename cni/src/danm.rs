@@ -1,6 +1,7 @@
 //! `danm`, the metaplugin kubelet calls: one Attach to ipamd per ADD (which resolves the
-//! pod's `danm.io/interfaces`, allocates every address and names every interface), then
-//! every interface in parallel within DANM's overall limit of 10 s: `ipvlan` (L2) and
+//! pod's `danm.io/interfaces`, allocates every address and names every interface), with a
+//! policer configured a wait for the pod's network policy rules ([`policer`]), then every
+//! interface in parallel within DANM's overall limit of 10 s: `ipvlan` (L2) and
 //! `macvlan` (bridge) are built here with netlink, anything else is delegated. One result
 //! for the runtime; if any interface fails, what this ADD did is undone and every error is
 //! reported. How each interface is made, and so unmade at DEL, is decided once, in
@@ -26,6 +27,7 @@ use danm_netlink::{self as netlink, Backend, LinkId, Netlink};
 mod config;
 mod delegated;
 mod maker;
+mod policer;
 
 pub use config::DanmConfig;
 use maker::{Devices, Maker, backend, makers};
@@ -401,6 +403,14 @@ impl Plugin for Danm {
             .map_err(|s| ipamd::cni_error("attach", &s))?
             .into_inner()
             .interfaces;
+        if let Some(socket) = &config.policer {
+            let limit = ADD_LIMIT.saturating_sub(started.elapsed());
+            if let Err(e) = policer::wait_for_rules(socket, request, &plans, limit).await {
+                let mut errors = vec![e];
+                self.release_all(&mut client, request, &mut errors).await;
+                return Err(combine("ADD failed and was rolled back", errors));
+            }
+        }
 
         let makers = makers(&config, request, &plans, Devices::Required);
         let work = join_all(plans.iter().zip(makers).map(|(plan, maker)| async move {

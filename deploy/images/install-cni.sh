@@ -93,9 +93,17 @@ else
   echo "install-cni: $why"
 fi
 
-# Only the two variables are replaced: the template is JSON, not a shell script.
+# With deploy/components/policer: the policer's gate socket, where the plugin waits for a
+# new pod's network policy rules before it builds the pod's interfaces (empty: no policer).
+policer="${DANM_POLICER_SOCKET:-}"
+case "$policer" in
+  *[!A-Za-z0-9/._-]*) echo "install-cni: DANM_POLICER_SOCKET=$policer: not a plain path" >&2; exit 1 ;;
+esac
+
+# Only these variables are replaced: the template is JSON, not a shell script.
 sed -e "s|\${DANM_IPAMD_SERVICE_HOST}|$host|g" \
     -e "s|\${DANM_IPAMD_SERVICE_PORT_GRPC}|$port|g" \
+    -e "s|\${DANM_POLICER_SOCKET}|$policer|g" \
     "$template" > "$conf_dir/00-danm.conf.danm-tmp"
 chmod 0644 "$conf_dir/00-danm.conf.danm-tmp"
 mv -f "$conf_dir/00-danm.conf.danm-tmp" "$conf_dir/00-danm.conf"

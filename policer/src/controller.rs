@@ -21,6 +21,7 @@ use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::Notify;
 
+use crate::gate::{Gate, RoundReport, Rounds, SandboxKey, ServeError};
 use crate::index::{self, Index, PodKey};
 use crate::metrics::Metrics;
 
@@ -41,17 +42,37 @@ pub struct Config {
     /// The node's addresses: traffic between a pod and its node is always allowed, as
     /// Kubernetes requires (kubelet's probes).
     pub node_addresses: Vec<std::net::IpAddr>,
+    /// The gate's socket, where the CNI plugin waits for a new sandbox's table
+    /// ([`crate::gate`]); None: no gate.
+    pub gate_socket: Option<PathBuf>,
+    /// How long a gate call may wait.
+    pub gate_wait: Duration,
 }
 
-/// Runs until `shutdown` completes, counting what it does in `metrics`.
+/// Runs until `shutdown` completes, counting what it does in `metrics`; fails only when the
+/// gate cannot serve.
 pub async fn run(
     client: kube::Client,
     config: Config,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> Result<(), ServeError> {
     let index = Arc::new(Mutex::new(Index::default()));
     let changed = Arc::new(Notify::new());
+    let rounds = Arc::new(Rounds::default());
+    let stop_gate = Arc::new(Notify::new());
+    let mut gate = config.gate_socket.clone().map(|socket| {
+        let gate = Gate {
+            index: Arc::clone(&index),
+            changed: Arc::clone(&changed),
+            rounds: Arc::clone(&rounds),
+            node: config.node.clone(),
+            wait: config.gate_wait,
+            metrics: Arc::clone(&metrics),
+        };
+        let stop = Arc::clone(&stop_gate);
+        tokio::spawn(async move { crate::gate::serve(&socket, gate, stop.notified()).await })
+    });
     let synced = Arc::new(Synced::new(4));
     let recorder = Recorder::new(
         client.clone(),
@@ -98,13 +119,32 @@ pub async fn run(
             Index::policies_mut,
         ),
     ];
-    tokio::select! {
-        _ = reconcile(&config, &index, &changed, &synced, &metrics, &recorder) => {}
-        _ = shutdown => {}
-    }
+    let gate_failed = async {
+        match gate {
+            Some(ref mut task) => match task.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => std::future::pending().await,
+                Err(e) => ServeError::Socket {
+                    path: config.gate_socket.clone().unwrap_or_default(),
+                    source: std::io::Error::other(e),
+                },
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = reconcile(&config, &index, &changed, &synced, &rounds, &metrics, &recorder) => Ok(()),
+        _ = shutdown => Ok(()),
+        e = gate_failed => Err(e),
+    };
     for task in tasks {
         task.abort();
     }
+    stop_gate.notify_one();
+    if let Some(task) = gate {
+        let _ = task.await;
+    }
+    outcome
 }
 
 /// Follows one kind into one map of the index.
@@ -150,6 +190,7 @@ async fn reconcile(
     index: &Mutex<Index>,
     changed: &Notify,
     synced: &Synced,
+    rounds: &Rounds,
     metrics: &Metrics,
     recorder: &Recorder,
 ) {
@@ -159,7 +200,11 @@ async fn reconcile(
     // The failures already published as Events, so that one that stays is published once.
     let mut reported: BTreeMap<PodKey, String> = BTreeMap::new();
     loop {
-        let snapshot = index.lock().expect("the index lock").snapshot(&config.node);
+        let (round, snapshot) = {
+            let index = index.lock().expect("the index lock");
+            (rounds.begin(), index.snapshot(&config.node))
+        };
+        let mut failed: BTreeMap<SandboxKey, String> = BTreeMap::new();
         let mut failing = 0;
         let mut isolated = 0;
         let mut rule_count = 0;
@@ -181,13 +226,12 @@ async fn reconcile(
                     failing += 1;
                     metrics.applied("refused-netns", 0.0);
                     tracing::warn!(namespace = %pod.0, pod = %pod.1, netns = %netns, root = %config.netns_root.display(), error = %e, "the recorded network namespace is not one of the root's; not entered");
-                    failures.insert(
-                        pod.clone(),
-                        format!(
-                            "network namespace {netns:?} is not an entry of {}: not entered",
-                            config.netns_root.display()
-                        ),
+                    let why = format!(
+                        "network namespace {netns:?} is not an entry of {}: not entered",
+                        config.netns_root.display()
                     );
+                    failed.insert(key, why.clone());
+                    failures.insert(pod.clone(), why);
                     continue;
                 }
             };
@@ -219,6 +263,7 @@ async fn reconcile(
                     failing += 1;
                     metrics.applied("failed", seconds);
                     failures.insert(pod.clone(), e.to_string());
+                    failed.insert(key.clone(), e.to_string());
                     applied.remove(&key);
                     tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply failed; the pod keeps its previous rules, retried next round");
                 }
@@ -226,6 +271,7 @@ async fn reconcile(
                     failing += 1;
                     metrics.applied("failed", seconds);
                     failures.insert(pod.clone(), e.to_string());
+                    failed.insert(key.clone(), e.to_string());
                     applied.remove(&key);
                     tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply task failed");
                 }
@@ -233,6 +279,14 @@ async fn reconcile(
         }
         drop(outcomes);
         applied.retain(|key, _| snapshot.local.contains(key));
+        rounds.finish(RoundReport {
+            id: round,
+            applied: applied
+                .iter()
+                .map(|(key, rules)| (key.clone(), !rules.is_empty()))
+                .collect(),
+            failed,
+        });
         first = false;
         metrics.round(snapshot.local.len(), isolated, rule_count, failing);
         publish(recorder, &failures, &mut reported).await;

@@ -29,6 +29,24 @@ pub struct Endpoint {
     pub interface: Interface,
 }
 
+/// A pod's sandbox, as the CNI plugin names it to the gate before it builds the
+/// interfaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's UID (empty: any).
+    pub uid: String,
+    /// The sandbox's container id.
+    pub container_id: String,
+    /// Its network namespace, as ipamd recorded it.
+    pub netns: String,
+    /// The interfaces ipamd recorded for it.
+    pub interfaces: Vec<String>,
+}
+
 /// The index.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -120,6 +138,36 @@ impl Index {
     /// Policies, by namespace and name.
     pub fn policies_mut(&mut self) -> &mut HashMap<PodKey, DanmNetworkPolicySpec> {
         &mut self.policies
+    }
+
+    /// Whether the index holds everything a new sandbox's table depends on: the pod (with
+    /// this UID, when given) and the DanmEp of each of `interfaces`, found by the name
+    /// ipamd gives it (from the container id and interface name: no scan), recording
+    /// `netns`. `Err` when a record says the sandbox is not this policer's (another node).
+    pub fn holds_sandbox(&self, sandbox: &Sandbox, node: &str) -> Result<bool, String> {
+        let key = (sandbox.namespace.clone(), sandbox.pod.clone());
+        match self.pods.get(&key) {
+            Some((_, _, uid)) if sandbox.uid.is_empty() || *uid == sandbox.uid => {}
+            _ => return Ok(false),
+        }
+        for ifname in &sandbox.interfaces {
+            let name = danm_core::OwnerKey::new(&sandbox.container_id, ifname)
+                .map_err(|e| format!("interface {ifname:?}: {e}"))?
+                .endpoint_name();
+            let Some(Some(ep)) = self.endpoints.get(&(sandbox.namespace.clone(), name)) else {
+                return Ok(false);
+            };
+            if ep.pod != key || ep.netns != sandbox.netns {
+                return Ok(false);
+            }
+            if ep.host != node {
+                return Err(format!(
+                    "the DanmEp of interface {ifname} names node {:?}, this policer serves {node:?}",
+                    ep.host
+                ));
+            }
+        }
+        Ok(true)
     }
 
     /// What one round of decisions reads: every pod with its interfaces, the pods of

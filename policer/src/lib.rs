@@ -7,6 +7,8 @@
 //! * [`index`] and [`controller`]: namespaces, pods, DanmEps and DanmNetworkPolicies
 //!   followed with watches; each change starts a round that recomputes this node's pods'
 //!   decisions and applies those that changed; [`metrics`]: what it did, for Prometheus.
+//! * [`gate`]: isolation from a pod's first packet: the `danm` CNI plugin asks, over a
+//!   unix socket, for a new sandbox's table before it builds the interfaces.
 //! * [`apply`]: that table replaced atomically in a pod's network namespace (one `nft`
 //!   transaction), or removed; nothing else in the namespace is touched.
 //!
@@ -19,6 +21,7 @@
 
 pub mod apply;
 pub mod controller;
+pub mod gate;
 pub mod index;
 pub mod metrics;
 pub mod ruleset;

@@ -30,6 +30,8 @@ pub struct Metrics {
     isolated: Gauge,
     rules: Gauge,
     failing: Gauge,
+    gate_calls: Family<ResultLabels, Counter>,
+    gate_seconds: Histogram,
     synced: AtomicBool,
 }
 
@@ -75,8 +77,23 @@ impl Metrics {
             "pods_failing",
             "This node's pods whose last apply failed, at the last round",
         );
+        let gate_calls = register(
+            &mut registry,
+            "gate_calls",
+            "The CNI plugin's calls to the gate, by result: isolated, open (no policy selects \
+             the pod), failed (the apply failed), timeout (the pod or its DanmEps did not \
+             arrive in time), refused (invalid, or another node's sandbox)",
+        );
+        let gate_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "gate_seconds",
+            "Time from the CNI plugin's call to the gate to its answer",
+            gate_seconds.clone(),
+        );
         Metrics {
             registry,
+            gate_calls,
+            gate_seconds,
             rounds,
             applies,
             apply_seconds,
@@ -94,6 +111,14 @@ impl Metrics {
         if result != "refused-netns" {
             self.apply_seconds.observe(seconds);
         }
+    }
+
+    /// One call to the gate, with its result and duration.
+    pub fn gate_call(&self, result: &'static str, seconds: f64) {
+        self.gate_calls
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.gate_seconds.observe(seconds);
     }
 
     /// A round ended with these counts.

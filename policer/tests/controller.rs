@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 struct Running {
     metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), danm_policer::gate::ServeError>>,
 }
 
 impl Running {
@@ -34,6 +34,8 @@ impl Running {
             settle: Duration::from_millis(50),
             parallel: 4,
             node_addresses: Vec::new(),
+            gate_socket: None,
+            gate_wait: Duration::from_secs(20),
         };
         let task = tokio::spawn(run(client, config, Arc::clone(&metrics), async {
             let _ = stopped.await;
@@ -55,7 +57,7 @@ impl Running {
 
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
+        self.task.await.unwrap().unwrap();
     }
 }
 

@@ -905,6 +905,7 @@ fn the_cni_configuration_speaks_a_version_every_runtime_parses() {
         ("base", &[][..]),
         ("overlays/production", &[][..]),
         ("overlays/production", &["node-token"][..]),
+        ("overlays/production", &["policer"][..]),
     ] {
         let objects = build_with(overlay, components);
         let template =
@@ -922,4 +923,42 @@ fn the_cni_configuration_speaks_a_version_every_runtime_parses() {
             "{overlay} {components:?}: a .conf's cniVersions is never read by libcni"
         );
     }
+}
+
+/// The policer component makes the CNI wait for a new pod's rules: the installer is told the
+/// gate's socket (it writes it into 00-danm.conf's `policer`), and the policer serves it
+/// there, on a host folder both see. With or without node-token's template.
+#[test]
+fn the_policer_component_points_the_cni_at_its_gate() {
+    const SOCKET: &str = "/var/run/danm/policer.sock";
+    for components in [&["policer"][..], &["policer", "node-token"][..]] {
+        let objects = build_with("overlays/production", components);
+        let installer = containers(find(&objects, "DaemonSet", "danm-cni-installer"))[0].clone();
+        assert!(
+            installer["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "DANM_POLICER_SOCKET" && e["value"] == SOCKET),
+            "{components:?}: {installer:#}"
+        );
+        let template =
+            find(&objects, "ConfigMap", "danm-cni-config")["data"]["00-danm.conf.template"]
+                .as_str()
+                .unwrap();
+        let conf: Value = serde_json::from_str(template).unwrap();
+        assert_eq!(conf["policer"], "${DANM_POLICER_SOCKET}", "{components:?}");
+        let policer = find(&objects, "DaemonSet", "danm-policer");
+        let args = containers(policer)[0]["args"].to_string();
+        assert!(
+            args.contains(&format!("\"--gate-socket\",\"{SOCKET}\"")),
+            "{args}"
+        );
+        let spec = pod_spec(policer).unwrap().to_string();
+        assert!(spec.contains("\"path\":\"/var/run/danm\""), "{spec}");
+    }
+    // Without the component the installer renders it empty: no gate.
+    let objects = build_with("overlays/production", &[]);
+    let installer = containers(find(&objects, "DaemonSet", "danm-cni-installer"))[0].to_string();
+    assert!(!installer.contains("DANM_POLICER_SOCKET"), "{installer}");
 }

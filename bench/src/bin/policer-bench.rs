@@ -113,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
         settle: Duration::from_millis(100),
         parallel: args.parallel,
         node_addresses: Vec::new(),
+        gate_socket: None,
+        gate_wait: Duration::from_secs(20),
     };
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -161,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_after = rss_kib()?;
     let (sum, count) = apply_seconds(&metrics);
     let _ = stop.send(());
-    controller.await?;
+    controller.await??;
     drop(namespaces);
     println!(
         "{:#}",

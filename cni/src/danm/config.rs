@@ -28,6 +28,10 @@ pub struct DanmConfig {
     /// `cniCacheDir`: libcni's cache (`/var/lib/cni`), where DEL finds the network that
     /// attached a container before danm did ([`crate::previous`]).
     pub cni_cache_dir: PathBuf,
+    /// `policer`: the node policer's gate socket (`danm_proto::gate::DEFAULT_SOCKET` in
+    /// deploy/components/policer); ADD waits there for the pod's rules before it builds any
+    /// interface. None (absent or empty): no policer, no wait.
+    pub policer: Option<PathBuf>,
     /// `name`: this configuration's network name (libcni caches danm's own attachments
     /// under it).
     pub name: String,
@@ -81,7 +85,24 @@ impl DanmConfig {
             interfaces,
             tls: ipamd::parse_tls(config, "ipamdTLS")?,
             cni_cache_dir: text("cniCacheDir", previous::DEFAULT_CACHE_DIR)?.into(),
+            policer: policer_socket(text("policer", "")?)?,
             name: text("name", "danm")?,
         })
     }
+}
+
+/// `policer`: empty is no policer; anything else must be an absolute path (a template
+/// variable the installer did not replace is refused here, not dialled).
+fn policer_socket(value: String) -> Result<Option<PathBuf>, CniError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if !value.starts_with('/') || value.contains("${") {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("policer: {value:?} is not an absolute path to the policer's socket"),
+            String::new(),
+        ));
+    }
+    Ok(Some(PathBuf::from(value)))
 }

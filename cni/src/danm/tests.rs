@@ -17,9 +17,15 @@ fn reads_00_danm_conf() {
     assert_eq!(c.cni_dir, PathBuf::from("/etc/cni/danm"));
     assert_eq!(c.naming_scheme, "legacy");
     assert_eq!(c.interfaces, r#"[{"ip":"dynamic","network":"internal"}]"#);
+    assert_eq!(c.policer, None);
     let d = DanmConfig::parse(&json!({})).unwrap();
     assert_eq!(d.ipamd, DEFAULT_IPAMD);
     assert_eq!(d.interfaces, "");
+    // The installer renders `policer` empty without deploy/components/policer.
+    let p = DanmConfig::parse(&json!({"policer": ""})).unwrap();
+    assert_eq!(p.policer, None);
+    let p = DanmConfig::parse(&json!({"policer": "/var/run/danm/policer.sock"})).unwrap();
+    assert_eq!(p.policer, Some(PathBuf::from("/var/run/danm/policer.sock")));
     // A node identified by its agent's token (ipamd --node-identity sa-token), passed
     // on to danm-ipam as written.
     let t = DanmConfig::parse(&json!({"ipamdTLS": {
@@ -48,6 +54,9 @@ fn bad_keys_are_named() {
         (json!({"ipamdTLS": {"cert": "x"}}), "ipamdTLS.ca"),
         (json!({"ipamdTLS": {"ca": "c", "cert": "x"}}), "ipamdTLS"),
         (json!({"ipamdTLS": {"ca": "c", "pin": "x"}}), "ipamdTLS.pin"),
+        (json!({"policer": "${DANM_POLICER_SOCKET}"}), "policer"),
+        (json!({"policer": "policer.sock"}), "policer"),
+        (json!({"policer": true}), "policer"),
     ] {
         let e = DanmConfig::parse(&config).unwrap_err();
         assert!(e.msg.starts_with(field), "{config}: {e}");

@@ -29,7 +29,9 @@ pub fn rendered_template(cluster: &Cluster, node: &str) -> serde_json::Value {
         .replace(
             "${DANM_IPAMD_SERVICE_PORT_GRPC}",
             &address.port().to_string(),
-        );
+        )
+        // No policer on these nodes (deploy/components/policer sets it).
+        .replace("${DANM_POLICER_SOCKET}", "");
     let mut config: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     let cert = cluster.pki.node_certificate(node);
     config["ipamdTLS"]["ca"] = serde_json::json!(cluster.pki.ca());

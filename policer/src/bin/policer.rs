@@ -43,6 +43,16 @@ struct Args {
     /// namespace).
     #[arg(long, env = "POLICER_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     parallel: u64,
+    /// The gate's unix socket, where the `danm` CNI plugin (with `policer` in
+    /// 00-danm.conf) waits for a new pod's table before it builds the pod's interfaces, so a
+    /// pod a policy selects is never reachable before its rules are loaded. Empty: no gate.
+    #[arg(long, env = "POLICER_GATE_SOCKET", default_value = danm_proto::gate::DEFAULT_SOCKET)]
+    gate_socket: PathBuf,
+    /// How long a gate call waits for the pod and its DanmEps to reach the policer and its
+    /// table to be applied, e.g. `10s`, DANM's limit for a whole ADD (the plugin fails the ADD when its own limit
+    /// passes first; kubelet retries).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    gate_wait: Duration,
     /// Admin server: `/metrics`, `/healthz`, `/readyz` (ready after the first full round;
     /// plaintext, on the host network: bind it to the node's address, `$(NODE_IP):9094` in
     /// the DaemonSet).
@@ -70,8 +80,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settle: args.settle,
         parallel: args.parallel as usize,
         node_addresses: args.node_addresses,
+        gate_socket: Some(args.gate_socket).filter(|s| !s.as_os_str().is_empty()),
+        gate_wait: args.gate_wait,
     };
-    controller::run(client, config, metrics, shutdown_signal()).await;
+    controller::run(client, config, metrics, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
