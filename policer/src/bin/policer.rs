@@ -47,7 +47,7 @@ struct Args {
     /// 00-danm.conf) waits for a new pod's table before it builds the pod's interfaces, so a
     /// pod a policy selects is never reachable before its rules are loaded. Empty: no gate.
     #[arg(long, env = "POLICER_GATE_SOCKET", default_value = danm_proto::gate::DEFAULT_SOCKET)]
-    gate_socket: PathBuf,
+    gate_socket: String,
     /// How long a gate call waits for the pod and its DanmEps to reach the policer and its
     /// table to be applied, e.g. `10s`, DANM's limit for a whole ADD (the plugin fails the ADD when its own limit
     /// passes first; kubelet retries).
@@ -80,7 +80,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settle: args.settle,
         parallel: args.parallel as usize,
         node_addresses: args.node_addresses,
-        gate_socket: Some(args.gate_socket).filter(|s| !s.as_os_str().is_empty()),
+        gate_socket: Some(args.gate_socket)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
         gate_wait: args.gate_wait,
     };
     controller::run(client, config, metrics, shutdown_signal()).await?;
