@@ -1,7 +1,7 @@
 //! The policer's controller on the real API server: pods, DanmEps and DanmNetworkPolicies
 //! in the API, the pod's network namespace from the bed of `common`; each policy change
 //! reaches the pod's table, and a restart converges (stale tables removed, new policies
-//! applied). As root.
+//! applied), all under live traffic: an established connection echoes throughout. As root.
 
 mod common;
 
@@ -58,6 +58,54 @@ impl Running {
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A TCP connection from a client namespace to the pod, echoing every 25 ms on a thread
+/// until stopped; every echo that fails is recorded.
+struct Live {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Live {
+    fn open(from: &danm_testkit::netns::Netns, to: &str) -> Live {
+        use std::io::{Read, Write};
+        let target: std::net::SocketAddr = (to.parse::<std::net::IpAddr>().unwrap(), 80).into();
+        let mut stream = from.within(move || {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).unwrap()
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut echoes, mut failures) = (0, Vec::new());
+            while !stopped.load(std::sync::atomic::Ordering::Acquire) {
+                let mut buf = [0u8; 4];
+                match stream
+                    .write_all(b"live")
+                    .and_then(|()| stream.read_exact(&mut buf))
+                {
+                    Ok(()) if &buf == b"live" => echoes += 1,
+                    Ok(()) => failures.push(format!("echo {buf:?}")),
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            (echoes, failures)
+        });
+        Live { stop, thread }
+    }
+
+    /// The echoes that came back and the failures.
+    fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().unwrap()
     }
 }
 
@@ -243,6 +291,9 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
         Seen::Answered,
         "client-a allowed on net1"
     );
+    // Live traffic from here to the end: one connection client-a opened while allowed,
+    // echoing every 25 ms through every later change, restart and removal.
+    let live = Live::open(&bed.clients[0], POD_V4[0]);
 
     // Changed: app=other too.
     policies
@@ -313,5 +364,11 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
         b.tcp(0, POD_V4[0], 80) == Seen::Refused
     })
     .await;
+    let (echoes, failures) = live.stop();
+    assert!(echoes > 20, "only {echoes} echoes on the live connection");
+    assert!(
+        failures.is_empty(),
+        "the established connection broke during the changes: {failures:?}"
+    );
     controller.stop().await;
 }
