@@ -100,42 +100,80 @@ pub fn netns_path(name: &str) -> PathBuf {
 /// namespace `to` (a listener there, a connection and a few bytes): what two pods' processes
 /// would do over their interfaces.
 pub fn tcp_reaches(from: &str, to: &str, address: std::net::IpAddr, port: u16) -> bool {
+    tcp_probe(from, to, address, port) == Reach::Reached
+}
+
+/// What a TCP probe saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The bytes arrived at the listener.
+    Reached,
+    /// Refused at once (a TCP reset: a REJECT, or nobody listening).
+    Refused,
+    /// Nothing within the timeout (dropped, or no route).
+    Silent,
+}
+
+/// A connection from the namespace `from` to `address:port`, served for the probe in the
+/// namespace `to`; the listener ends with the probe, whatever happened.
+pub fn tcp_probe(from: &str, to: &str, address: std::net::IpAddr, port: u16) -> Reach {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
     fn enter(name: &str) -> Result<(), String> {
         let file = std::fs::File::open(netns_path(name)).map_err(|e| e.to_string())?;
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
     }
     let target = SocketAddr::new(address, port);
     let to = to.to_owned();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::clone(&done);
     let server = std::thread::spawn(move || -> Result<Vec<u8>, String> {
         enter(&to)?;
         let listener =
             std::net::TcpListener::bind(target).map_err(|e| format!("bind {target}: {e}"))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let _ = ready_tx.send(());
-        listener.set_nonblocking(false).map_err(|e| e.to_string())?;
-        let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if stop.load(Ordering::Acquire) || Instant::now() > deadline {
+                        return Err("no connection".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         let mut got = vec![0u8; 4];
         std::io::Read::read_exact(&mut stream, &mut got).map_err(|e| e.to_string())?;
         Ok(got)
     });
-    if ready_rx
-        .recv_timeout(std::time::Duration::from_secs(5))
-        .is_err()
-    {
-        return false;
+    if ready_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+        done.store(true, Ordering::Release);
+        let _ = server.join();
+        return Reach::Silent;
     }
     let from = from.to_owned();
-    let client = std::thread::spawn(move || -> Result<(), String> {
-        enter(&from)?;
-        let mut stream =
-            std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(5))
-                .map_err(|e| format!("connect {target}: {e}"))?;
-        std::io::Write::write_all(&mut stream, b"ping").map_err(|e| e.to_string())
+    let client = std::thread::spawn(move || -> Result<(), std::io::Error> {
+        enter(&from).map_err(std::io::Error::other)?;
+        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        std::io::Write::write_all(&mut stream, b"ping")
     });
-    let sent = client.join().map(|r| r.is_ok()).unwrap_or(false);
-    if !sent {
-        // Unblock the listener so its thread ends.
-        return false;
+    let sent = client
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
+    done.store(true, Ordering::Release);
+    let received = matches!(server.join(), Ok(Ok(bytes)) if bytes == b"ping");
+    match sent {
+        Ok(()) if received => Reach::Reached,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+        _ => Reach::Silent,
     }
-    matches!(server.join(), Ok(Ok(bytes)) if bytes == b"ping")
 }
