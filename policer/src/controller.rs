@@ -196,6 +196,8 @@ async fn reconcile(
 ) {
     synced.listed().await;
     let mut applied: BTreeMap<(PodKey, String), PodRules> = BTreeMap::new();
+    // The sandboxes this run has tried to give a table (whether or not it took).
+    let mut written: std::collections::BTreeSet<(PodKey, String)> = Default::default();
     let mut first = true;
     // The failures already published as Events, so that one that stays is published once.
     let mut reported: BTreeMap<PodKey, String> = BTreeMap::new();
@@ -219,6 +221,15 @@ async fn reconcile(
             rule_count += crate::ruleset::rule_count(&rules);
             if !first && applied.get(&key) == Some(&rules) {
                 continue;
+            }
+            // Nothing to isolate in a sandbox this run never wrote a table to (the first
+            // round removed any an earlier run left): there is none, nothing to run.
+            if !first && rules.is_empty() && !written.contains(&key) {
+                applied.insert(key, rules);
+                continue;
+            }
+            if !rules.is_empty() {
+                written.insert(key.clone());
             }
             let path = match danm_core::names::netns_in(&config.netns_root, netns) {
                 Ok(path) => path,
@@ -279,6 +290,7 @@ async fn reconcile(
         }
         drop(outcomes);
         applied.retain(|key, _| snapshot.local.contains(key));
+        written.retain(|key| snapshot.local.contains(key));
         rounds.finish(RoundReport {
             id: round,
             applied: applied

@@ -133,7 +133,7 @@ fn path_of(netns: &Netns) -> std::path::PathBuf {
 }
 
 fn churn_policy(round: usize) -> DanmNetworkPolicy {
-    let group = if round % 2 == 0 { "a" } else { "b" };
+    let group = if round.is_multiple_of(2) { "a" } else { "b" };
     serde_json::from_value(json!({
         "apiVersion": "danm.io/v1", "kind": "DanmNetworkPolicy",
         "metadata": {"name": "churn"},
@@ -161,7 +161,7 @@ async fn a_killed_policer_converges_and_never_leaves_a_selected_pod_without_its_
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let eps: Api<DanmEp> = Api::namespaced(client.clone(), &ns);
     for (i, (name, netns)) in pods.iter().enumerate() {
-        let group = if i % 2 == 0 { "a" } else { "b" };
+        let group = if i.is_multiple_of(2) { "a" } else { "b" };
         pod_api
             .create(
                 &PostParams::default(),
@@ -267,7 +267,7 @@ async fn a_killed_policer_converges_and_never_leaves_a_selected_pod_without_its_
                     .await
                     .unwrap();
                 let (name, _) = &pods[round % PODS];
-                let group = if round % 2 == 0 { "b" } else { "a" };
+                let group = if round.is_multiple_of(2) { "b" } else { "a" };
                 pod_api
                     .patch(
                         name,

@@ -58,6 +58,39 @@ pub(crate) fn serve_until_stopped(
     stop
 }
 
+/// A kustomization in a temporary folder, as an operator writes one: `deploy/<overlay>` as
+/// its resource and `deploy/components/<c>` for each of `components` (by relative paths:
+/// kustomize takes no absolute ones). Build or apply the returned folder.
+pub fn kustomization_with(overlay: &str, components: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .canonicalize()
+        .expect("deploy/");
+    let up = dir
+        .path()
+        .canonicalize()
+        .expect("the temporary folder")
+        .components()
+        .count()
+        - 1;
+    let relative = std::path::Path::new(&"../".repeat(up))
+        .join(deploy.strip_prefix("/").expect("an absolute path"));
+    let listed: String = components
+        .iter()
+        .map(|c| format!("- {}\n", relative.join("components").join(c).display()))
+        .collect();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n{listed}",
+            relative.join(overlay).display(),
+        ),
+    )
+    .expect("the kustomization");
+    dir
+}
+
 /// `kubectl kustomize <dir>` with the test control plane's kubectl (built, not started):
 /// the YAML it prints; a panic with kubectl's error when the build fails.
 pub fn kustomize(dir: &std::path::Path) -> String {

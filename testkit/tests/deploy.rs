@@ -703,23 +703,7 @@ const COMPONENTS: [&str; 6] = [
 
 /// `overlay` (a folder of deploy/) with `components`, built.
 fn build_with(overlay: &str, components: &[&str]) -> Vec<Value> {
-    let dir = tempfile::tempdir().unwrap();
-    // kustomize takes no absolute paths: deploy/, relative to the temporary folder.
-    let deploy = deploy_dir().canonicalize().unwrap();
-    let up = dir.path().canonicalize().unwrap().components().count() - 1;
-    let relative = Path::new(&"../".repeat(up)).join(deploy.strip_prefix("/").unwrap());
-    let listed: String = components
-        .iter()
-        .map(|c| format!("- {}\n", relative.join("components").join(c).display()))
-        .collect();
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- {}\ncomponents:\n{listed}",
-            relative.join(overlay).display(),
-        ),
-    )
-    .unwrap();
+    let dir = danm_testkit::kustomization_with(overlay, components);
     serde_saphyr::from_multiple(&danm_testkit::kustomize(dir.path())).unwrap()
 }
 
@@ -961,4 +945,42 @@ fn the_policer_component_points_the_cni_at_its_gate() {
     let objects = build_with("overlays/production", &[]);
     let installer = containers(find(&objects, "DaemonSet", "danm-cni-installer"))[0].to_string();
     assert!(!installer.contains("DANM_POLICER_SOCKET"), "{installer}");
+}
+
+/// A component's objects do not get `deploy/base`'s namespace: each names its own. Every
+/// namespaced object a component adds to production is in `danm-system` (or, with
+/// cert-manager, in cert-manager's own namespace), never in whatever namespace `kubectl`
+/// defaults to.
+#[test]
+fn every_namespaced_object_of_every_component_names_its_namespace() {
+    const CLUSTER_SCOPED: [&str; 11] = [
+        "TenantConfig",
+        "ClusterNetwork",
+        "Bundle",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Namespace",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+        "PriorityClass",
+        "ClusterIssuer",
+    ];
+    let key = |o: &Value| (o["kind"].to_string(), o["metadata"]["name"].to_string());
+    let production: Vec<(String, String)> = build("production").iter().map(key).collect();
+    for component in COMPONENTS {
+        for object in build_with("overlays/production", &[component]) {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            // The component's own objects (the overlay's examples live where they say).
+            if CLUSTER_SCOPED.contains(&kind) || production.contains(&key(&object)) {
+                continue;
+            }
+            let namespace = object["metadata"]["namespace"].as_str();
+            assert!(
+                matches!(namespace, Some("danm-system" | "cert-manager")),
+                "{component}: {kind} {} is in namespace {namespace:?}",
+                object["metadata"]["name"]
+            );
+        }
+    }
 }

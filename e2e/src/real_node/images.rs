@@ -148,6 +148,30 @@ pub fn installer_image() -> Image {
     }
 }
 
+/// The policer's image (`deploy/images/Dockerfile.policer`): `policer` in `/usr/local/bin`
+/// and the host's `nft` (Debian's nftables, which `.ci/run` installs) in `/usr/sbin`, each
+/// with its libraries; run as root, as the DaemonSet of `deploy/components/policer` says.
+pub fn policer_image() -> Image {
+    let nft = Path::new("/usr/sbin/nft");
+    assert!(
+        nft.exists(),
+        "/usr/sbin/nft is missing: `apt-get install nftables` (.ci/run does)"
+    );
+    let mut files =
+        ImageFile::program_with_libraries(nft, "/usr/sbin/nft").expect("nft's libraries");
+    files.extend(
+        ImageFile::program_with_libraries(&binary("policer"), &format!("{DAEMON_BIN}/policer"))
+            .expect("the policer's libraries"),
+    );
+    Image {
+        reference: POLICER_IMAGE.into(),
+        files: dedup(files),
+        entrypoint: vec![],
+        user: None,
+        links: vec![],
+    }
+}
+
 /// Every image of `deploy/images`.
 pub fn deploy_images() -> Vec<Image> {
     let mut images: Vec<Image> = daemon_images().iter().map(daemon_image).collect();

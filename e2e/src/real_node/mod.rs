@@ -43,6 +43,7 @@ mod containerd;
 pub mod demo;
 mod host;
 pub mod images;
+pub mod policy;
 pub mod services;
 pub mod suite;
 

@@ -121,12 +121,36 @@ pub async fn start_plane() -> ControlPlane {
 /// Imports every image of `deploy/images` into `node`, then applies `deploy/crds` and
 /// `deploy/base` unchanged, as docs/install.md does.
 pub fn apply_base(plane: &ControlPlane, node: &RealNode) {
+    apply_base_with(plane, node, &[]);
+}
+
+/// [`apply_base`] with `components` of `deploy/components` (their images imported too), as
+/// an operator's kustomization naming `deploy/base` and them (written in a temporary
+/// folder) applies them.
+pub fn apply_base_with(plane: &ControlPlane, node: &RealNode, components: &[&str]) {
     for image in deploy_images() {
         node.import_image(&image);
     }
-    for dir in ["deploy/crds", "deploy/base"] {
-        kustomize(plane, "apply", dir);
+    if components.contains(&"policer") {
+        node.import_image(&super::images::policer_image());
     }
+    kustomize(plane, "apply", "deploy/crds");
+    if components.is_empty() {
+        kustomize(plane, "apply", "deploy/base");
+        return;
+    }
+    let dir = danm_testkit::kustomization_with("base", components);
+    plane
+        .kubectl_with_input(
+            &[
+                "apply",
+                "--server-side",
+                "-k",
+                &dir.path().display().to_string(),
+            ],
+            "",
+        )
+        .unwrap_or_else(|e| panic!("kubectl apply -k deploy/base with {components:?}: {e}"));
 }
 
 /// `kubectl <verb> -k <dir>` as docs/install.md runs it (`apply` server-side; `delete`
