@@ -847,6 +847,7 @@ fn the_dashboard_queries_real_series() {
         ("netwatcher", "watchers/src/netwatcher/metrics.rs"),
         ("svcwatcher", "watchers/src/svcwatcher/mod.rs"),
         ("cleaner", "cleaner/src/metrics.rs"),
+        ("policer", "policer/src/metrics.rs"),
     ];
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
