@@ -51,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
                 old,
             } => tenant_config_write(operation, &object, old.as_ref()),
             Route::Network(network) => network_request(&network, data),
+            Route::Policy(object) => {
+                let _ = danm_core::admit::admit_policy(&object);
+            }
         }
     }
 });

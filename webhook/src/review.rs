@@ -143,6 +143,10 @@ impl Admission {
                 self.network(&network.request(), &request.uid, request.dry_run)
                     .await
             }
+            Route::Policy(object) => match admit::admit_policy(&object) {
+                Ok(()) => Outcome::Allowed(Box::default()),
+                Err(d) => Outcome::Denied(d),
+            },
         }
     }
 

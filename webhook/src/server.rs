@@ -206,6 +206,12 @@ pub fn router(admission: Arc<Admission>) -> Router {
             post(|State(s): State<Arc<Admission>>, body: Bytes| review(s, Path::NetDeletion, body)),
         )
         .route(
+            Path::PolicyValidation.as_str(),
+            post(|State(s): State<Arc<Admission>>, body: Bytes| {
+                review(s, Path::PolicyValidation, body)
+            }),
+        )
+        .route(
             "/metrics",
             get(|State(s): State<Arc<Admission>>| async move {
                 (

@@ -647,3 +647,54 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     assert!(https(plane).get(&healthz).send().await.is_err());
     assert!(process.log().contains("serving certificate reloaded"));
 }
+
+/// A DanmNetworkPolicy whose label selectors Kubernetes would refuse is refused at
+/// admission by `/policyvalidation`, each field named (the CRD's own rules cannot say it
+/// within the API server's cost budget); a valid one is admitted, and so is its update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_with_an_invalid_label_selector_is_refused_naming_the_field() {
+    let bed = bed().await;
+    let plane = bed.plane;
+    let ns = plane.namespace("policies").await;
+    let policy = |name: &str, selector: &str| {
+        format!(
+            "apiVersion: danm.io/v1\nkind: DanmNetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - from:\n    - podSelector: {selector}\n"
+        )
+    };
+    let err = plane
+        .kubectl_apply(&policy(
+            "bad-operator",
+            "{matchExpressions: [{key: app, operator: Equals, values: [a]}]}",
+        ))
+        .unwrap_err();
+    assert!(
+        err.contains("spec.ingress[0].from[0].podSelector.matchExpressions[0].operator")
+            && err.contains("\"Equals\""),
+        "kubectl printed: {err}"
+    );
+    let err = plane
+        .kubectl_apply(&policy(
+            "no-values",
+            "{matchExpressions: [{key: app, operator: In}]}",
+        ))
+        .unwrap_err();
+    assert!(
+        err.contains("spec.ingress[0].from[0].podSelector.matchExpressions[0].values")
+            && err.contains("at least one value"),
+        "kubectl printed: {err}"
+    );
+    plane
+        .kubectl_apply(&policy(
+            "good",
+            "{matchExpressions: [{key: app, operator: In, values: [a]}]}",
+        ))
+        .expect("a valid policy is admitted");
+    // An update that breaks it is refused too.
+    let err = plane
+        .kubectl_apply(&policy(
+            "good",
+            "{matchExpressions: [{key: app, operator: Exists, values: [a]}]}",
+        ))
+        .unwrap_err();
+    assert!(err.contains("no values"), "kubectl printed: {err}");
+}

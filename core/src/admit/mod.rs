@@ -8,6 +8,7 @@
 //!   changed under connected pods) are here. A TenantNetwork gets its host device, id and
 //!   NetworkID from the TenantConfig.
 //! * [`tenant_config`]: a TenantConfig on CREATE, UPDATE and DELETE.
+//! * [`policy`]: a DanmNetworkPolicy's label selectors on CREATE and UPDATE.
 //! * [`vni`]: ids of a profile: its range, its reservations, the next free one.
 //! * [`review`]: AdmissionReview bodies (v1 and v1beta1) decoded into requests.
 //! * [`patch`]: the JSONPatch (RFC 6902) of a network's mutation.
@@ -17,6 +18,7 @@
 
 pub mod network;
 pub mod patch;
+pub mod policy;
 pub mod review;
 pub mod tenant_config;
 pub mod vni;
@@ -29,6 +31,7 @@ use serde_json::Value;
 use crate::network::{FieldProblem, Rule};
 
 pub use network::{Admitted, Environment, NetworkRequest, admit_network};
+pub use policy::admit_policy;
 pub use tenant_config::{TenantConfigRequest, admit_tenant_config, admit_tenant_config_delete};
 
 /// The operation being admitted.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Denial, NetworkRequest, Operation};
 use crate::network::{NetworkKind, Rule};
 
-/// The webhook's three paths, as DANM's.
+/// The webhook's paths: DANM's three, and ours for DanmNetworkPolicies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     /// `/netvalidation`: networks on CREATE and UPDATE.
@@ -19,11 +19,18 @@ pub enum Path {
     ConfValidation,
     /// `/netdeletion`: networks on DELETE.
     NetDeletion,
+    /// `/policyvalidation`: DanmNetworkPolicies on CREATE and UPDATE.
+    PolicyValidation,
 }
 
 impl Path {
     /// Every path.
-    pub const ALL: [Path; 3] = [Path::NetValidation, Path::ConfValidation, Path::NetDeletion];
+    pub const ALL: [Path; 4] = [
+        Path::NetValidation,
+        Path::ConfValidation,
+        Path::NetDeletion,
+        Path::PolicyValidation,
+    ];
 
     /// The URL path.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +38,7 @@ impl Path {
             Path::NetValidation => "/netvalidation",
             Path::ConfValidation => "/confvalidation",
             Path::NetDeletion => "/netdeletion",
+            Path::PolicyValidation => "/policyvalidation",
         }
     }
 }
@@ -61,6 +69,8 @@ pub enum Route<'r> {
     },
     /// A network (any operation).
     Network(NetworkRoute<'r>),
+    /// A DanmNetworkPolicy's CREATE or UPDATE: the object sent.
+    Policy(Value),
 }
 
 /// A network request, owning its objects; [`NetworkRoute::request`] lends them to the rules.
@@ -96,7 +106,7 @@ impl NetworkRoute<'_> {
 
 /// Which rules `request`, sent to `path`, goes to. Only `danm.io` kinds are handled: the
 /// networks on `/netvalidation` and `/netdeletion`, TenantConfigs on `/confvalidation` and
-/// `/netdeletion`.
+/// `/netdeletion`, DanmNetworkPolicies on `/policyvalidation`.
 pub fn route<'r>(path: Path, request: &'r AdmissionRequest<DynamicObject>) -> Route<'r> {
     let Some(operation) = Operation::of(&request.operation) else {
         return Route::Allow;
@@ -106,6 +116,9 @@ pub fn route<'r>(path: Path, request: &'r AdmissionRequest<DynamicObject>) -> Ro
         return Route::Deny(not_handled(kind, path));
     }
     if path == Path::NetDeletion && operation != Operation::Delete {
+        return Route::Allow;
+    }
+    if path == Path::PolicyValidation && operation == Operation::Delete {
         return Route::Allow;
     }
     let to_value = |o: &Option<DynamicObject>| {
@@ -146,6 +159,15 @@ pub fn route<'r>(path: Path, request: &'r AdmissionRequest<DynamicObject>) -> Ro
                 old_object,
             }),
             None => Route::Deny(not_handled(kind, path)),
+        },
+        (Path::PolicyValidation, "DanmNetworkPolicy") => match object {
+            Some(object) => Route::Policy(object),
+            None => Route::Deny(Denial::one(
+                format!("DanmNetworkPolicy {}", request.name),
+                "object",
+                Rule::Schema,
+                format!("the {operation:?} request carries no object"),
+            )),
         },
         (_, kind) => Route::Deny(not_handled(kind, path)),
     }

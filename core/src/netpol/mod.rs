@@ -34,7 +34,7 @@ use danm_crds::{DanmNetworkPolicySpec, NetworkRef, Peer, PolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use addrset::{AddressSet, Ranges};
-pub use select::{SelectorError, selector_matches};
+pub use select::{SelectorError, invalid_selectors, selector_matches};
 
 use crate::NetworkKind;
 

@@ -70,3 +70,45 @@ pub fn selector_matches(
     }
     Ok(matches)
 }
+
+/// Every label selector of a policy that Kubernetes would refuse, with the path of the
+/// field at fault (`spec.ingress[0].from[1].podSelector.matchExpressions[0].operator`):
+/// what the webhook refuses at admission, since the CRD's schema cannot say it within the
+/// API server's validation cost budget.
+pub fn invalid_selectors(spec: &danm_crds::DanmNetworkPolicySpec) -> Vec<(String, SelectorError)> {
+    let mut selectors: Vec<(String, &LabelSelector)> =
+        vec![("spec.podSelector".to_owned(), &spec.pod_selector)];
+    let rules = spec
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| (format!("spec.ingress[{i}].from"), r.from.as_deref()))
+        .chain(
+            spec.egress
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.egress[{i}].to"), r.to.as_deref())),
+        );
+    for (field, peers) in rules {
+        for (j, peer) in peers.into_iter().flatten().enumerate() {
+            for (name, selector) in [
+                ("podSelector", &peer.pod_selector),
+                ("namespaceSelector", &peer.namespace_selector),
+            ] {
+                if let Some(selector) = selector {
+                    selectors.push((format!("{field}[{j}].{name}"), selector));
+                }
+            }
+        }
+    }
+    selectors
+        .into_iter()
+        .filter_map(|(field, selector)| {
+            selector_matches(selector, &BTreeMap::new())
+                .err()
+                .map(|e| (field, e))
+        })
+        .collect()
+}
