@@ -200,7 +200,7 @@ async fn reconcile(
     let mut written: std::collections::BTreeSet<(PodKey, String)> = Default::default();
     let mut first = true;
     // The failures already published as Events, so that one that stays is published once.
-    let mut reported: BTreeMap<PodKey, String> = BTreeMap::new();
+    let mut reported: BTreeMap<Regarding, String> = BTreeMap::new();
     loop {
         let (round, snapshot) = {
             let index = index.lock().expect("the index lock");
@@ -301,7 +301,7 @@ async fn reconcile(
         });
         first = false;
         metrics.round(snapshot.local.len(), isolated, rule_count, failing);
-        publish(recorder, &failures, &mut reported).await;
+        publish(recorder, warnings(&failures, &snapshot), &mut reported).await;
         // A failed apply is retried after the settle time even with no change.
         if failing > 0 {
             tokio::select! {
@@ -315,38 +315,76 @@ async fn reconcile(
     }
 }
 
-/// Publishes a Warning Event on each pod whose apply failed, once per failure (a pod whose
-/// failure changes or comes back after a success is published again).
+/// What an Event is about: a pod (`v1`) or a DanmNetworkPolicy (`danm.io/v1`), by kind,
+/// namespace and name.
+type Regarding = (&'static str, String, String);
+
+/// The Warning Events of one round: one on each pod whose apply failed, and one on each
+/// policy that selects such pods, naming up to five of them.
+fn warnings(
+    failures: &BTreeMap<PodKey, String>,
+    snapshot: &crate::index::Snapshot,
+) -> BTreeMap<Regarding, String> {
+    let mut notes = BTreeMap::new();
+    let mut by_policy: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (pod, why) in failures {
+        notes.insert(
+            ("Pod", pod.0.clone(), pod.1.clone()),
+            format!("the pod keeps the rules it had (none, if this was its first table): {why}"),
+        );
+        for policy in snapshot.selecting(pod) {
+            by_policy
+                .entry((pod.0.clone(), policy))
+                .or_default()
+                .push(format!("{} ({why})", pod.1));
+        }
+    }
+    for ((namespace, policy), pods) in by_policy {
+        let more = pods.len().saturating_sub(5);
+        let mut note = format!(
+            "not enforced on {} pod(s) of this node, which keep the rules they had: {}",
+            pods.len(),
+            pods[..pods.len().min(5)].join("; ")
+        );
+        if more > 0 {
+            note.push_str(&format!("; and {more} more (their Events)"));
+        }
+        notes.insert(("DanmNetworkPolicy", namespace, policy), note);
+    }
+    notes
+}
+
+/// Publishes each Warning Event once (again when its note changes, or when it comes back
+/// after the failure went away).
 async fn publish(
     recorder: &Recorder,
-    failures: &BTreeMap<PodKey, String>,
-    reported: &mut BTreeMap<PodKey, String>,
+    notes: BTreeMap<Regarding, String>,
+    reported: &mut BTreeMap<Regarding, String>,
 ) {
-    for (pod, why) in failures {
-        if reported.get(pod) == Some(why) {
+    for ((kind, namespace, name), note) in &notes {
+        if reported.get(&(*kind, namespace.clone(), name.clone())) == Some(note) {
             continue;
         }
+        let api_version = if *kind == "Pod" { "v1" } else { "danm.io/v1" };
         let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(pod.0.clone()),
-            name: Some(pod.1.clone()),
+            api_version: Some(api_version.into()),
+            kind: Some((*kind).into()),
+            namespace: Some(namespace.clone()),
+            name: Some(name.clone()),
             ..Default::default()
         };
         let event = Event {
             type_: EventType::Warning,
             reason: "PolicyNotApplied".into(),
-            note: Some(truncated(&format!(
-                "the pod keeps the rules it had (none, if this was its first table): {why}"
-            ))),
+            note: Some(truncated(note)),
             action: "ApplyNetworkPolicy".into(),
             secondary: None,
         };
         if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "cannot publish an Event");
+            tracing::warn!(kind, namespace, name, error = %e, "cannot publish an Event");
         }
     }
-    *reported = failures.clone();
+    *reported = notes;
 }
 
 /// An Event's note is at most 1 kB.

@@ -218,7 +218,7 @@ impl Index {
             policies: self
                 .policies
                 .iter()
-                .map(|((ns, _), spec)| (ns.clone(), spec.clone()))
+                .map(|((ns, name), spec)| (ns.clone(), name.clone(), spec.clone()))
                 .collect(),
         }
     }
@@ -233,7 +233,8 @@ pub struct Snapshot {
     /// This node's pods with their network namespaces (a pod whose sandbox is being
     /// re-created may briefly have two: each gets the table).
     pub local: BTreeSet<(PodKey, String)>,
-    policies: Vec<(String, DanmNetworkPolicySpec)>,
+    /// (namespace, name, spec).
+    policies: Vec<(String, String, DanmNetworkPolicySpec)>,
 }
 
 impl Snapshot {
@@ -242,16 +243,39 @@ impl Snapshot {
         let Some(view) = self.views.get(key) else {
             return Default::default();
         };
-        let policies: Vec<PolicyView<'_>> = self
-            .policies
+        danm_core::netpol::pod_rules(view, &self.policies_of(&key.0), self)
+    }
+
+    /// The names of the policies that select local pod `key` (whose failures concern them).
+    pub fn selecting(&self, key: &PodKey) -> Vec<String> {
+        let Some(view) = self.views.get(key) else {
+            return Vec::new();
+        };
+        self.policies
             .iter()
-            .filter(|(ns, _)| *ns == key.0)
-            .map(|(ns, spec)| PolicyView {
+            .filter(|(ns, _, spec)| {
+                *ns == key.0
+                    && danm_core::netpol::selects(
+                        PolicyView {
+                            namespace: ns,
+                            spec,
+                        },
+                        view,
+                    )
+            })
+            .map(|(_, name, _)| name.clone())
+            .collect()
+    }
+
+    fn policies_of<'s>(&'s self, namespace: &str) -> Vec<PolicyView<'s>> {
+        self.policies
+            .iter()
+            .filter(|(ns, _, _)| ns == namespace)
+            .map(|(ns, _, spec)| PolicyView {
                 namespace: ns,
                 spec,
             })
-            .collect();
-        danm_core::netpol::pod_rules(view, &policies, self)
+            .collect()
     }
 }
 

@@ -370,6 +370,32 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
         b.tcp(0, POD_V4[0], 80) == Seen::Refused
     })
     .await;
+    // deny-all selects the pod whose namespace is refused: the policy gets a Warning Event
+    // naming it (the pod has its own).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = events.list(&Default::default()).await.unwrap();
+        let on_policy = listed.items.iter().find(|e| {
+            e.reason.as_deref() == Some("PolicyNotApplied")
+                && e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("DanmNetworkPolicy")
+                        && r.name.as_deref() == Some("deny-all")
+                })
+        });
+        if let Some(event) = on_policy {
+            let note = event.note.as_deref().unwrap_or_default();
+            assert!(
+                note.contains("1 pod(s)") && note.contains("evil") && note.contains("not entered"),
+                "{note}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Warning Event on the policy that selects the failing pod"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (echoes, failures) = live.stop();
     assert!(echoes >= 2, "only {echoes} echoes on the live connection");
     assert!(
