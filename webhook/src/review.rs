@@ -144,10 +144,40 @@ impl Admission {
                     .await
             }
             Route::Policy(object) => match admit::admit_policy(&object) {
-                Ok(()) => Outcome::Allowed(Box::default()),
+                Ok(()) => Outcome::Allowed(Box::new(Admitted {
+                    warnings: self.missing_networks(&object, request),
+                    ..Default::default()
+                })),
                 Err(d) => Outcome::Denied(d),
             },
         }
+    }
+
+    /// A warning for each network `object` (an admitted DanmNetworkPolicy) names that does
+    /// not exist: no error (it may come later), but it selects nothing until it does. None
+    /// while the networks' watches have not listed.
+    fn missing_networks(
+        &self,
+        object: &Value,
+        request: &AdmissionRequest<DynamicObject>,
+    ) -> Vec<String> {
+        let Ok(spec) =
+            serde_json::from_value::<danm_crds::DanmNetworkPolicySpec>(object["spec"].clone())
+        else {
+            return Vec::new();
+        };
+        if !self.links.is_synced() {
+            return Vec::new();
+        }
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        let table = self.links.read();
+        danm_core::netpol::named_networks(&spec, namespace)
+            .into_iter()
+            .filter(|(_, key)| !table.knows(key))
+            .map(|(field, key)| {
+                format!("{field}: {key} does not exist (yet): it selects nothing until it does")
+            })
+            .collect()
     }
 
     fn tenant_config(&self, operation: Operation, object: &Value, old: Option<&Value>) -> Outcome {

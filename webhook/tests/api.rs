@@ -689,6 +689,26 @@ async fn a_policy_with_an_invalid_label_selector_is_refused_naming_the_field() {
             "{matchExpressions: [{key: app, operator: In, values: [a]}]}",
         ))
         .expect("a valid policy is admitted");
+    // A network that does not exist is no error, but kubectl warns that it selects nothing.
+    let named = format!(
+        "apiVersion: danm.io/v1\nkind: DanmNetworkPolicy\nmetadata: {{name: named, namespace: {ns}}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - from:\n    - networkSelector: [{{name: nowhere, type: DanmNet}}]\n"
+    );
+    let mut apply = plane.kubectl();
+    apply
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), named.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("spec.ingress[0].from[0].networkSelector[0]")
+            && stderr.contains(&format!("DanmNet {ns}/nowhere does not exist (yet)")),
+        "kubectl printed: {stderr}"
+    );
     // An update that breaks it is refused too.
     let err = plane
         .kubectl_apply(&policy(

@@ -7,7 +7,7 @@
 //! already asks for with another device or id. Networks of the administrators' kinds may
 //! share one link by asking exactly the same thing (DANM's behaviour).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use danm_crds::NetworkSpec;
 
@@ -17,6 +17,8 @@ use crate::{NetworkKey, NetworkKind};
 /// See the module overview.
 #[derive(Clone, Debug, Default)]
 pub struct LinkTable {
+    /// Every network recorded, with links or not (a policy's network selector names them).
+    known: HashSet<NetworkKey>,
     by_network: HashMap<NetworkKey, Vec<(String, LinkSpec)>>,
     by_name: HashMap<String, BTreeMap<NetworkKey, LinkSpec>>,
     by_segment: BTreeMap<LinkSpec, BTreeMap<NetworkKey, String>>,
@@ -50,6 +52,7 @@ impl LinkTable {
     /// out (a bad id) holds none.
     pub fn insert(&mut self, key: &NetworkKey, spec: &NetworkSpec) {
         self.remove(key);
+        self.known.insert(key.clone());
         let links = network_links(spec).unwrap_or_default();
         for (name, link) in &links {
             self.by_name
@@ -68,6 +71,7 @@ impl LinkTable {
 
     /// Forgets the links of `key`.
     pub fn remove(&mut self, key: &NetworkKey) {
+        self.known.remove(key);
         let Some(links) = self.by_network.remove(key) else {
             return;
         };
@@ -94,8 +98,8 @@ impl LinkTable {
         networks: impl IntoIterator<Item = (&'a NetworkKey, &'a NetworkSpec)>,
     ) {
         let stale: Vec<NetworkKey> = self
-            .by_network
-            .keys()
+            .known
+            .iter()
             .filter(|k| k.kind == kind)
             .cloned()
             .collect();
@@ -105,6 +109,11 @@ impl LinkTable {
         for (key, spec) in networks {
             self.insert(key, spec);
         }
+    }
+
+    /// Whether the network `key` is recorded (with links or not).
+    pub fn knows(&self, key: &NetworkKey) -> bool {
+        self.known.contains(key)
     }
 
     /// Networks with links recorded.

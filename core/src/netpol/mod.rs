@@ -472,3 +472,52 @@ fn all_addresses<'a>(interfaces: impl Iterator<Item = &'a Interface>) -> Address
     }
     set
 }
+
+/// Every network a policy of `namespace` names, with the field that names it
+/// (`spec.networkSelector[0]`, `spec.ingress[1].from[0].networkSelector[2]`): a network that
+/// does not exist is no error (it may come later) but selects nothing, which the webhook
+/// says as an admission warning.
+pub fn named_networks(
+    spec: &DanmNetworkPolicySpec,
+    namespace: &str,
+) -> Vec<(String, crate::NetworkKey)> {
+    let mut lists: Vec<(String, &[NetworkRef])> = Vec::new();
+    if let Some(networks) = &spec.network_selector {
+        lists.push(("spec.networkSelector".to_owned(), networks));
+    }
+    let rules = spec
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| (format!("spec.ingress[{i}].from"), r.from.as_deref()))
+        .chain(
+            spec.egress
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.egress[{i}].to"), r.to.as_deref())),
+        );
+    for (field, peers) in rules {
+        for (j, peer) in peers.into_iter().flatten().enumerate() {
+            if let Some(networks) = &peer.network_selector {
+                lists.push((format!("{field}[{j}].networkSelector"), networks));
+            }
+        }
+    }
+    lists
+        .into_iter()
+        .flat_map(|(field, networks)| {
+            networks.iter().enumerate().filter_map(move |(k, n)| {
+                let kind = n
+                    .kind
+                    .as_deref()
+                    .map_or(Some(NetworkKind::DanmNet), NetworkKind::parse)?;
+                Some((
+                    format!("{field}[{k}]"),
+                    crate::NetworkKey::new(kind, namespace, &n.name),
+                ))
+            })
+        })
+        .collect()
+}

@@ -529,3 +529,41 @@ fn overlapping_port_ranges_merge() {
         Ports::Only(vec![(Protocol::Tcp, 70, 91), (Protocol::Udp, 80, 80)])
     );
 }
+
+#[test]
+fn the_networks_a_policy_names_are_listed_with_their_fields() {
+    let spec: DanmNetworkPolicySpec = serde_json::from_value(json!({
+        "podSelector": {},
+        "networkSelector": [{"name": "internal"}],
+        "ingress": [{"from": [{"podSelector": {}}, {"networkSelector": [
+            {"name": "backbone", "type": "ClusterNetwork"},
+            {"name": "tenant", "type": "TenantNetwork"}]}]}]
+    }))
+    .unwrap();
+    let named: Vec<(String, String)> = named_networks(&spec, "ns")
+        .into_iter()
+        .map(|(field, key)| {
+            (
+                field,
+                format!("{:?}/{}/{}", key.kind, key.namespace, key.name),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (
+                "spec.networkSelector[0]".to_owned(),
+                "DanmNet/ns/internal".to_owned()
+            ),
+            (
+                "spec.ingress[0].from[1].networkSelector[0]".to_owned(),
+                "ClusterNetwork//backbone".to_owned()
+            ),
+            (
+                "spec.ingress[0].from[1].networkSelector[1]".to_owned(),
+                "TenantNetwork/ns/tenant".to_owned()
+            ),
+        ]
+    );
+}
