@@ -98,13 +98,26 @@ fi
 policer="${DANM_POLICER_SOCKET:-}"
 case "$policer" in
   *[!A-Za-z0-9/._-]*) echo "install-cni: DANM_POLICER_SOCKET=$policer: not a plain path" >&2; exit 1 ;;
+  ""|/*) ;;
+  *) echo "install-cni: DANM_POLICER_SOCKET=$policer: not an absolute path" >&2; exit 1 ;;
 esac
+if [ -n "$policer" ] && ! grep -q '${DANM_POLICER_SOCKET}' "$template"; then
+  echo "install-cni: DANM_POLICER_SOCKET is set but $template has no \${DANM_POLICER_SOCKET}: its \"policer\" key would be missing and pods would not wait for their rules" >&2
+  exit 1
+fi
 
 # Only these variables are replaced: the template is JSON, not a shell script.
 sed -e "s|\${DANM_IPAMD_SERVICE_HOST}|$host|g" \
     -e "s|\${DANM_IPAMD_SERVICE_PORT_GRPC}|$port|g" \
     -e "s|\${DANM_POLICER_SOCKET}|$policer|g" \
     "$template" > "$conf_dir/00-danm.conf.danm-tmp"
+# A variable this script does not know (a template newer than the image) would reach the
+# plugin as text: refused here, where the installer's log says it, not at every pod's ADD.
+if grep -q '${' "$conf_dir/00-danm.conf.danm-tmp"; then
+  rm -f "$conf_dir/00-danm.conf.danm-tmp"
+  echo "install-cni: $template holds a \${...} variable this installer does not replace; not installed" >&2
+  exit 1
+fi
 chmod 0644 "$conf_dir/00-danm.conf.danm-tmp"
 mv -f "$conf_dir/00-danm.conf.danm-tmp" "$conf_dir/00-danm.conf"
 echo "install-cni: installed danm and danm-ipam in $bin_dir; $conf_dir/00-danm.conf calls ipamd at https://$host:$port"

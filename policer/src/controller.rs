@@ -196,7 +196,7 @@ async fn reconcile(
 ) {
     synced.listed().await;
     let mut applied: BTreeMap<(PodKey, String), PodRules> = BTreeMap::new();
-    // The sandboxes this run has tried to give a table (whether or not it took).
+    // The sandboxes this run has run nft in (whether or not it took).
     let mut written: std::collections::BTreeSet<(PodKey, String)> = Default::default();
     let mut first = true;
     // The failures already published as Events, so that one that stays is published once.
@@ -222,15 +222,14 @@ async fn reconcile(
             if !first && applied.get(&key) == Some(&rules) {
                 continue;
             }
-            // Nothing to isolate in a sandbox this run never wrote a table to (the first
-            // round removed any an earlier run left): there is none, nothing to run.
+            // Nothing to isolate in a sandbox this run never tried to give a table or to
+            // clear (the first round tries every sandbox, removing what an earlier run left):
+            // there is none, nothing to run.
             if !first && rules.is_empty() && !written.contains(&key) {
                 applied.insert(key, rules);
                 continue;
             }
-            if !rules.is_empty() {
-                written.insert(key.clone());
-            }
+            written.insert(key.clone());
             let path = match danm_core::names::netns_in(&config.netns_root, netns) {
                 Ok(path) => path,
                 Err(e) => {
@@ -301,7 +300,7 @@ async fn reconcile(
         });
         first = false;
         metrics.round(snapshot.local.len(), isolated, rule_count, failing);
-        publish(recorder, warnings(&failures, &snapshot), &mut reported).await;
+        publish(recorder, warnings(&failures, &snapshot), &mut reported);
         // A failed apply is retried after the settle time even with no change.
         if failing > 0 {
             tokio::select! {
@@ -355,16 +354,28 @@ fn warnings(
 }
 
 /// Publishes each Warning Event once (again when its note changes, or when it comes back
-/// after the failure went away).
-async fn publish(
+/// after the failure went away), from a task of its own: a slow API server never holds a
+/// round (nor the gate, which waits for rounds) back.
+fn publish(
     recorder: &Recorder,
     notes: BTreeMap<Regarding, String>,
     reported: &mut BTreeMap<Regarding, String>,
 ) {
-    for ((kind, namespace, name), note) in &notes {
-        if reported.get(&(*kind, namespace.clone(), name.clone())) == Some(note) {
-            continue;
-        }
+    let new: Vec<(Regarding, String)> = notes
+        .iter()
+        .filter(|(regarding, note)| reported.get(*regarding) != Some(*note))
+        .map(|(regarding, note)| (regarding.clone(), note.clone()))
+        .collect();
+    *reported = notes;
+    if new.is_empty() {
+        return;
+    }
+    let recorder = recorder.clone();
+    tokio::spawn(async move { send(&recorder, new).await });
+}
+
+async fn send(recorder: &Recorder, events: Vec<(Regarding, String)>) {
+    for ((kind, namespace, name), note) in &events {
         let api_version = if *kind == "Pod" { "v1" } else { "danm.io/v1" };
         let reference = ObjectReference {
             api_version: Some(api_version.into()),
@@ -384,7 +395,6 @@ async fn publish(
             tracing::warn!(kind, namespace, name, error = %e, "cannot publish an Event");
         }
     }
-    *reported = notes;
 }
 
 /// An Event's note is at most 1 kB.

@@ -247,13 +247,14 @@ pub enum ServeError {
 }
 
 /// Serves the gate on `socket` (root's alone: mode 0600) until `shutdown`; a socket left by
-/// an earlier run is replaced, and the socket is removed on the way out.
+/// an earlier run is replaced, one a live process answers on is not (an error), and the
+/// socket is removed on the way out if it is still this run's.
 pub async fn serve(
     socket: &Path,
     gate: Gate,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     let io = |source| ServeError::Socket {
         path: socket.to_owned(),
         source,
@@ -262,7 +263,16 @@ pub async fn serve(
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     match std::fs::symlink_metadata(socket) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket).map_err(io)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A socket someone still answers on is another policer's: not taken over.
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process serves it (a second policer on this node?)",
+                )));
+            }
+            std::fs::remove_file(socket).map_err(io)?
+        }
         Ok(_) => {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -273,6 +283,7 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(socket).map_err(io)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let ours = std::fs::symlink_metadata(socket).map_err(io)?.ino();
     tracing::info!(socket = %socket.display(), "gate listening");
     let served = tonic::transport::Server::builder()
         .add_service(GateServer::new(gate))
@@ -281,6 +292,9 @@ pub async fn serve(
             shutdown,
         )
         .await;
-    let _ = std::fs::remove_file(socket);
+    // Removed only if it is still the one this run made.
+    if std::fs::symlink_metadata(socket).is_ok_and(|m| m.ino() == ours) {
+        let _ = std::fs::remove_file(socket);
+    }
     Ok(served?)
 }

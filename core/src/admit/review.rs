@@ -161,6 +161,16 @@ pub fn route<'r>(path: Path, request: &'r AdmissionRequest<DynamicObject>) -> Ro
             None => Route::Deny(not_handled(kind, path)),
         },
         (Path::PolicyValidation, "DanmNetworkPolicy") => match object {
+            // An UPDATE that leaves the spec as stored (labels, finalizers, a deletion) is
+            // not judged again: a policy stored before the rules must stay deletable.
+            Some(object)
+                if old_object
+                    .as_ref()
+                    .is_some_and(|old| old["spec"] == object["spec"])
+                    || !object["metadata"]["deletionTimestamp"].is_null() =>
+            {
+                Route::Allow
+            }
             Some(object) => Route::Policy(object),
             None => Route::Deny(Denial::one(
                 format!("DanmNetworkPolicy {}", request.name),
@@ -372,6 +382,32 @@ mod tests {
                 old: None,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn policies_are_judged_on_create_and_on_an_update_that_changes_their_spec() {
+        let create = request("danm.io", "DanmNetworkPolicy", "CREATE", false);
+        assert!(matches!(
+            route(Path::PolicyValidation, &create),
+            Route::Policy(_)
+        ));
+        // Same spec as stored (a label, a finalizer): not judged again.
+        let relabel = request("danm.io", "DanmNetworkPolicy", "UPDATE", true);
+        assert!(matches!(
+            route(Path::PolicyValidation, &relabel),
+            Route::Allow
+        ));
+        let mut changed = request("danm.io", "DanmNetworkPolicy", "UPDATE", true);
+        changed.object.as_mut().unwrap().data["spec"] = serde_json::json!({"podSelector": {}});
+        assert!(matches!(
+            route(Path::PolicyValidation, &changed),
+            Route::Policy(_)
+        ));
+        let delete = request("danm.io", "DanmNetworkPolicy", "DELETE", true);
+        assert!(matches!(
+            route(Path::PolicyValidation, &delete),
+            Route::Allow
         ));
     }
 }

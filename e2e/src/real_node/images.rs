@@ -34,7 +34,7 @@ const NONROOT: &str = "65532:65532";
 
 /// The busybox applets `install-cni.sh` runs, linked to `/bin/busybox`.
 const INSTALLER_APPLETS: &[&str] = &[
-    "sh", "cp", "chmod", "mv", "mkdir", "rm", "sed", "sleep", "cmp",
+    "sh", "cp", "chmod", "mv", "mkdir", "rm", "sed", "sleep", "cmp", "grep",
 ];
 
 /// A file of the installer's image from the repository: (path in the repository, path in

@@ -49,9 +49,9 @@ struct Args {
     #[arg(long, env = "POLICER_GATE_SOCKET", default_value = danm_proto::gate::DEFAULT_SOCKET)]
     gate_socket: String,
     /// How long a gate call waits for the pod and its DanmEps to reach the policer and its
-    /// table to be applied, e.g. `10s`, DANM's limit for a whole ADD (the plugin fails the ADD when its own limit
-    /// passes first; kubelet retries).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// table to be applied, e.g. `7s`: less than DANM's 10 s for a whole ADD, so the plugin
+    /// has time left to build the interfaces (past it the ADD fails; kubelet retries).
+    #[arg(long, default_value = "7s", value_parser = parse_duration)]
     gate_wait: Duration,
     /// Admin server: `/metrics`, `/healthz`, `/readyz` (ready after the first full round;
     /// plaintext, on the host network: bind it to the node's address, `$(NODE_IP):9094` in
