@@ -52,6 +52,14 @@ pub enum ApplyError {
         /// Why.
         source: serde_json::Error,
     },
+    /// `nft` did not finish in time and was killed (the kernel applied all or nothing).
+    #[error("nft in {path} did not finish within {after:?}: killed")]
+    TimedOut {
+        /// The namespace's path.
+        path: PathBuf,
+        /// The limit.
+        after: std::time::Duration,
+    },
     /// The thread that runs `nft` panicked.
     #[error("the thread applying rules in {0} panicked")]
     Panicked(PathBuf),
@@ -117,19 +125,52 @@ fn run(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(failed)?;
-    let mut input = child.stdin.take().expect("stdin is piped");
-    input.write_all(stdin).map_err(failed)?;
-    drop(input);
-    let output = child.wait_with_output().map_err(failed)?;
-    if output.status.success() {
-        Ok(output.stdout)
-    } else {
-        Err(ApplyError::Refused {
-            path: path.to_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
         })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let written = input.write_all(stdin);
+    drop(input);
+    // A hung nft would hold every later round (and so every new pod's gate): killed.
+    let deadline = std::time::Instant::now() + NFT_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(failed)? {
+            Some(status) => break status,
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ApplyError::TimedOut {
+                    path: path.to_owned(),
+                    after: NFT_TIMEOUT,
+                });
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    };
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    if !status.success() {
+        return Err(ApplyError::Refused {
+            path: path.to_owned(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        });
     }
+    written.map_err(failed)?;
+    Ok(stdout)
 }
+
+/// How long one `nft` may run before it is killed (the pod keeps its previous table).
+pub const NFT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `work` on a new thread inside the network namespace at `netns` (a scoped thread:
 /// it ends, and the namespace with it, before this returns).

@@ -229,6 +229,36 @@ fn a_refused_transaction_keeps_the_rules_the_pod_had() {
     assert_eq!(bed.tcp(0, POD_V4[0], 80), Seen::Refused);
 }
 
+/// An `nft` that hangs is killed after `NFT_TIMEOUT`: the apply fails (retried next round)
+/// and the pod keeps its table, instead of the rounds, and every gate call, waiting forever.
+#[test]
+fn a_hung_nft_is_killed_and_the_pod_keeps_its_rules() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = Bed::new();
+    bed.apply(&PodRules {
+        ingress: vec![isolated("net1", Vec::new())],
+        egress: Vec::new(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let hung = dir.path().join("nft");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let started = std::time::Instant::now();
+    let err = apply(
+        &bed.path(),
+        &replace(&PodRules::default(), &[]),
+        Some(&hung),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+    assert!(
+        started.elapsed() < danm_policer::apply::NFT_TIMEOUT + Duration::from_secs(5),
+        "killed at the limit, not when sleep ended"
+    );
+    assert!(bed.has_table());
+    assert_eq!(bed.tcp(0, POD_V4[0], 80), Seen::Refused);
+}
+
 /// Traffic between a pod and its node is always allowed (kubelet's probes): here the
 /// "node" is client 0's address.
 #[test]
