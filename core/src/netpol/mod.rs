@@ -485,24 +485,9 @@ pub fn named_networks(
     if let Some(networks) = &spec.network_selector {
         lists.push(("spec.networkSelector".to_owned(), networks));
     }
-    let rules = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| (format!("spec.ingress[{i}].from"), r.from.as_deref()))
-        .chain(
-            spec.egress
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, r)| (format!("spec.egress[{i}].to"), r.to.as_deref())),
-        );
-    for (field, peers) in rules {
-        for (j, peer) in peers.into_iter().flatten().enumerate() {
-            if let Some(networks) = &peer.network_selector {
-                lists.push((format!("{field}[{j}].networkSelector"), networks));
-            }
+    for (field, peer) in peers_of(spec) {
+        if let Some(networks) = &peer.network_selector {
+            lists.push((format!("{field}.networkSelector"), networks));
         }
     }
     lists
@@ -518,6 +503,33 @@ pub fn named_networks(
                     crate::NetworkKey::new(kind, namespace, &n.name),
                 ))
             })
+        })
+        .collect()
+}
+
+/// Every peer of a policy's rules, with its field (`spec.ingress[0].from[1]`,
+/// `spec.egress[2].to[0]`).
+pub fn peers_of(spec: &DanmNetworkPolicySpec) -> Vec<(String, &Peer)> {
+    let ingress = spec
+        .ingress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| (format!("spec.ingress[{i}].from"), r.from.as_deref()));
+    let egress = spec
+        .egress
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| (format!("spec.egress[{i}].to"), r.to.as_deref()));
+    ingress
+        .chain(egress)
+        .flat_map(|(field, peers)| {
+            peers
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(move |(j, peer)| (format!("{field}[{j}]"), peer))
         })
         .collect()
 }

@@ -78,28 +78,13 @@ pub fn selector_matches(
 pub fn invalid_selectors(spec: &danm_crds::DanmNetworkPolicySpec) -> Vec<(String, SelectorError)> {
     let mut selectors: Vec<(String, &LabelSelector)> =
         vec![("spec.podSelector".to_owned(), &spec.pod_selector)];
-    let rules = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| (format!("spec.ingress[{i}].from"), r.from.as_deref()))
-        .chain(
-            spec.egress
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, r)| (format!("spec.egress[{i}].to"), r.to.as_deref())),
-        );
-    for (field, peers) in rules {
-        for (j, peer) in peers.into_iter().flatten().enumerate() {
-            for (name, selector) in [
-                ("podSelector", &peer.pod_selector),
-                ("namespaceSelector", &peer.namespace_selector),
-            ] {
-                if let Some(selector) = selector {
-                    selectors.push((format!("{field}[{j}].{name}"), selector));
-                }
+    for (field, peer) in super::peers_of(spec) {
+        for (name, selector) in [
+            ("podSelector", &peer.pod_selector),
+            ("namespaceSelector", &peer.namespace_selector),
+        ] {
+            if let Some(selector) = selector {
+                selectors.push((format!("{field}.{name}"), selector));
             }
         }
     }
