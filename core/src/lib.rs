@@ -28,13 +28,16 @@
 //! * [`migrate`]: reading DANM's `alloc`/`alloc6` bit arrays, for migration into shards.
 
 pub mod addr;
+#[cfg(feature = "kube")]
 pub mod admit;
 pub mod codec;
+#[cfg(feature = "kube")]
 pub mod endpoint;
 pub mod hostlinks;
 pub mod input;
 pub mod interfaces;
 pub mod layout;
+#[cfg(feature = "kube")]
 pub mod leak;
 pub mod migrate;
 pub mod names;

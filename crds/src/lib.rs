@@ -15,6 +15,9 @@
 //!
 //! [`names`] holds every label and annotation name the suite writes or reads.
 //!
+//! Without the default feature `kube` only the specs are built (no kube crate: the CNI
+//! plugin links them this way); with it, the kinds themselves and their CRDs.
+//!
 //! [`all_crds`] returns every CustomResourceDefinition; the `crdgen` binary writes them to
 //! `crds/manifests/`, and a test fails when the checked-in YAML drifts from these types.
 
@@ -30,6 +33,7 @@ pub use shard::*;
 pub use tenant_config::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+#[cfg(feature = "kube")]
 use kube::CustomResourceExt;
 
 /// The API group of every DANM kind.
@@ -37,6 +41,7 @@ pub const GROUP: &str = "danm.io";
 /// The API version of every DANM kind.
 pub const VERSION: &str = "v1";
 /// Every CRD of the API, with the file name `crdgen` writes it to.
+#[cfg(feature = "kube")]
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("DanmNet.yaml", DanmNet::crd()),

@@ -8,23 +8,28 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+#[cfg(feature = "kube")]
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A network policy that covers every interface of the pods it selects (or those on
 /// `networkSelector`'s networks), whichever CNI made the interface.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "danm.io",
-    version = "v1",
-    kind = "DanmNetworkPolicy",
-    namespaced,
-    shortname = "dnetpol",
-    printcolumn = r#"{"name":"Pod-Selector","type":"string","jsonPath":".spec.podSelector"}"#,
-    printcolumn = r#"{"name":"Types","type":"string","jsonPath":".spec.policyTypes"}"#,
-    printcolumn = r#"{"name":"Networks","type":"string","jsonPath":".spec.networkSelector","priority":1}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "danm.io",
+        version = "v1",
+        kind = "DanmNetworkPolicy",
+        namespaced,
+        shortname = "dnetpol",
+        printcolumn = r#"{"name":"Pod-Selector","type":"string","jsonPath":".spec.podSelector"}"#,
+        printcolumn = r#"{"name":"Types","type":"string","jsonPath":".spec.policyTypes"}"#,
+        printcolumn = r#"{"name":"Networks","type":"string","jsonPath":".spec.networkSelector","priority":1}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DanmNetworkPolicySpec {

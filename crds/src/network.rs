@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "kube")]
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -130,22 +131,26 @@ pub struct IpPoolV6 {
 }
 
 /// A namespaced network of DANM's lightweight API.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "danm.io",
-    version = "v1",
-    kind = "DanmNet",
-    namespaced,
-    shortname = "dn",
-    shortname = "dnet",
-    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
-    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
-    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
-    printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
-    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
-    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
-    printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "danm.io",
+        version = "v1",
+        kind = "DanmNet",
+        namespaced,
+        shortname = "dn",
+        shortname = "dnet",
+        printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
+        printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
+        printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
+        printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
+        printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
+        printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
+        printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 pub struct DanmNetSpec {
     /// The network definition.
@@ -154,22 +159,26 @@ pub struct DanmNetSpec {
 }
 
 /// A namespaced network of DANM's production API, managed by tenants.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "danm.io",
-    version = "v1",
-    kind = "TenantNetwork",
-    namespaced,
-    shortname = "tn",
-    shortname = "tnet",
-    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
-    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
-    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
-    printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
-    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
-    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
-    printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "danm.io",
+        version = "v1",
+        kind = "TenantNetwork",
+        namespaced,
+        shortname = "tn",
+        shortname = "tnet",
+        printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
+        printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
+        printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
+        printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
+        printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
+        printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
+        printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 pub struct TenantNetworkSpec {
     /// The network definition.
@@ -178,21 +187,25 @@ pub struct TenantNetworkSpec {
 }
 
 /// A cluster-wide network of DANM's production API, managed by operators.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "danm.io",
-    version = "v1",
-    kind = "ClusterNetwork",
-    shortname = "cn",
-    shortname = "cnet",
-    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
-    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
-    printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
-    printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
-    printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
-    printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
-    printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "danm.io",
+        version = "v1",
+        kind = "ClusterNetwork",
+        shortname = "cn",
+        shortname = "cnet",
+        printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
+        printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.NetworkType"}"#,
+        printcolumn = r#"{"name":"CIDR","type":"string","jsonPath":".spec.Options.cidr"}"#,
+        printcolumn = r#"{"name":"Net6","type":"string","jsonPath":".spec.Options.net6","priority":1}"#,
+        printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
+        printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
+        printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 pub struct ClusterNetworkSpec {
     /// The network definition.
@@ -201,22 +214,26 @@ pub struct ClusterNetworkSpec {
 }
 
 /// One pod interface, as DANM records it.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "danm.io",
-    version = "v1",
-    kind = "DanmEp",
-    namespaced,
-    shortname = "de",
-    shortname = "dep",
-    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.Pod"}"#,
-    printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.Interface.Name"}"#,
-    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.Interface.Address"}"#,
-    printcolumn = r#"{"name":"IPv6","type":"string","jsonPath":".spec.Interface.AddressIPv6"}"#,
-    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.NetworkName"}"#,
-    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.apiType","priority":1}"#,
-    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.Host"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "danm.io",
+        version = "v1",
+        kind = "DanmEp",
+        namespaced,
+        shortname = "de",
+        shortname = "dep",
+        printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.Pod"}"#,
+        printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.Interface.Name"}"#,
+        printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.Interface.Address"}"#,
+        printcolumn = r#"{"name":"IPv6","type":"string","jsonPath":".spec.Interface.AddressIPv6"}"#,
+        printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.NetworkName"}"#,
+        printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.apiType","priority":1}"#,
+        printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.Host"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 pub struct DanmEpSpec {
     /// Name of the network the interface is connected to.

@@ -1,5 +1,6 @@
 //! The AllocationShard kind: one slice of one address family of one network.
 
+#[cfg(feature = "kube")]
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -9,19 +10,23 @@ use serde::{Deserialize, Serialize};
 /// `payload` is base64 of the shard codec's bytes (a serialized roaring bitmap of the
 /// allocated offsets followed by one owner fingerprint per allocated offset), and `crc32` is
 /// the CRC32 (IEEE) of those bytes. A shard whose CRC does not match is never used.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "danm.io",
-    version = "v1",
-    kind = "AllocationShard",
-    namespaced,
-    shortname = "ashard",
-    shortname = "ash",
-    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network.name"}"#,
-    printcolumn = r#"{"name":"Family","type":"string","jsonPath":".spec.family"}"#,
-    printcolumn = r#"{"name":"First","type":"string","jsonPath":".spec.first"}"#,
-    printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.size"}"#,
-    printcolumn = r#"{"name":"Allocated","type":"integer","jsonPath":".spec.allocated"}"#
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "danm.io",
+        version = "v1",
+        kind = "AllocationShard",
+        namespaced,
+        shortname = "ashard",
+        shortname = "ash",
+        printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network.name"}"#,
+        printcolumn = r#"{"name":"Family","type":"string","jsonPath":".spec.family"}"#,
+        printcolumn = r#"{"name":"First","type":"string","jsonPath":".spec.first"}"#,
+        printcolumn = r#"{"name":"Size","type":"integer","jsonPath":".spec.size"}"#,
+        printcolumn = r#"{"name":"Allocated","type":"integer","jsonPath":".spec.allocated"}"#
+    )
 )]
 pub struct AllocationShardSpec {
     /// The network this shard belongs to.

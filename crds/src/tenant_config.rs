@@ -1,6 +1,7 @@
 //! TenantConfig: DANM keeps its fields at the top level of the object (no `spec`), so the
 //! kube derive does not fit; the `Resource` impl and the CRD are written out here.
 
+#[cfg(feature = "kube")]
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -103,6 +104,7 @@ pub struct VniReservation {
     pub link: String,
 }
 
+#[cfg(feature = "kube")]
 impl kube::Resource for TenantConfig {
     type DynamicType = ();
     type Scope = kube::core::ClusterResourceScope;
