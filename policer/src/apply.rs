@@ -74,6 +74,34 @@ pub fn apply(netns: &Path, batch: &Nftables<'_>, nft: Option<&Path>) -> Result<(
     })
 }
 
+/// Gives a sandbox its first table with `create` ([`crate::ruleset::create`]: no delete,
+/// so no wait for the kernel's grace period); when a table of ours is there after all (one
+/// an earlier run left that its first round did not see), the kernel refuses the create
+/// and `replace` runs instead.
+pub fn apply_first(
+    netns: &Path,
+    create: &Nftables<'_>,
+    replace: &Nftables<'_>,
+    nft: Option<&Path>,
+) -> Result<(), ApplyError> {
+    match apply(netns, create, nft) {
+        Err(ApplyError::Refused { stderr, .. }) if stderr.contains("File exists") => {
+            apply(netns, replace, nft)
+        }
+        other => other,
+    }
+}
+
+/// Removes the table of ours in the namespace at `netns` if there is one: listed first, since
+/// a transaction that deletes waits for the kernel's grace period even when the table does
+/// not exist. For the first round, which clears every sandbox no policy selects.
+pub fn clear(netns: &Path, nft: Option<&Path>) -> Result<(), ApplyError> {
+    match current(netns, nft)? {
+        Some(_) => apply(netns, &crate::ruleset::remove(), nft),
+        None => Ok(()),
+    }
+}
+
 /// The table of ours in the namespace at `netns`, as `nft -j list table` prints it; None
 /// when there is none.
 pub fn current(netns: &Path, nft: Option<&Path>) -> Result<Option<Nftables<'static>>, ApplyError> {

@@ -1,27 +1,27 @@
 //! The controller: follows namespaces, pods, DanmEps and DanmNetworkPolicies, and keeps the
 //! table of every pod of this node as the policies decide. After any change (coalesced), a
-//! round recomputes each local pod's decisions and applies those that differ from what it
-//! last applied; a failed apply keeps the pod's previous table and is retried every round
-//! until it succeeds. The first round, once every kind is listed, applies every local pod
-//! (removing tables no policy asks for any more), so a restart converges.
+//! round recomputes the decisions of the pods of this node the changes may affect
+//! ([`Index::take_changed`]) and applies those that differ from what it last applied; a
+//! failed apply keeps the pod's previous table and is retried every round until it
+//! succeeds. The first round, once every kind is listed, applies every local pod (removing
+//! tables no policy asks for any more), so a restart converges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
 use danm_core::netpol::PodRules;
-use danm_crds::{DanmEp, DanmNetworkPolicy};
+use danm_crds::{ClusterNetwork, DanmEp, DanmNet, DanmNetworkPolicy, TenantNetwork};
 use danm_runtime::index::{Change, Synced, follow_map};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Notify;
 
-use crate::gate::{Gate, RoundReport, Rounds, SandboxKey, ServeError};
+use crate::gate::{Gate, Rounds, SandboxKey, SandboxState, ServeError};
 use crate::index::{self, Index, PodKey};
 use crate::metrics::Metrics;
 
@@ -57,7 +57,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let index = Arc::new(Mutex::new(Index::default()));
+    let index = Arc::new(Mutex::new(Index::new(&config.node)));
     let changed = Arc::new(Notify::new());
     let rounds = Arc::new(Rounds::default());
     let stop_gate = Arc::new(Notify::new());
@@ -73,7 +73,7 @@ pub async fn run(
         let stop = Arc::clone(&stop_gate);
         tokio::spawn(async move { crate::gate::serve(&socket, gate, stop.notified()).await })
     });
-    let synced = Arc::new(Synced::new(4));
+    let synced = Arc::new(Synced::new(7));
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -89,7 +89,7 @@ pub async fn run(
             &index,
             &changed,
             index::namespace,
-            Index::namespaces_mut,
+            Index::on_namespace,
         ),
         follow_kind(
             Api::<Pod>::all(client.clone()),
@@ -98,7 +98,7 @@ pub async fn run(
             &index,
             &changed,
             index::pod,
-            Index::pods_mut,
+            Index::on_pod,
         ),
         follow_kind(
             Api::<DanmEp>::all(client.clone()),
@@ -107,16 +107,44 @@ pub async fn run(
             &index,
             &changed,
             index::endpoint,
-            Index::endpoints_mut,
+            Index::on_endpoint,
         ),
         follow_kind(
-            Api::<DanmNetworkPolicy>::all(client),
+            Api::<DanmNetworkPolicy>::all(client.clone()),
             "DanmNetworkPolicy",
             &synced,
             &index,
             &changed,
             index::policy,
-            Index::policies_mut,
+            Index::on_policy,
+        ),
+        // The networks, only to say when a policy names one that does not exist.
+        follow_kind(
+            Api::<DanmNet>::all(client.clone()),
+            "DanmNet",
+            &synced,
+            &index,
+            &changed,
+            index::network::<DanmNet>,
+            Index::on_network::<DanmNet>,
+        ),
+        follow_kind(
+            Api::<TenantNetwork>::all(client.clone()),
+            "TenantNetwork",
+            &synced,
+            &index,
+            &changed,
+            index::network::<TenantNetwork>,
+            Index::on_network::<TenantNetwork>,
+        ),
+        follow_kind(
+            Api::<ClusterNetwork>::all(client),
+            "ClusterNetwork",
+            &synced,
+            &index,
+            &changed,
+            index::network::<ClusterNetwork>,
+            Index::on_network::<ClusterNetwork>,
         ),
     ];
     let gate_failed = async {
@@ -147,7 +175,7 @@ pub async fn run(
     outcome
 }
 
-/// Follows one kind into one map of the index.
+/// Follows one kind into the index; a change the decisions read wakes the rounds.
 fn follow_kind<K, Q, V>(
     api: Api<K>,
     kind: &'static str,
@@ -155,32 +183,19 @@ fn follow_kind<K, Q, V>(
     index: &Arc<Mutex<Index>>,
     changed: &Arc<Notify>,
     convert: fn(K) -> (Q, V),
-    map: fn(&mut Index) -> &mut std::collections::HashMap<Q, V>,
+    on_change: fn(&mut Index, Change<(Q, V)>) -> bool,
 ) -> tokio::task::AbortHandle
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-    Q: std::hash::Hash + Eq + Send + 'static,
+    Q: Send + 'static,
     V: Send + 'static,
 {
     let (index, changed) = (Arc::clone(index), Arc::clone(changed));
     follow_map(api, kind, Arc::clone(synced), convert, move |change| {
-        {
-            let mut index = index.lock().expect("the index lock");
-            let map = map(&mut index);
-            match change {
-                Change::Relisted(all) => {
-                    map.clear();
-                    map.extend(all);
-                }
-                Change::Applied((key, value)) => {
-                    map.insert(key, value);
-                }
-                Change::Deleted((key, _)) => {
-                    map.remove(&key);
-                }
-            }
+        let relevant = on_change(&mut index.lock().expect("the index lock"), change);
+        if relevant {
+            changed.notify_one();
         }
-        changed.notify_one();
     })
 }
 
@@ -195,112 +210,106 @@ async fn reconcile(
     recorder: &Recorder,
 ) {
     synced.listed().await;
-    let mut applied: BTreeMap<(PodKey, String), PodRules> = BTreeMap::new();
-    // The sandboxes this run has run nft in (whether or not it took).
-    let mut written: std::collections::BTreeSet<(PodKey, String)> = Default::default();
+    let mut sandboxes = Sandboxes::default();
     let mut first = true;
     // The failures already published as Events, so that one that stays is published once.
-    let mut reported: BTreeMap<Regarding, String> = BTreeMap::new();
+    let mut reported = crate::events::Reported::default();
     loop {
-        let (round, snapshot) = {
-            let index = index.lock().expect("the index lock");
-            (rounds.begin(), index.snapshot(&config.node))
+        let (round, work, sandbox_count) = {
+            let mut index = index.lock().expect("the index lock");
+            let round = rounds.begin();
+            let mut pods = index.take_changed();
+            // A failed apply is retried every round until it succeeds.
+            pods.extend(sandboxes.failed.keys().map(|(pod, _)| pod.clone()));
+            let work: Vec<(PodKey, BTreeSet<String>, PodRules)> = pods
+                .into_iter()
+                .map(|pod| {
+                    let (netns, rules) = (index.sandboxes(&pod), index.rules(&pod));
+                    (pod, netns, rules)
+                })
+                .collect();
+            (round, work, index.sandbox_count())
         };
-        let mut failed: BTreeMap<SandboxKey, String> = BTreeMap::new();
-        let mut failing = 0;
-        let mut isolated = 0;
-        let mut rule_count = 0;
-        let mut failures: BTreeMap<PodKey, String> = BTreeMap::new();
+        let mut states: Vec<(SandboxKey, Option<SandboxState>)> = Vec::new();
         let mut jobs = Vec::new();
-        for (pod, netns) in &snapshot.local {
-            let rules = snapshot.rules(pod);
-            let key = (pod.clone(), netns.clone());
-            if !rules.is_empty() {
-                isolated += 1;
+        metrics.evaluated(work.len());
+        for (pod, netns, rules) in work {
+            for gone in sandboxes.gone(&pod, &netns) {
+                states.push((gone, None));
             }
-            rule_count += crate::ruleset::rule_count(&rules);
-            if !first && applied.get(&key) == Some(&rules) {
-                continue;
-            }
-            // Nothing to isolate in a sandbox this run never tried to give a table or to
-            // clear (the first round tries every sandbox, removing what an earlier run left):
-            // there is none, nothing to run.
-            if !first && rules.is_empty() && !written.contains(&key) {
-                applied.insert(key, rules);
-                continue;
-            }
-            written.insert(key.clone());
-            let path = match danm_core::names::netns_in(&config.netns_root, netns) {
-                Ok(path) => path,
-                Err(e) => {
-                    failing += 1;
-                    metrics.applied("refused-netns", 0.0);
-                    tracing::warn!(namespace = %pod.0, pod = %pod.1, netns = %netns, root = %config.netns_root.display(), error = %e, "the recorded network namespace is not one of the root's; not entered");
-                    let why = format!(
-                        "network namespace {netns:?} is not an entry of {}: not entered",
-                        config.netns_root.display()
-                    );
-                    failed.insert(key, why.clone());
-                    failures.insert(pod.clone(), why);
-                    continue;
+            for netns in netns {
+                let key = (pod.clone(), netns);
+                match sandboxes.plan(&key, &rules, first) {
+                    Plan::Unchanged => {}
+                    Plan::Nothing => states.push((key, Some(Ok(false)))),
+                    plan @ (Plan::Create | Plan::Replace | Plan::Clear) => {
+                        match danm_core::names::netns_in(&config.netns_root, &key.1) {
+                            Ok(path) => jobs.push((key, rules.clone(), path, plan)),
+                            Err(e) => {
+                                metrics.applied("refused-netns", 0.0);
+                                tracing::warn!(namespace = %pod.0, pod = %pod.1, netns = %key.1, root = %config.netns_root.display(), error = %e, "the recorded network namespace is not one of the root's; not entered");
+                                let why = format!(
+                                    "network namespace {:?} is not an entry of {}: not entered",
+                                    key.1,
+                                    config.netns_root.display()
+                                );
+                                sandboxes.failed(&key, &why);
+                                states.push((key, Some(Err(why))));
+                            }
+                        }
+                    }
                 }
-            };
-            jobs.push((pod.clone(), key, rules, path));
+            }
         }
         // The applies are independent (one namespace each): up to `parallel` at once.
         let mut outcomes = futures::stream::iter(jobs)
-            .map(|(pod, key, rules, path)| {
-                let batch = crate::ruleset::replace(&rules, &config.node_addresses);
+            .map(|(key, rules, path, plan)| {
+                let replace = crate::ruleset::replace(&rules, &config.node_addresses);
+                let create = matches!(plan, Plan::Create)
+                    .then(|| crate::ruleset::create(&rules, &config.node_addresses));
                 let nft = config.nft.clone();
                 async move {
                     let started = std::time::Instant::now();
-                    let outcome = tokio::task::spawn_blocking(move || {
-                        crate::apply::apply(&path, &batch, nft.as_deref())
+                    let outcome = tokio::task::spawn_blocking(move || match (plan, create) {
+                        (Plan::Clear, _) => crate::apply::clear(&path, nft.as_deref()),
+                        (_, Some(create)) => {
+                            crate::apply::apply_first(&path, &create, &replace, nft.as_deref())
+                        }
+                        _ => crate::apply::apply(&path, &replace, nft.as_deref()),
                     })
-                    .await;
-                    (pod, key, rules, outcome, started.elapsed().as_secs_f64())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|applied| applied.map_err(|e| e.to_string()));
+                    (key, rules, outcome, started.elapsed().as_secs_f64())
                 }
             })
             .buffer_unordered(config.parallel.max(1));
-        while let Some((pod, key, rules, outcome, seconds)) = outcomes.next().await {
+        while let Some((key, rules, outcome, seconds)) = outcomes.next().await {
+            let (namespace, pod) = (&key.0.0, &key.0.1);
             match outcome {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     metrics.applied("ok", seconds);
-                    tracing::info!(namespace = %pod.0, pod = %pod.1, interfaces_in = rules.ingress.len(), interfaces_out = rules.egress.len(), "applied");
-                    applied.insert(key, rules);
+                    tracing::info!(%namespace, %pod, netns = %key.1, interfaces_in = rules.ingress.len(), interfaces_out = rules.egress.len(), "applied");
+                    states.push((key.clone(), Some(Ok(!rules.is_empty()))));
+                    sandboxes.applied(key, rules);
                 }
-                Ok(Err(e)) => {
-                    failing += 1;
+                Err(why) => {
                     metrics.applied("failed", seconds);
-                    failures.insert(pod.clone(), e.to_string());
-                    failed.insert(key.clone(), e.to_string());
-                    applied.remove(&key);
-                    tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply failed; the pod keeps its previous rules, retried next round");
-                }
-                Err(e) => {
-                    failing += 1;
-                    metrics.applied("failed", seconds);
-                    failures.insert(pod.clone(), e.to_string());
-                    failed.insert(key.clone(), e.to_string());
-                    applied.remove(&key);
-                    tracing::warn!(namespace = %pod.0, pod = %pod.1, error = %e, "apply task failed");
+                    tracing::warn!(%namespace, %pod, netns = %key.1, error = %why, "apply failed; the pod keeps its previous rules, retried next round");
+                    sandboxes.failed(&key, &why);
+                    states.push((key, Some(Err(why))));
                 }
             }
         }
         drop(outcomes);
-        applied.retain(|key, _| snapshot.local.contains(key));
-        written.retain(|key| snapshot.local.contains(key));
-        rounds.finish(RoundReport {
-            id: round,
-            applied: applied
-                .iter()
-                .map(|(key, rules)| (key.clone(), !rules.is_empty()))
-                .collect(),
-            failed,
-        });
+        rounds.record(states);
+        rounds.finish(round);
         first = false;
-        metrics.round(snapshot.local.len(), isolated, rule_count, failing);
-        publish(recorder, warnings(&failures, &snapshot), &mut reported);
+        let failing = sandboxes.failed.len();
+        metrics.round(sandbox_count, sandboxes.isolated, sandboxes.rules, failing);
+        let notes =
+            crate::events::warnings(&sandboxes.failed, &index.lock().expect("the index lock"));
+        crate::events::publish(recorder, notes, &mut reported);
         // A failed apply is retried after the settle time even with no change.
         if failing > 0 {
             tokio::select! {
@@ -314,93 +323,116 @@ async fn reconcile(
     }
 }
 
-/// What an Event is about: a pod (`v1`) or a DanmNetworkPolicy (`danm.io/v1`), by kind,
-/// namespace and name.
-type Regarding = (&'static str, String, String);
-
-/// The Warning Events of one round: one on each pod whose apply failed, and one on each
-/// policy that selects such pods, naming up to five of them.
-fn warnings(
-    failures: &BTreeMap<PodKey, String>,
-    snapshot: &crate::index::Snapshot,
-) -> BTreeMap<Regarding, String> {
-    let mut notes = BTreeMap::new();
-    let mut by_policy: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-    for (pod, why) in failures {
-        notes.insert(
-            ("Pod", pod.0.clone(), pod.1.clone()),
-            format!("the pod keeps the rules it had (none, if this was its first table): {why}"),
-        );
-        for policy in snapshot.selecting(pod) {
-            by_policy
-                .entry((pod.0.clone(), policy))
-                .or_default()
-                .push(format!("{} ({why})", pod.1));
-        }
-    }
-    for ((namespace, policy), pods) in by_policy {
-        let more = pods.len().saturating_sub(5);
-        let mut note = format!(
-            "not enforced on {} pod(s) of this node, which keep the rules they had: {}",
-            pods.len(),
-            pods[..pods.len().min(5)].join("; ")
-        );
-        if more > 0 {
-            note.push_str(&format!("; and {more} more (their Events)"));
-        }
-        notes.insert(("DanmNetworkPolicy", namespace, policy), note);
-    }
-    notes
+/// What a round does for one sandbox.
+enum Plan {
+    /// Its table is already what the policies decide.
+    Unchanged,
+    /// No table, and none to remove: nothing to run.
+    Nothing,
+    /// A first table in a sandbox known to hold none of ours (a new pod's, or one cleared):
+    /// created, with no delete in the transaction ([`crate::ruleset::create`]).
+    Create,
+    /// Replace whatever table of ours the sandbox holds.
+    Replace,
+    /// The first round, no policy selecting the pod: remove a table an earlier run left,
+    /// if there is one (listed first: a delete costs the kernel's grace period).
+    Clear,
 }
 
-/// Publishes each Warning Event once (again when its note changes, or when it comes back
-/// after the failure went away), from a task of its own: a slow API server never holds a
-/// round (nor the gate, which waits for rounds) back.
-fn publish(
-    recorder: &Recorder,
-    notes: BTreeMap<Regarding, String>,
-    reported: &mut BTreeMap<Regarding, String>,
-) {
-    let new: Vec<(Regarding, String)> = notes
-        .iter()
-        .filter(|(regarding, note)| reported.get(*regarding) != Some(*note))
-        .map(|(regarding, note)| (regarding.clone(), note.clone()))
-        .collect();
-    *reported = notes;
-    if new.is_empty() {
-        return;
-    }
-    let recorder = recorder.clone();
-    tokio::spawn(async move { send(&recorder, new).await });
+/// What this run of the policer did to this node's sandboxes, kept across rounds.
+#[derive(Default)]
+struct Sandboxes {
+    /// The rules each sandbox's table holds (none: no table of ours).
+    applied: BTreeMap<SandboxKey, PodRules>,
+    /// The sandboxes that may hold a table of ours: every one at the first round (an earlier
+    /// run may have left one), then those given a table, or whose apply failed.
+    may_hold: BTreeSet<SandboxKey>,
+    /// The sandboxes whose last apply failed, and why.
+    failed: BTreeMap<SandboxKey, String>,
+    /// How many sandboxes have a table, and how many rules those hold.
+    isolated: usize,
+    rules: usize,
 }
 
-async fn send(recorder: &Recorder, events: Vec<(Regarding, String)>) {
-    for ((kind, namespace, name), note) in &events {
-        let api_version = if *kind == "Pod" { "v1" } else { "danm.io/v1" };
-        let reference = ObjectReference {
-            api_version: Some(api_version.into()),
-            kind: Some((*kind).into()),
-            namespace: Some(namespace.clone()),
-            name: Some(name.clone()),
-            ..Default::default()
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "PolicyNotApplied".into(),
-            note: Some(truncated(note)),
-            action: "ApplyNetworkPolicy".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &reference).await {
-            tracing::warn!(kind, namespace, name, error = %e, "cannot publish an Event");
+impl Sandboxes {
+    /// Forgets the sandboxes of `pod` that are not among `netns` any more; returns them.
+    fn gone(&mut self, pod: &PodKey, netns: &BTreeSet<String>) -> Vec<SandboxKey> {
+        let from = (pod.clone(), String::new());
+        let gone: Vec<SandboxKey> = self
+            .may_hold
+            .range(from..)
+            .take_while(|key| key.0 == *pod)
+            .chain(
+                self.applied
+                    .range((pod.clone(), String::new())..)
+                    .map(|(key, _)| key)
+                    .take_while(|key| key.0 == *pod),
+            )
+            .filter(|key| !netns.contains(&key.1))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for key in &gone {
+            self.set(key, None);
+            self.may_hold.remove(key);
+            self.failed.remove(key);
         }
+        gone
     }
-}
 
-/// An Event's note is at most 1 kB.
-fn truncated(note: &str) -> String {
-    match note.char_indices().nth(1000) {
-        Some((at, _)) => format!("{}…", &note[..at]),
-        None => note.to_owned(),
+    /// What to do for sandbox `key`, whose rules are now `rules`.
+    fn plan(&mut self, key: &SandboxKey, rules: &PodRules, first: bool) -> Plan {
+        if !first && !self.failed.contains_key(key) && self.applied.get(key) == Some(rules) {
+            return Plan::Unchanged;
+        }
+        if first {
+            self.may_hold.insert(key.clone());
+            return if rules.is_empty() {
+                Plan::Clear
+            } else {
+                Plan::Replace
+            };
+        }
+        if self.may_hold.contains(key) {
+            return Plan::Replace;
+        }
+        // No table of ours there: nothing to run when none is wanted, else a first one.
+        if rules.is_empty() {
+            self.set(key, Some(rules.clone()));
+            return Plan::Nothing;
+        }
+        self.may_hold.insert(key.clone());
+        Plan::Create
+    }
+
+    fn applied(&mut self, key: SandboxKey, rules: PodRules) {
+        self.failed.remove(&key);
+        if rules.is_empty() {
+            self.may_hold.remove(&key);
+        }
+        self.set(&key, Some(rules));
+    }
+
+    /// The apply failed: the sandbox keeps the table it had, which is no longer known.
+    fn failed(&mut self, key: &SandboxKey, why: &str) {
+        self.failed.insert(key.clone(), why.to_owned());
+        self.set(key, None);
+    }
+
+    fn set(&mut self, key: &SandboxKey, rules: Option<PodRules>) {
+        if let Some(old) = self.applied.remove(key)
+            && !old.is_empty()
+        {
+            self.isolated -= 1;
+            self.rules -= crate::ruleset::rule_count(&old);
+        }
+        if let Some(rules) = rules {
+            if !rules.is_empty() {
+                self.isolated += 1;
+                self.rules += crate::ruleset::rule_count(&rules);
+            }
+            self.applied.insert(key.clone(), rules);
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! recorded a new sandbox's interfaces and before it builds any of them, calls
 //! `danm.policer.v1.Gate/PodStarting` on this node's policer over a unix socket. The gate
 //! waits until the index holds the pod and the DanmEp of every interface named (looked up
-//! by name, no scan), then waits for a round that began after that and answers with that
-//! round's outcome for the sandbox: its table loaded (or no policy selects it), or why not.
+//! by name, no scan), then waits for a round that began after that and answers with the
+//! sandbox's state as the rounds left it: its table loaded (or no policy selects it), or why not.
 //! The plugin fails the ADD on any error, so a pod a policy selects never has an interface
 //! before its table (the rules name interfaces by name: they hold before the links exist).
 
@@ -24,36 +24,33 @@ use crate::metrics::Metrics;
 /// A sandbox: a pod and its network namespace.
 pub type SandboxKey = (PodKey, String);
 
-/// What one round did to each of this node's sandboxes.
-#[derive(Debug, Default)]
-pub struct RoundReport {
-    /// The round's number (from 1; 0: no round yet).
-    pub id: u64,
-    /// The sandboxes whose table is as the policies decide, and whether it isolates
-    /// anything (false: no policy selects the pod, no table).
-    pub applied: BTreeMap<SandboxKey, bool>,
-    /// The sandboxes whose apply failed, and why.
-    pub failed: BTreeMap<SandboxKey, String>,
-}
+/// A sandbox's state after the last round that looked at it: its table is as the policies
+/// decide (true: it isolates something; false: no policy selects the pod, no table), or
+/// why its apply failed.
+pub type SandboxState = Result<bool, String>;
 
-/// The rounds' numbering and their last report, shared by the controller and the gate.
+/// The rounds' numbering, the last one finished, and each sandbox's state, shared by the
+/// controller and the gate. A round looks only at the pods a change may affect, so the
+/// states are kept across rounds: a sandbox's is the one its last round left.
 #[derive(Debug)]
 pub struct Rounds {
     started: AtomicU64,
-    done: watch::Sender<Arc<RoundReport>>,
+    done: watch::Sender<u64>,
+    sandboxes: Mutex<BTreeMap<SandboxKey, SandboxState>>,
 }
 
 impl Default for Rounds {
     fn default() -> Self {
         Rounds {
             started: AtomicU64::new(0),
-            done: watch::Sender::new(Arc::new(RoundReport::default())),
+            done: watch::Sender::new(0),
+            sandboxes: Mutex::default(),
         }
     }
 }
 
 impl Rounds {
-    /// Numbers a round that is about to take its snapshot (call under the index lock).
+    /// Numbers a round that is about to read the index (call under the index lock).
     pub fn begin(&self) -> u64 {
         self.started.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -63,9 +60,32 @@ impl Rounds {
         self.started.load(Ordering::Acquire) + 1
     }
 
-    /// Publishes a finished round.
-    pub fn finish(&self, report: RoundReport) {
-        self.done.send_replace(Arc::new(report));
+    /// Records what a round did to sandboxes (None: the sandbox is gone).
+    pub fn record(&self, states: impl IntoIterator<Item = (SandboxKey, Option<SandboxState>)>) {
+        let mut sandboxes = self.sandboxes.lock().expect("the sandboxes lock");
+        for (key, state) in states {
+            match state {
+                Some(state) => {
+                    sandboxes.insert(key, state);
+                }
+                None => {
+                    sandboxes.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Publishes that round `id` finished (its states recorded).
+    pub fn finish(&self, id: u64) {
+        self.done.send_replace(id);
+    }
+
+    fn state(&self, key: &SandboxKey) -> Option<SandboxState> {
+        self.sandboxes
+            .lock()
+            .expect("the sandboxes lock")
+            .get(key)
+            .cloned()
     }
 }
 
@@ -164,13 +184,8 @@ impl Gate {
         // 2. A round that began after they did applies the sandbox's table.
         self.changed.notify_one();
         let mut done = self.rounds.done.subscribe();
-        let report = match tokio::time::timeout_at(
-            deadline.into(),
-            done.wait_for(|report| report.id >= after),
-        )
-        .await
-        {
-            Ok(Ok(report)) => Arc::clone(&report),
+        match tokio::time::timeout_at(deadline.into(), done.wait_for(|id| *id >= after)).await {
+            Ok(Ok(_)) => {}
             Ok(Err(_)) => return Err(Refusal::Failed("the policer is stopping".into())),
             Err(_) => {
                 return Err(Refusal::Timeout(format!(
@@ -179,23 +194,22 @@ impl Gate {
                     self.wait
                 )));
             }
-        };
+        }
         let key = (
             (sandbox.namespace.clone(), sandbox.pod.clone()),
             sandbox.netns.clone(),
         );
-        if let Some(why) = report.failed.get(&key) {
-            return Err(Refusal::Failed(format!(
+        match self.rounds.state(&key) {
+            Some(Ok(isolated)) => Ok(isolated),
+            Some(Err(why)) => Err(Refusal::Failed(format!(
                 "{pod}: its table could not be loaded in {}: {why}",
                 sandbox.netns
-            )));
-        }
-        report.applied.get(&key).copied().ok_or_else(|| {
-            Refusal::Failed(format!(
+            ))),
+            None => Err(Refusal::Failed(format!(
                 "{pod}: the round did not reach the sandbox {}",
                 sandbox.netns
-            ))
-        })
+            ))),
+        }
     }
 }
 

@@ -4,9 +4,11 @@
 //! * [`ruleset`]: one pod's decisions (`danm_core::netpol::PodRules`) as one nftables
 //!   table of ours, `inet danm_policer`: a chain per isolated interface and direction,
 //!   the allowed peers in named interval sets, a REJECT at the end.
-//! * [`index`] and [`controller`]: namespaces, pods, DanmEps and DanmNetworkPolicies
-//!   followed with watches; each change starts a round that recomputes this node's pods'
-//!   decisions and applies those that changed; [`metrics`]: what it did, for Prometheus.
+//! * [`index`] and [`controller`]: namespaces, pods, DanmEps, DanmNetworkPolicies and the
+//!   networks followed with watches; each change starts a round that recomputes the
+//!   decisions of the pods of this node it may affect and applies those that changed;
+//!   [`metrics`]: what it did, for Prometheus; [`events`]: Warning Events on what failed and
+//!   on policies naming networks that do not exist.
 //! * [`gate`]: isolation from a pod's first packet: the `danm` CNI plugin asks, over a
 //!   unix socket, for a new sandbox's table before it builds the interfaces.
 //! * [`apply`]: that table replaced atomically in a pod's network namespace (one `nft`
@@ -21,6 +23,7 @@
 
 pub mod apply;
 pub mod controller;
+pub mod events;
 pub mod gate;
 pub mod index;
 pub mod metrics;

@@ -24,6 +24,7 @@ pub struct ResultLabels {
 pub struct Metrics {
     registry: Registry,
     rounds: Counter,
+    evaluated: Counter,
     applies: Family<ResultLabels, Counter>,
     apply_seconds: Histogram,
     local: Gauge,
@@ -46,6 +47,12 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("danm_policer");
         let rounds = register(&mut registry, "rounds", "Rounds run (each after a change)");
+        let evaluated = register(
+            &mut registry,
+            "pods_evaluated",
+            "Pods whose decisions a round computed: those a change may affect (every pod of \
+             this node after the first list or a relist)",
+        );
         let applies = register(
             &mut registry,
             "applies",
@@ -95,6 +102,7 @@ impl Metrics {
             gate_calls,
             gate_seconds,
             rounds,
+            evaluated,
             applies,
             apply_seconds,
             local,
@@ -119,6 +127,11 @@ impl Metrics {
             .get_or_create(&ResultLabels { result })
             .inc();
         self.gate_seconds.observe(seconds);
+    }
+
+    /// A round computed the decisions of `pods` pods (counted before it applies them).
+    pub fn evaluated(&self, pods: usize) {
+        self.evaluated.inc_by(pods as u64);
     }
 
     /// A round ended with these counts.

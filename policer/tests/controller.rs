@@ -404,3 +404,83 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
     );
     controller.stop().await;
 }
+
+/// A policy naming networks that do not exist selects no interface on them: the policer of
+/// a node where the policy selects a pod says so with a Warning Event on the policy, naming
+/// each field (as its ServiceAccount, which may watch the three network kinds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_naming_networks_that_do_not_exist_gets_an_event_naming_the_fields() {
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    let ns = plane.namespace("policer-nets").await;
+    let node = format!("policer-nets-{}", std::process::id());
+    let sandbox = danm_testkit::netns::Netns::new("pnet");
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &danm_testkit::pods::pod("server", &node, &[("app", "server")]),
+        )
+        .await
+        .unwrap();
+    Api::<DanmEp>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &endpoint(
+                "server-1",
+                "server",
+                &node,
+                &sandbox.path(),
+                "net1",
+                "signal",
+                "10.99.1.2/24",
+            ),
+        )
+        .await
+        .unwrap();
+    let policy: DanmNetworkPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "danm.io/v1", "kind": "DanmNetworkPolicy",
+        "metadata": {"name": "ghosts"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "networkSelector": [{"name": "signal"}, {"name": "nosuch"}],
+            "ingress": [{"from": [{"networkSelector": [{"name": "ghost", "type": "ClusterNetwork"}]}]}]
+        }
+    }))
+    .unwrap();
+    Api::<DanmNetworkPolicy>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let policer = danm_testkit::identity::client_for(plane, "policer", &[]).await;
+    let controller = Running::start(policer, &node);
+    controller.synced().await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let note = loop {
+        let listed = events.list(&Default::default()).await.unwrap();
+        let found = listed.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("NetworkNotFound")
+                && e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("DanmNetworkPolicy")
+                        && r.name.as_deref() == Some("ghosts")
+                })
+        });
+        if let Some(event) = found {
+            break event.note.unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NetworkNotFound Event on the policy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for expected in [
+        "1 pod(s) of this node selected",
+        &format!("spec.networkSelector[0]: DanmNet {ns}/signal"),
+        &format!("spec.networkSelector[1]: DanmNet {ns}/nosuch"),
+        "spec.ingress[0].from[0].networkSelector[0]: ClusterNetwork ghost",
+    ] {
+        assert!(note.contains(expected), "{expected:?} not in {note}");
+    }
+    controller.stop().await;
+}

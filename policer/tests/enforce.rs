@@ -7,10 +7,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{Bed, CLIENT_V4, POD_V4, POD_V6, Seen, echo_tcp};
+use common::{Bed, CLIENT_V4, POD_V4, POD_V6, Seen, echo_tcp, normalized};
 use danm_core::netpol::{AddressSet, Allowance, Isolated, Peers, PodRules, Ports, Protocol};
-use danm_policer::apply::apply;
-use danm_policer::ruleset::{remove, replace};
+use danm_policer::apply::{apply, apply_first};
+use danm_policer::ruleset::{create, remove, replace};
 
 fn isolated(ifname: &str, allow: Vec<Allowance>) -> Isolated {
     Isolated {
@@ -77,6 +77,51 @@ fn ingress_rules_on_one_interface_leave_the_other_open() {
     apply(&bed.path(), &remove(), None).unwrap();
     assert!(!bed.has_table());
     assert_eq!(bed.tcp(0, POD_V4[0], 81), Seen::Answered);
+}
+
+/// A new sandbox's first table is created (no delete in the transaction); on a sandbox that
+/// holds a table of ours after all, the create is refused and the table replaced: never
+/// added to.
+#[test]
+fn a_first_table_is_created_and_one_already_there_is_replaced_not_added_to() {
+    let bed = Bed::new();
+    let deny = PodRules {
+        ingress: vec![isolated("net1", Vec::new())],
+        egress: Vec::new(),
+    };
+    let open_80 = PodRules {
+        ingress: vec![isolated(
+            "net1",
+            vec![Allowance {
+                peers: Peers::Any,
+                ports: Ports::Only(vec![(Protocol::Tcp, 80, 80)]),
+            }],
+        )],
+        egress: Vec::new(),
+    };
+    apply_first(&bed.path(), &create(&deny, &[]), &replace(&deny, &[]), None).unwrap();
+    assert_eq!(bed.tcp(0, POD_V4[0], 80), Seen::Refused);
+    let created = normalized(&bed.path());
+    assert!(created.is_some());
+    apply(&bed.path(), &replace(&deny, &[]), None).unwrap();
+    assert_eq!(
+        normalized(&bed.path()),
+        created,
+        "created and replaced: the same table"
+    );
+    // Created again over the table: refused by the kernel, then replaced.
+    apply_first(
+        &bed.path(),
+        &create(&open_80, &[]),
+        &replace(&open_80, &[]),
+        None,
+    )
+    .unwrap();
+    let twice = normalized(&bed.path());
+    apply(&bed.path(), &replace(&open_80, &[]), None).unwrap();
+    assert_eq!(twice, normalized(&bed.path()), "replaced, not added to");
+    assert_eq!(bed.tcp(0, POD_V4[0], 80), Seen::Answered);
+    assert_eq!(bed.tcp(0, POD_V4[0], 81), Seen::Refused);
 }
 
 #[test]

@@ -5,16 +5,20 @@
 //! implies (computed afresh from the API and loaded into a scratch namespace to compare).
 //! As root, with `nft`.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::normalized;
 use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, DanmNetworkPolicy};
 use danm_policer::apply::{apply, current};
 use danm_policer::index::{self, Index};
 use danm_policer::ruleset::replace;
+use danm_runtime::index::Change;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::netns::Netns;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -54,28 +58,6 @@ impl Drop for Policer {
     }
 }
 
-/// A table as `nft -j` lists it, without what differs between two loads of the same
-/// table (handles, the listing's metainfo).
-fn normalized(netns: &Path) -> Option<Value> {
-    fn strip(v: &mut Value) {
-        match v {
-            Value::Object(map) => {
-                map.remove("handle");
-                map.values_mut().for_each(strip);
-            }
-            Value::Array(items) => items.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    let listed = current(netns, None).expect("nft lists")?;
-    let mut value = serde_json::to_value(listed).unwrap();
-    if let Some(items) = value["nftables"].as_array_mut() {
-        items.retain(|item| item.get("metainfo").is_none());
-    }
-    strip(&mut value);
-    Some(value)
-}
-
 /// What the cluster's current state implies for each pod's namespace, loaded into
 /// `scratch` and listed: from fresh lists, through the same decisions.
 async fn expected(
@@ -86,39 +68,38 @@ async fn expected(
     scratch: &Netns,
 ) -> Vec<Option<Value>> {
     let lp = ListParams::default();
-    let mut index = Index::default();
+    let mut index = Index::new(node);
     let namespaces = Api::<Namespace>::all(client.clone())
         .list(&lp)
         .await
         .unwrap();
-    index
-        .namespaces_mut()
-        .extend(namespaces.items.into_iter().map(index::namespace));
+    index.on_namespace(Change::Relisted(
+        namespaces.items.into_iter().map(index::namespace).collect(),
+    ));
     let listed = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&lp)
         .await
         .unwrap();
-    index
-        .pods_mut()
-        .extend(listed.items.into_iter().map(index::pod));
+    index.on_pod(Change::Relisted(
+        listed.items.into_iter().map(index::pod).collect(),
+    ));
     let eps = Api::<DanmEp>::namespaced(client.clone(), ns)
         .list(&lp)
         .await
         .unwrap();
-    index
-        .endpoints_mut()
-        .extend(eps.items.into_iter().map(index::endpoint));
+    index.on_endpoint(Change::Relisted(
+        eps.items.into_iter().map(index::endpoint).collect(),
+    ));
     let policies = Api::<DanmNetworkPolicy>::namespaced(client.clone(), ns)
         .list(&lp)
         .await
         .unwrap();
-    index
-        .policies_mut()
-        .extend(policies.items.into_iter().map(index::policy));
-    let snapshot = index.snapshot(node);
+    index.on_policy(Change::Relisted(
+        policies.items.into_iter().map(index::policy).collect(),
+    ));
     pods.iter()
         .map(|(name, _)| {
-            let rules = snapshot.rules(&(ns.to_owned(), name.clone()));
+            let rules = index.rules(&(ns.to_owned(), name.clone()));
             if rules.is_empty() {
                 return None;
             }

@@ -638,12 +638,15 @@ async fn overlays_apply_on_the_real_api_server() {
     yes("danm-ipamd", &["get", "pods", "-n", "t1"]);
     no("danm-ipamd", &["delete", "pods", "-n", "t1"]);
     no("danm-ipamd", &["create", "danmnets.danm.io", "-n", "t1"]);
-    // The policer reads, cluster-wide, and writes nothing.
+    // The policer reads, cluster-wide, and writes nothing but Events.
     yes(
         "danm-policer",
         &["watch", "danmnetworkpolicies.danm.io", "-A"],
     );
     yes("danm-policer", &["list", "pods", "-A"]);
+    yes("danm-policer", &["watch", "clusternetworks.danm.io"]);
+    yes("danm-policer", &["list", "tenantnetworks.danm.io", "-A"]);
+    no("danm-policer", &["update", "danmnets.danm.io", "-n", "t1"]);
     no("danm-policer", &["create", "danmeps.danm.io", "-n", "t1"]);
     no("danm-policer", &["patch", "pods", "-n", "t1"]);
     // The webhook rewrites the TenantConfig only.

@@ -1,9 +1,10 @@
 //! `policer-bench`: the policer's controller on the real API server with `--pods` pods on
 //! one node (each a real network namespace, one interface recorded by a DanmEp) and
 //! `--policies` DanmNetworkPolicies. Measures the first round over every pod, the time
-//! until the policies reach every pod, then the time from one policy change that touches
-//! `--touched` pods to the last of them applied, the apply time per pod (one nft
-//! transaction) and the process's memory. As root.
+//! until the policies reach every pod (each pod's first table), then the time from one
+//! policy change that touches `--touched` pods to the last of them applied (replacing their
+//! tables) and how many pods the rounds of that change looked at, the time of one apply in
+//! each phase (one nft transaction) and the process's memory. As root.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
     }));
     wait(&metrics, "the first round", |m| m.readiness().is_ok()).await?;
     let first_round = started.elapsed().as_secs_f64();
+    let clear = apply_seconds(&metrics);
 
     // Every pod selected by one policy, allowing ingress from the next group on TCP 80.
     let policies = Api::<DanmNetworkPolicy>::namespaced(client.clone(), NS);
@@ -144,9 +146,11 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let all_policies = started.elapsed().as_secs_f64();
+    let created = apply_seconds(&metrics);
 
     // One change touching `touched` pods: a policy selecting the hot ones.
     let before = applies_ok(&metrics);
+    let evaluated_before = value(&metrics, "danm_policer_pods_evaluated_total");
     let started = Instant::now();
     let policy = serde_json::from_value(json!({
         "apiVersion": "danm.io/v1", "kind": "DanmNetworkPolicy",
@@ -160,8 +164,9 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let change = started.elapsed().as_secs_f64();
+    let evaluated = value(&metrics, "danm_policer_pods_evaluated_total") - evaluated_before;
     let rss_after = rss_kib()?;
-    let (sum, count) = apply_seconds(&metrics);
+    let replaced = apply_seconds(&metrics);
     let _ = stop.send(());
     controller.await??;
     drop(namespaces);
@@ -176,14 +181,27 @@ async fn main() -> anyhow::Result<()> {
             "first_round_seconds": round(first_round),
             "all_policies_applied_seconds": round(all_policies),
             "change_applied_seconds": round(change),
-            "apply_ms_per_pod": round(if count > 0.0 { sum / count * 1000.0 } else { 0.0 }),
-            "applies": count,
+            "change_pods_evaluated": evaluated,
+            "first_round_ms_per_pod": mean_ms((0.0, 0.0), clear),
+            "first_table_ms_per_pod": mean_ms(clear, created),
+            "replace_ms_per_pod": mean_ms(created, replaced),
+            "applies": replaced.1,
             "controller_rss_mib": round((rss_after.saturating_sub(rss_before)) as f64 / 1024.0),
             "process_rss_mib": round(rss_after as f64 / 1024.0),
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
         })
     );
     Ok(())
+}
+
+/// The mean duration, in ms, of the applies between two readings of (sum, count).
+fn mean_ms(from: (f64, f64), to: (f64, f64)) -> f64 {
+    let count = to.1 - from.1;
+    round(if count > 0.0 {
+        (to.0 - from.0) / count * 1000.0
+    } else {
+        0.0
+    })
 }
 
 fn round(v: f64) -> f64 {

@@ -265,6 +265,68 @@ fn useful(allow: &Allowance) -> bool {
     peers && ports
 }
 
+/// Whether a pod of `namespace` (whose labels are `namespace_labels`) with `labels` can be
+/// one of `policy`'s peers: only then can a change to that pod (its labels, interfaces or
+/// addresses) change the rules of the pods `policy` selects. It over-approximates (a
+/// network selector is not looked at), never under: the policer recomputes only the pods
+/// of the policies for which this holds.
+pub fn may_peer(
+    policy: PolicyView<'_>,
+    namespace: &str,
+    namespace_labels: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    if resolves_named_ports_anywhere(policy.spec) {
+        return true;
+    }
+    peers_of(policy.spec).into_iter().any(|(_, peer)| {
+        if peer.pod_selector.is_none()
+            && peer.namespace_selector.is_none()
+            && peer.network_selector.is_none()
+        {
+            return false;
+        }
+        let in_namespace = match &peer.namespace_selector {
+            None => namespace == policy.namespace,
+            Some(selector) => selector_matches(selector, namespace_labels).unwrap_or(false),
+        };
+        in_namespace
+            && peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|s| selector_matches(s, labels).unwrap_or(false))
+    })
+}
+
+/// Whether the pods of a namespace whose labels are `namespace_labels` can be `policy`'s
+/// peers through a namespace selector: only then can a change of those labels change the
+/// rules of the pods `policy` selects (a peer without one looks in the policy's own
+/// namespace, whatever its labels).
+pub fn may_peer_namespace(
+    policy: PolicyView<'_>,
+    namespace_labels: &BTreeMap<String, String>,
+) -> bool {
+    resolves_named_ports_anywhere(policy.spec)
+        || peers_of(policy.spec).into_iter().any(|(_, peer)| {
+            peer.namespace_selector
+                .as_ref()
+                .is_some_and(|s| selector_matches(s, namespace_labels).unwrap_or(false))
+        })
+}
+
+/// An egress rule to any destination with a named port resolves the name against every pod
+/// of the cluster ([`pod_rules`]), so any pod may change it.
+fn resolves_named_ports_anywhere(spec: &DanmNetworkPolicySpec) -> bool {
+    spec.egress.iter().flatten().any(|rule| {
+        matches!(rule.to.as_deref(), None | Some([]))
+            && rule
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.port, Some(IntOrString::String(_))))
+    })
+}
+
 /// The addresses a peer list allows; no list, or an empty one, is any address.
 fn peers(policy: PolicyView<'_>, list: Option<&[Peer]>, cluster: &dyn Cluster) -> Peers {
     let list = match list {

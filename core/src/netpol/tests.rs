@@ -567,3 +567,145 @@ fn the_networks_a_policy_names_are_listed_with_their_fields() {
         ]
     );
 }
+
+/// Policies of namespace `a` of every peer shape, for the tests of [`may_peer`].
+fn peer_shapes() -> Vec<serde_json::Value> {
+    let x = json!({"matchLabels": {"app": "x"}});
+    vec![
+        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        json!({"podSelector": x, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "y"}}}]}]}),
+        json!({"podSelector": x, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "b"}}}]}]}),
+        json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "z"}}}]}]}),
+        json!({"podSelector": x, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}]}),
+        json!({"podSelector": x, "ingress": [{"from": [{"networkSelector": [{"name": "signal"}]}]}]}),
+        json!({"podSelector": x, "ingress": [{}]}),
+        json!({"podSelector": x, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": "http"}]}]}),
+        json!({"podSelector": x, "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "z"}}}], "ports": [{"port": "http"}]}]}),
+    ]
+}
+
+impl World {
+    /// The rules of every pod of namespace `a` under `policy`.
+    fn rules_of_a(&self, policy: &serde_json::Value) -> Vec<PodRules> {
+        let names: Vec<String> = self.pods_in("a").iter().map(|p| p.name.clone()).collect();
+        names
+            .iter()
+            .map(|name| self.rules("a", name, std::slice::from_ref(policy)))
+            .collect()
+    }
+}
+
+fn view<'a>(spec: &'a DanmNetworkPolicySpec) -> PolicyView<'a> {
+    PolicyView {
+        namespace: "a",
+        spec,
+    }
+}
+
+/// Sound: whenever removing a pod, or changing its labels, changes the rules of another pod,
+/// `may_peer` holds for it (with its labels before or after). The policer recomputes only
+/// those, so a miss here would be a pod left with stale rules.
+#[test]
+fn may_peer_holds_for_every_pod_whose_change_changes_another_pods_rules() {
+    let w = world();
+    let mut relevant = 0;
+    for policy in peer_shapes() {
+        let spec: DanmNetworkPolicySpec = serde_json::from_value(policy.clone()).unwrap();
+        let before = w.rules_of_a(&policy);
+        for (k, pod) in w.pods.iter().enumerate() {
+            let ns_labels = &w.namespaces[&pod.namespace];
+            let mut gone = world();
+            gone.pods.remove(k);
+            let mut relabelled = world();
+            relabelled.pods[k].labels = labels(&[("app", "other")]);
+            for (changed, new_labels) in [
+                (&gone, None),
+                (&relabelled, Some(labels(&[("app", "other")]))),
+            ] {
+                // The pod's own rules are recomputed anyway (it changed): compare the others'.
+                let others = |world: &World| -> Vec<PodRules> {
+                    world
+                        .pods_in("a")
+                        .iter()
+                        .filter(|p| p.name != pod.name || pod.namespace != "a")
+                        .map(|p| world.rules("a", &p.name, std::slice::from_ref(&policy)))
+                        .collect()
+                };
+                let mut unchanged = before.clone();
+                if pod.namespace == "a" {
+                    let at = w
+                        .pods_in("a")
+                        .iter()
+                        .position(|p| p.name == pod.name)
+                        .unwrap();
+                    unchanged.remove(at);
+                }
+                if others(changed) != unchanged {
+                    relevant += 1;
+                    let may = may_peer(view(&spec), &pod.namespace, ns_labels, &pod.labels)
+                        || new_labels
+                            .is_some_and(|l| may_peer(view(&spec), &pod.namespace, ns_labels, &l));
+                    assert!(
+                        may,
+                        "{policy}: a change of {}/{} changes other pods' rules",
+                        pod.namespace, pod.name
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        relevant > 10,
+        "the cases must exercise the rule ({relevant})"
+    );
+}
+
+/// Sound for namespaces the same way, and narrow: a policy without namespace selectors (or
+/// named ports to anywhere) never depends on namespace labels, and a deny-all or an ipBlock
+/// depends on no other pod.
+#[test]
+fn may_peer_namespace_holds_when_a_namespace_relabel_changes_rules_and_is_narrow_otherwise() {
+    let w = world();
+    for policy in peer_shapes() {
+        let spec: DanmNetworkPolicySpec = serde_json::from_value(policy.clone()).unwrap();
+        let before = w.rules_of_a(&policy);
+        for ns in ["a", "b", "c"] {
+            let mut relabelled = world();
+            let new = labels(&[("team", "other")]);
+            relabelled.namespaces.insert(ns.to_owned(), new.clone());
+            if relabelled.rules_of_a(&policy) != before {
+                assert!(
+                    may_peer_namespace(view(&spec), &w.namespaces[ns])
+                        || may_peer_namespace(view(&spec), &new),
+                    "{policy}: relabelling namespace {ns} changes rules"
+                );
+            }
+        }
+    }
+    let shapes = peer_shapes();
+    let spec =
+        |k: usize| -> DanmNetworkPolicySpec { serde_json::from_value(shapes[k].clone()).unwrap() };
+    let (deny, same_namespace, ip_block) = (spec(0), spec(1), spec(4));
+    for pod in &w.pods {
+        let ns_labels = &w.namespaces[&pod.namespace];
+        for narrow in [&deny, &ip_block] {
+            assert!(!may_peer(
+                view(narrow),
+                &pod.namespace,
+                ns_labels,
+                &pod.labels
+            ));
+            assert!(!may_peer_namespace(view(narrow), ns_labels));
+        }
+        assert_eq!(
+            may_peer(
+                view(&same_namespace),
+                &pod.namespace,
+                ns_labels,
+                &pod.labels
+            ),
+            pod.namespace == "a" && pod.name == "y"
+        );
+        assert!(!may_peer_namespace(view(&same_namespace), ns_labels));
+    }
+}

@@ -198,3 +198,25 @@ pub fn no_icmp_rate_limit(ns: &Netns) {
         }
     });
 }
+
+/// Our table in the namespace at `netns` as `nft` lists it, without handles and `nft`'s
+/// metainfo (which differ between two loads of the same table); None when there is none.
+pub fn normalized(netns: &std::path::Path) -> Option<serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.remove("handle");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let listed = current(netns, None).expect("nft lists")?;
+    let mut value = serde_json::to_value(listed).unwrap();
+    if let Some(items) = value["nftables"].as_array_mut() {
+        items.retain(|item| item.get("metainfo").is_none());
+    }
+    strip(&mut value);
+    Some(value)
+}
