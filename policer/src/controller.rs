@@ -73,7 +73,8 @@ pub async fn run(
         let stop = Arc::clone(&stop_gate);
         tokio::spawn(async move { crate::gate::serve(&socket, gate, stop.notified()).await })
     });
-    let synced = Arc::new(Synced::new(7));
+    let synced = Arc::new(Synced::new(4));
+    let networks_synced = Arc::new(Synced::new(3));
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -118,11 +119,12 @@ pub async fn run(
             index::policy,
             Index::on_policy,
         ),
-        // The networks, only to say when a policy names one that does not exist.
+        // The networks, only to say when a policy names one that does not exist: rounds do
+        // not wait for them (a watch that cannot list them holds no table back).
         follow_kind(
             Api::<DanmNet>::all(client.clone()),
             "DanmNet",
-            &synced,
+            &networks_synced,
             &index,
             &changed,
             index::network::<DanmNet>,
@@ -131,7 +133,7 @@ pub async fn run(
         follow_kind(
             Api::<TenantNetwork>::all(client.clone()),
             "TenantNetwork",
-            &synced,
+            &networks_synced,
             &index,
             &changed,
             index::network::<TenantNetwork>,
@@ -140,7 +142,7 @@ pub async fn run(
         follow_kind(
             Api::<ClusterNetwork>::all(client),
             "ClusterNetwork",
-            &synced,
+            &networks_synced,
             &index,
             &changed,
             index::network::<ClusterNetwork>,
@@ -342,7 +344,8 @@ enum Plan {
 /// What this run of the policer did to this node's sandboxes, kept across rounds.
 #[derive(Default)]
 struct Sandboxes {
-    /// The rules each sandbox's table holds (none: no table of ours).
+    /// The rules each sandbox's table holds (none: no table of ours), as far as this run
+    /// knows: a failed apply leaves them (and its sandbox in `failed`).
     applied: BTreeMap<SandboxKey, PodRules>,
     /// The sandboxes that may hold a table of ours: every one at the first round (an earlier
     /// run may have left one), then those given a table, or whose apply failed.
@@ -414,10 +417,10 @@ impl Sandboxes {
         self.set(&key, Some(rules));
     }
 
-    /// The apply failed: the sandbox keeps the table it had, which is no longer known.
+    /// The apply failed: the sandbox keeps the table it had (the kernel applied none of
+    /// the transaction), still counted; the next round replaces it.
     fn failed(&mut self, key: &SandboxKey, why: &str) {
         self.failed.insert(key.clone(), why.to_owned());
-        self.set(key, None);
     }
 
     fn set(&mut self, key: &SandboxKey, rules: Option<PodRules>) {

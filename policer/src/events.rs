@@ -53,14 +53,16 @@ pub fn warnings(failures: &BTreeMap<SandboxKey, String>, index: &Index) -> Repor
         }
         notes.insert((NOT_APPLIED, "DanmNetworkPolicy", namespace, policy), note);
     }
-    for ((namespace, policy), missing, selected) in index.missing_networks() {
+    // No count of the pods in the note: a note that changed with every pod would publish
+    // again and again (and the recorder shows the first note of a series anyway).
+    for ((namespace, policy), missing) in index.missing_networks() {
         let named: Vec<String> = missing
             .iter()
             .map(|(field, network)| format!("{field}: {network}"))
             .collect();
         let note = format!(
             "names networks that do not exist (yet), which select no interface until they \
-             do ({selected} pod(s) of this node selected): {}",
+             do, and selects pods of this node: {}",
             named.join("; ")
         );
         notes.insert(

@@ -8,58 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Bed, POD_V4, Seen};
+use common::{Bed, POD_V4, Running, Seen};
 use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, DanmNetworkPolicy};
-use danm_policer::controller::{Config, run};
-use danm_policer::metrics::Metrics;
 use danm_testkit::control_plane::ControlPlane;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-
-/// A controller running in a task until dropped.
-struct Running {
-    metrics: Arc<Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), danm_policer::gate::ServeError>>,
-}
-
-impl Running {
-    fn start(client: kube::Client, node: &str) -> Running {
-        let metrics = Arc::new(Metrics::new());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = Config {
-            node: node.to_owned(),
-            nft: None,
-            netns_root: "/var/run/netns".into(),
-            settle: Duration::from_millis(50),
-            parallel: 4,
-            node_addresses: Vec::new(),
-            gate_socket: None,
-            gate_wait: Duration::from_secs(20),
-        };
-        let task = tokio::spawn(run(client, config, Arc::clone(&metrics), async {
-            let _ = stopped.await;
-        }));
-        Running {
-            metrics,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn synced(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.metrics.readiness().is_err() {
-            assert!(Instant::now() < deadline, "no first round within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 /// A TCP connection from a client namespace to the pod, echoing every 25 ms on a thread
 /// until stopped; every echo that fails is recorded.
@@ -475,7 +428,7 @@ async fn a_policy_naming_networks_that_do_not_exist_gets_an_event_naming_the_fie
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for expected in [
-        "1 pod(s) of this node selected",
+        "selects pods of this node",
         &format!("spec.networkSelector[0]: DanmNet {ns}/signal"),
         &format!("spec.networkSelector[1]: DanmNet {ns}/nosuch"),
         "spec.ingress[0].from[0].networkSelector[0]: ClusterNetwork ghost",

@@ -2,25 +2,39 @@
 //! do: three namespaces x, y, z (labelled `ns=<name>`), pods a, b, c in each (`pod=<name>`,
 //! container ports `serve-80-tcp`, `serve-80-udp`, `serve-81-tcp`, `serve-81-udp`), each
 //! with an interface on three networks: `eth0` on DanmNet `default`, `net1` on DanmNet
-//! `alpha`, `net2` on ClusterNetwork `beta` (one bridge each). For every case the policies'
-//! decisions (`core::netpol`) are applied to every pod (`policer::ruleset` and `apply`), then
-//! every pair of pods is probed on every network on TCP and UDP ports 80 and 81; the
-//! observed matrix must equal the case's expectation, written here by hand from
-//! NetworkPolicy's semantics, not computed by the code under test. As root.
+//! `alpha`, `net2` on ClusterNetwork `beta` (one bridge each), each with an IPv4 and an IPv6
+//! address. The namespaces, pods and DanmEps are objects of a real API server, and the
+//! policer's controller runs on them: for every case its policies are created as
+//! DanmNetworkPolicies, the test waits until the controller has given every pod the table
+//! the decisions imply (`core::netpol` loaded into a scratch namespace by
+//! `policer::ruleset`: the oracle), then every pair of pods is probed on every network over
+//! IPv4 and IPv6 on TCP and UDP ports 80 and 81; the observed matrix must equal the case's
+//! expectation, written here by hand from NetworkPolicy's semantics, not computed by the
+//! code under test. As root.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use common::{Seen, no_icmp_rate_limit, serve_echo, tcp_probe, udp_probe_from};
+use std::time::{Duration, Instant};
+
+use common::{
+    Running, Seen, no_icmp_rate_limit, normalized, serve_echo, tcp_probe, udp_probe_from,
+};
 use danm_core::NetworkKind;
 use danm_core::netpol::{Cluster, Interface, NamedPort, PodView, PolicyView, Protocol, pod_rules};
-use danm_crds::DanmNetworkPolicySpec;
+use danm_crds::{DanmEp, DanmEpIface, DanmEpSpec, DanmNetworkPolicy, DanmNetworkPolicySpec};
 use danm_policer::apply::apply;
 use danm_policer::ruleset::replace;
+use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::netns::Netns;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
+
+/// The node the nine pods are on (the controller's).
+const NODE: &str = "truth-node";
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
@@ -51,14 +65,19 @@ impl P {
             .parse()
             .unwrap()
     }
+    /// Its IPv6 address on network `net`.
+    fn ip6(self, net: usize) -> IpAddr {
+        format!("fd{}::{}", 80 + net, self.0 + 10).parse().unwrap()
+    }
 }
 
-/// One probe: from, to, network, protocol, port.
+/// One probe: from, to, network, family, protocol, port.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
     from: P,
     to: P,
     net: usize,
+    v6: bool,
     udp: bool,
     port: u16,
 }
@@ -201,10 +220,12 @@ fn cases() -> Vec<Case> {
             egress: yes,
         },
         Case {
-            name: "x/a from alpha's /24 except y/b's address (ipBlock)",
+            name: "x/a from alpha's /24 and /64 except y/b's addresses (ipBlock, both families)",
             policies: vec![(
                 "x",
-                json!({"podSelector": sel("a"), "ingress": [{"from": [{"ipBlock": {"cidr": "10.81.0.0/24", "except": ["10.81.0.14/32"]}}]}]}),
+                json!({"podSelector": sel("a"), "ingress": [{"from": [
+                    {"ipBlock": {"cidr": "10.81.0.0/24", "except": ["10.81.0.14/32"]}},
+                    {"ipBlock": {"cidr": "fd81::/64", "except": ["fd81::14/128"]}}]}]}),
             )],
             ingress: |p| !p.to.is("x", "a") || (p.net == 1 && !p.from.is("y", "b")),
             egress: yes,
@@ -250,13 +271,13 @@ fn cases() -> Vec<Case> {
             egress: |p| !p.from.is("x", "a") || p.to.ns() == "y",
         },
         Case {
-            name: "x/a out to beta's /24 only (egress ipBlock)",
+            name: "x/a out to beta's IPv4 /24 only (egress ipBlock: IPv6 out denied)",
             policies: vec![(
                 "x",
                 json!({"podSelector": sel("a"), "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": "10.82.0.0/24"}}]}]}),
             )],
             ingress: yes,
-            egress: |p| !p.from.is("x", "a") || p.net == 2,
+            egress: |p| !p.from.is("x", "a") || (p.net == 2 && !p.v6),
         },
         Case {
             // No policyTypes: Ingress is implied (with no rule: denied), Egress by the rules.
@@ -424,12 +445,14 @@ impl Cluster9 {
                     &fabric.name,
                 ]);
                 ns.ip(&["addr", "add", &format!("{}/24", p.ip(net)), "dev", ifname]);
+                let v6 = format!("{}/64", p.ip6(net));
+                ns.ip(&["addr", "add", &v6, "dev", ifname, "nodad"]);
                 ns.ip(&["link", "set", ifname, "up"]);
                 fabric.ip(&["link", "set", &outside, "master", &format!("br{net}"), "up"]);
                 interfaces.push(Interface {
                     ifname: (*ifname).into(),
                     network: (*kind, (*network).into()),
-                    addresses: vec![p.ip(net)],
+                    addresses: vec![p.ip(net), p.ip6(net)],
                 });
             }
             serve_echo(&ns, &[80, 81]);
@@ -467,8 +490,9 @@ impl Cluster9 {
         }
     }
 
-    /// Every pod's table as `policies` decide.
-    fn apply(&self, policies: &[(&str, Value)]) {
+    /// Every pod's table as `policies` decide, as `nft` lists it once loaded (into
+    /// `scratch`, one after the other): the oracle the controller's tables must equal.
+    fn expected(&self, policies: &[(&str, Value)], scratch: &Netns) -> Vec<Option<Value>> {
         let specs: Vec<(&str, DanmNetworkPolicySpec)> = policies
             .iter()
             .map(|(ns, spec)| {
@@ -485,24 +509,99 @@ impl Cluster9 {
                 spec,
             })
             .collect();
-        for (view, ns) in self.views.iter().zip(&self.pods) {
-            let rules = pod_rules(view, &views, self);
-            apply(
-                std::path::Path::new(&ns.path()),
-                &replace(&rules, &[]),
-                None,
-            )
-            .expect("the table applies");
+        let path = std::path::PathBuf::from(scratch.path());
+        self.views
+            .iter()
+            .map(|view| {
+                let rules = pod_rules(view, &views, self);
+                if rules.is_empty() {
+                    return None;
+                }
+                apply(&path, &replace(&rules, &[]), None).expect("the oracle's table applies");
+                normalized(&path)
+            })
+            .collect()
+    }
+
+    /// Every pod's table as the controller left it.
+    fn tables(&self) -> Vec<Option<Value>> {
+        self.pods
+            .iter()
+            .map(|ns| normalized(std::path::Path::new(&ns.path())))
+            .collect()
+    }
+
+    /// The namespaces, pods (labels, named container ports) and DanmEps (one an interface,
+    /// its two addresses, the pod's network namespace) as the API server's objects.
+    async fn publish(&self, client: &kube::Client) {
+        for ns in NAMESPACES {
+            let namespace: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}}))
+                    .unwrap();
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &namespace)
+                .await
+                .unwrap();
+        }
+        for (i, view) in self.views.iter().enumerate() {
+            let ports: Vec<Value> = view
+                .ports
+                .iter()
+                .map(|p| {
+                    json!({"name": p.name, "containerPort": p.port,
+                           "protocol": if p.protocol == Protocol::Udp { "UDP" } else { "TCP" }})
+                })
+                .collect();
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": view.name, "labels": view.labels},
+                "spec": {"nodeName": NODE, "containers": [
+                    {"name": "app", "image": "registry.invalid/app", "ports": ports}]}
+            }))
+            .unwrap();
+            Api::<Pod>::namespaced(client.clone(), &view.namespace)
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap();
+            for (net, interface) in view.interfaces.iter().enumerate() {
+                let ep = DanmEp::new(
+                    &format!("{}-{}", view.name, interface.ifname),
+                    DanmEpSpec {
+                        network_name: interface.network.1.clone(),
+                        network_type: "veth".into(),
+                        interface: DanmEpIface {
+                            name: interface.ifname.clone(),
+                            address: format!("{}/24", P(i).ip(net)),
+                            address_ipv6: format!("{}/64", P(i).ip6(net)),
+                            ..Default::default()
+                        },
+                        host: NODE.into(),
+                        pod: view.name.clone(),
+                        netns: self.pods[i].path(),
+                        api_type: interface.network.0.to_string(),
+                        ..Default::default()
+                    },
+                );
+                Api::<DanmEp>::namespaced(client.clone(), &view.namespace)
+                    .create(&PostParams::default(), &ep)
+                    .await
+                    .unwrap();
+            }
         }
     }
 
     /// Probe number `n` of the whole run (UDP probes each get a source port of their own:
     /// see `common::udp_probe_from`).
     fn probe(&self, p: &Probe, n: usize) -> bool {
-        let target = SocketAddr::new(p.to.ip(p.net), p.port);
+        let address = if p.v6 {
+            p.to.ip6(p.net)
+        } else {
+            p.to.ip(p.net)
+        };
+        let target = SocketAddr::new(address, p.port);
         let from = &self.pods[p.from.0];
         let seen = if p.udp {
-            // 864 probes a case: a port comes back only after 46 cases, for another pair.
+            // 1,728 probes a case: a port comes back only after 23 cases, for another
+            // probe.
             let port = 20_000 + (n % 40_000) as u16;
             udp_probe_from(from, target, port)
         } else {
@@ -535,15 +634,18 @@ fn probes() -> Vec<Probe> {
                 continue;
             }
             for net in 0..3 {
-                for udp in [false, true] {
-                    for port in [80, 81] {
-                        out.push(Probe {
-                            from: P(from),
-                            to: P(to),
-                            net,
-                            udp,
-                            port,
-                        });
+                for v6 in [false, true] {
+                    for udp in [false, true] {
+                        for port in [80, 81] {
+                            out.push(Probe {
+                                from: P(from),
+                                to: P(to),
+                                net,
+                                v6,
+                                udp,
+                                port,
+                            });
+                        }
                     }
                 }
             }
@@ -552,32 +654,77 @@ fn probes() -> Vec<Probe> {
     out
 }
 
-#[test]
-fn every_case_on_every_pair_network_protocol_and_port() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_on_every_pair_network_protocol_and_port() {
     let cluster = Cluster9::new();
+    let scratch = Netns::new("tts");
+    let plane = ControlPlane::shared().await;
+    let client = plane.client().await;
+    cluster.publish(&client).await;
+    let controller = Running::start(client.clone(), NODE);
+    controller.synced().await;
     let all = probes();
     let mut failures = Vec::new();
     let cases = cases();
     assert!(cases.len() >= 30, "{} cases", cases.len());
+    let mut created: Vec<(&str, String)> = Vec::new();
     for (c, case) in cases.iter().enumerate() {
-        cluster.apply(&case.policies);
+        // The case's policies, through the API server, replace the last case's.
+        for (ns, name) in created.drain(..) {
+            Api::<DanmNetworkPolicy>::namespaced(client.clone(), ns)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        for (k, (ns, spec)) in case.policies.iter().enumerate() {
+            let name = format!("case{c}-{k}");
+            let policy: DanmNetworkPolicy = serde_json::from_value(json!({
+                "apiVersion": "danm.io/v1", "kind": "DanmNetworkPolicy",
+                "metadata": {"name": name}, "spec": spec
+            }))
+            .unwrap();
+            Api::<DanmNetworkPolicy>::namespaced(client.clone(), ns)
+                .create(&PostParams::default(), &policy)
+                .await
+                .unwrap_or_else(|e| panic!("case {:?}: {e}", case.name));
+            created.push((ns, name));
+        }
+        let expected = cluster.expected(&case.policies, &scratch);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.tables() != expected {
+            if Instant::now() > deadline {
+                let tables = cluster.tables();
+                let differ: Vec<String> = (0..9)
+                    .filter(|i| tables[*i] != expected[*i])
+                    .map(|i| format!("{}/{}", P(i).ns(), P(i).pod()))
+                    .collect();
+                panic!(
+                    "case {:?}: the controller did not give these pods the tables the \
+                     decisions imply within 20 s: {differ:?}",
+                    case.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let (size, total) = (all.len().div_ceil(8), all.len());
-        let observed: Vec<bool> = std::thread::scope(|scope| {
-            let chunks: Vec<_> = all
-                .chunks(size)
-                .enumerate()
-                .map(|(k, chunk)| {
-                    let cluster = &cluster;
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .enumerate()
-                            .map(|(i, p)| cluster.probe(p, c * total + k * size + i))
-                            .collect::<Vec<bool>>()
+        let observed: Vec<bool> = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let chunks: Vec<_> = all
+                    .chunks(size)
+                    .enumerate()
+                    .map(|(k, chunk)| {
+                        let cluster = &cluster;
+                        scope.spawn(move || {
+                            chunk
+                                .iter()
+                                .enumerate()
+                                .map(|(i, p)| cluster.probe(p, c * total + k * size + i))
+                                .collect::<Vec<bool>>()
+                        })
                     })
-                })
-                .collect();
-            chunks.into_iter().flat_map(|h| h.join().unwrap()).collect()
+                    .collect();
+                chunks.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            })
         });
         let wrong: Vec<String> = all
             .iter()
@@ -585,12 +732,13 @@ fn every_case_on_every_pair_network_protocol_and_port() {
             .filter(|(p, seen)| ((case.ingress)(p) && (case.egress)(p)) != **seen)
             .map(|(p, seen)| {
                 format!(
-                    "  {}/{} -> {}/{} on {} {} {}: expected {}, observed {}",
+                    "  {}/{} -> {}/{} on {} {} {} {}: expected {}, observed {}",
                     p.from.ns(),
                     p.from.pod(),
                     p.to.ns(),
                     p.to.pod(),
                     NETWORKS[p.net].2,
+                    if p.v6 { "IPv6" } else { "IPv4" },
                     if p.udp { "UDP" } else { "TCP" },
                     p.port,
                     if *seen { "blocked" } else { "allowed" },
@@ -613,5 +761,6 @@ fn every_case_on_every_pair_network_protocol_and_port() {
             ));
         }
     }
+    controller.stop().await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

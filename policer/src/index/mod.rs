@@ -81,6 +81,8 @@ pub struct Index {
     policies_in: HashMap<String, BTreeSet<String>>,
     /// Every DanmNet, TenantNetwork and ClusterNetwork.
     networks: HashSet<NetworkKey>,
+    /// The network kinds listed at least once: a network of another is not known missing.
+    networks_listed: HashSet<NetworkKind>,
     /// The networks each policy names that do not exist (with the field naming each).
     missing: BTreeMap<PodKey, Vec<(String, NetworkKey)>>,
     changes: Changes,
@@ -93,6 +95,9 @@ struct Changes {
     everything: bool,
     /// Pods (their view, None: they had none; whether they had a sandbox on this node).
     pods: HashMap<PodKey, (Option<PodView>, bool)>,
+    /// The pods that had a sandbox on this node when a fresh list rebuilt the views: each
+    /// may have lost it.
+    lost: BTreeSet<PodKey>,
     namespaces: HashMap<String, Option<Labels>>,
     policies: HashMap<PodKey, Option<DanmNetworkPolicySpec>>,
 }
@@ -133,9 +138,8 @@ fn apply<K: std::hash::Hash + Eq + Clone, V: PartialEq>(
     }
 }
 
-/// A policy (by namespace and name) that names networks that do not exist (by field), and
-/// how many pods of this node it selects.
-pub type MissingNetworks<'a> = (PodKey, &'a [(String, NetworkKey)], usize);
+/// A policy (by namespace and name) that names networks that do not exist (by field).
+pub type MissingNetworks<'a> = (PodKey, &'a [(String, NetworkKey)]);
 
 /// Labels.
 pub type Labels = BTreeMap<String, String>;
@@ -314,6 +318,7 @@ impl Index {
         let key = match change {
             Change::Relisted(all) => {
                 let kind = network_kind::<K>();
+                self.networks_listed.insert(kind);
                 self.networks.retain(|key| key.kind != kind);
                 self.networks.extend(all.into_iter().map(|(key, ())| key));
                 let policies: Vec<PodKey> = self.policies.keys().cloned().collect();
@@ -361,7 +366,9 @@ impl Index {
             .map(|spec| danm_core::netpol::named_networks(spec, &key.0))
             .unwrap_or_default()
             .into_iter()
-            .filter(|(_, network)| !self.networks.contains(network))
+            .filter(|(_, network)| {
+                self.networks_listed.contains(&network.kind) && !self.networks.contains(network)
+            })
             .collect();
         if missing.is_empty() {
             self.missing.remove(key);
@@ -373,10 +380,8 @@ impl Index {
     /// Rebuilds pod `key`'s view and sandboxes from its facts and its own DanmEps, noting
     /// what it was before its first change since the last round.
     fn refresh(&mut self, key: &PodKey) {
-        if !self.changes.everything {
-            let before = (self.views.get(key).cloned(), self.local.contains_key(key));
-            self.changes.pods.entry(key.clone()).or_insert(before);
-        }
+        let before = (self.views.get(key).cloned(), self.local.contains_key(key));
+        self.changes.pods.entry(key.clone()).or_insert(before);
         let (view, sandboxes) = self.build(key);
         match view {
             Some(view) => {
@@ -452,7 +457,8 @@ impl Index {
         }
         self.views.clear();
         self.in_namespace.clear();
-        self.local.clear();
+        let lost = std::mem::take(&mut self.local).into_keys();
+        self.changes.lost.extend(lost);
         self.sandbox_count = 0;
         self.changes.everything = true;
         let pods: Vec<PodKey> = self.endpoints_of.keys().cloned().collect();

@@ -19,7 +19,14 @@ impl Index {
     pub fn take_changed(&mut self) -> BTreeSet<PodKey> {
         let changes = std::mem::take(&mut self.changes);
         if changes.everything {
-            return self.local.keys().cloned().collect();
+            let lost = changes.pods.into_iter().filter(|(_, (_, was))| *was);
+            return self
+                .local
+                .keys()
+                .cloned()
+                .chain(changes.lost)
+                .chain(lost.map(|(pod, _)| pod))
+                .collect();
         }
         let mut out = BTreeSet::new();
         for (key, old) in &changes.policies {
@@ -113,7 +120,7 @@ impl Index {
 
     /// The policies that name networks that do not exist and select a pod of this node
     /// (where it matters: an interface not covered, a peer that allows nothing), with those
-    /// networks by field and how many such pods.
+    /// networks by field.
     pub fn missing_networks(&self) -> Vec<MissingNetworks<'_>> {
         self.missing
             .iter()
@@ -121,7 +128,7 @@ impl Index {
                 let spec = self.policies.get(policy)?;
                 let mut selected = BTreeSet::new();
                 self.add_selected(&policy.0, spec, &mut selected);
-                (!selected.is_empty()).then(|| (policy.clone(), missing.as_slice(), selected.len()))
+                (!selected.is_empty()).then(|| (policy.clone(), missing.as_slice()))
             })
             .collect()
     }
@@ -161,11 +168,16 @@ impl Index {
 }
 
 impl Cluster for Index {
+    /// Sorted by name: the decisions come out the same however the map hashes, so a
+    /// recomputed pod whose rules did not change is not replaced.
     fn namespaces(&self) -> Vec<(&str, &BTreeMap<String, String>)> {
-        self.namespaces
+        let mut all: Vec<(&str, &BTreeMap<String, String>)> = self
+            .namespaces
             .iter()
             .map(|(name, labels)| (name.as_str(), labels))
-            .collect()
+            .collect();
+        all.sort_unstable_by_key(|(name, _)| *name);
+        all
     }
 
     fn pods_in(&self, namespace: &str) -> Vec<&PodView> {

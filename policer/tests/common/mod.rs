@@ -6,10 +6,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use danm_core::netpol::PodRules;
 use danm_policer::apply::{apply, current};
+use danm_policer::controller::{Config, run};
+use danm_policer::metrics::Metrics;
 use danm_policer::ruleset::replace;
 use danm_testkit::netns::Netns;
 
@@ -219,4 +222,50 @@ pub fn normalized(netns: &std::path::Path) -> Option<serde_json::Value> {
     }
     strip(&mut value);
     Some(value)
+}
+
+/// The policer's controller, in this process, for node `node`: settles 50 ms, applies four
+/// tables at once, no gate.
+pub struct Running {
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), danm_policer::gate::ServeError>>,
+}
+
+impl Running {
+    pub fn start(client: kube::Client, node: &str) -> Running {
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = Config {
+            node: node.to_owned(),
+            nft: None,
+            netns_root: "/var/run/netns".into(),
+            settle: Duration::from_millis(50),
+            parallel: 4,
+            node_addresses: Vec::new(),
+            gate_socket: None,
+            gate_wait: Duration::from_secs(20),
+        };
+        let task = tokio::spawn(run(client, config, Arc::clone(&metrics), async {
+            let _ = stopped.await;
+        }));
+        Running {
+            metrics,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metrics.readiness().is_err() {
+            assert!(Instant::now() < deadline, "no first round within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
 }
