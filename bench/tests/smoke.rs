@@ -184,5 +184,9 @@ fn policer_bench_applies_every_pod_and_the_change() {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }
     // The change's rounds looked at the pods it touches, not at the 15 others.
-    assert_eq!(report["change_pods_evaluated"].as_f64(), Some(5.0), "{report}");
+    assert_eq!(
+        report["change_pods_evaluated"].as_f64(),
+        Some(5.0),
+        "{report}"
+    );
 }

@@ -1,7 +1,10 @@
 //! `svc-bench`: svcwatcher on the real API server with one Service selecting `--pods` pods
-//! (one DanmEp each on the Service's network). Measures the time from the Service's creation
-//! until its EndpointSlices hold every pod, then the writes svcwatcher makes (EndpointSlices
-//! and Endpoints, from its own metrics) per pod deleted and per pod turning not ready.
+//! (one DanmEp each on the Service's network), beside `--others` pods in ten other Services
+//! of another namespace and network (published first). Measures the time from the Service's
+//! creation until its EndpointSlices hold every pod, then the writes svcwatcher makes
+//! (EndpointSlices and Endpoints, from its own metrics) per pod deleted and per pod turning
+//! not ready, and the CPU time svcwatcher spent from the Service's creation to the last
+//! change.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +26,10 @@ struct Args {
     /// Pods the Service selects.
     #[arg(long, default_value_t = 1_000)]
     pods: usize,
+    /// Pods in ten other Services, in another namespace on another network: the rest of the
+    /// cluster, which must not slow the measured Service down.
+    #[arg(long, default_value_t = 0)]
+    others: usize,
     /// Pod changes measured, of each kind (deletes, readiness flips).
     #[arg(long, default_value_t = 20)]
     changes: usize,
@@ -32,6 +39,9 @@ struct Args {
 }
 
 const NS: &str = "svc";
+const OTHERS: &str = "others";
+/// The Services of `--others`.
+const OTHER_SERVICES: usize = 10;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -50,17 +60,25 @@ async fn main() -> anyhow::Result<()> {
     let client = server.client().await;
     namespaces_and_danmnet(&client, &[NS], NS).await?;
     let api = Api::<Pod>::namespaced(client.clone(), NS);
-    let pods: Vec<(String, String)> = futures::stream::iter(0..args.pods)
-        .map(|i| {
-            let api = api.clone();
-            async move { create_ready_pod(&api, &format!("pod-{i}")).await }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
+    let pods = ready_pods(&api, args.pods, |_| "bench".to_owned()).await?;
     preload_danmeps(&client, NS, NS, Some(&pods), args.pods, 32).await?;
+    if args.others > 0 {
+        namespaces_and_danmnet(&client, &[OTHERS], OTHERS).await?;
+        let others = Api::<Pod>::namespaced(client.clone(), OTHERS);
+        let pods = ready_pods(&others, args.others, |i| {
+            format!("other-{}", i % OTHER_SERVICES)
+        })
+        .await?;
+        preload_danmeps(&client, OTHERS, OTHERS, Some(&pods), args.others, 32).await?;
+        for k in 0..OTHER_SERVICES {
+            Api::<Service>::namespaced(client.clone(), OTHERS)
+                .create(
+                    &PostParams::default(),
+                    &service(&format!("other-{k}"), OTHERS),
+                )
+                .await?;
+        }
+    }
     let kubeconfig = std::env::temp_dir().join(format!("svc-bench-{}", std::process::id()));
     server.write_kubeconfig(&kubeconfig)?;
     let admin = format!("127.0.0.1:{}", free_port()?);
@@ -70,15 +88,16 @@ async fn main() -> anyhow::Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    // Once it holds the Lease and has its caches, create the Service.
+    // Once it holds the Lease and has its caches (and has published the other Services),
+    // create the Service.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let service: Service = serde_json::from_value(json!({
-        "metadata": {"name": "bench", "annotations": {"danm.io/selector": "{\"app\":\"bench\"}", "danm.io/network": NS}},
-        "spec": {"clusterIP": "None", "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]}
-    }))?;
+    let others_started = Instant::now();
+    wait_slices(&client, OTHERS, "", |n, _| n == args.others).await?;
+    let others_seconds = others_started.elapsed().as_secs_f64();
+    let cpu_before = cpu_seconds(child.id())?;
     let started = Instant::now();
     Api::<Service>::namespaced(client.clone(), NS)
-        .create(&PostParams::default(), &service)
+        .create(&PostParams::default(), &service("bench", NS))
         .await?;
     wait_endpoints(&client, |n, _| n == args.pods).await?;
     let converge = started.elapsed().as_secs_f64();
@@ -99,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         wait_endpoints(&client, |_, nr| nr == not_ready).await?;
     }
     let after_flips = writes(&admin).await?;
+    let cpu = cpu_seconds(child.id())? - cpu_before;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&kubeconfig);
@@ -106,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
         "{:#}",
         json!({
             "pods": args.pods,
+            "others": args.others,
+            "others_published_after_start_seconds": (others_seconds * 100.0).round() / 100.0,
             "converge_seconds": (converge * 100.0).round() / 100.0,
+            "svcwatcher_cpu_seconds": (cpu * 100.0).round() / 100.0,
             "writes_per_pod_deleted": (after_deletes - before) as f64 / args.changes as f64,
             "writes_per_pod_not_ready": (after_flips - after_deletes) as f64 / args.changes as f64,
             "cpus": std::thread::available_parallelism().map_or(0, usize::from),
@@ -115,20 +138,63 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_ready_pod(api: &Api<Pod>, name: &str) -> anyhow::Result<(String, String)> {
-    let pod = pods::pod(name, "bench-node", &[("app", "bench")]);
+/// Service `name` of `namespace`: DANM's, selecting `app=<name>` on the namespace's network.
+fn service(name: &str, namespace: &str) -> Service {
+    let selector = json!({ "app": name }).to_string();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {"danm.io/selector": selector, "danm.io/network": namespace}},
+        "spec": {"clusterIP": "None", "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]}
+    }))
+    .expect("a Service")
+}
+
+/// `count` Ready pods `pod-<i>` labelled `app=<app(i)>`: their names and UIDs.
+async fn ready_pods(
+    api: &Api<Pod>,
+    count: usize,
+    app: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<(String, String)>> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let (api, app) = (api.clone(), app(i));
+            async move { create_ready_pod(&api, &format!("pod-{i}"), &app).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+async fn create_ready_pod(
+    api: &Api<Pod>,
+    name: &str,
+    app: &str,
+) -> anyhow::Result<(String, String)> {
+    let pod = pods::pod(name, "bench-node", &[("app", app)]);
     let created = api.create(&PostParams::default(), &pod).await?;
     pods::set_ready(api, name, true).await?;
     Ok((name.to_owned(), created.metadata.uid.unwrap_or_default()))
 }
 
-/// Waits until the Service's slices hold (endpoints, not ready) satisfying `done`.
+/// Waits until the measured Service's slices hold (endpoints, not ready) satisfying `done`.
 async fn wait_endpoints(
     client: &kube::Client,
     done: impl Fn(usize, usize) -> bool,
 ) -> anyhow::Result<()> {
-    let api = Api::<EndpointSlice>::namespaced(client.clone(), NS);
-    let select = ListParams::default().labels("kubernetes.io/service-name=bench");
+    wait_slices(client, NS, "kubernetes.io/service-name=bench", done).await
+}
+
+/// Waits until the slices of `namespace` that `labels` select hold (endpoints, not ready)
+/// satisfying `done`.
+async fn wait_slices(
+    client: &kube::Client,
+    namespace: &str,
+    labels: &str,
+    done: impl Fn(usize, usize) -> bool,
+) -> anyhow::Result<()> {
+    let api = Api::<EndpointSlice>::namespaced(client.clone(), namespace);
+    let select = ListParams::default().labels(labels);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let slices = api.list(&select).await?.items;
@@ -167,6 +233,25 @@ async fn writes(admin: &str) -> anyhow::Result<u64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum())
+}
+
+/// The CPU time process `pid` has used (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command (in parentheses, which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |k: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(k)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no field {k}"))?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the command; the
+    // kernel counts them in USER_HZ (100 on Linux).
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn free_port() -> std::io::Result<u16> {

@@ -3,13 +3,17 @@
 //! the addresses the selected pods' interfaces have on that network (from their DanmEps).
 //!
 //! A kube-runtime `Controller` over Services, with reflectors of Pods and DanmEps whose
-//! changes are mapped to the Services of the pod's namespace that select it: `reconcile`
-//! computes the slices ([`danm_core::services::slices`]), writes only those that differ
+//! changes are mapped to the Services of the pod's namespace that select it. The stores are
+//! indexed ([`names`]: the Services of a namespace, the DanmEps of a network), so neither a
+//! mapping nor a reconcile scans the cluster: a reconcile reads the DanmEps on its
+//! Service's network and their pods, whatever else the cluster holds. `reconcile` computes
+//! the slices ([`danm_core::services::slices`]), writes only those that differ
 //! (server-side apply), deletes ours that are no longer wanted, and writes the Endpoints;
 //! `error_policy` retries after a pause. A Service without the annotations is never
 //! touched, except to remove what svcwatcher itself wrote for it before. Slices and
 //! Endpoints carry an owner reference to their Service, so they go with it.
 
+mod names;
 pub mod objects;
 
 use std::collections::BTreeMap;
@@ -22,7 +26,7 @@ use danm_core::services::{
 };
 use danm_crds::DanmEp;
 use danm_runtime::metrics::register;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -127,9 +131,15 @@ struct Context {
     client: kube::Client,
     pods: Store<Pod>,
     endpoints: Store<DanmEp>,
+    /// The DanmEps of each network, by the network's namespace-qualified key and the
+    /// DanmEp's namespace.
+    endpoints_on: Arc<EndpointNames>,
     metrics: Arc<Metrics>,
     members: Arc<Members>,
 }
+
+/// The names of the DanmEps on each network, by (their namespace, the network).
+type EndpointNames = names::Names<(String, danm_core::NetworkKey)>;
 
 /// Which pods each Service published at its last reconcile, so that a pod that stops being
 /// selected (relabelled) triggers the Services it was in, not only those that select it now.
@@ -194,7 +204,9 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
+    let endpoints_on = Arc::new(EndpointNames::default());
     let (endpoints, ep_writer) = reflector::store::<DanmEp>();
+    let indexed = Arc::clone(&endpoints_on);
     let ep_changes = reflector::reflector(
         ep_writer,
         watcher(
@@ -203,14 +215,33 @@ pub async fn run(
         ),
     )
     .default_backoff()
+    .map_ok(move |event| {
+        indexed.follow(&event, at, |ep: &DanmEp| {
+            let network = danm_core::endpoint::network(ep)?;
+            Some((ep.namespace().unwrap_or_default(), network))
+        });
+        event
+    })
     .touched_objects();
-    let controller = Controller::new(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let services = controller.store();
-    let by_pod = services.clone();
-    let by_ep = services.clone();
+    let services_in = Arc::new(names::Names::<String>::default());
+    let (services, svc_writer) = reflector::store::<Service>();
+    let indexed = Arc::clone(&services_in);
+    let service_changes = reflector::reflector(
+        svc_writer,
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .map_ok(move |event| {
+        indexed.follow(&event, at, |svc: &Service| svc.namespace());
+        event
+    })
+    .applied_objects();
+    let controller = Controller::for_stream(service_changes, services.clone());
+    let by_pod = (services.clone(), Arc::clone(&services_in));
+    let by_ep = (services, services_in);
     let pods_for_eps = pods.clone();
     let members = Arc::new(Members::default());
     let were_in = Arc::clone(&members);
@@ -218,6 +249,7 @@ pub async fn run(
         client,
         pods,
         endpoints,
+        endpoints_on,
         metrics,
         members,
     });
@@ -242,16 +274,25 @@ pub async fn run(
         .await;
 }
 
-/// The Services of `namespace` that select a pod with `labels`.
+/// An object's namespace and name.
+fn at<K: kube::Resource>(object: &K) -> (String, String) {
+    (
+        object.meta().namespace.clone().unwrap_or_default(),
+        object.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Services of `namespace` that select a pod with `labels` (from the Services of that
+/// namespace only).
 fn selecting(
-    services: &Store<Service>,
+    (services, services_in): &(Store<Service>, Arc<names::Names<String>>),
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Vec<ObjectRef<Service>> {
-    services
-        .state()
-        .iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace))
+    services_in
+        .get(&namespace.to_owned())
+        .into_iter()
+        .filter_map(|name| services.get(&ObjectRef::new(&name).within(namespace)))
         .filter(|s| {
             selection(namespace, s.annotations())
                 .ok()
@@ -330,11 +371,16 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, S
             },
         })
         .collect();
+    // The DanmEps on the Service's network in its namespace, and their pods: no other pod
+    // can be an endpoint (one without an address on the network is none).
     let mut addresses: BTreeMap<(String, String), Vec<IpAddr>> = BTreeMap::new();
-    for ep in ctx.endpoints.state() {
-        if ep.namespace().as_deref() != Some(ns.as_str()) {
+    for ep_name in ctx
+        .endpoints_on
+        .get(&(ns.clone(), selected.network.clone()))
+    {
+        let Some(ep) = ctx.endpoints.get(&ObjectRef::new(&ep_name).within(&ns)) else {
             continue;
-        }
+        };
         let s = &ep.spec;
         if danm_core::endpoint::network(&ep).as_ref() != Some(&selected.network) {
             continue;
@@ -348,13 +394,12 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, S
             }
         }
     }
-    let pods: Vec<PodEndpoint> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+    let names: std::collections::BTreeSet<&String> = addresses.keys().map(|(pod, _)| pod).collect();
+    let pods: Vec<PodEndpoint> = names
+        .into_iter()
+        .filter_map(|pod| ctx.pods.get(&ObjectRef::new(pod).within(&ns)))
         .filter(|p| selects(&selected.selector, p.labels()))
-        .map(|p| pod_endpoint(p, &addresses))
+        .map(|p| pod_endpoint(&p, &addresses))
         .filter(|p| !p.addresses.is_empty())
         .collect();
     let (api, select) = our_slices(&ns, &ctx.client, &name);
