@@ -207,21 +207,25 @@ pub async fn run(
     let endpoints_on = Arc::new(EndpointNames::default());
     let (endpoints, ep_writer) = reflector::store::<DanmEp>();
     let indexed = Arc::clone(&endpoints_on);
+    // The index follows each event before the store does (the reflector writes the store,
+    // and marks it ready, before it passes an event on): a reconcile that finds the store
+    // ready never reads an index behind it (a name not in the store yet is skipped, and
+    // its own event triggers the reconcile again).
     let ep_changes = reflector::reflector(
         ep_writer,
         watcher(
             Api::<DanmEp>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .map_ok(move |event| {
+            indexed.follow(&event, at, |ep: &DanmEp| {
+                let network = danm_core::endpoint::network(ep)?;
+                Some((ep.namespace().unwrap_or_default(), network))
+            });
+            event
+        }),
     )
     .default_backoff()
-    .map_ok(move |event| {
-        indexed.follow(&event, at, |ep: &DanmEp| {
-            let network = danm_core::endpoint::network(ep)?;
-            Some((ep.namespace().unwrap_or_default(), network))
-        });
-        event
-    })
     .touched_objects();
     let services_in = Arc::new(names::Names::<String>::default());
     let (services, svc_writer) = reflector::store::<Service>();
@@ -231,13 +235,13 @@ pub async fn run(
         watcher(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
-        ),
+        )
+        .map_ok(move |event| {
+            indexed.follow(&event, at, |svc: &Service| svc.namespace());
+            event
+        }),
     )
     .default_backoff()
-    .map_ok(move |event| {
-        indexed.follow(&event, at, |svc: &Service| svc.namespace());
-        event
-    })
     .applied_objects();
     let controller = Controller::for_stream(service_changes, services.clone());
     let by_pod = (services.clone(), Arc::clone(&services_in));

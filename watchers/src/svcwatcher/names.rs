@@ -2,11 +2,13 @@
 //! a reflector's store, which has no index of its own: the Services of one namespace and
 //! the DanmEps of one network are found without a scan of the cluster.
 //!
-//! Fed by the reflector's raw events, so that it mirrors the store exactly: an object seen
-//! or changed is named under its key (under its new key only, when the key changed), a
-//! deleted one is forgotten, and a relist is gathered apart and swapped in when it is
-//! complete (as the store does), so a read during a relist still sees the names of before.
-//! Readers look each name up in the store, which holds the objects themselves.
+//! Fed by the watcher's events on their way to the reflector, so it follows the store one
+//! event ahead, never behind: an object seen or changed is named under its key (under its
+//! new key only, when the key changed; objects without a key are not named), a deleted one
+//! is forgotten, and a relist is gathered apart and swapped in when it is complete (as the
+//! store does), so a read during a relist still sees the names of before. Readers look each
+//! name up in the store, which holds the objects themselves, and skip a name it does not
+//! hold yet (its event, once the store has it, triggers them again).
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
@@ -63,21 +65,27 @@ impl<Key: Clone + Eq + Hash> Names<Key> {
         at: impl Fn(&K) -> (String, String),
         key: impl Fn(&K) -> Option<Key>,
     ) {
+        // The caller's functions run before the lock is taken.
+        let named = match event {
+            Event::Apply(object) | Event::InitApply(object) => Some((at(object), key(object))),
+            Event::Delete(object) => Some((at(object), None)),
+            Event::Init | Event::InitDone => None,
+        };
         let mut state = self.state.lock().expect("the names lock");
-        match event {
-            Event::Apply(object) => state.current.name(at(object), key(object)),
-            Event::Delete(object) => state.current.name(at(object), None),
-            Event::Init => state.relist = Some(Index::default()),
-            Event::InitApply(object) => {
+        match (event, named) {
+            (Event::Apply(_) | Event::Delete(_), Some((at, key))) => state.current.name(at, key),
+            (Event::Init, _) => state.relist = Some(Index::default()),
+            (Event::InitApply(_), Some((at, key))) => {
                 if let Some(relist) = state.relist.as_mut() {
-                    relist.name(at(object), key(object));
+                    relist.name(at, key);
                 }
             }
-            Event::InitDone => {
+            (Event::InitDone, _) => {
                 if let Some(relist) = state.relist.take() {
                     state.current = relist;
                 }
             }
+            _ => {}
         }
     }
 
