@@ -120,8 +120,13 @@ impl Index {
 
     /// The policies that name networks that do not exist and select a pod of this node
     /// (where it matters: an interface not covered, a peer that allows nothing), with those
-    /// networks by field.
+    /// networks by field; none until the three network kinds have been listed.
     pub fn missing_networks(&self) -> Vec<MissingNetworks<'_>> {
+        // Not before every kind is listed: a note written from part of the networks would
+        // stand (the recorder folds repeats into the first note).
+        if self.networks_listed.len() < 3 {
+            return Vec::new();
+        }
         self.missing
             .iter()
             .filter_map(|(policy, missing)| {

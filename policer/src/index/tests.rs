@@ -313,7 +313,7 @@ fn a_round_looks_only_at_the_pods_a_change_may_affect() {
 #[test]
 fn the_networks_a_policy_names_that_do_not_exist_follow_the_networks_of_each_kind() {
     use danm_core::NetworkKey;
-    use danm_crds::{ClusterNetwork, DanmNet};
+    use danm_crds::{ClusterNetwork, DanmNet, TenantNetwork};
     let mut index = Index::new(NODE);
     index.on_pod(Change::Applied((key("a", "x"), facts("x"))));
     index.on_endpoint(Change::Applied(endpoint(
@@ -322,6 +322,7 @@ fn the_networks_a_policy_names_that_do_not_exist_follow_the_networks_of_each_kin
     let danmnet = |name: &str| NetworkKey::new(NetworkKind::DanmNet, "a", name);
     let cluster = |name: &str| NetworkKey::new(NetworkKind::ClusterNetwork, "", name);
     index.on_network::<ClusterNetwork>(Change::Relisted(vec![(cluster("media"), ())]));
+    index.on_network::<TenantNetwork>(Change::Relisted(Vec::new()));
     let named = spec(json!({
         "podSelector": {},
         "networkSelector": [{"name": "signal"}],
@@ -330,7 +331,7 @@ fn the_networks_a_policy_names_that_do_not_exist_follow_the_networks_of_each_kin
     index.on_policy(Change::Applied((key("a", "p"), named.clone())));
     assert!(
         index.missing_networks().is_empty(),
-        "DanmNets not listed yet: none known missing"
+        "DanmNets not listed yet: nothing reported"
     );
     index.on_network::<DanmNet>(Change::Relisted(Vec::new()));
     let missing = |index: &Index| -> Vec<(String, NetworkKey)> {
