@@ -19,7 +19,7 @@ DANM_TESTS_AS_SERVICE_ACCOUNTS=1 cargo test --workspace --locked \
   --test leaks --test races --test watch \
   --test svcwatcher --test netwatcher \
   --test api --test faults \
-  --test kube_attach --test node_authz --test showalloc_api \
+  --test kube_attach --test node_authz --test showalloc_api --test status \
   --test controller
 seconds="${FUZZ_SECONDS:-30}"
 if [ "$seconds" != 0 ]; then

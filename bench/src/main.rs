@@ -176,8 +176,15 @@ async fn run_ipamd(args: &Args) -> anyhow::Result<Value> {
             result.held
         );
     }
+    let operations =
+        result.fill.allocate.len() + result.churn.allocate.len() + result.churn.release.len();
     let mut out = phases(result, fill_writes, churn_writes)?;
     out["api_conflicts"] = json!(after.conflicts - before.conflicts);
+    // Every request of the run (reads, watches' lists and the status writer's writes
+    // included) per RPC served.
+    out["api_requests_per_operation"] = json!(round2(
+        (after.requests - before.requests) as f64 / operations.max(1) as f64
+    ));
     out["shard_conflicts"] = json!(shard_conflicts);
     out["retries"] = json!(retries);
     out["rounds"] = json!(rounds);

@@ -515,6 +515,7 @@ pub fn plan(
     (actions, problems)
 }
 
+pub mod report;
 mod table;
 
 pub use table::{LinkClash, LinkTable};

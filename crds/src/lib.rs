@@ -4,12 +4,15 @@
 //! every manifest written for Nokia's DANM deserializes unchanged. The kinds are:
 //!
 //! * [`DanmNet`], [`TenantNetwork`] (namespaced) and [`ClusterNetwork`] (cluster scoped): the
-//!   networks. They share one spec shape, [`NetworkSpec`].
+//!   networks. They share one spec shape, [`NetworkSpec`], and one status, [`NetworkStatus`]
+//!   (ipamd writes it through the `status` subresource).
 //! * [`TenantConfig`] (cluster scoped): interface profiles and NetworkID mappings for tenants.
 //!   Its fields sit at the top level of the object, as in DANM, not under `spec`.
 //! * [`DanmEp`] (namespaced): one record per pod interface.
 //! * [`DanmNetworkPolicy`] (namespaced): Kubernetes' NetworkPolicy on every interface of a
 //!   pod, enforced by the policer (DANM's was `danm.k8s.io`'s, in danm-utils).
+//! * [`NodeLinkReport`] (cluster scoped, new): one node's host links as its netwatcher
+//!   found them, summed by ipamd into each network's `status.links`.
 //! * [`AllocationShard`] (namespaced, new): one slice of one address family of one network,
 //!   holding a roaring bitmap of the allocated addresses and a CRC32 of its payload.
 //!
@@ -21,15 +24,19 @@
 //! [`all_crds`] returns every CustomResourceDefinition; the `crdgen` binary writes them to
 //! `crds/manifests/`, and a test fails when the checked-in YAML drifts from these types.
 
+mod links;
 pub mod names;
 mod netpol;
 mod network;
 mod shard;
+mod status;
 mod tenant_config;
 
+pub use links::*;
 pub use netpol::*;
 pub use network::*;
 pub use shard::*;
+pub use status::*;
 pub use tenant_config::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -51,6 +58,7 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("DanmEp.yaml", DanmEp::crd()),
         ("AllocationShard.yaml", AllocationShard::crd()),
         ("DanmNetworkPolicy.yaml", DanmNetworkPolicy::crd()),
+        ("NodeLinkReport.yaml", NodeLinkReport::crd()),
     ]
 }
 

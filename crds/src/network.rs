@@ -139,6 +139,7 @@ pub struct IpPoolV6 {
         group = "danm.io",
         version = "v1",
         kind = "DanmNet",
+        status = "crate::NetworkStatus",
         namespaced,
         shortname = "dn",
         shortname = "dnet",
@@ -149,6 +150,14 @@ pub struct IpPoolV6 {
         printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
         printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
         printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Used","type":"integer","jsonPath":".status.ipv4.used"}"#,
+        printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.ipv4.capacity"}"#,
+        printcolumn = r#"{"name":"Used6","type":"integer","jsonPath":".status.ipv6.used","priority":1}"#,
+        printcolumn = r#"{"name":"Capacity6","type":"string","jsonPath":".status.ipv6.capacity","priority":1}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+        printcolumn = r#"{"name":"LinksReady","type":"integer","jsonPath":".status.links.nodesReady","priority":1}"#,
+        printcolumn = r#"{"name":"LinksFailing","type":"integer","jsonPath":".status.links.nodesFailing","priority":1}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -167,6 +176,7 @@ pub struct DanmNetSpec {
         group = "danm.io",
         version = "v1",
         kind = "TenantNetwork",
+        status = "crate::NetworkStatus",
         namespaced,
         shortname = "tn",
         shortname = "tnet",
@@ -177,6 +187,14 @@ pub struct DanmNetSpec {
         printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
         printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
         printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Used","type":"integer","jsonPath":".status.ipv4.used"}"#,
+        printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.ipv4.capacity"}"#,
+        printcolumn = r#"{"name":"Used6","type":"integer","jsonPath":".status.ipv6.used","priority":1}"#,
+        printcolumn = r#"{"name":"Capacity6","type":"string","jsonPath":".status.ipv6.capacity","priority":1}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+        printcolumn = r#"{"name":"LinksReady","type":"integer","jsonPath":".status.links.nodesReady","priority":1}"#,
+        printcolumn = r#"{"name":"LinksFailing","type":"integer","jsonPath":".status.links.nodesFailing","priority":1}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -195,6 +213,7 @@ pub struct TenantNetworkSpec {
         group = "danm.io",
         version = "v1",
         kind = "ClusterNetwork",
+        status = "crate::NetworkStatus",
         shortname = "cn",
         shortname = "cnet",
         printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".spec.NetworkID"}"#,
@@ -204,6 +223,14 @@ pub struct TenantNetworkSpec {
         printcolumn = r#"{"name":"Device","type":"string","jsonPath":".spec.Options.host_device"}"#,
         printcolumn = r#"{"name":"VLAN","type":"integer","jsonPath":".spec.Options.vlan"}"#,
         printcolumn = r#"{"name":"VxLAN","type":"integer","jsonPath":".spec.Options.vxlan"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Used","type":"integer","jsonPath":".status.ipv4.used"}"#,
+        printcolumn = r#"{"name":"Capacity","type":"string","jsonPath":".status.ipv4.capacity"}"#,
+        printcolumn = r#"{"name":"Used6","type":"integer","jsonPath":".status.ipv6.used","priority":1}"#,
+        printcolumn = r#"{"name":"Capacity6","type":"string","jsonPath":".status.ipv6.capacity","priority":1}"#,
+        printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+        printcolumn = r#"{"name":"LinksReady","type":"integer","jsonPath":".status.links.nodesReady","priority":1}"#,
+        printcolumn = r#"{"name":"LinksFailing","type":"integer","jsonPath":".status.links.nodesFailing","priority":1}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]

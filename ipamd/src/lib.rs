@@ -9,7 +9,8 @@
 //! * [`worker`]: one task per network that caches its shards, picks addresses and commits
 //!   every round of concurrent requests with one write per touched shard (group commit).
 //! * [`engine`]: owners, idempotency, endpoint records, Attach/Detach/Gc/Check, the orphan
-//!   reclaimer and the migration from DANM.
+//!   reclaimer and the migration from DANM; beside it, [`status`]: the elected writer of
+//!   the networks' `status` (pools' use, `Ready` and why), off the allocation path.
 //! * [`wire`]: conversions to and from `danm.ipam.v1` and the one place status codes are
 //!   chosen; [`tls`]: the gRPC port's TLS (a renewed certificate served without a restart);
 //!   [`observe`]: every RPC's request id, latency and code; [`registry`]: the one metrics
@@ -38,6 +39,7 @@ pub mod registry;
 pub mod run;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod tokens;

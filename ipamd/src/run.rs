@@ -12,6 +12,7 @@ use crate::metrics::RpcMetrics;
 use crate::networks;
 use crate::registry::registry as metrics_registry;
 use crate::server;
+use crate::status::{StatusConfig, StatusMetrics, write_while_leading};
 use crate::store;
 use crate::worker::WorkerConfig;
 use anyhow::Context;
@@ -144,6 +145,21 @@ pub struct Args {
     /// is refused, and so is a node identity from this one.
     #[arg(long, env = "IPAMD_ADMIN_CLIENT_CA")]
     admin_client_ca: Option<PathBuf>,
+    /// With --store kube: the least time, in seconds, between two writes of one network's
+    /// `status` (pools' capacity and use, `Ready` and why), which one elected replica
+    /// writes; 0 turns the status writer off.
+    #[arg(long, env = "IPAMD_STATUS_INTERVAL_SECONDS", default_value_t = 30)]
+    status_interval_seconds: u64,
+    /// Most network status writes per second, all networks together (each is a watch
+    /// event for every component that watches networks, on every node).
+    #[arg(long, env = "IPAMD_STATUS_WRITES_PER_SECOND", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    status_writes_per_second: u32,
+    /// The Lease (in --namespace) that elects the replica writing the networks' status.
+    #[arg(long, env = "IPAMD_STATUS_LEASE", default_value = "danm-ipamd-status")]
+    status_lease: String,
+    /// This replica's identity in the status Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 /// `--node-identity`.
@@ -250,8 +266,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let rpc_metrics = RpcMetrics::default();
+    let status_metrics = Arc::new(StatusMetrics::default());
+    start_status_writer(&args, &status_metrics).await?;
     if let Some(addr) = args.admin_listen {
         let mut registry = metrics_registry(&engine, &rpc_metrics, args.metrics_tenant_names);
+        status_metrics.register(&mut registry);
         if let Some(serving) = &serving {
             registry.register_collector(Box::new(serving.expiry_collector()));
         }
@@ -327,6 +346,43 @@ async fn policy(args: &Args) -> anyhow::Result<Policy> {
         admin_ca,
         admins: args.admin_clients.iter().cloned().collect(),
     })
+}
+
+/// With --store kube and a status interval, joins the status Lease's election and writes
+/// the networks' status while holding it (in a task of its own, until SIGTERM).
+async fn start_status_writer(args: &Args, metrics: &Arc<StatusMetrics>) -> anyhow::Result<()> {
+    if args.store != "kube" || args.status_interval_seconds == 0 {
+        return Ok(());
+    }
+    let client = danm_runtime::kube_client(args.kubeconfig.as_deref()).await?;
+    // Not worth failing ipamd for: allocation does not need it.
+    let election = match danm_runtime::elect(
+        client.clone(),
+        &args.namespace,
+        &args.status_lease,
+        args.identity.clone(),
+    )
+    .await
+    {
+        Ok(election) => election,
+        Err(e) => {
+            tracing::error!(error = %e, lease = %args.status_lease, "cannot join the status writer's election; this replica writes no network status");
+            return Ok(());
+        }
+    };
+    let config = StatusConfig {
+        interval: Duration::from_secs(args.status_interval_seconds),
+        writes_per_second: args.status_writes_per_second,
+    };
+    let metrics = Arc::clone(metrics);
+    tokio::spawn(async move {
+        let term =
+            |ending| write_while_leading(client.clone(), config, Arc::clone(&metrics), ending);
+        if let Err(e) = election.run(danm_runtime::shutdown_signal(), term).await {
+            tracing::error!(error = %e, "the status writer's election ended; statuses are no longer written by this replica");
+        }
+    });
+    Ok(())
 }
 
 /// Opens the store, puts the `--networks` manifests in it and starts the engine.

@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["error", "networks"],
     ),
     ("per-network workers", &["worker"]),
-    ("engine", &["engine"]),
+    ("engine and the status writer", &["engine", "status"]),
     (
         "the wire, transport and exposition",
         &["wire", "tls", "observe", "registry"],

@@ -299,6 +299,9 @@ async fn kubectl_shows_our_printer_columns() {
             "DEVICE",
             "VLAN",
             "VXLAN",
+            "READY",
+            "USED",
+            "CAPACITY",
             "AGE"
         ]
     );

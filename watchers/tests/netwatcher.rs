@@ -1,19 +1,21 @@
 //! netwatcher for real: networks on the real API server, links in a network namespace of
 //! the test (a veth end with an address stands for the node's `host_device`), read back
-//! over netlink and checked against DANM's parameters.
+//! over netlink and checked against DANM's parameters; the node's NodeLinkReport says which
+//! networks' links are in place and which fail, and why.
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use danm_core::hostlinks::{LinkParams, ObservedLink, group_v4};
+use danm_crds::NodeLinkReport;
 use danm_netlink::Netlink;
 use danm_netlink::host::Observed;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::netns::Netns;
 use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Event, Node as KubeNode};
+use kube::api::{Api, ListParams, PostParams};
 
 /// A network namespace with a veth pair: `ens-nw` (198.18.10.1/24, left down: netwatcher
 /// brings a parent up) and its peer.
@@ -98,6 +100,15 @@ async fn vxlan_links_follow_the_networks_and_are_reconciled() {
     let ns = plane.namespace("netwatcher").await;
     let node = Node::new("vx");
     let links = node.links();
+    // The Node object netwatcher's report is owned by.
+    let kube_node = Api::<KubeNode>::all(plane.client().await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "test-node"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let metrics = Arc::new(Metrics::new());
     let (task, stop) = start(plane, &node, Arc::clone(&metrics));
 
@@ -229,6 +240,53 @@ async fn vxlan_links_follow_the_networks_and_are_reconciled() {
     );
     let o = links.observe().await.unwrap();
     assert!(link(&o, "vx_vxc").is_some(), "the other links are kept");
+
+    // The node's report: c's link in place, d's failing with the reason; owned by the Node.
+    let reports = Api::<NodeLinkReport>::all(plane.client().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let report = reports.get_opt("test-node").await.unwrap();
+        if let Some(r) = &report
+            && r.spec
+                .failing
+                .iter()
+                .any(|f| f.network == format!("DanmNet {ns}/d"))
+        {
+            break report.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report of d's failure: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        report.spec.ready.contains(&format!("DanmNet {ns}/c")),
+        "{:?}",
+        report.spec
+    );
+    let failure = report
+        .spec
+        .failing
+        .iter()
+        .find(|f| f.network == format!("DanmNet {ns}/d"))
+        .unwrap();
+    assert!(
+        failure.reason.starts_with("HostDeviceMissing: ") && failure.reason.contains("nope0"),
+        "{failure:?}"
+    );
+    assert_eq!(
+        report.spec.failing_count as usize,
+        report.spec.failing.len()
+    );
+    let owners = report.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.uid.as_str()))
+            .collect::<Vec<_>>(),
+        [("Node", kube_node.metadata.uid.as_deref().unwrap())]
+    );
 
     // Stopped; its network deleted meanwhile; started again: the link goes at start.
     let _ = stop.send(());

@@ -6,7 +6,8 @@
 //! reserved. Unlike DANM there is no size limit: a pool may be as wide as its CIDR.
 //!
 //! This module holds the types (kinds, keys, plans, rules, problems); [`plan`] and its
-//! per-family checks are in `plan.rs`.
+//! per-family checks are in `plan.rs`; [`status`] decides what a network's `status` shows
+//! (its pools' use, the `Ready` condition and its reason).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -319,5 +320,6 @@ pub fn default_v6_pool_cidr(net6: &Cidr) -> Cidr {
 }
 
 mod plan;
+pub mod status;
 
 pub use plan::plan;

@@ -12,22 +12,26 @@
 //! What cannot be done (a missing `host_device`, a device without an address for a VxLAN, a
 //! name too long, two networks asking one name with different parameters, a foreign link
 //! in the way) is reported on each network concerned as a Kubernetes Event, logged and
-//! counted, and never stops the other links. A contested name stays with the network whose
+//! counted, and never stops the other links. After each sync the node's NodeLinkReport
+//! (which networks' links are in place here, which fail and why) is written when it
+//! changed ([`report`]); ipamd sums the reports into each network's `status.links`. A contested name stays with the network whose
 //! link is on the node (see [`danm_core::hostlinks`]): a newcomer never takes it over.
 
 pub mod metrics;
+mod report;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use danm_core::hostlinks::report::{action_link, report};
 use danm_core::hostlinks::{LinkProblem, plan, wanted_links};
 use danm_core::{NetworkKey, NetworkKind};
-use danm_crds::{ClusterNetwork, DanmNet, NetworkSpec, TenantNetwork};
+use danm_crds::{ClusterNetwork, DanmNet, NetworkSpec, NodeLinkReportSpec, TenantNetwork};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -35,6 +39,7 @@ use serde::de::DeserializeOwned;
 
 pub use danm_netlink::{LinkError, NodeLinks};
 pub use metrics::Metrics;
+use report::Reporter;
 
 /// How netwatcher runs.
 #[derive(Clone, Debug)]
@@ -135,9 +140,10 @@ pub async fn run(
     let (tenantnets, b) = follow::<TenantNetwork>(&client);
     let (clusternets, c) = follow::<ClusterNetwork>(&client);
     let mut changes = futures::stream::select_all([a.boxed(), b.boxed(), c.boxed()]);
+    let mut reporter = Reporter::new(client.clone(), &config.node);
     let recorder = Recorder::new(
         client,
-        Reporter {
+        kube::runtime::events::Reporter {
             controller: "danm-netwatcher".into(),
             instance: Some(config.node.clone()),
         },
@@ -165,7 +171,15 @@ pub async fn run(
         let mut networks = snapshot(&danmnets);
         networks.extend(snapshot(&tenantnets));
         networks.extend(snapshot(&clusternets));
-        let wait = match sync(&networks, &links, &recorder, &metrics, &mut reported).await {
+        let outcome = sync(&networks, &links, &recorder, &metrics, &mut reported).await;
+        let outcome = match outcome {
+            Ok(Synced { report, failed }) => {
+                reporter.publish(report).await;
+                failed.map_or(Ok(()), Err)
+            }
+            Err(e) => Err(e),
+        };
+        let wait = match outcome {
             Ok(()) => {
                 metrics.synced();
                 backoff = Duration::from_secs(1);
@@ -201,13 +215,20 @@ pub async fn run(
 #[derive(Debug, Default)]
 struct Reported(std::collections::HashSet<(NetworkKey, String)>);
 
+/// What a sync found: the node's report, and the first action that failed (the sync is
+/// then retried).
+struct Synced {
+    report: NodeLinkReportSpec,
+    failed: Option<LinkError>,
+}
+
 async fn sync(
     networks: &[Network],
     links: &NodeLinks,
     recorder: &Recorder,
     metrics: &Metrics,
     reported: &mut Reported,
-) -> Result<(), LinkError> {
+) -> Result<Synced, LinkError> {
     let (wanted, network_problems) = wanted_links(
         networks
             .iter()
@@ -254,6 +275,7 @@ async fn sync(
     // A problem that went away is published again if it comes back.
     reported.0 = current;
     let mut failed = None;
+    let mut failed_links = BTreeMap::new();
     for action in &actions {
         match links.apply(action, &observed).await {
             Ok(()) => {
@@ -263,13 +285,20 @@ async fn sync(
             Err(e) => {
                 metrics.problem("NetlinkFailed");
                 tracing::warn!(?action, error = %e, "host link change failed");
+                if let Some(link) = action_link(action) {
+                    failed_links.insert(link.to_owned(), e.to_string());
+                }
                 failed = Some(e);
             }
         }
     }
     metrics.managed(wanted.len());
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    let report = report(
+        &wanted,
+        problems
+            .iter()
+            .map(|(n, p)| (&n.key, format!("{}: {p}", p.reason()))),
+        &failed_links,
+    );
+    Ok(Synced { report, failed })
 }

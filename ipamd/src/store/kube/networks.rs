@@ -1,6 +1,7 @@
 //! The three network kinds on the API server, handled by one generic implementation:
 //! [`kind`] is the only place that tells DanmNet, TenantNetwork and ClusterNetwork apart.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
@@ -184,14 +185,24 @@ impl<K: NetworkResource> NetworkKindApi for Kind<K> {
             let mut stream = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .boxed();
+            // The generation last announced per network: a write of the status subresource
+            // (or of metadata) leaves it unchanged and is not announced, so the engine does
+            // not read the network again for it.
+            let mut generations: HashMap<NetworkKey, Option<i64>> = HashMap::new();
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(
-                        watcher::Event::Apply(o)
-                        | watcher::Event::InitApply(o)
-                        | watcher::Event::Delete(o),
-                    ) => {
-                        let _ = events.send(StoreEvent::Network(key_of(&o)));
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        let key = key_of(&o);
+                        let generation = o.meta().generation;
+                        let before = generations.insert(key.clone(), generation);
+                        if generation.is_none() || before != Some(generation) {
+                            let _ = events.send(StoreEvent::Network(key));
+                        }
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
+                        let key = key_of(&o);
+                        generations.remove(&key);
+                        let _ = events.send(StoreEvent::Network(key));
                     }
                     Ok(_) => {}
                     Err(e) => {

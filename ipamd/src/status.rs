@@ -1,0 +1,436 @@
+//! The status writer: one elected ipamd replica writes each network's `status` (its pools'
+//! capacity and use, the `Ready` condition and why), off the allocation path.
+//!
+//! While it holds the Lease, the writer follows the three network kinds, every
+//! AllocationShard (kept as its [`ShardFacts`]: a few numbers, not its payload) and every
+//! node's NodeLinkReport (netwatcher's, summed into `status.links`) with watches. A change marks its network; a marked network's status is computed by
+//! `danm_core::network::status` and written through the `status` subresource (a merge patch
+//! with the network's UID as precondition) only when it differs from the stored one, at
+//! most once per `interval` per network and `writes_per_second` in all. Nothing here is on
+//! an RPC's path: the engine never waits for it, and a failed write is retried later.
+//!
+//! Every status write is a watch event for whoever watches networks (every ipamd, and each
+//! node's netwatcher and policer): the two limits bound that fan-out, whatever the churn.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use danm_core::hostlinks::report::summary;
+use danm_core::network::status::{self as decide, ShardFacts};
+use danm_core::{NetworkKey, NetworkKind};
+use danm_crds::{
+    AllocationShard, ClusterNetwork, DanmNet, NetworkSpec, NetworkStatus, NodeLinkReport,
+    NodeLinkReportSpec, TenantNetwork,
+};
+use danm_runtime::TermEnding;
+use danm_runtime::index::{Change, Synced, follow_map};
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+
+/// How often and how much the writer writes.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusConfig {
+    /// Least time between two writes of one network's status.
+    pub interval: Duration,
+    /// Most status writes per second, all networks together.
+    pub writes_per_second: u32,
+}
+
+/// The writer's counters.
+#[derive(Clone, Debug, Default)]
+pub struct StatusMetrics {
+    /// Status writes the API server accepted.
+    pub writes: Counter,
+    /// Status writes that failed (retried later).
+    pub failures: Counter,
+}
+
+impl StatusMetrics {
+    /// Adds the counters to ipamd's registry.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "status_writes",
+            "Network status writes the API server accepted (by the elected status writer)",
+            self.writes.clone(),
+        );
+        registry.register(
+            "status_write_failures",
+            "Network status writes that failed and are retried later",
+            self.failures.clone(),
+        );
+    }
+}
+
+/// One network as the writer keeps it.
+#[derive(Clone, Debug)]
+struct Network {
+    key: NetworkKey,
+    uid: String,
+    generation: Option<i64>,
+    spec: NetworkSpec,
+    status: Option<NetworkStatus>,
+}
+
+/// A change the watches hand to the writer.
+enum Update {
+    Networks(NetworkKind, Change<Box<Network>>),
+    Shards(Change<(String, ShardFacts)>),
+    /// A node's NodeLinkReport (node name, report).
+    Links(Change<(String, NodeLinkReportSpec)>),
+}
+
+/// What the writer knows: networks, shards by network, and which networks to look at.
+#[derive(Default)]
+struct Mirror {
+    networks: BTreeMap<NetworkKey, Network>,
+    /// `namespace/name` of a shard -> its facts.
+    shards: HashMap<String, ShardFacts>,
+    /// Network -> the shards that name it.
+    by_network: HashMap<NetworkKey, BTreeSet<String>>,
+    /// Node -> its netwatcher's link report.
+    reports: BTreeMap<String, NodeLinkReportSpec>,
+    marked: BTreeSet<NetworkKey>,
+    last_write: HashMap<NetworkKey, Instant>,
+}
+
+impl Mirror {
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Networks(kind, Change::Relisted(all)) => {
+                self.networks.retain(|k, _| k.kind != kind);
+                for net in all {
+                    self.marked.insert(net.key.clone());
+                    self.networks.insert(net.key.clone(), *net);
+                }
+            }
+            Update::Networks(_, Change::Applied(net)) => {
+                self.marked.insert(net.key.clone());
+                self.networks.insert(net.key.clone(), *net);
+            }
+            Update::Networks(_, Change::Deleted(net)) => {
+                self.networks.remove(&net.key);
+                self.marked.remove(&net.key);
+                self.last_write.remove(&net.key);
+            }
+            Update::Shards(Change::Relisted(all)) => {
+                self.shards.clear();
+                self.by_network.clear();
+                self.marked.extend(self.networks.keys().cloned());
+                for (id, facts) in all {
+                    self.put_shard(id, facts);
+                }
+            }
+            Update::Shards(Change::Applied((id, facts))) => self.put_shard(id, facts),
+            Update::Shards(Change::Deleted((id, _))) => self.remove_shard(&id),
+            Update::Links(Change::Relisted(all)) => {
+                let before = std::mem::take(&mut self.reports);
+                self.reports = all.into_iter().collect();
+                let named: Vec<NodeLinkReportSpec> = before.into_values().collect();
+                self.mark_reported(named.iter());
+                let now: Vec<NodeLinkReportSpec> = self.reports.values().cloned().collect();
+                self.mark_reported(now.iter());
+            }
+            Update::Links(Change::Applied((node, report))) => {
+                let before = self.reports.insert(node, report.clone());
+                self.mark_reported(before.iter().chain([&report]));
+            }
+            Update::Links(Change::Deleted((node, _))) => {
+                let before = self.reports.remove(&node);
+                self.mark_reported(before.iter());
+            }
+        }
+    }
+
+    /// Marks every network the reports name.
+    fn mark_reported<'a>(&mut self, reports: impl Iterator<Item = &'a NodeLinkReportSpec>) {
+        let mut named: BTreeSet<&str> = BTreeSet::new();
+        for report in reports {
+            named.extend(report.ready.iter().map(String::as_str));
+            named.extend(report.failing.iter().map(|f| f.network.as_str()));
+        }
+        if named.is_empty() {
+            return;
+        }
+        for key in self.networks.keys() {
+            if named.contains(key.to_string().as_str()) {
+                self.marked.insert(key.clone());
+            }
+        }
+    }
+
+    fn put_shard(&mut self, id: String, facts: ShardFacts) {
+        self.remove_shard(&id);
+        if let Some(network) = &facts.network {
+            self.marked.insert(network.clone());
+            self.by_network
+                .entry(network.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.shards.insert(id, facts);
+    }
+
+    fn remove_shard(&mut self, id: &str) {
+        let Some(old) = self.shards.remove(id) else {
+            return;
+        };
+        if let Some(network) = old.network {
+            self.marked.insert(network.clone());
+            if let Some(ids) = self.by_network.get_mut(&network) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_network.remove(&network);
+                }
+            }
+        }
+    }
+
+    /// The status `key` should show, with its transition times; None when it need not be
+    /// written (unknown network, or nothing but times would change).
+    fn wanted(&self, key: &NetworkKey, now: &str) -> Option<(Network, NetworkStatus)> {
+        let net = self.networks.get(key)?;
+        let shards = self
+            .by_network
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.shards.get(id));
+        let tally = decide::tally(&net.spec, key, &net.uid, shards);
+        let links = summary(key, self.reports.iter().map(|(n, r)| (n.as_str(), r)));
+        let desired = decide::desired(key, &net.spec, net.generation, &tally, links);
+        if !decide::differs(net.status.as_ref(), &desired) {
+            return None;
+        }
+        let status = decide::settle(net.status.as_ref(), desired, now);
+        Some((net.clone(), status))
+    }
+
+    /// The marked networks whose last write is at least `interval` old, at most `budget`
+    /// of them, unmarked; the others stay marked.
+    fn due(&mut self, interval: Duration, budget: usize, at: Instant) -> Vec<NetworkKey> {
+        let due: Vec<NetworkKey> = self
+            .marked
+            .iter()
+            .filter(|k| {
+                self.last_write
+                    .get(*k)
+                    .is_none_or(|t| at.duration_since(*t) >= interval)
+            })
+            .take(budget)
+            .cloned()
+            .collect();
+        for key in &due {
+            self.marked.remove(key);
+        }
+        due
+    }
+}
+
+fn network<K>(
+    kind: NetworkKind,
+    object: &K,
+    spec: &NetworkSpec,
+    status: Option<&NetworkStatus>,
+) -> Box<Network>
+where
+    K: Resource,
+{
+    let meta = object.meta();
+    Box::new(Network {
+        key: NetworkKey::new(
+            kind,
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        ),
+        uid: meta.uid.clone().unwrap_or_default(),
+        generation: meta.generation,
+        spec: spec.clone(),
+        status: status.cloned(),
+    })
+}
+
+/// One term of the writer: follows networks and shards and writes statuses until `ending`.
+pub async fn write_while_leading(
+    client: Client,
+    config: StatusConfig,
+    metrics: Arc<StatusMetrics>,
+    ending: TermEnding,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let synced = Arc::new(Synced::new(5));
+    let sender = |kind: NetworkKind| {
+        let tx = tx.clone();
+        move |change| {
+            let _ = tx.send(Update::Networks(kind, change));
+        }
+    };
+    let shards_tx = tx.clone();
+    let links_tx = tx.clone();
+    let follows = [
+        follow_map(
+            Api::<DanmNet>::all(client.clone()),
+            "DanmNet",
+            Arc::clone(&synced),
+            |o| network(NetworkKind::DanmNet, &o, &o.spec.network, o.status.as_ref()),
+            sender(NetworkKind::DanmNet),
+        ),
+        follow_map(
+            Api::<TenantNetwork>::all(client.clone()),
+            "TenantNetwork",
+            Arc::clone(&synced),
+            |o| {
+                network(
+                    NetworkKind::TenantNetwork,
+                    &o,
+                    &o.spec.network,
+                    o.status.as_ref(),
+                )
+            },
+            sender(NetworkKind::TenantNetwork),
+        ),
+        follow_map(
+            Api::<ClusterNetwork>::all(client.clone()),
+            "ClusterNetwork",
+            Arc::clone(&synced),
+            |o| {
+                network(
+                    NetworkKind::ClusterNetwork,
+                    &o,
+                    &o.spec.network,
+                    o.status.as_ref(),
+                )
+            },
+            sender(NetworkKind::ClusterNetwork),
+        ),
+        follow_map(
+            Api::<AllocationShard>::all(client.clone()),
+            "AllocationShard",
+            Arc::clone(&synced),
+            |o| {
+                let id = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+                (id, ShardFacts::of(&o.spec))
+            },
+            move |change| {
+                let _ = shards_tx.send(Update::Shards(change));
+            },
+        ),
+        follow_map(
+            Api::<NodeLinkReport>::all(client.clone()),
+            "NodeLinkReport",
+            Arc::clone(&synced),
+            |o| (o.name_any(), o.spec),
+            move |change| {
+                let _ = links_tx.send(Update::Links(change));
+            },
+        ),
+    ];
+    drop(tx);
+    tracing::info!(
+        interval = ?config.interval,
+        writes_per_second = config.writes_per_second,
+        "status writer started"
+    );
+    let mut mirror = Mirror::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = ending.clone().wait();
+    tokio::pin!(end);
+    loop {
+        tokio::select! {
+            _ = &mut end => break,
+            update = rx.recv() => match update {
+                Some(update) => mirror.apply(update),
+                None => break,
+            },
+            _ = tick.tick() => {
+                // Counts from part of the shards would be wrong: wait for every list.
+                if synced.is_synced() {
+                    write_due(&client, &mut mirror, config, &metrics).await;
+                }
+            }
+        }
+    }
+    for follow in follows {
+        follow.abort();
+    }
+    tracing::info!("status writer stopped");
+}
+
+/// Writes the statuses that are due, within one second's budget.
+async fn write_due(
+    client: &Client,
+    mirror: &mut Mirror,
+    config: StatusConfig,
+    metrics: &StatusMetrics,
+) {
+    let now = Instant::now();
+    let stamp = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
+    let budget = config.writes_per_second.max(1) as usize;
+    // Networks that need no write do not use the budget: look further until it is spent.
+    let mut written = 0;
+    while written < budget {
+        let due = mirror.due(config.interval, budget - written, now);
+        if due.is_empty() {
+            return;
+        }
+        for key in due {
+            let Some((net, status)) = mirror.wanted(&key, &stamp) else {
+                continue;
+            };
+            written += 1;
+            match patch_status(client, &net, &status).await {
+                Ok(()) => {
+                    metrics.writes.inc();
+                    mirror.last_write.insert(key.clone(), now);
+                    // The watch brings the stored status back; until then, this one.
+                    if let Some(n) = mirror.networks.get_mut(&key) {
+                        n.status = Some(status);
+                    }
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                    // Gone, or replaced by another object of the same name (the UID
+                    // precondition): the watch will tell.
+                    tracing::debug!(network = %key, reason = %e.message, "status not written");
+                }
+                Err(e) => {
+                    metrics.failures.inc();
+                    mirror.last_write.insert(key.clone(), now);
+                    mirror.marked.insert(key.clone());
+                    tracing::warn!(network = %key, error = %e, "cannot write the network's status; retrying later");
+                }
+            }
+        }
+    }
+}
+
+async fn patch_status(client: &Client, net: &Network, status: &NetworkStatus) -> kube::Result<()> {
+    let body = serde_json::json!({
+        "metadata": { "uid": net.uid },
+        "status": status,
+    });
+    let patch = Patch::Merge(&body);
+    let params = PatchParams::default();
+    let name = &net.key.name;
+    let namespace = &net.key.namespace;
+    match net.key.kind {
+        NetworkKind::DanmNet => {
+            Api::<DanmNet>::namespaced(client.clone(), namespace)
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+        NetworkKind::TenantNetwork => {
+            Api::<TenantNetwork>::namespaced(client.clone(), namespace)
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+        NetworkKind::ClusterNetwork => {
+            Api::<ClusterNetwork>::all(client.clone())
+                .patch_status(name, &params, &patch)
+                .await?;
+        }
+    }
+    Ok(())
+}
