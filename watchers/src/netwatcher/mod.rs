@@ -106,22 +106,52 @@ fn snapshot<K: NetworkObject>(store: &Store<K>) -> Vec<Network> {
         .collect()
 }
 
-/// A reflector of one kind: its store, and a stream that yields on every change.
+/// A reflector of one kind: its store, and a stream that yields on every change of a spec.
+/// A write that leaves `metadata.generation` as it was (ipamd's status writer, a label)
+/// does not change what links a network wants: it triggers no sync.
 fn follow<K: NetworkObject>(
     client: &kube::Client,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static) {
     let (reader, writer) = reflector::store();
+    let generations = Arc::new(std::sync::Mutex::new(HashMap::<String, i64>::new()));
     let changes = reflector::reflector(
         writer,
         watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
-    .filter_map(|event| async move {
-        match event {
-            Ok(_) => Some(()),
-            Err(e) => {
-                tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; retrying");
-                None
+    .filter_map(move |event| {
+        let generations = Arc::clone(&generations);
+        async move {
+            match event {
+                Ok(watcher::Event::Apply(o)) => {
+                    let uid = o.uid().unwrap_or_default();
+                    let before = match o.meta().generation {
+                        Some(g) => generations.lock().expect("lock").insert(uid, g) == Some(g),
+                        None => false,
+                    };
+                    (!before).then_some(())
+                }
+                Ok(watcher::Event::InitApply(o)) => {
+                    if let Some(g) = o.meta().generation {
+                        generations
+                            .lock()
+                            .expect("lock")
+                            .insert(o.uid().unwrap_or_default(), g);
+                    }
+                    Some(())
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    generations
+                        .lock()
+                        .expect("lock")
+                        .remove(&o.uid().unwrap_or_default());
+                    Some(())
+                }
+                Ok(_) => Some(()),
+                Err(e) => {
+                    tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; retrying");
+                    None
+                }
             }
         }
     });
