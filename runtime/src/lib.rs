@@ -4,7 +4,8 @@
 //! * [`logging`]: `tracing` to standard error, as text or JSON, filtered by `RUST_LOG`
 //!   (default `info`);
 //! * [`kube_client`]: a client from `--kubeconfig`, else `$KUBECONFIG` or `~/.kube/config`,
-//!   else the in-cluster config;
+//!   else the in-cluster config ([`kube_config`]: the same with a `--context`, and the
+//!   context's namespace);
 //! * [`serve_admin`]: the admin server, `/metrics` (Prometheus text), `/healthz` and
 //!   `/readyz`, on a port of its own;
 //! * [`main`]: a binary's async body run, and its outcome turned into the exit status;
@@ -108,23 +109,44 @@ pub fn logging(format: LogFormat) {
 /// A Kubernetes client from `kubeconfig`, else `$KUBECONFIG` or `~/.kube/config`, else the
 /// in-cluster config (kube's `Config::infer` order).
 pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, RuntimeError> {
+    client_from(kube_config(kubeconfig, None).await?)
+}
+
+/// The Kubernetes configuration [`kube_client`] uses, with `context` instead of the
+/// kubeconfig's current one when given (kubectl's `--context`); its `default_namespace` is
+/// the context's namespace, as kubectl takes it.
+pub async fn kube_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, RuntimeError> {
     let fail = |e: &dyn std::fmt::Display| RuntimeError::Kubeconfig(e.to_string());
-    let config = match kubeconfig {
-        Some(path) => {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    match (kubeconfig, context) {
+        (Some(path), _) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                 RuntimeError::Kubeconfig(format!("--kubeconfig {}: {e}", path.display()))
             })?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
+            kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| fail(&e))?
+                .map_err(|e| fail(&e))
         }
-        None => kube::Config::infer().await.map_err(|e| {
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| RuntimeError::Kubeconfig(format!("--context {context}: {e}"))),
+        (None, None) => kube::Config::infer().await.map_err(|e| {
             RuntimeError::Kubeconfig(format!(
                 "none found ($KUBECONFIG, ~/.kube/config or in-cluster): {e}"
             ))
-        })?,
-    };
-    kube::Client::try_from(config).map_err(|e| fail(&e))
+        }),
+    }
+}
+
+/// A client for `config`.
+pub fn client_from(config: kube::Config) -> Result<kube::Client, RuntimeError> {
+    kube::Client::try_from(config).map_err(|e| RuntimeError::Kubeconfig(e.to_string()))
 }
 
 /// Serves `/metrics` (what `metrics` renders), `/healthz` and `/readyz` on `addr` in the

@@ -20,10 +20,12 @@
 //!
 //! Where the listing comes from: [`cli`] asks a running ipamd (`--ipamd`) or reads the
 //! AllocationShards and DanmEps from the Kubernetes API ([`api`]), which works while ipamd
-//! is down.
+//! is down. With no network named, [`overview`] shows every network's pools, or with
+//! `--ip` who holds one address.
 
 pub mod api;
 pub mod cli;
+pub mod overview;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -63,6 +65,22 @@ pub enum ShowallocError {
     /// The listing cannot be rendered.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// `--ip`: networks hold the address in their CIDR, but none has it allocated (the
+    /// text says what each has: free or reserved).
+    #[error("{0}")]
+    NotAllocated(String),
+}
+
+impl ShowallocError {
+    /// The exit status: 2 for bad flags, 3 for "not found" (the network, or an address
+    /// nobody holds), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ShowallocError::Usage(_) => 2,
+            ShowallocError::NotFound(_) | ShowallocError::NotAllocated(_) => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// Why a listing cannot be rendered.
@@ -111,6 +129,7 @@ pub fn render(
     allocations: &[pb::Allocation],
     show_all: bool,
     sub_cidr: Option<&str>,
+    wide: bool,
 ) -> Result<String, RenderError> {
     let cidr: Cidr = info
         .cidr
@@ -158,6 +177,15 @@ pub fn render(
             continue;
         }
         let owner = match &a.owner {
+            Some(o) if wide => format!(
+                "Pod: {}/{}, CID: {}, if: {}, host: {}, netns: {}",
+                o.pod_namespace,
+                o.pod_name,
+                o.container_id,
+                o.ifname,
+                if o.host.is_empty() { "-" } else { &o.host },
+                if o.netns.is_empty() { "-" } else { &o.netns }
+            ),
             Some(o) => format!(
                 "Pod: {}/{}, CID: {}, if: {}",
                 o.pod_namespace,
@@ -203,7 +231,7 @@ pub fn render(
 }
 
 /// The owner of an allocation as showalloc prints it: `namespace/pod`.
-fn owner_json(a: &pb::Allocation) -> Value {
+pub(crate) fn owner_json(a: &pb::Allocation) -> Value {
     match &a.owner {
         Some(o) => json!({
             "pod": format!("{}/{}", o.pod_namespace, o.pod_name),
@@ -291,7 +319,16 @@ mod tests {
             }),
             fingerprint: "00".into(),
         };
-        let text = render("DanmNet", &info(), false, &[alloc], false, None).unwrap();
+        let text = render(
+            "DanmNet",
+            &info(),
+            false,
+            std::slice::from_ref(&alloc),
+            false,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             text,
             "DANM network Kind: DanmNet\nIP version: IPv4\nCIDR: 10.100.100.0/24\nPool start: 10.100.100.1\nPool end: 10.100.100.254\nCapacity: 254, allocated: 1, free: 253\nShards: 1, largest: 24 bytes\n--------------------------------------------------------------\n10.100.100.0 : reserved (network base address)\n10.100.100.1 : allocated (Pod: kube-system/danmtest-1, CID: 0123456789ab, if: eth0)\n10.100.100.255 : reserved (broadcast address)\n"
@@ -303,9 +340,31 @@ mod tests {
             &[],
             true,
             Some("10.100.100.0/30"),
+            false,
         )
         .unwrap();
         assert!(all.ends_with("10.100.100.0 : reserved (network base address)\n10.100.100.1 : free\n10.100.100.2 : free\n10.100.100.3 : free\n"), "{all}");
-        assert!(render("DanmNet", &info(), false, &[], true, Some("10.0.0.0/8")).is_err());
+        assert!(
+            render(
+                "DanmNet",
+                &info(),
+                false,
+                &[],
+                true,
+                Some("10.0.0.0/8"),
+                false
+            )
+            .is_err()
+        );
+        // -o wide: the whole container id, the host and the netns.
+        let mut placed = alloc;
+        if let Some(o) = placed.owner.as_mut() {
+            o.host = "node-1".into();
+        }
+        let wide = render("DanmNet", &info(), false, &[placed], false, None, true).unwrap();
+        assert!(
+            wide.contains("10.100.100.1 : allocated (Pod: kube-system/danmtest-1, CID: 0123456789abcdef, if: eth0, host: node-1, netns: -)"),
+            "{wide}"
+        );
     }
 }

@@ -70,6 +70,29 @@ impl std::fmt::Debug for KubeStore {
     }
 }
 
+/// Every network of `kind`, or those of `namespace` (every ClusterNetwork either way).
+pub async fn list_networks(
+    client: &Client,
+    kind: NetworkKind,
+    namespace: Option<&str>,
+) -> StoreResult<Vec<NetworkObject>> {
+    networks::kind(kind)
+        .list(client.clone(), namespace)
+        .await
+        .map_err(map_err(|| format!("{kind}s")))
+}
+
+/// The AllocationShards that carry `key`'s network labels, in every namespace (a
+/// ClusterNetwork's live in ipamd's), as stored.
+pub async fn list_shards(client: &Client, key: &NetworkKey) -> StoreResult<Vec<AllocationShard>> {
+    let select = ListParams::default().labels(&network_selector(key));
+    Ok(Api::<AllocationShard>::all(client.clone())
+        .list(&select)
+        .await
+        .map_err(map_err(|| format!("shards of {key}")))?
+        .items)
+}
+
 /// One network as the API holds it, read without starting any watch (for showalloc while
 /// ipamd is down): the network, its shards (found by their network labels, in every
 /// namespace: a ClusterNetwork's live in ipamd's) and the DanmEps that carry its labels (in
@@ -86,11 +109,8 @@ pub async fn read_network(
         return Ok(None);
     };
     let select = ListParams::default().labels(&network_selector(key));
-    let shards = Api::<AllocationShard>::all(client.clone())
-        .list(&select)
-        .await
-        .map_err(map_err(|| format!("shards of {key}")))?
-        .items
+    let shards = list_shards(client, key)
+        .await?
         .into_iter()
         .map(to_stored)
         .filter(|s| s.as_ref().map_or(true, |s| &s.key.network == key))
@@ -218,7 +238,7 @@ impl Store for KubeStore {
         for kind in NetworkKind::ALL {
             out.extend(
                 networks::kind(kind)
-                    .list(self.client.clone())
+                    .list(self.client.clone(), None)
                     .await
                     .map_err(map_err(|| format!("{kind}s")))?,
             );

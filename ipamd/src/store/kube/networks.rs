@@ -83,8 +83,12 @@ impl NetworkResource for ClusterNetwork {
 pub(super) trait NetworkKindApi: Send + Sync {
     /// One network.
     async fn get(&self, client: Client, key: &NetworkKey) -> kube::Result<Option<NetworkObject>>;
-    /// Every network of the kind.
-    async fn list(&self, client: Client) -> kube::Result<Vec<NetworkObject>>;
+    /// Every network of the kind, or those of `namespace` (a ClusterNetwork has none: all).
+    async fn list(
+        &self,
+        client: Client,
+        namespace: Option<&str>,
+    ) -> kube::Result<Vec<NetworkObject>>;
     /// Creates or replaces a network.
     async fn put(&self, client: Client, network: &NetworkObject) -> kube::Result<()>;
     /// Deletes a network; false when it did not exist.
@@ -136,9 +140,16 @@ impl<K: NetworkResource> NetworkKindApi for Kind<K> {
             .map(|o| object(&o)))
     }
 
-    async fn list(&self, client: Client) -> kube::Result<Vec<NetworkObject>> {
-        let all: Api<K> = Api::all(client);
-        Ok(all
+    async fn list(
+        &self,
+        client: Client,
+        namespace: Option<&str>,
+    ) -> kube::Result<Vec<NetworkObject>> {
+        let api: Api<K> = match namespace {
+            Some(ns) if K::KIND.namespaced() => K::api(client, ns),
+            _ => Api::all(client),
+        };
+        Ok(api
             .list(&ListParams::default())
             .await?
             .items
