@@ -183,7 +183,7 @@ enum AuthorizationMode {
 /// The whole program: parses the process arguments and serves until SIGTERM; an error on
 /// standard error with exit status 1.
 pub fn main() -> std::process::ExitCode {
-    danm_runtime::main("ipamd", run(Args::parse()))
+    danm_runtime::main("ipamd", run(danm_runtime::args::parse::<Args>()))
 }
 
 /// Serves as `args` ask until SIGTERM: TLS, the authorization policy, the store (waited

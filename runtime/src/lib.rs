@@ -18,6 +18,8 @@
 //! * [`accept`]: taking TLS connections: accept with retries, the handshake with a timeout
 //!   and a failure counter (ipamd's gRPC port, the webhook);
 //! * [`tls`]: a serving certificate reloaded when its files change (webhook, ipamd);
+//! * [`args`]: a binary's flags parsed, with `--completions SHELL` (its shell completion
+//!   script) added to every binary;
 //! * [`index`]: a watch-fed index (relists and events handed to the index's code, and
 //!   whether every kind has been listed).
 
@@ -30,6 +32,7 @@ use axum::Router;
 use axum::routing::get;
 
 pub mod accept;
+pub mod args;
 pub mod index;
 pub mod lead;
 pub mod metrics;

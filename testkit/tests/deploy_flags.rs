@@ -152,3 +152,106 @@ fn check_command_lines(built: &str) {
         "every binary of the suite has its command line checked"
     );
 }
+
+/// Every binary an operator runs prints its shell completion script (`--completions`,
+/// added by `danm_runtime::args`), even one with required flags or subcommands, and lists
+/// the flag in `--help`. The CNI plugins are run by the container runtime with CNI's
+/// environment, not flags: they have none.
+#[test]
+fn every_binary_of_the_suite_prints_its_shell_completions() {
+    let binaries = [
+        "ipamd",
+        "ipamctl",
+        "showalloc",
+        "kubectl-showalloc",
+        "webhook",
+        "netwatcher",
+        "svcwatcher",
+        "cleaner",
+        "policer",
+        "danm-certs",
+    ];
+    for name in binaries {
+        let binary = workspace_binary(name);
+        for (shell, marker) in [
+            ("bash", "complete -F"),
+            ("zsh", "#compdef"),
+            ("fish", "complete -c"),
+        ] {
+            let out = Command::new(&binary)
+                .args(["--completions", shell])
+                .output()
+                .unwrap();
+            let script = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && script.contains(marker) && script.contains(name),
+                "{name} --completions {shell}: {}{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let help = Command::new(&binary).arg("--help").output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("--completions <SHELL>"),
+            "{name} --help"
+        );
+        let refused = Command::new(&binary)
+            .args(["--completions", "tcsh"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{name}: an unknown shell is a usage error"
+        );
+    }
+}
+
+/// `deploy/krew/package.sh` makes the archive krew installs `kubectl showalloc` from: the
+/// manifest it writes names the archive's sha256, its `bin` and `files` are in the archive,
+/// and the binary in it runs.
+#[test]
+fn the_krew_manifest_names_the_archive_package_sh_builds() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new("sh")
+        .arg(deploy_dir().join("krew/package.sh"))
+        .arg("v9.9.9")
+        .arg(out.path())
+        .arg(workspace_binary("kubectl-showalloc"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(out.path().join("showalloc.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["spec"]["version"], "v9.9.9");
+    let platform = &manifest["spec"]["platforms"][0];
+    let archive = out.path().join("kubectl-showalloc-linux-amd64.tar.gz");
+    assert!(
+        platform["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/download/v9.9.9/kubectl-showalloc-linux-amd64.tar.gz")
+    );
+    let sum = Command::new("sha256sum").arg(&archive).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(platform["sha256"].as_str(), sum.split_whitespace().next());
+    let unpacked = tempfile::tempdir().unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(unpacked.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    for file in platform["files"].as_array().unwrap() {
+        assert!(unpacked.path().join(file["from"].as_str().unwrap()).exists());
+    }
+    let bin = unpacked.path().join(platform["bin"].as_str().unwrap());
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--all-namespaces"));
+}

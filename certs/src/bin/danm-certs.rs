@@ -76,7 +76,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    danm_runtime::main("danm-certs", run(Args::parse()))
+    danm_runtime::main("danm-certs", run(danm_runtime::args::parse::<Args>()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

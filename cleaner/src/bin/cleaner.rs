@@ -76,7 +76,7 @@ enum Output {
 }
 
 fn main() -> std::process::ExitCode {
-    danm_runtime::main("cleaner", run(Args::parse()))
+    danm_runtime::main("cleaner", run(danm_runtime::args::parse::<Args>()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -123,7 +123,7 @@ fn owner(who: &Who, pod: &str, namespace: &str) -> pb::Owner {
 /// The whole program: parses the process arguments, prints the answer, or the error on
 /// standard error with exit status 1.
 pub fn main() -> std::process::ExitCode {
-    danm_runtime::main("ipamctl", run(Cli::parse()))
+    danm_runtime::main("ipamctl", run(danm_runtime::args::parse::<Cli>()))
 }
 
 /// Runs one command; prints its answer.

@@ -61,7 +61,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    danm_runtime::main("policer", run(Args::parse()))
+    danm_runtime::main("policer", run(danm_runtime::args::parse::<Args>()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

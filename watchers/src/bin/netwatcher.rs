@@ -33,7 +33,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    danm_runtime::main("netwatcher", run(Args::parse()))
+    danm_runtime::main("netwatcher", run(danm_runtime::args::parse::<Args>()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    danm_runtime::main("svcwatcher", run(Args::parse()))
+    danm_runtime::main("svcwatcher", run(danm_runtime::args::parse::<Args>()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

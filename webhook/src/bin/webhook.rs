@@ -84,7 +84,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    danm_runtime::main("webhook", run(Args::parse()))
+    danm_runtime::main("webhook", run(danm_runtime::args::parse::<Args>()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -115,7 +115,7 @@ pub fn danm_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 /// The whole program: parses the process arguments, prints the listing (exit status 0),
 /// or the error on standard error (1, 2 or 3: see [`ShowallocError::exit_code`]).
 pub fn main() -> std::process::ExitCode {
-    let args = Args::parse_from(danm_style_args(std::env::args()));
+    let args: Args = danm_runtime::args::parse_from(danm_style_args(std::env::args()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
