@@ -64,6 +64,8 @@ async fn ipamd_with_example_networks_serves_ipamctl_and_showalloc() {
             "web-0",
             "--container-id",
             "3f2a9c1b7d4e",
+            "--host",
+            "node-1",
             "--interfaces",
             r#"[{"network":"internal","ip":"dynamic"},{"clusterNetwork":"external","ip":"dynamic","ip6":"dynamic"}]"#,
         ],
@@ -139,6 +141,68 @@ async fn ipamd_with_example_networks_serves_ipamctl_and_showalloc() {
     assert!(
         !ok && text.contains("DanmNet default/nope not found"),
         "{text}"
+    );
+
+    // ipamctl for administrators: list, reclaim, gc, -o json.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (ok, text) = run(ctl, &[&["--ipamd", &addr, "-o", "json"], args].concat());
+        assert!(ok, "{args:?}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    };
+    let listed = json(&["list", "--dnet", "internal"]);
+    assert_eq!(listed[0]["address"], "10.240.1.100");
+    assert_eq!(listed[0]["pod"], "default/web-0");
+    assert_eq!(listed[0]["ifname"], "eth0");
+    // web-0's address has its record: not an orphan, nothing freed.
+    let fingerprint = listed[0]["fingerprint"].as_str().unwrap().to_owned();
+    let reclaimed = json(&[
+        "reclaim",
+        "--dnet",
+        "internal",
+        "--address",
+        "10.240.1.100",
+        "--fingerprint",
+        &fingerprint,
+    ]);
+    assert_eq!(reclaimed["released"], serde_json::json!([]));
+    // gc without --yes sends nothing (exit 2); with it, keeps only what --keep names.
+    let out = Command::new(ctl)
+        .args([
+            "--ipamd",
+            &addr,
+            "gc",
+            "--host",
+            "node-1",
+            "--keep",
+            "3f2a9c1b7d4e/eth0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --yes"));
+    assert_eq!(json(&["status"])["ready"], true);
+    let collected = json(&[
+        "gc",
+        "--host",
+        "node-1",
+        "--keep",
+        "3f2a9c1b7d4e/eth0",
+        "--yes",
+    ]);
+    let released: Vec<&str> = collected["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        released.iter().any(|a| a.starts_with("10.100.0.2"))
+            && !released.iter().any(|a| a.starts_with("10.240.1.100")),
+        "web-0's ext1 (not kept) is released, its eth0 (kept) is not: {released:?}"
+    );
+    assert_eq!(
+        json(&["list", "--dnet", "internal"])[0]["address"],
+        "10.240.1.100"
     );
 
     // Standard gRPC health and reflection.

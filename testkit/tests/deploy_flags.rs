@@ -249,7 +249,12 @@ fn the_krew_manifest_names_the_archive_package_sh_builds() {
             .success()
     );
     for file in platform["files"].as_array().unwrap() {
-        assert!(unpacked.path().join(file["from"].as_str().unwrap()).exists());
+        assert!(
+            unpacked
+                .path()
+                .join(file["from"].as_str().unwrap())
+                .exists()
+        );
     }
     let bin = unpacked.path().join(platform["bin"].as_str().unwrap());
     let help = Command::new(bin).arg("--help").output().unwrap();

@@ -1,10 +1,12 @@
 //! ipamctl: the operator's CLI for a running ipamd (status, allocate, release, attach,
-//! detach), through the one ipamd client of `danm_proto::client`. Like [`crate::run`], the
-//! body of a binary: it reports errors with `anyhow`.
+//! detach, list, gc, reclaim), through the one ipamd client of `danm_proto::client`, with
+//! `-o json` for scripts. Like [`crate::run`], the body of a binary: it reports errors with
+//! `anyhow`.
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use danm_proto::client::Settings;
 use danm_proto::v1 as pb;
+use serde_json::json;
 
 /// Talks to a running ipamd.
 #[derive(Parser, Debug)]
@@ -16,8 +18,20 @@ pub struct Cli {
     ipamd: String,
     #[command(flatten)]
     tls: danm_proto::client::TlsArgs,
+    /// Output: `text` or `json` (one JSON document per command, for scripts).
+    #[arg(short = 'o', long, value_enum, default_value = "text", global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `-o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -87,6 +101,10 @@ enum Command {
         /// The danm.io/interfaces annotation (JSON); empty for the default network.
         #[arg(long, default_value = "")]
         interfaces: String,
+        /// The node the pod runs on (recorded; `gc --host` collects by it). With node
+        /// authorization ipamd records the caller's node instead.
+        #[arg(long, default_value = "")]
+        host: String,
     },
     /// Releases every interface of a container.
     Detach {
@@ -94,6 +112,68 @@ enum Command {
         #[arg(long)]
         container_id: String,
     },
+    /// Every allocated address of one network, with its owner (ipamd's view; showalloc
+    /// reads the same from the API).
+    List {
+        #[command(flatten)]
+        net: Net,
+    },
+    /// Releases every allocation attached on a node except the owners kept (a node's
+    /// leftovers, as CNI GC does; the cleaner does it for deleted pods and nodes).
+    Gc {
+        /// The node whose attachments are collected.
+        #[arg(long)]
+        host: String,
+        /// An owner to keep, `CONTAINER_ID/IFNAME`; repeat it.
+        #[arg(long, value_parser = parse_attachment)]
+        keep: Vec<pb::Attachment>,
+        /// Only this network (`--dnet`/`--cnet`/`--tnet`); default: every network.
+        #[command(flatten)]
+        net: OptionalNet,
+        /// Really release (without it, nothing is sent: gc frees every allocation of the
+        /// node that is not kept).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Frees one address a crash left held with no endpoint record (an orphan, as showalloc
+    /// and the cleaner show it). Re-checked by ipamd: nothing is freed unless it still is one.
+    Reclaim {
+        #[command(flatten)]
+        net: Net,
+        /// The address, without prefix.
+        #[arg(long)]
+        address: String,
+        /// The owner fingerprint stored beside it (16 hex digits, from `list` or showalloc).
+        #[arg(long)]
+        fingerprint: String,
+    },
+}
+
+/// A network, optional (`gc`).
+#[derive(ClapArgs, Debug)]
+struct OptionalNet {
+    /// Name of a DanmNet.
+    #[arg(long, group = "gc-net")]
+    dnet: Option<String>,
+    /// Name of a ClusterNetwork.
+    #[arg(long, group = "gc-net")]
+    cnet: Option<String>,
+    /// Name of a TenantNetwork.
+    #[arg(long, group = "gc-net")]
+    tnet: Option<String>,
+    /// Namespace of the DanmNet or TenantNetwork.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+}
+
+fn parse_attachment(text: &str) -> Result<pb::Attachment, String> {
+    match text.split_once('/') {
+        Some((cid, ifname)) if !cid.is_empty() && !ifname.is_empty() => Ok(pb::Attachment {
+            container_id: cid.to_owned(),
+            ifname: ifname.to_owned(),
+        }),
+        _ => Err(format!("{text:?}: expected CONTAINER_ID/IFNAME")),
+    }
 }
 
 fn network(net: &Net) -> anyhow::Result<pb::NetworkRef> {
@@ -126,8 +206,24 @@ pub fn main() -> std::process::ExitCode {
     danm_runtime::main("ipamctl", run(danm_runtime::args::parse::<Cli>()))
 }
 
+/// Prints `value` as JSON, or `text` for people.
+fn print(output: Output, text: impl FnOnce() -> String, value: impl FnOnce() -> serde_json::Value) {
+    match output {
+        Output::Text => println!("{}", text()),
+        Output::Json => println!("{:#}", value()),
+    }
+}
+
 /// Runs one command; prints its answer.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Gc { yes: false, .. } = &cli.command {
+        // Nothing is sent: refuse as a usage error, before connecting.
+        eprintln!(
+            "Error: gc releases every allocation attached on --host that --keep does not name; add --yes to do it"
+        );
+        std::process::exit(2);
+    }
+    let out = cli.output;
     let settings = Settings::new(&cli.ipamd, &format!("ipamctl-{}", std::process::id()))
         .with_tls(cli.tls.tls());
     let mut c = danm_proto::client::connect(&settings).await?;
@@ -139,9 +235,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!(
-                "ready: {}\nstore: {}\nnetworks: {}\nversion: {}",
-                s.ready, s.store, s.networks, s.version
+            let c = s.counters.unwrap_or_default();
+            print(
+                out,
+                || {
+                    format!(
+                        "ready: {}\nstore: {}\nnetworks: {}\nversion: {}",
+                        s.ready, s.store, s.networks, s.version
+                    )
+                },
+                || {
+                    json!({
+                        "ready": s.ready, "store": s.store, "networks": s.networks,
+                        "version": s.version,
+                        "counters": {
+                            "allocations": c.allocations, "rounds": c.rounds,
+                            "shardWrites": c.shard_writes, "shardConflicts": c.shard_conflicts,
+                            "retries": c.retries, "corruptShards": c.corrupt_shards,
+                            "orphansReclaimed": c.orphans_reclaimed,
+                        },
+                    })
+                },
             );
         }
         Command::Allocate {
@@ -161,9 +275,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!(
-                "{}/{}: ip={} ip6={}",
-                who.container_id, who.ifname, r.ip, r.ip6
+            print(
+                out,
+                || {
+                    format!(
+                        "{}/{}: ip={} ip6={}",
+                        who.container_id, who.ifname, r.ip, r.ip6
+                    )
+                },
+                || json!({"containerID": who.container_id, "ifname": who.ifname, "ip": r.ip, "ip6": r.ip6}),
             );
         }
         Command::Release { net, who } => {
@@ -175,13 +295,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("released: {}", r.released.join(", "));
+            released(out, &r.released);
         }
         Command::Attach {
             namespace,
             pod,
             container_id,
             interfaces,
+            host,
         } => {
             let r = c
                 .attach(pb::AttachRequest {
@@ -189,18 +310,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     pod_name: pod,
                     container_id,
                     interfaces_json: interfaces,
+                    host,
                     ..Default::default()
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
-            for i in r.interfaces {
-                let net = i.network.map(|n| n.name).unwrap_or_default();
-                println!(
+            let line = |i: &pb::InterfacePlan| {
+                let net = i
+                    .network
+                    .as_ref()
+                    .map(|n| n.name.as_str())
+                    .unwrap_or_default();
+                format!(
                     "{} on {net} ({}): ip={} ip6={}",
                     i.ifname, i.network_type, i.ip, i.ip6
-                );
-            }
+                )
+            };
+            print(
+                out,
+                || r.interfaces.iter().map(line).collect::<Vec<_>>().join("\n"),
+                || {
+                    json!(
+                        r.interfaces
+                            .iter()
+                            .map(|i| json!({
+                                "ifname": i.ifname,
+                                "network": i.network.as_ref().map(|n| n.name.clone()),
+                                "networkType": i.network_type, "ip": i.ip, "ip6": i.ip6,
+                            }))
+                            .collect::<Vec<_>>()
+                    )
+                },
+            );
         }
         Command::Detach { container_id } => {
             let r = c
@@ -211,8 +353,103 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("released: {}", r.released.join(", "));
+            released(out, &r.released);
+        }
+        Command::List { net } => {
+            let mut stream = c
+                .list_allocations(pb::ListAllocationsRequest {
+                    network: Some(network(&net)?),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let mut all = Vec::new();
+            while let Some(a) = stream.message().await.map_err(status)? {
+                all.push(a);
+            }
+            let owner_of = |a: &pb::Allocation| a.owner.clone().unwrap_or_default();
+            print(
+                out,
+                || {
+                    all.iter()
+                        .map(|a| {
+                            let o = owner_of(a);
+                            if o.container_id.is_empty() {
+                                format!("{} orphan fingerprint={}", a.address, a.fingerprint)
+                            } else {
+                                format!(
+                                    "{} {}/{} {}/{} host={}",
+                                    a.address,
+                                    o.pod_namespace,
+                                    o.pod_name,
+                                    o.container_id,
+                                    o.ifname,
+                                    o.host
+                                )
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                },
+                || {
+                    json!(all.iter().map(|a| {
+                        let o = owner_of(a);
+                        json!({
+                            "address": a.address, "fingerprint": a.fingerprint,
+                            "pod": (!o.pod_name.is_empty()).then(|| format!("{}/{}", o.pod_namespace, o.pod_name)),
+                            "containerID": o.container_id, "ifname": o.ifname, "host": o.host,
+                        })
+                    }).collect::<Vec<_>>())
+                },
+            );
+        }
+        Command::Gc {
+            host, keep, net, ..
+        } => {
+            let network = match (&net.dnet, &net.cnet, &net.tnet) {
+                (None, None, None) => None,
+                _ => Some(network(&Net {
+                    dnet: net.dnet,
+                    cnet: net.cnet,
+                    tnet: net.tnet,
+                    namespace: net.namespace,
+                })?),
+            };
+            let r = c
+                .gc(pb::GcRequest {
+                    valid: keep,
+                    network,
+                    host,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            released(out, &r.released);
+        }
+        Command::Reclaim {
+            net,
+            address,
+            fingerprint,
+        } => {
+            let r = c
+                .reclaim_orphan(pb::ReclaimOrphanRequest {
+                    network: Some(network(&net)?),
+                    address,
+                    fingerprint,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            released(out, &r.released);
         }
     }
     Ok(())
+}
+
+fn released(out: Output, released: &[String]) {
+    print(
+        out,
+        || format!("released: {}", released.join(", ")),
+        || json!({ "released": released }),
+    );
 }
