@@ -48,3 +48,12 @@ mod tests {
         assert!(!never_carried_out(&reset));
     }
 }
+
+/// A status for a person: its code and message, and the causes behind a transport error
+/// (a refused TLS handshake is only "transport error" without them).
+pub fn describe(status: &Status) -> String {
+    let causes = std::error::Error::source(status)
+        .map(|e| format!(" ({})", crate::client::source_chain(e)))
+        .unwrap_or_default();
+    format!("{:?}: {}{causes}", status.code(), status.message())
+}

@@ -227,7 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::new(&cli.ipamd, &format!("ipamctl-{}", std::process::id()))
         .with_tls(cli.tls.tls());
     let mut c = danm_proto::client::connect(&settings).await?;
-    let status = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    let status = |s: tonic::Status| anyhow::anyhow!("{}", danm_proto::status::describe(&s));
     match cli.command {
         Command::Status => {
             let s = c

@@ -276,20 +276,20 @@ async fn from_ipamd(
             network: Some(network.clone()),
         })
         .await
-        .map_err(|s| ipamd(s.message().to_owned()))?
+        .map_err(|s| ipamd(danm_proto::status::describe(&s)))?
         .into_inner();
     let mut stream = client
         .list_allocations(pb::ListAllocationsRequest {
             network: Some(network.clone()),
         })
         .await
-        .map_err(|s| ipamd(s.message().to_owned()))?
+        .map_err(|s| ipamd(danm_proto::status::describe(&s)))?
         .into_inner();
     let mut allocations = Vec::new();
     while let Some(a) = stream
         .message()
         .await
-        .map_err(|s| ipamd(s.message().to_owned()))?
+        .map_err(|s| ipamd(danm_proto::status::describe(&s)))?
     {
         allocations.push(a);
     }
