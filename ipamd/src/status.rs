@@ -434,3 +434,105 @@ async fn patch_status(client: &Client, net: &Network, status: &NetworkStatus) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danm_crds::NetworkOptions;
+
+    fn net(name: &str) -> Box<Network> {
+        Box::new(Network {
+            key: NetworkKey::new(NetworkKind::DanmNet, "telco", name),
+            uid: format!("uid-{name}"),
+            generation: Some(1),
+            spec: NetworkSpec {
+                network_id: name.into(),
+                options: NetworkOptions {
+                    cidr: Some("10.0.0.0/24".into()),
+                    ..NetworkOptions::default()
+                },
+                ..NetworkSpec::default()
+            },
+            status: None,
+        })
+    }
+
+    #[test]
+    fn a_marked_network_waits_its_interval_and_the_budget_bounds_a_second() {
+        let mut mirror = Mirror::default();
+        mirror.apply(Update::Networks(
+            NetworkKind::DanmNet,
+            Change::Relisted(vec![net("a"), net("b"), net("c")]),
+        ));
+        let start = Instant::now();
+        let interval = Duration::from_secs(30);
+        // Three marked, a budget of two: two now, the third stays marked.
+        let first = mirror.due(interval, 2, start);
+        assert_eq!(first.len(), 2);
+        assert_eq!(mirror.marked.len(), 1);
+        for key in &first {
+            mirror.last_write.insert(key.clone(), start);
+        }
+        // A written network marked again waits out its interval; the other one goes.
+        mirror.marked.insert(first[0].clone());
+        let second = mirror.due(interval, 2, start + Duration::from_secs(1));
+        assert_eq!(second.len(), 1);
+        assert!(!second.contains(&first[0]));
+        assert!(mirror.marked.contains(&first[0]));
+        let later = mirror.due(interval, 2, start + interval);
+        assert_eq!(later, vec![first[0].clone()]);
+    }
+
+    #[test]
+    fn only_a_status_that_differs_is_written_and_a_deleted_network_is_forgotten() {
+        let mut mirror = Mirror::default();
+        mirror.apply(Update::Networks(
+            NetworkKind::DanmNet,
+            Change::Applied(net("a")),
+        ));
+        let key = NetworkKey::new(NetworkKind::DanmNet, "telco", "a");
+        let (_, status) = mirror.wanted(&key, "2026-12-07T10:00:00Z").unwrap();
+        assert_eq!(status.ipv4.as_ref().unwrap().used, 0);
+        // Stored as computed: nothing to write, whatever the time.
+        let mut stored = net("a");
+        stored.status = Some(status);
+        mirror.apply(Update::Networks(
+            NetworkKind::DanmNet,
+            Change::Applied(stored),
+        ));
+        assert!(mirror.wanted(&key, "2026-12-07T11:00:00Z").is_none());
+        // A shard of it marks it, and its count changes the status.
+        let mut bits = danm_core::ShardBits::new();
+        bits.insert(1, 7).unwrap();
+        let encoded = bits.encode();
+        let spec = danm_crds::AllocationShardSpec {
+            network: danm_crds::ShardNetworkRef {
+                kind: "DanmNet".into(),
+                namespace: "telco".into(),
+                name: "a".into(),
+                uid: "uid-a".into(),
+            },
+            family: "IPv4".into(),
+            cidr: "10.0.0.0/24".into(),
+            size: 256,
+            allocated: encoded.allocated,
+            crc32: encoded.crc32,
+            payload: encoded.payload,
+            ..Default::default()
+        };
+        mirror.marked.clear();
+        mirror.apply(Update::Shards(Change::Applied((
+            "telco/dn.a.v4.0".into(),
+            ShardFacts::of(&spec),
+        ))));
+        assert!(mirror.marked.contains(&key));
+        let (_, status) = mirror.wanted(&key, "2026-12-07T12:00:00Z").unwrap();
+        assert_eq!(status.ipv4.unwrap().used, 1);
+        // Deleted: unmarked and forgotten.
+        mirror.apply(Update::Networks(
+            NetworkKind::DanmNet,
+            Change::Deleted(net("a")),
+        ));
+        assert!(!mirror.marked.contains(&key) && mirror.wanted(&key, "x").is_none());
+    }
+}
