@@ -105,7 +105,14 @@ fn routes(map: Option<&std::collections::BTreeMap<String, String>>) -> Vec<pb::R
 
 fn fail(e: EngineError) -> Status {
     let s = status(&e);
-    tracing::debug!(code = ?s.code(), message = s.message(), "request refused");
+    // What an operator must see (a full pool, a refused network) at info; the rest, which
+    // any caller can cause at will (a malformed request, an unknown network), at debug.
+    match s.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition => {
+            tracing::info!(code = ?s.code(), message = s.message(), "request refused")
+        }
+        _ => tracing::debug!(code = ?s.code(), message = s.message(), "request refused"),
+    }
     s
 }
 
