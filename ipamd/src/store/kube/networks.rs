@@ -196,17 +196,20 @@ impl<K: NetworkResource> NetworkKindApi for Kind<K> {
             let mut stream = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .boxed();
-            // The generation last announced per network: a write of the status subresource
-            // (or of metadata) leaves it unchanged and is not announced, so the engine does
-            // not read the network again for it.
-            let mut generations: HashMap<NetworkKey, Option<i64>> = HashMap::new();
+            // The object (UID) and generation last announced per network: a write of the
+            // status subresource (or of metadata) leaves both unchanged and is not
+            // announced, so the engine does not read the network again for it. A network
+            // deleted and created again has another UID, even when a relist hid the delete.
+            let mut generations: HashMap<NetworkKey, (Option<String>, Option<i64>)> =
+                HashMap::new();
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                         let key = key_of(&o);
-                        let generation = o.meta().generation;
-                        let before = generations.insert(key.clone(), generation);
-                        if generation.is_none() || before != Some(generation) {
+                        let seen = (o.meta().uid.clone(), o.meta().generation);
+                        let unknown = seen.1.is_none();
+                        let before = generations.insert(key.clone(), seen.clone());
+                        if unknown || before.as_ref() != Some(&seen) {
                             let _ = events.send(StoreEvent::Network(key));
                         }
                     }
