@@ -30,6 +30,15 @@ pub fn never_carried_out(status: &Status) -> bool {
     }
 }
 
+/// A status for a person: its code and message, and the causes behind a transport error
+/// (a refused TLS handshake is only "transport error" without them).
+pub fn describe(status: &Status) -> String {
+    let causes = std::error::Error::source(status)
+        .map(|e| format!(" ({})", crate::client::source_chain(e)))
+        .unwrap_or_default();
+    format!("{:?}: {}{causes}", status.code(), status.message())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,13 +56,4 @@ mod tests {
         let reset = Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL)));
         assert!(!never_carried_out(&reset));
     }
-}
-
-/// A status for a person: its code and message, and the causes behind a transport error
-/// (a refused TLS handshake is only "transport error" without them).
-pub fn describe(status: &Status) -> String {
-    let causes = std::error::Error::source(status)
-        .map(|e| format!(" ({})", crate::client::source_chain(e)))
-        .unwrap_or_default();
-    format!("{:?}: {}{causes}", status.code(), status.message())
 }

@@ -178,8 +178,13 @@ fn every_binary_of_the_suite_prints_its_shell_completions() {
             ("zsh", "#compdef"),
             ("fish", "complete -c"),
         ] {
+            // As in a pod, where the Deployment sets flags' environment variables.
             let out = Command::new(&binary)
                 .args(["--completions", shell])
+                .env("IPAMD_STORE", "memory")
+                .env("POD_NAME", "x")
+                .env("POD_NAMESPACE", "danm-system")
+                .env("NODE_NAME", "node-1")
                 .output()
                 .unwrap();
             let script = String::from_utf8_lossy(&out.stdout);
