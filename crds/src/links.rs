@@ -43,7 +43,9 @@ pub struct NodeLinkReportSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LinkFailure {
     /// The network (`DanmNet telco/sig`).
+    #[schemars(length(max = 512))]
     pub network: String,
-    /// netwatcher's reason (`HostDeviceMissing`, `LinkNameConflict`, ...) and what it says.
+    /// netwatcher's reason (`HostDeviceMissing`, `LinkConflict`, ...) and what it says.
+    #[schemars(length(max = 1024))]
     pub reason: String,
 }

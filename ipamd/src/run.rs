@@ -267,7 +267,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let rpc_metrics = RpcMetrics::default();
     let status_metrics = Arc::new(StatusMetrics::default());
-    start_status_writer(&args, &status_metrics).await?;
+    let status_writer = start_status_writer(&args, &status_metrics).await?;
     if let Some(addr) = args.admin_listen {
         let mut registry = metrics_registry(&engine, &rpc_metrics, args.metrics_tenant_names);
         status_metrics.register(&mut registry);
@@ -301,7 +301,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rpc_metrics,
         health,
     };
-    Ok(server::serve_with(engine, listener, options, danm_runtime::shutdown_signal()).await?)
+    let served =
+        server::serve_with(engine, listener, options, danm_runtime::shutdown_signal()).await;
+    // The status writer saw SIGTERM too: let it release its Lease, so that another replica
+    // takes over at once rather than when the Lease runs out.
+    if let Some(writer) = status_writer
+        && tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the status writer did not release its Lease within 5 s");
+    }
+    Ok(served?)
 }
 
 /// The authorization policy the flags ask for; refused when it cannot be enforced.
@@ -349,10 +360,14 @@ async fn policy(args: &Args) -> anyhow::Result<Policy> {
 }
 
 /// With --store kube and a status interval, joins the status Lease's election and writes
-/// the networks' status while holding it (in a task of its own, until SIGTERM).
-async fn start_status_writer(args: &Args, metrics: &Arc<StatusMetrics>) -> anyhow::Result<()> {
+/// the networks' status while holding it, in a task of its own that ends (the Lease
+/// released) after SIGTERM.
+async fn start_status_writer(
+    args: &Args,
+    metrics: &Arc<StatusMetrics>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if args.store != "kube" || args.status_interval_seconds == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let client = danm_runtime::kube_client(args.kubeconfig.as_deref()).await?;
     // Not worth failing ipamd for: allocation does not need it.
@@ -367,7 +382,7 @@ async fn start_status_writer(args: &Args, metrics: &Arc<StatusMetrics>) -> anyho
         Ok(election) => election,
         Err(e) => {
             tracing::error!(error = %e, lease = %args.status_lease, "cannot join the status writer's election; this replica writes no network status");
-            return Ok(());
+            return Ok(None);
         }
     };
     let config = StatusConfig {
@@ -375,14 +390,13 @@ async fn start_status_writer(args: &Args, metrics: &Arc<StatusMetrics>) -> anyho
         writes_per_second: args.status_writes_per_second,
     };
     let metrics = Arc::clone(metrics);
-    tokio::spawn(async move {
+    Ok(Some(tokio::spawn(async move {
         let term =
             |ending| write_while_leading(client.clone(), config, Arc::clone(&metrics), ending);
         if let Err(e) = election.run(danm_runtime::shutdown_signal(), term).await {
             tracing::error!(error = %e, "the status writer's election ended; statuses are no longer written by this replica");
         }
-    });
-    Ok(())
+    })))
 }
 
 /// Opens the store, puts the `--networks` manifests in it and starts the engine.

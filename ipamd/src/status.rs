@@ -4,8 +4,9 @@
 //! While it holds the Lease, the writer follows the three network kinds, every
 //! AllocationShard (kept as its [`ShardFacts`]: a few numbers, not its payload) and every
 //! node's NodeLinkReport (netwatcher's, summed into `status.links`) with watches. A change marks its network; a marked network's status is computed by
-//! `danm_core::network::status` and written through the `status` subresource (a merge patch
-//! with the network's UID as precondition) only when it differs from the stored one, at
+//! `danm_core::network::status` and written through the `status` subresource (the whole
+//! status replaced, on the condition that the object is the one last seen: its
+//! resourceVersion) only when it differs from the stored one, at
 //! most once per `interval` per network and `writes_per_second` in all. Nothing here is on
 //! an RPC's path: the engine never waits for it, and a failed write is retried later.
 //!
@@ -20,12 +21,13 @@ use danm_core::hostlinks::report::summary;
 use danm_core::network::status::{self as decide, ShardFacts};
 use danm_core::{NetworkKey, NetworkKind};
 use danm_crds::{
-    AllocationShard, ClusterNetwork, DanmNet, NetworkSpec, NetworkStatus, NodeLinkReport,
-    NodeLinkReportSpec, TenantNetwork,
+    AllocationShard, ClusterNetwork, ClusterNetworkSpec, DanmNet, DanmNetSpec, NetworkSpec,
+    NetworkStatus, NodeLinkReport, NodeLinkReportSpec, TenantNetwork, TenantNetworkSpec,
 };
 use danm_runtime::TermEnding;
 use danm_runtime::index::{Change, Synced, follow_map};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
@@ -69,6 +71,8 @@ impl StatusMetrics {
 struct Network {
     key: NetworkKey,
     uid: String,
+    /// The object's resourceVersion when last seen: the precondition of a status write.
+    resource_version: String,
     generation: Option<i64>,
     spec: NetworkSpec,
     status: Option<NetworkStatus>,
@@ -246,6 +250,7 @@ where
             meta.name.as_deref().unwrap_or_default(),
         ),
         uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
         generation: meta.generation,
         spec: spec.clone(),
         status: status.cloned(),
@@ -346,9 +351,14 @@ pub async fn write_while_leading(
                 None => break,
             },
             _ = tick.tick() => {
-                // Counts from part of the shards would be wrong: wait for every list.
+                // Counts from part of the shards would be wrong: wait for every list, and
+                // take in what is queued (a kind is counted as listed once its list is
+                // sent, before this loop has read it).
+                while let Ok(update) = rx.try_recv() {
+                    mirror.apply(update);
+                }
                 if synced.is_synced() {
-                    write_due(&client, &mut mirror, config, &metrics).await;
+                    write_due(&client, &mut mirror, config, &metrics, &ending).await;
                 }
             }
         }
@@ -365,6 +375,7 @@ async fn write_due(
     mirror: &mut Mirror,
     config: StatusConfig,
     metrics: &StatusMetrics,
+    ending: &TermEnding,
 ) {
     let now = Instant::now();
     let stamp = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
@@ -376,7 +387,14 @@ async fn write_due(
         if due.is_empty() {
             return;
         }
-        for key in due {
+        let mut due = due.into_iter();
+        while let Some(key) = due.next() {
+            if ending.is_ending() {
+                // The Lease is lost or ipamd stops: no more writes in this term.
+                mirror.marked.insert(key);
+                mirror.marked.extend(due);
+                return;
+            }
             let Some((net, status)) = mirror.wanted(&key, &stamp) else {
                 continue;
             };
@@ -391,8 +409,8 @@ async fn write_due(
                     }
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
-                    // Gone, or replaced by another object of the same name (the UID
-                    // precondition): the watch will tell.
+                    // Gone, or changed since last seen (another writer, a new spec, a
+                    // network created again): the watch brings the object and marks it.
                     tracing::debug!(network = %key, reason = %e.message, "status not written");
                 }
                 Err(e) => {
@@ -406,29 +424,51 @@ async fn write_due(
     }
 }
 
+/// Replaces the network's whole status (a field that is gone must go: a merge patch would
+/// keep it), on the condition that the object is still the one last seen (its
+/// resourceVersion: a network changed or created again under the same name answers 409).
 async fn patch_status(client: &Client, net: &Network, status: &NetworkStatus) -> kube::Result<()> {
-    let body = serde_json::json!({
-        "metadata": { "uid": net.uid },
-        "status": status,
-    });
-    let patch = Patch::Merge(&body);
-    let params = PatchParams::default();
+    let metadata = ObjectMeta {
+        name: Some(net.key.name.clone()),
+        namespace: net.key.kind.namespaced().then(|| net.key.namespace.clone()),
+        resource_version: Some(net.resource_version.clone()),
+        ..ObjectMeta::default()
+    };
+    // The spec is the one last seen; the status subresource ignores it.
+    let network = net.spec.clone();
+    let status = Some(status.clone());
+    let params = PostParams::default();
     let name = &net.key.name;
     let namespace = &net.key.namespace;
     match net.key.kind {
         NetworkKind::DanmNet => {
+            let object = DanmNet {
+                metadata,
+                spec: DanmNetSpec { network },
+                status,
+            };
             Api::<DanmNet>::namespaced(client.clone(), namespace)
-                .patch_status(name, &params, &patch)
+                .replace_status(name, &params, &object)
                 .await?;
         }
         NetworkKind::TenantNetwork => {
+            let object = TenantNetwork {
+                metadata,
+                spec: TenantNetworkSpec { network },
+                status,
+            };
             Api::<TenantNetwork>::namespaced(client.clone(), namespace)
-                .patch_status(name, &params, &patch)
+                .replace_status(name, &params, &object)
                 .await?;
         }
         NetworkKind::ClusterNetwork => {
+            let object = ClusterNetwork {
+                metadata,
+                spec: ClusterNetworkSpec { network },
+                status,
+            };
             Api::<ClusterNetwork>::all(client.clone())
-                .patch_status(name, &params, &patch)
+                .replace_status(name, &params, &object)
                 .await?;
         }
     }
@@ -454,6 +494,7 @@ mod tests {
                 ..NetworkSpec::default()
             },
             status: None,
+            resource_version: "1".into(),
         })
     }
 

@@ -180,6 +180,12 @@ async fn ipamd_with_example_networks_serves_ipamctl_and_showalloc() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --yes"));
+    // An empty --host (an unset variable in a script) is refused: it would mean every node.
+    let out = Command::new(ctl)
+        .args(["--ipamd", &addr, "gc", "--host", "", "--yes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(json(&["status"])["ready"], true);
     let collected = json(&[
         "gc",

@@ -255,6 +255,11 @@ async fn one_elected_replica_writes_every_networks_status_and_kubectl_shows_it()
             first_failure: "status-node-2: HostDeviceMissing: no device ens9".into(),
         })
     );
+    // The reports gone, the summary goes too: the status is replaced, not merged.
+    for node in ["status-node-1", "status-node-2"] {
+        reports.delete(node, &Default::default()).await.unwrap();
+    }
+    wait_status(&api, "sig", "without links", |_, s| s.links.is_none()).await;
 
     // One replica writes; the other only waits for the Lease.
     let writes = (a.status_writes().await, b.status_writes().await);

@@ -121,8 +121,9 @@ enum Command {
     /// Releases every allocation attached on a node except the owners kept (a node's
     /// leftovers, as CNI GC does; the cleaner does it for deleted pods and nodes).
     Gc {
-        /// The node whose attachments are collected.
-        #[arg(long)]
+        /// The node whose attachments are collected (never empty: an empty host would
+        /// mean every node's).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         host: String,
         /// An owner to keep, `CONTAINER_ID/IFNAME`; repeat it.
         #[arg(long, value_parser = parse_attachment)]

@@ -21,7 +21,7 @@ struct Args {
     #[command(flatten)]
     cluster: ClusterArgs,
     /// This node's name (the Events' reporting instance).
-    #[arg(long, env = "NODE_NAME", default_value = "unknown-node")]
+    #[arg(long, env = "NODE_NAME", default_value = netwatcher::UNKNOWN_NODE)]
     node_name: String,
     /// Time between full syncs (a link deleted by hand comes back within it), e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]

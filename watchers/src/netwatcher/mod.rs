@@ -41,6 +41,10 @@ pub use danm_netlink::{LinkError, NodeLinks};
 pub use metrics::Metrics;
 use report::Reporter;
 
+/// The node name netwatcher runs under when none is given: no link report is written
+/// under it (every such node would overwrite the others').
+pub const UNKNOWN_NODE: &str = "unknown-node";
+
 /// How netwatcher runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -170,7 +174,12 @@ pub async fn run(
     let (tenantnets, b) = follow::<TenantNetwork>(&client);
     let (clusternets, c) = follow::<ClusterNetwork>(&client);
     let mut changes = futures::stream::select_all([a.boxed(), b.boxed(), c.boxed()]);
-    let mut reporter = Reporter::new(client.clone(), &config.node);
+    let mut reporter = if config.node == UNKNOWN_NODE {
+        tracing::warn!("no --node-name (NODE_NAME): this node's link report is not written");
+        None
+    } else {
+        Some(Reporter::new(client.clone(), &config.node))
+    };
     let recorder = Recorder::new(
         client,
         kube::runtime::events::Reporter {
@@ -204,7 +213,9 @@ pub async fn run(
         let outcome = sync(&networks, &links, &recorder, &metrics, &mut reported).await;
         let outcome = match outcome {
             Ok(Synced { report, failed }) => {
-                reporter.publish(report).await;
+                if let Some(reporter) = reporter.as_mut() {
+                    reporter.publish(report).await;
+                }
                 failed.map_or(Ok(()), Err)
             }
             Err(e) => Err(e),
