@@ -12,11 +12,12 @@ cargo test --workspace --locked
 # roles the manifests give it (danm_testkit::identity applies them, and checks the identity
 # is refused Secrets). A request outside its role fails the test. Only the test files that
 # start a component (its binary or its library's client) against the API server: cleaner
-# (leaks, races, watch), svcwatcher and netwatcher, the webhook (api, faults), ipamd
-# (kube_attach, node_authz, showalloc_api), the policer (controller). `--workspace` with `--test` names selects just
+# (leaks, races, watch, calico: with the calico component's RBAC), svcwatcher and netwatcher
+# (its attachments test with the attachments component's RBAC), the webhook (api, faults),
+# ipamd (kube_attach, node_authz, showalloc_api, status), the policer (controller). `--workspace` with `--test` names selects just
 # those and keeps the features of the run above, so nothing is rebuilt: about 2 minutes more.
 DANM_TESTS_AS_SERVICE_ACCOUNTS=1 cargo test --workspace --locked \
-  --test leaks --test races --test watch \
+  --test leaks --test races --test watch --test calico \
   --test svcwatcher --test netwatcher \
   --test api --test faults \
   --test kube_attach --test node_authz --test showalloc_api --test status \

@@ -27,6 +27,7 @@ pub fn endpoint(ep: &DanmEp) -> EndpointFacts {
         ifname: s.interface.name.clone(),
         ip: s.interface.address.clone(),
         ip6: s.interface.address_ipv6.clone(),
+        network_type: s.network_type.clone(),
     }
 }
 

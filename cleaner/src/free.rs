@@ -23,7 +23,11 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::{CleanerError, Finding, Outcome, Settled, Subject, facts};
+use crate::{CleanerError, Finding, Outcome, Settled, Subject, calico, facts};
+use danm_core::calico::PodOf;
+
+/// Calico's handles of leaked sandboxes, by container id.
+type CalicoHandles = std::collections::HashMap<String, Vec<String>>;
 
 /// Frees findings: the API for fresh reads, ipamd for every release.
 #[derive(Clone)]
@@ -34,12 +38,16 @@ pub struct Freer {
     pub ipamd: danm_proto::client::Client,
     /// Re-check and report, free nothing.
     pub dry_run: bool,
+    /// Free the addresses Calico's IPAM gave leaked DanmEps of networks delegated to
+    /// Calico too ([`crate::calico`]).
+    pub calico: bool,
 }
 
 impl std::fmt::Debug for Freer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Freer")
             .field("dry_run", &self.dry_run)
+            .field("calico", &self.calico)
             .finish_non_exhaustive()
     }
 }
@@ -50,6 +58,15 @@ impl Freer {
     /// would only fence each other out); shards and DanmEps go in parallel.
     pub async fn settle(&self, findings: Vec<Finding>, concurrency: usize) -> Vec<Settled> {
         let concurrency = concurrency.max(1);
+        // Calico's handles of the sandboxes found leaked, from one list.
+        let calico = match self.calico_handles(&findings).await {
+            Ok(handles) => Ok(handles),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list Calico's handles; their DanmEps are kept");
+                Err(e.to_string())
+            }
+        };
+        let calico = &calico;
         let mut by_shard: std::collections::BTreeMap<String, Vec<Finding>> = Default::default();
         let mut others = Vec::new();
         for f in findings {
@@ -61,7 +78,7 @@ impl Freer {
             }
         }
         let mut settled: Vec<Settled> = futures::stream::iter(others)
-            .map(|f| self.settle_logged(f))
+            .map(|f| self.settle_logged(f, calico))
             .buffered(concurrency)
             .collect()
             .await;
@@ -69,7 +86,7 @@ impl Freer {
             .map(|group| async move {
                 let mut done = Vec::with_capacity(group.len());
                 for f in group {
-                    done.push(self.settle_logged(f).await);
+                    done.push(self.settle_logged(f, calico).await);
                 }
                 done
             })
@@ -80,8 +97,31 @@ impl Freer {
         settled
     }
 
-    async fn settle_logged(&self, finding: Finding) -> Settled {
-        let (reason, outcome) = match self.settle_one(&finding).await {
+    /// The handles of Calico's IPAM that the sandboxes of the leaked DanmEps of networks
+    /// delegated to Calico hold, by container id (none without `--calico`).
+    async fn calico_handles(&self, findings: &[Finding]) -> Result<CalicoHandles, CleanerError> {
+        if !self.calico {
+            return Ok(CalicoHandles::new());
+        }
+        let containers: std::collections::HashSet<String> = findings
+            .iter()
+            .filter_map(|f| match &f.subject {
+                Subject::Endpoint(ep) if ep.network_type == calico::NETWORK_TYPE => {
+                    Some(ep.container_id.clone())
+                }
+                _ => None,
+            })
+            .filter(|c| !c.is_empty())
+            .collect();
+        calico::handles_of(&self.client, &containers, crate::survey::DEFAULT_PAGE).await
+    }
+
+    async fn settle_logged(
+        &self,
+        finding: Finding,
+        calico: &Result<CalicoHandles, String>,
+    ) -> Settled {
+        let (reason, outcome) = match self.settle_one(&finding, calico).await {
             Ok(done) => done,
             Err(e) => (finding.reason, Outcome::Failed(e.to_string())),
         };
@@ -96,9 +136,13 @@ impl Freer {
         }
     }
 
-    async fn settle_one(&self, f: &Finding) -> Result<(Reason, Outcome), CleanerError> {
+    async fn settle_one(
+        &self,
+        f: &Finding,
+        calico: &Result<CalicoHandles, String>,
+    ) -> Result<(Reason, Outcome), CleanerError> {
         match &f.subject {
-            Subject::Endpoint(ep) => self.endpoint(f.reason, ep).await,
+            Subject::Endpoint(ep) => self.endpoint(f.reason, ep, calico).await,
             Subject::Address {
                 network,
                 address,
@@ -145,6 +189,7 @@ impl Freer {
         &self,
         found: Reason,
         ep: &EndpointFacts,
+        calico: &Result<CalicoHandles, String>,
     ) -> Result<(Reason, Outcome), CleanerError> {
         let api = Api::<DanmEp>::namespaced(self.client.clone(), &ep.namespace);
         let Some(fresh) = get(&api, &ep.name).await? else {
@@ -188,6 +233,11 @@ impl Freer {
         if self.dry_run {
             return Ok((reason, Outcome::WouldFree));
         }
+        // Calico's addresses first: should that fail, the DanmEp stays for the next pass.
+        let calico_freed = match self.free_calico(&facts, calico).await {
+            Ok(freed) => freed,
+            Err(e) => return Ok((reason, Outcome::Failed(e.to_string()))),
+        };
         let precondition = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: fresh.metadata.uid.clone(),
@@ -198,7 +248,7 @@ impl Freer {
         if reason == Reason::NetworkGone {
             // The shards went with the network: there is nothing left to free but the record.
             return match api.delete(&ep.name, &precondition).await {
-                Ok(_) => Ok((reason, Outcome::Freed(Vec::new()))),
+                Ok(_) => Ok((reason, Outcome::Freed(calico_freed))),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
                     Ok((reason, Outcome::Gone))
                 }
@@ -260,7 +310,35 @@ impl Freer {
                 }
             }
         }
-        Ok((reason, Outcome::Freed(answer.released)))
+        let mut freed = answer.released;
+        freed.extend(calico_freed);
+        Ok((reason, Outcome::Freed(freed)))
+    }
+
+    /// Frees what Calico's IPAM gave the sandbox of a leaked DanmEp of a network delegated
+    /// to Calico: the addresses freed, each marked `(Calico)`.
+    async fn free_calico(
+        &self,
+        facts: &EndpointFacts,
+        calico: &Result<CalicoHandles, String>,
+    ) -> Result<Vec<String>, CleanerError> {
+        if !self.calico || facts.network_type != calico::NETWORK_TYPE {
+            return Ok(Vec::new());
+        }
+        let handles = calico
+            .as_ref()
+            .map_err(|e| CleanerError::Calico(e.clone()))?;
+        let pod = PodOf {
+            namespace: &facts.namespace,
+            pod: &facts.pod,
+        };
+        let mut freed = Vec::new();
+        for handle in handles.get(&facts.container_id).into_iter().flatten() {
+            for address in calico::release(&self.client, handle, pod).await? {
+                freed.push(format!("{address} (Calico)"));
+            }
+        }
+        Ok(freed)
     }
 
     /// Deletes a shard of a network that is gone, if it still is.

@@ -15,9 +15,14 @@
 //! 3. [`report`]: one line per finding and one summary line (or JSON for scripts), and the
 //!    [`metrics`] by reason.
 //!
+//! With `--calico`, a leaked DanmEp of a network delegated to Calico also has the addresses
+//! Calico's IPAM gave its sandbox freed in Calico's datastore ([`calico`]), as danm-utils'
+//! cleaner did.
+//!
 //! `cleaner --once` runs one pass (a CronJob); `cleaner --watch` runs one every interval
 //! while it holds a Lease (a Deployment, replicated or not).
 
+pub mod calico;
 pub mod facts;
 pub mod free;
 pub mod metrics;
@@ -47,6 +52,9 @@ pub enum CleanerError {
         #[source]
         source: kube::Error,
     },
+    /// Calico's objects could not be released (the DanmEp is kept for the next pass).
+    #[error("Calico: {0}")]
+    Calico(String),
     /// A request to ipamd failed.
     #[error("{what}: ipamd answered {}: {}", source.code(), source.message())]
     Ipamd {

@@ -18,6 +18,10 @@
 //! the administrators' kinds before TenantNetworks, then to the older network. The others
 //! are reported as [`LinkProblem::Conflict`], and the CNI refuses to attach their pods to a
 //! parent whose id is not theirs.
+//!
+//! Links are claimed by a [`LinkOwner`]: one of our networks, or a NetworkAttachmentDefinition
+//! of a namespace the operator listed ([`attachment`]: DANM's netwatcher kept their links
+//! too, and rewrote their `master` to the link it made).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -62,6 +66,49 @@ impl LinkSpec {
     }
 }
 
+/// Who asks for a host link: one of the suite's networks, or a NetworkAttachmentDefinition.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkOwner {
+    /// A DanmNet, TenantNetwork or ClusterNetwork.
+    Network(NetworkKey),
+    /// A NetworkAttachmentDefinition (Multus' kind), by namespace and name.
+    Attachment {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl LinkOwner {
+    /// Whether a tenant may have written it: a TenantNetwork, or a NetworkAttachmentDefinition
+    /// (whose VLAN and VxLAN ids no TenantConfig limits). Such owners come after the
+    /// administrators' networks for a contested link, and are never named to another owner.
+    pub fn tenant_written(&self) -> bool {
+        match self {
+            LinkOwner::Network(key) => key.kind == NetworkKind::TenantNetwork,
+            LinkOwner::Attachment { .. } => true,
+        }
+    }
+}
+
+impl From<NetworkKey> for LinkOwner {
+    fn from(key: NetworkKey) -> LinkOwner {
+        LinkOwner::Network(key)
+    }
+}
+
+impl fmt::Display for LinkOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkOwner::Network(key) => key.fmt(f),
+            LinkOwner::Attachment { namespace, name } => {
+                write!(f, "NetworkAttachmentDefinition {namespace}/{name}")
+            }
+        }
+    }
+}
+
 /// A link the networks ask for, and which networks ask for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WantedLink {
@@ -70,7 +117,7 @@ pub struct WantedLink {
     /// What it must be.
     pub spec: LinkSpec,
     /// The networks that use it.
-    pub networks: Vec<NetworkKey>,
+    pub networks: Vec<LinkOwner>,
     /// Other networks that ask for the same name with other parameters, by precedence:
     /// each gets the link only if the node's link already fits it (see [`plan`]).
     pub rivals: Vec<Rival>,
@@ -82,7 +129,7 @@ pub struct Rival {
     /// What it asks.
     pub spec: LinkSpec,
     /// The networks that ask it.
-    pub networks: Vec<NetworkKey>,
+    pub networks: Vec<LinkOwner>,
 }
 
 /// The VLAN link of a network (DANM's name): `<NetworkID>.<id>`.
@@ -119,7 +166,7 @@ pub enum LinkProblem {
         /// The link.
         name: String,
         /// The network whose link it is.
-        holder: NetworkKey,
+        holder: LinkOwner,
     },
     /// The host device does not exist on this node.
     NoDevice(String),
@@ -127,6 +174,8 @@ pub enum LinkProblem {
     NoAddress(String),
     /// A link of that name exists that netwatcher did not create, with other parameters.
     Foreign(String),
+    /// A NetworkAttachmentDefinition's configuration cannot be kept: what is wrong with it.
+    BadAttachment(String),
 }
 
 impl LinkProblem {
@@ -139,6 +188,7 @@ impl LinkProblem {
             LinkProblem::NoDevice(_) => "HostDeviceMissing",
             LinkProblem::NoAddress(_) => "HostDeviceWithoutAddress",
             LinkProblem::Foreign(_) => "ForeignLink",
+            LinkProblem::BadAttachment(_) => "BadAttachmentConfig",
         }
     }
 }
@@ -150,12 +200,16 @@ impl fmt::Display for LinkProblem {
                 f,
                 "host link name {name:?} is longer than {MAX_NAME} characters: shorten the NetworkID"
             ),
-            LinkProblem::BadId(why) => f.write_str(why),
+            LinkProblem::BadId(why) | LinkProblem::BadAttachment(why) => f.write_str(why),
             // Another tenant's network is not named to this one's owner.
-            LinkProblem::Conflict { name, holder } if holder.kind == NetworkKind::TenantNetwork => {
+            LinkProblem::Conflict { name, holder } if holder.tenant_written() => {
+                let kind = match holder {
+                    LinkOwner::Network(key) => key.kind.as_str(),
+                    LinkOwner::Attachment { .. } => "NetworkAttachmentDefinition",
+                };
                 write!(
                     f,
-                    "host link {name} is held by a TenantNetwork with another device or id: choose another NetworkID"
+                    "host link {name} is held by a {kind} with another device or id: choose another NetworkID"
                 )
             }
             LinkProblem::Conflict { name, holder } => write!(
@@ -181,32 +235,44 @@ impl fmt::Display for LinkProblem {
 /// when both are set), or why not.
 pub fn network_links(spec: &NetworkSpec) -> Result<Vec<(String, LinkSpec)>, LinkProblem> {
     let o = &spec.options;
-    let Some(parent) = o.host_device.as_deref().filter(|d| !d.is_empty()) else {
-        return Ok(Vec::new());
-    };
+    match o.host_device.as_deref().filter(|d| !d.is_empty()) {
+        Some(parent) => links_of(&spec.network_id, parent, o.vlan, o.vxlan, "Options."),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The VLAN link `<id>.<vlan>` and the VxLAN link `vx_<id>` on `parent` that `vlan` and
+/// `vxlan` ask for (0 or absent: none); `field` prefixes the key names in errors.
+fn links_of(
+    id: &str,
+    parent: &str,
+    vlan: Option<i64>,
+    vxlan: Option<i64>,
+    field: &str,
+) -> Result<Vec<(String, LinkSpec)>, LinkProblem> {
     let mut out = Vec::new();
-    if let Some(vlan) = o.vlan.filter(|v| *v != 0) {
-        let id = u16::try_from(vlan)
+    if let Some(vlan) = vlan.filter(|v| *v != 0) {
+        let id16 = u16::try_from(vlan)
             .ok()
             .filter(|v| (1..=4094).contains(v))
-            .ok_or_else(|| LinkProblem::BadId(format!("Options.vlan {vlan} is not in 1-4094")))?;
+            .ok_or_else(|| LinkProblem::BadId(format!("{field}vlan {vlan} is not in 1-4094")))?;
         out.push((
-            vlan_link_name(&spec.network_id, u32::from(id)),
+            vlan_link_name(id, u32::from(id16)),
             LinkSpec::Vlan {
                 parent: parent.to_owned(),
-                id,
+                id: id16,
             },
         ));
     }
-    if let Some(vxlan) = o.vxlan.filter(|v| *v != 0) {
+    if let Some(vxlan) = vxlan.filter(|v| *v != 0) {
         let vni = u32::try_from(vxlan)
             .ok()
             .filter(|v| (1..=MAX_VNI).contains(v))
             .ok_or_else(|| {
-                LinkProblem::BadId(format!("Options.vxlan {vxlan} is not in 1-{MAX_VNI}"))
+                LinkProblem::BadId(format!("{field}vxlan {vxlan} is not in 1-{MAX_VNI}"))
             })?;
         out.push((
-            vxlan_link_name(&spec.network_id),
+            vxlan_link_name(id),
             LinkSpec::Vxlan {
                 parent: parent.to_owned(),
                 vni,
@@ -219,23 +285,36 @@ pub fn network_links(spec: &NetworkSpec) -> Result<Vec<(String, LinkSpec)>, Link
     Ok(out)
 }
 
-/// Every link the networks ask for, by name, and the networks whose links cannot be kept
-/// (a bad id, a name too long). Each network comes with its creation time (RFC 3339, as
-/// the API server writes it). When networks ask one name with different parameters, the
-/// first by precedence (administrators' kinds before TenantNetworks, then the older, then
-/// by key) is the [`WantedLink`]'s and the others are its [`Rival`]s: [`plan`] decides.
-pub fn wanted_links<'a>(
-    networks: impl IntoIterator<Item = (&'a NetworkKey, &'a NetworkSpec, &'a str)>,
-) -> (BTreeMap<String, WantedLink>, Vec<(NetworkKey, LinkProblem)>) {
-    let mut sorted: Vec<_> = networks.into_iter().collect();
-    sorted.sort_by(|a, b| precedence(a.0, a.2).cmp(&precedence(b.0, b.2)));
+/// What one owner asks: its links (or why it cannot have them) and its creation time
+/// (RFC 3339, as the API server writes it: the older owner keeps a contested link).
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// Who asks.
+    pub owner: LinkOwner,
+    /// `(name, spec)` of each link it asks for, or why not.
+    pub links: Result<Vec<(String, LinkSpec)>, LinkProblem>,
+    /// `metadata.creationTimestamp`.
+    pub created: String,
+}
+
+/// Every link the claims ask for, by name, and the owners whose links cannot be kept (a
+/// bad id, a name too long, a configuration that cannot be read). When owners ask one name
+/// with different parameters, the first by precedence (administrators' networks before
+/// those a tenant may write, then the older, then by key) is the [`WantedLink`]'s and the
+/// others are its [`Rival`]s: [`plan`] decides.
+pub fn wanted_links(
+    claims: impl IntoIterator<Item = Claim>,
+) -> (BTreeMap<String, WantedLink>, Vec<(LinkOwner, LinkProblem)>) {
+    let mut sorted: Vec<Claim> = claims.into_iter().collect();
+    sorted.sort_by(|a, b| precedence(&a.owner, &a.created).cmp(&precedence(&b.owner, &b.created)));
     let mut wanted: BTreeMap<String, WantedLink> = BTreeMap::new();
     let mut problems = Vec::new();
-    for (key, spec, _) in sorted {
-        let links = match network_links(spec) {
+    for Claim { owner, links, .. } in sorted {
+        let key = &owner;
+        let links = match links {
             Ok(links) => links,
             Err(problem) => {
-                problems.push((key.clone(), problem));
+                problems.push((owner.clone(), problem));
                 continue;
             }
         };
@@ -267,9 +346,9 @@ pub fn wanted_links<'a>(
     (wanted, problems)
 }
 
-/// The order in which networks get a contested link name.
-fn precedence<'a>(key: &'a NetworkKey, created: &'a str) -> (bool, &'a str, &'a NetworkKey) {
-    (key.kind == NetworkKind::TenantNetwork, created, key)
+/// The order in which owners get a contested link name.
+fn precedence<'a>(owner: &'a LinkOwner, created: &'a str) -> (bool, &'a str, &'a LinkOwner) {
+    (owner.tenant_written(), created, owner)
 }
 
 /// DANM's multicast group of a VNI over IPv4: 239.0.0.0 + VNI.
@@ -443,7 +522,7 @@ pub fn plan(
     wanted: &BTreeMap<String, WantedLink>,
     devices: &HashMap<String, Device>,
     observed: &[ObservedLink],
-) -> (Vec<Action>, Vec<(Vec<NetworkKey>, LinkProblem)>) {
+) -> (Vec<Action>, Vec<(Vec<LinkOwner>, LinkProblem)>) {
     let mut actions = Vec::new();
     let mut problems = Vec::new();
     let by_name: HashMap<&str, &ObservedLink> =
@@ -451,10 +530,9 @@ pub fn plan(
     let mut devices_up = Vec::new();
     for w in wanted.values() {
         let existing = by_name.get(w.name.as_str()).copied();
-        let mut claims: Vec<(&LinkSpec, &Vec<NetworkKey>)> =
-            std::iter::once((&w.spec, &w.networks))
-                .chain(w.rivals.iter().map(|r| (&r.spec, &r.networks)))
-                .collect();
+        let mut claims: Vec<(&LinkSpec, &Vec<LinkOwner>)> = std::iter::once((&w.spec, &w.networks))
+            .chain(w.rivals.iter().map(|r| (&r.spec, &r.networks)))
+            .collect();
         if let Some(at) = claims
             .iter()
             .position(|(spec, _)| holds(existing, spec, devices))
@@ -515,6 +593,7 @@ pub fn plan(
     (actions, problems)
 }
 
+pub mod attachment;
 pub mod report;
 mod table;
 

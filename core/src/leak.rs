@@ -93,6 +93,8 @@ pub struct EndpointFacts {
     pub ip: String,
     /// `Interface.AddressIPv6` (with prefix), `none` or empty.
     pub ip6: String,
+    /// `NetworkType`: `calico` when Calico's IPAM gave the interface its addresses.
+    pub network_type: String,
 }
 
 impl EndpointFacts {
@@ -213,6 +215,7 @@ mod tests {
             ifname: "eth0".into(),
             ip: "198.18.0.5/24".into(),
             ip6: String::new(),
+            network_type: "ipvlan".into(),
         }
     }
 

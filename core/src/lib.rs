@@ -30,6 +30,7 @@
 pub mod addr;
 #[cfg(feature = "kube")]
 pub mod admit;
+pub mod calico;
 pub mod codec;
 #[cfg(feature = "kube")]
 pub mod endpoint;

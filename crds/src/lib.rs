@@ -16,6 +16,10 @@
 //! * [`AllocationShard`] (namespaced, new): one slice of one address family of one network,
 //!   holding a roaring bitmap of the allocated addresses and a CRC32 of its payload.
 //!
+//! [`foreign`] holds other projects' kinds the suite reads and writes but never installs:
+//! Multus' NetworkAttachmentDefinition (netwatcher) and Calico's IPAM blocks and handles
+//! (the cleaner).
+//!
 //! [`names`] holds every label and annotation name the suite writes or reads.
 //!
 //! Without the default feature `kube` only the specs are built (no kube crate: the CNI
@@ -24,6 +28,7 @@
 //! [`all_crds`] returns every CustomResourceDefinition; the `crdgen` binary writes them to
 //! `crds/manifests/`, and a test fails when the checked-in YAML drifts from these types.
 
+pub mod foreign;
 mod links;
 pub mod names;
 mod netpol;

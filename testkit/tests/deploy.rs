@@ -695,7 +695,9 @@ async fn overlays_apply_on_the_real_api_server() {
 /// The cert-manager component (not in the overlays: it needs cert-manager's CRDs) builds
 /// on the base, replaces the danm-certs Job, and asks cainjector for both caBundles.
 /// The components of `deploy/components/`.
-const COMPONENTS: [&str; 6] = [
+const COMPONENTS: [&str; 8] = [
+    "attachments",
+    "calico",
     "cert-manager",
     "policer",
     "apiserver-client-auth",
@@ -753,6 +755,26 @@ fn no_pod_on_every_node_references_a_secret() {
             "{k} {n}"
         );
     }
+    // The attachments component turns NetworkAttachmentDefinitions on in the namespaces it
+    // lists, and gives netwatcher what that needs.
+    let objects = build_with("overlays/production", &["attachments"]);
+    let netwatcher = pod_spec(find(&objects, "DaemonSet", "danm-netwatcher")).unwrap();
+    let args = netwatcher["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("\"--attachment-namespaces\",\"telco\""),
+        "{args}"
+    );
+    assert_eq!(
+        find(&objects, "ClusterRole", "danm-netwatcher-attachments")["rules"][0]["verbs"],
+        serde_json::json!(["list", "watch", "update"])
+    );
+    // The calico component turns the cleaner's --calico on and gives it Calico's IPAM.
+    let objects = build_with("overlays/production", &["calico"]);
+    let cleaner = find(&objects, "CronJob", "danm-cleaner");
+    let args = cleaner["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .to_string();
+    assert!(args.contains("\"--calico\""), "{args}");
+    assert!(find(&objects, "ClusterRoleBinding", "danm-cleaner-calico").is_object());
     // The node-token component gives the installer a pod-bound token, not a Secret, and
     // ipamd the right to review it.
     let objects = build_with("overlays/production", &["node-token"]);

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use danm_core::hostlinks::{LinkParams, ObservedLink, group_v4};
 use danm_crds::NodeLinkReport;
+use danm_crds::foreign::attachment::NetworkAttachmentDefinition;
 use danm_netlink::Netlink;
 use danm_netlink::host::Observed;
 use danm_testkit::control_plane::ControlPlane;
 use danm_testkit::netns::Netns;
-use danm_watchers::netwatcher::{self, Config, Metrics, NodeLinks};
+use danm_watchers::netwatcher::{self, AttachmentNamespaces, Config, Metrics, NodeLinks};
 use k8s_openapi::api::core::v1::{Event, Node as KubeNode};
 use kube::api::{Api, ListParams, PostParams};
 
@@ -77,12 +78,27 @@ fn start(
     tokio::task::JoinHandle<()>,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    start_with(plane, node, metrics, "test-node", AttachmentNamespaces::Off)
+}
+
+fn start_with(
+    plane: &'static ControlPlane,
+    node: &Node,
+    metrics: Arc<Metrics>,
+    node_name: &str,
+    attachments: AttachmentNamespaces,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
     let links = node.links();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let node_name = node_name.to_owned();
     let task = tokio::spawn(async move {
         let config = Config {
             resync: Duration::from_secs(1),
-            node: "test-node".into(),
+            node: node_name,
+            attachments,
         };
         // netwatcher acts as its ServiceAccount when the run asks for it.
         let client = danm_testkit::identity::client_for(plane, "netwatcher", &[]).await;
@@ -305,6 +321,221 @@ async fn vxlan_links_follow_the_networks_and_are_reconciled() {
     .await;
     // A link that is not netwatcher's is never removed.
     assert!(link(&links.observe().await.unwrap(), "ens-peer").is_some());
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+fn nad(ns: &str, name: &str, config: serde_json::Value) -> String {
+    serde_json::json!({
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"config": config.to_string()},
+    })
+    .to_string()
+}
+
+/// Waits until a Warning Event of `reason` is on the object `name` of `ns`; its message.
+async fn event_on(plane: &ControlPlane, ns: &str, name: &str, reason: &str) -> String {
+    let events = Api::<Event>::namespaced(plane.client().await, ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = events
+            .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await
+            .unwrap();
+        if let Some(e) = listed
+            .items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+        {
+            return e.message.clone().unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} Event on {ns}/{name}: {:?}",
+            listed.items
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Multus' NetworkAttachmentDefinitions (the NPWG CRD applied to the real API server) in a
+/// namespace the operator listed get DANM's links, and their `master` is rewritten to the
+/// link with the device kept in an annotation; those of other namespaces are left alone;
+/// a hostile configuration gets no link and an Event naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachment_definitions_of_listed_namespaces_get_their_links() {
+    let plane = ControlPlane::shared().await;
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testkit/fixtures/npwg/network-attachment-definition.yaml");
+    plane
+        .kubectl_apply(&std::fs::read_to_string(crd).unwrap())
+        .unwrap();
+    plane
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=established",
+            "crd/network-attachment-definitions.k8s.cni.cncf.io",
+        ])
+        .output()
+        .unwrap();
+    if danm_testkit::identity::as_service_accounts() {
+        // The attachments component's RBAC, as an operator who turns it on applies it.
+        let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/components/attachments/rbac.yaml");
+        plane
+            .kubectl_apply(&std::fs::read_to_string(rbac).unwrap())
+            .unwrap();
+    }
+    let listed = plane.namespace("nad-listed").await;
+    let other = plane.namespace("nad-other").await;
+    let node = Node::new("nad");
+    let links = node.links();
+    Api::<KubeNode>::all(plane.client().await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "nad-node"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let (task, stop) = start_with(
+        plane,
+        &node,
+        Arc::clone(&metrics),
+        "nad-node",
+        AttachmentNamespaces::Listed(vec![listed.clone()]),
+    );
+
+    let config = serde_json::json!({
+        "cniVersion": "0.4.0", "name": "nadsig", "type": "macvlan",
+        "master": "ens-nw", "vxlan": 900, "mode": "bridge",
+    });
+    plane
+        .kubectl_apply(&nad(&listed, "sig", config.clone()))
+        .unwrap();
+    plane
+        .kubectl_apply(&nad(
+            &other,
+            "sig",
+            serde_json::json!({"name": "nadoth", "type": "macvlan", "master": "ens-nw", "vxlan": 901}),
+        ))
+        .unwrap();
+    let o = until(&links, "vx_nadsig created", |o| {
+        link(o, "vx_nadsig").is_some_and(|l| l.up)
+    })
+    .await;
+    assert!(matches!(
+        link(&o, "vx_nadsig").unwrap().params,
+        Some(LinkParams::Vxlan { vni: 900, .. })
+    ));
+    // master now names the link; the device is in the annotation; the rest is kept.
+    let api = |ns: &str| {
+        let ns = ns.to_owned();
+        async move { Api::<NetworkAttachmentDefinition>::namespaced(plane.client().await, &ns) }
+    };
+    let nads = api(&listed).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rewritten = loop {
+        let got = nads.get("sig").await.unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(got.spec.config.as_deref().unwrap()).unwrap();
+        if config["master"] == "vx_nadsig" {
+            break (got, config);
+        }
+        assert!(Instant::now() < deadline, "master not rewritten: {config}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        rewritten.0.metadata.annotations.unwrap_or_default()["danm.io/original-master"],
+        "ens-nw"
+    );
+    assert_eq!(rewritten.1["mode"], "bridge");
+    assert_eq!(rewritten.1["vxlan"], 900);
+    // The owner applies the original again: the link stays, master is rewritten again.
+    plane.kubectl_apply(&nad(&listed, "sig", config)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = nads.get("sig").await.unwrap();
+        if got
+            .spec
+            .config
+            .as_deref()
+            .unwrap()
+            .contains("\"master\":\"vx_nadsig\"")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rewritten again: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(link(&links.observe().await.unwrap(), "vx_nadsig").is_some());
+    assert!(
+        metrics
+            .encode()
+            .contains("danm_netwatcher_attachments_rewritten_total")
+    );
+
+    // A hostile name: no link, an Event naming the field.
+    plane
+        .kubectl_apply(&nad(
+            &listed,
+            "hostile",
+            serde_json::json!({"name": "../../x", "type": "macvlan", "master": "ens-nw", "vxlan": 902}),
+        ))
+        .unwrap();
+    let said = event_on(plane, &listed, "hostile", "BadAttachmentConfig").await;
+    assert!(said.contains("spec.config name"), "{said}");
+
+    // The node's report names the attachment; the other namespace's got nothing.
+    let reports = Api::<NodeLinkReport>::all(plane.client().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = format!("NetworkAttachmentDefinition {listed}/sig");
+    loop {
+        let report = reports.get_opt("nad-node").await.unwrap();
+        if report
+            .as_ref()
+            .is_some_and(|r| r.spec.ready.contains(&ready))
+        {
+            let failing = &report.unwrap().spec.failing;
+            assert!(
+                failing.iter().any(|f| f.network
+                    == format!("NetworkAttachmentDefinition {listed}/hostile")
+                    && f.reason.starts_with("BadAttachmentConfig: ")),
+                "{failing:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report naming {ready}: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let o = links.observe().await.unwrap();
+    assert!(
+        link(&o, "vx_nadoth").is_none(),
+        "an unlisted namespace got a link"
+    );
+    assert!(link(&o, "vx_..").is_none());
+    let untouched = api(&other).await.get("sig").await.unwrap();
+    assert!(untouched.spec.config.unwrap().contains("ens-nw"));
+    assert!(
+        !untouched
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("danm.io/original-master")
+    );
+
+    // Deleted: its link goes.
+    nads.delete("sig", &Default::default()).await.unwrap();
+    until(&links, "vx_nadsig removed with its attachment", |o| {
+        link(o, "vx_nadsig").is_none()
+    })
+    .await;
     let _ = stop.send(());
     task.await.unwrap();
 }

@@ -35,6 +35,12 @@ struct Args {
     /// Free nothing: re-check every finding and print the same report.
     #[arg(long)]
     dry_run: bool,
+    /// Also free, in Calico's Kubernetes datastore (its IPAMBlocks and IPAMHandles), the
+    /// addresses Calico's IPAM gave leaked DanmEps of networks delegated to Calico
+    /// (NetworkType `calico`), as danm-utils' cleaner did. Needs the `calico` component's
+    /// RBAC.
+    #[arg(long)]
+    calico: bool,
     /// Report format on standard output: `text` (one line per finding and a summary line)
     /// or `json`.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
@@ -85,6 +91,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client,
         ipamd: connect_ipamd(&args)?,
         dry_run: args.dry_run,
+        calico: args.calico,
     };
     let config = PassConfig {
         grace: args.grace,

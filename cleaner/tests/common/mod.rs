@@ -81,6 +81,7 @@ impl Bed {
             client: self.cleaner_client.clone(),
             ipamd: self.ipamd.clone(),
             dry_run,
+            calico: false,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use danm_crds::{LinkFailure, LinkSummary, NodeLinkReportSpec};
 
-use super::{Action, WantedLink};
+use super::{Action, LinkOwner, WantedLink};
 use crate::NetworkKey;
 
 /// The link a failed action was about (None for a host device brought up: it serves every
@@ -22,7 +22,7 @@ pub fn action_link(action: &Action) -> Option<&str> {
 /// link it uses is among `failed_links` (an action on it failed with the given text).
 pub fn report<'a>(
     wanted: &BTreeMap<String, WantedLink>,
-    problems: impl IntoIterator<Item = (&'a NetworkKey, String)>,
+    problems: impl IntoIterator<Item = (&'a LinkOwner, String)>,
     failed_links: &BTreeMap<String, String>,
 ) -> NodeLinkReportSpec {
     let mut failing: BTreeMap<String, String> = BTreeMap::new();
@@ -90,8 +90,8 @@ mod tests {
     use crate::NetworkKind;
     use crate::hostlinks::LinkSpec;
 
-    fn key(name: &str) -> NetworkKey {
-        NetworkKey::new(NetworkKind::DanmNet, "telco", name)
+    fn key(name: &str) -> LinkOwner {
+        NetworkKey::new(NetworkKind::DanmNet, "telco", name).into()
     }
 
     fn wanted(links: &[(&str, &[&str])]) -> BTreeMap<String, WantedLink> {
@@ -174,7 +174,10 @@ mod tests {
             ("node-4", &ok),
         ];
         assert_eq!(
-            summary(&key("a"), reports),
+            summary(
+                &NetworkKey::new(NetworkKind::DanmNet, "telco", "a"),
+                reports
+            ),
             Some(LinkSummary {
                 nodes_ready: 2,
                 nodes_failing: 2,
@@ -182,6 +185,12 @@ mod tests {
             })
         );
         // A network no node reports has no summary.
-        assert_eq!(summary(&key("other"), reports), None);
+        assert_eq!(
+            summary(
+                &NetworkKey::new(NetworkKind::DanmNet, "telco", "other"),
+                reports
+            ),
+            None
+        );
     }
 }

@@ -2,8 +2,19 @@ use super::*;
 use crate::NetworkKind;
 use danm_crds::NetworkOptions;
 
-fn key(name: &str) -> NetworkKey {
-    NetworkKey::new(NetworkKind::DanmNet, "ns", name)
+fn key(name: &str) -> LinkOwner {
+    NetworkKey::new(NetworkKind::DanmNet, "ns", name).into()
+}
+
+/// The claims of networks, as netwatcher makes them.
+fn wanted_links<'a>(
+    networks: impl IntoIterator<Item = (&'a LinkOwner, &'a NetworkSpec, &'a str)>,
+) -> (BTreeMap<String, WantedLink>, Vec<(LinkOwner, LinkProblem)>) {
+    super::wanted_links(networks.into_iter().map(|(owner, spec, created)| Claim {
+        owner: owner.clone(),
+        links: network_links(spec),
+        created: created.to_owned(),
+    }))
 }
 
 fn spec(id: &str, device: &str, vlan: Option<i64>, vxlan: Option<i64>) -> NetworkSpec {
@@ -118,8 +129,9 @@ fn networks_sharing_a_link_share_it_and_a_mismatch_is_a_conflict() {
 /// older network.
 #[test]
 fn a_contested_link_stays_with_its_holder() {
-    let holder = NetworkKey::new(NetworkKind::TenantNetwork, "zz-victim", "net");
-    let attacker = NetworkKey::new(NetworkKind::TenantNetwork, "aa-attacker", "net");
+    let holder: LinkOwner = NetworkKey::new(NetworkKind::TenantNetwork, "zz-victim", "net").into();
+    let attacker: LinkOwner =
+        NetworkKey::new(NetworkKind::TenantNetwork, "aa-attacker", "net").into();
     let (held, taken) = (
         spec("shared", "ens4", None, Some(500)),
         spec("shared", "ens4", None, Some(501)),
@@ -166,7 +178,7 @@ fn a_contested_link_stays_with_its_holder() {
     let said = problems[0].1.to_string();
     assert!(!said.contains("zz-victim"), "{said}");
     // An administrator's network goes before any TenantNetwork, old or new.
-    let platform = NetworkKey::new(NetworkKind::ClusterNetwork, "", "platform");
+    let platform: LinkOwner = NetworkKey::new(NetworkKind::ClusterNetwork, "", "platform").into();
     let (wanted, _) = wanted_links([
         (&holder, &held, "2020-01-01T00:00:00Z"),
         (&platform, &taken, "2026-06-01T00:00:00Z"),

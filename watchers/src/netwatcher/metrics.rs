@@ -13,7 +13,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// `HostDeviceMissing`, `HostDeviceWithoutAddress`, `LinkNameTooLong`, `BadLinkId`,
-    /// `LinkConflict`, `ForeignLink` or `NetlinkFailed`.
+    /// `LinkConflict`, `ForeignLink`, `BadAttachmentConfig`, `NetlinkFailed` or
+    /// `AttachmentWriteFailed`.
     pub reason: &'static str,
 }
 
@@ -26,6 +27,7 @@ pub struct Metrics {
     failed: Family<ReasonLabels, Counter>,
     sync_failures: Counter,
     managed: Gauge,
+    rewritten: Counter,
     /// Why the node's links are not known to be right: `None` after a successful sync.
     not_ready: std::sync::Mutex<Option<String>>,
 }
@@ -65,8 +67,14 @@ impl Metrics {
             "links_wanted",
             "Host links the networks ask for on this node, at the last sync",
         );
+        let rewritten: Counter = register(
+            &mut registry,
+            "attachments_rewritten",
+            "NetworkAttachmentDefinitions whose master this netwatcher rewrote to their host link",
+        );
         Metrics {
             registry,
+            rewritten,
             created,
             removed,
             failed,
@@ -115,6 +123,11 @@ impl Metrics {
             None => Ok(()),
             Some(why) => Err(why.clone()),
         }
+    }
+
+    /// A NetworkAttachmentDefinition's master rewritten to its link.
+    pub fn attachment_rewritten(&self) {
+        self.rewritten.inc();
     }
 
     /// Links wanted at the last sync.

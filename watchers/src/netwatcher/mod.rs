@@ -16,7 +16,12 @@
 //! (which networks' links are in place here, which fail and why) is written when it
 //! changed ([`report`]); ipamd sums the reports into each network's `status.links`. A contested name stays with the network whose
 //! link is on the node (see [`danm_core::hostlinks`]): a newcomer never takes it over.
+//!
+//! With `--attachment-namespaces`, the NetworkAttachmentDefinitions of those namespaces
+//! claim links too, and their `master` is rewritten to the link ([`attachments`]); off by
+//! default, since their VLAN and VxLAN ids are checked against no TenantConfig.
 
+pub mod attachments;
 pub mod metrics;
 mod report;
 
@@ -26,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use danm_core::hostlinks::report::{action_link, report};
-use danm_core::hostlinks::{LinkProblem, plan, wanted_links};
+use danm_core::hostlinks::{Claim, LinkOwner, LinkProblem, network_links, plan, wanted_links};
 use danm_core::{NetworkKey, NetworkKind};
 use danm_crds::{ClusterNetwork, DanmNet, NetworkSpec, NodeLinkReportSpec, TenantNetwork};
 use futures::{Stream, StreamExt};
@@ -37,6 +42,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+pub use attachments::AttachmentNamespaces;
 pub use danm_netlink::{LinkError, NodeLinks};
 pub use metrics::Metrics;
 use report::Reporter;
@@ -52,6 +58,8 @@ pub struct Config {
     pub resync: Duration,
     /// This node's name (the Events' reporting instance).
     pub node: String,
+    /// The namespaces whose NetworkAttachmentDefinitions claim links.
+    pub attachments: AttachmentNamespaces,
 }
 
 /// A network kind netwatcher follows: its objects give a key and a spec.
@@ -83,29 +91,39 @@ impl NetworkObject for ClusterNetwork {
     }
 }
 
-/// One network as a sync sees it.
-struct Network {
-    key: NetworkKey,
-    spec: NetworkSpec,
-    /// `metadata.creationTimestamp` (RFC 3339): the older network keeps a contested link.
-    created: String,
+/// One owner of links as a sync sees it: a network, or a NetworkAttachmentDefinition.
+struct Claimant {
+    claim: Claim,
+    /// The object the Events go to.
     reference: ObjectReference,
+    /// A NetworkAttachmentDefinition whose `master` must be rewritten to its link.
+    rewrite: Option<attachments::Rewrite>,
 }
 
-fn snapshot<K: NetworkObject>(store: &Store<K>) -> Vec<Network> {
+/// `metadata.creationTimestamp` (RFC 3339): the older owner keeps a contested link.
+fn created<K: Resource>(o: &K) -> String {
+    o.meta()
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+}
+
+fn snapshot<K: NetworkObject>(store: &Store<K>) -> Vec<Claimant> {
     store
         .state()
         .iter()
-        .map(|o| Network {
-            key: NetworkKey::new(K::KIND, &o.namespace().unwrap_or_default(), &o.name_any()),
-            spec: o.network().clone(),
-            created: o
-                .meta()
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default(),
-            reference: o.object_ref(&()),
+        .map(|o| {
+            let key = NetworkKey::new(K::KIND, &o.namespace().unwrap_or_default(), &o.name_any());
+            Claimant {
+                claim: Claim {
+                    owner: LinkOwner::Network(key),
+                    links: network_links(o.network()),
+                    created: created(o.as_ref()),
+                },
+                reference: o.object_ref(&()),
+                rewrite: None,
+            }
         })
         .collect()
 }
@@ -113,52 +131,50 @@ fn snapshot<K: NetworkObject>(store: &Store<K>) -> Vec<Network> {
 /// A reflector of one kind: its store, and a stream that yields on every change of a spec.
 /// A write that leaves `metadata.generation` as it was (ipamd's status writer, a label)
 /// does not change what links a network wants: it triggers no sync.
-fn follow<K: NetworkObject>(
-    client: &kube::Client,
-) -> (Store<K>, impl Stream<Item = ()> + Send + 'static) {
+fn follow<K>(api: Api<K>, kind: &'static str) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let generations = Arc::new(std::sync::Mutex::new(HashMap::<String, i64>::new()));
-    let changes = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .filter_map(move |event| {
-        let generations = Arc::clone(&generations);
-        async move {
-            match event {
-                Ok(watcher::Event::Apply(o)) => {
-                    let uid = o.uid().unwrap_or_default();
-                    let before = match o.meta().generation {
-                        Some(g) => generations.lock().expect("lock").insert(uid, g) == Some(g),
-                        None => false,
-                    };
-                    (!before).then_some(())
-                }
-                Ok(watcher::Event::InitApply(o)) => {
-                    if let Some(g) = o.meta().generation {
+    let changes = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .filter_map(move |event| {
+            let generations = Arc::clone(&generations);
+            async move {
+                match event {
+                    Ok(watcher::Event::Apply(o)) => {
+                        let uid = o.uid().unwrap_or_default();
+                        let before = match o.meta().generation {
+                            Some(g) => generations.lock().expect("lock").insert(uid, g) == Some(g),
+                            None => false,
+                        };
+                        (!before).then_some(())
+                    }
+                    Ok(watcher::Event::InitApply(o)) => {
+                        if let Some(g) = o.meta().generation {
+                            generations
+                                .lock()
+                                .expect("lock")
+                                .insert(o.uid().unwrap_or_default(), g);
+                        }
+                        Some(())
+                    }
+                    Ok(watcher::Event::Delete(o)) => {
                         generations
                             .lock()
                             .expect("lock")
-                            .insert(o.uid().unwrap_or_default(), g);
+                            .remove(&o.uid().unwrap_or_default());
+                        Some(())
                     }
-                    Some(())
-                }
-                Ok(watcher::Event::Delete(o)) => {
-                    generations
-                        .lock()
-                        .expect("lock")
-                        .remove(&o.uid().unwrap_or_default());
-                    Some(())
-                }
-                Ok(_) => Some(()),
-                Err(e) => {
-                    tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; retrying");
-                    None
+                    Ok(_) => Some(()),
+                    Err(e) => {
+                        tracing::warn!(kind, error = %e, "watch failed; retrying");
+                        None
+                    }
                 }
             }
-        }
-    });
+        });
     (reader, changes)
 }
 
@@ -170,10 +186,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let (danmnets, a) = follow::<DanmNet>(&client);
-    let (tenantnets, b) = follow::<TenantNetwork>(&client);
-    let (clusternets, c) = follow::<ClusterNetwork>(&client);
-    let mut changes = futures::stream::select_all([a.boxed(), b.boxed(), c.boxed()]);
+    let (danmnets, a) = follow(Api::<DanmNet>::all(client.clone()), "DanmNet");
+    let (tenantnets, b) = follow(Api::<TenantNetwork>::all(client.clone()), "TenantNetwork");
+    let (clusternets, c) = follow(Api::<ClusterNetwork>::all(client.clone()), "ClusterNetwork");
+    let (attachments, d) = attachments::follow_attachments(&client, &config.attachments);
+    let mut changes = futures::stream::select_all([a.boxed(), b.boxed(), c.boxed(), d.boxed()]);
     let mut reporter = if config.node == UNKNOWN_NODE {
         tracing::warn!("no --node-name (NODE_NAME): this node's link report is not written");
         None
@@ -181,7 +198,7 @@ pub async fn run(
         Some(Reporter::new(client.clone(), &config.node))
     };
     let recorder = Recorder::new(
-        client,
+        client.clone(),
         kube::runtime::events::Reporter {
             controller: "danm-netwatcher".into(),
             instance: Some(config.node.clone()),
@@ -193,6 +210,7 @@ pub async fn run(
         let _ = danmnets.wait_until_ready().await;
         let _ = tenantnets.wait_until_ready().await;
         let _ = clusternets.wait_until_ready().await;
+        attachments.wait_until_ready().await;
     };
     let drain = async {
         loop {
@@ -210,11 +228,19 @@ pub async fn run(
         let mut networks = snapshot(&danmnets);
         networks.extend(snapshot(&tenantnets));
         networks.extend(snapshot(&clusternets));
+        networks.extend(attachments.snapshot());
         let outcome = sync(&networks, &links, &recorder, &metrics, &mut reported).await;
         let outcome = match outcome {
-            Ok(Synced { report, failed }) => {
+            Ok(Synced {
+                report,
+                failed,
+                rewrites,
+            }) => {
                 if let Some(reporter) = reporter.as_mut() {
                     reporter.publish(report).await;
+                }
+                for rewrite in rewrites {
+                    rewrite.apply(&client, &metrics).await;
                 }
                 failed.map_or(Ok(()), Err)
             }
@@ -254,31 +280,29 @@ pub async fn run(
 /// once, not at every sync of every node (kube-runtime's recorder would fold repeats into a
 /// series, but each repeat is still a write).
 #[derive(Debug, Default)]
-struct Reported(std::collections::HashSet<(NetworkKey, String)>);
+struct Reported(std::collections::HashSet<(LinkOwner, String)>);
 
-/// What a sync found: the node's report, and the first action that failed (the sync is
-/// then retried).
+/// What a sync found: the node's report, the first action that failed (the sync is then
+/// retried), and the NetworkAttachmentDefinitions whose `master` must name their link.
 struct Synced {
     report: NodeLinkReportSpec,
     failed: Option<LinkError>,
+    rewrites: Vec<attachments::Rewrite>,
 }
 
 async fn sync(
-    networks: &[Network],
+    networks: &[Claimant],
     links: &NodeLinks,
     recorder: &Recorder,
     metrics: &Metrics,
     reported: &mut Reported,
 ) -> Result<Synced, LinkError> {
-    let (wanted, network_problems) = wanted_links(
-        networks
-            .iter()
-            .map(|n| (&n.key, &n.spec, n.created.as_str())),
-    );
+    let (wanted, network_problems) = wanted_links(networks.iter().map(|n| n.claim.clone()));
     let observed = links.observe().await?;
     let (actions, link_problems) = plan(&wanted, &observed.devices, &observed.links);
-    let by_key: HashMap<&NetworkKey, &Network> = networks.iter().map(|n| (&n.key, n)).collect();
-    let mut problems: Vec<(&Network, LinkProblem)> = network_problems
+    let by_key: HashMap<&LinkOwner, &Claimant> =
+        networks.iter().map(|n| (&n.claim.owner, n)).collect();
+    let mut problems: Vec<(&Claimant, LinkProblem)> = network_problems
         .into_iter()
         .filter_map(|(key, p)| by_key.get(&key).map(|n| (*n, p)))
         .collect();
@@ -289,19 +313,19 @@ async fn sync(
             }
         }
     }
-    let current: std::collections::HashSet<(NetworkKey, String)> = problems
+    let current: std::collections::HashSet<(LinkOwner, String)> = problems
         .iter()
-        .map(|(n, p)| (n.key.clone(), p.to_string()))
+        .map(|(n, p)| (n.claim.owner.clone(), p.to_string()))
         .collect();
     for (network, problem) in &problems {
         metrics.problem(problem.reason());
         if reported
             .0
-            .contains(&(network.key.clone(), problem.to_string()))
+            .contains(&(network.claim.owner.clone(), problem.to_string()))
         {
             continue;
         }
-        tracing::warn!(network = %network.key, reason = problem.reason(), "{problem}");
+        tracing::warn!(network = %network.claim.owner, reason = problem.reason(), "{problem}");
         let event = Event {
             type_: EventType::Warning,
             reason: problem.reason().into(),
@@ -310,7 +334,7 @@ async fn sync(
             secondary: None,
         };
         if let Err(e) = recorder.publish(&event, &network.reference).await {
-            tracing::warn!(network = %network.key, error = %e, "cannot publish an Event");
+            tracing::warn!(network = %network.claim.owner, error = %e, "cannot publish an Event");
         }
     }
     // A problem that went away is published again if it comes back.
@@ -334,12 +358,23 @@ async fn sync(
         }
     }
     metrics.managed(wanted.len());
+    // A NetworkAttachmentDefinition's master is rewritten once its link is its own: no
+    // problem with it here (another node's netwatcher may write it first).
+    let rewrites = networks
+        .iter()
+        .filter(|n| !problems.iter().any(|(p, _)| p.claim.owner == n.claim.owner))
+        .filter_map(|n| n.rewrite.clone())
+        .collect();
     let report = report(
         &wanted,
         problems
             .iter()
-            .map(|(n, p)| (&n.key, format!("{}: {p}", p.reason()))),
+            .map(|(n, p)| (&n.claim.owner, format!("{}: {p}", p.reason()))),
         &failed_links,
     );
-    Ok(Synced { report, failed })
+    Ok(Synced {
+        report,
+        failed,
+        rewrites,
+    })
 }
