@@ -7,19 +7,21 @@
 //! fresh reads ([`crate::free`]), every such handle is released the way Calico's own
 //! release by handle does it ([`danm_core::calico`]): each block the handle counts is read,
 //! changed and written back on the condition that it is the block read (its
-//! `resourceVersion`; on a conflict it is read again), then the handle's count goes down,
-//! and an emptied block without affinity, or an emptied handle, is deleted in Calico's two
-//! steps (`deleted: true`, then a delete on the UID). An allocation whose attributes name
-//! another pod is left alone and logged; a block that breaks Calico's invariants is never
-//! written. This runs before ipamd's release, so a failure leaves the DanmEp for the next
-//! pass to retry.
+//! `resourceVersion`; on a conflict it is read again), then the handle's count for the
+//! block is set to what the block still holds for it, and an emptied block without
+//! affinity, or an emptied handle, is deleted in Calico's two steps (`deleted: true`, then
+//! a delete on the UID and version). An object found marked `deleted` has its delete
+//! finished. An allocation whose attributes name another pod is left alone and logged; a
+//! block that breaks Calico's invariants is never written. This runs before ipamd's
+//! release, so a failure leaves the DanmEp for the next pass, which converges: a block
+//! already released holds nothing of the handle any more, and the handle is recounted.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use danm_core::calico::{
-    PodOf, block_is_empty, block_name, decrement_handle, handle_name, handle_of_container,
-    release_handle,
+    PodOf, block_is_empty, block_name, handle_counts, handle_name, handle_of_container,
+    recount_handle, release_handle,
 };
 use danm_crds::foreign::calico::{IPAMBlock, IPAMHandle};
 use kube::Resource;
@@ -88,26 +90,24 @@ pub async fn release(
     let mut freed = Vec::new();
     for cidr in handle.spec.block.keys() {
         let name = block_name(cidr).map_err(|e| failed(&handle_object, e))?;
-        let released = release_in_block(&blocks, &name, handle_id, pod).await?;
-        if released.is_empty() {
-            continue;
-        }
-        decrement(&handles, &handle_object, cidr, released.len() as i64).await?;
+        let (released, held) = release_in_block(&blocks, &name, handle_id, pod).await?;
+        recount(&handles, &handle_object, cidr, held).await?;
         freed.extend(released);
     }
     Ok(freed)
 }
 
-/// Frees `handle_id`'s allocations for `pod` in the block `name`, retrying on conflicts.
+/// Frees `handle_id`'s allocations for `pod` in the block `name`, retrying on conflicts:
+/// the addresses freed, and how many the block still holds for the handle.
 async fn release_in_block(
     blocks: &Api<IPAMBlock>,
     name: &str,
     handle_id: &str,
     pod: PodOf<'_>,
-) -> Result<Vec<IpAddr>, CleanerError> {
+) -> Result<(Vec<IpAddr>, i64), CleanerError> {
     for _ in 0..ATTEMPTS {
         let Some(mut block) = live(blocks, name).await? else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
         let released = release_handle(&mut block.spec, handle_id, pod)
             .map_err(|e| failed(&format!("IPAMBlock {name}"), e))?;
@@ -115,8 +115,12 @@ async fn release_in_block(
             tracing::warn!(block = name, handle = handle_id, %address, pod = pod.pod, namespace = pod.namespace,
                 "an address of this sandbox's handle is recorded for another pod: left alone");
         }
+        let held = handle_counts(&block.spec)
+            .get(handle_id)
+            .copied()
+            .unwrap_or(0);
         if released.addresses.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), held));
         }
         let written = if block_is_empty(&block.spec) {
             block.spec.deleted = true;
@@ -125,7 +129,7 @@ async fn release_in_block(
             replace(blocks, name, &block).await.map(|_| ())
         };
         match written {
-            Ok(()) => return Ok(released.addresses),
+            Ok(()) => return Ok((released.addresses, held)),
             Err(Conflict::Again) => continue,
             Err(Conflict::Failed(e)) => return Err(e),
         }
@@ -133,20 +137,22 @@ async fn release_in_block(
     Err(busy("IPAMBlock", name))
 }
 
-/// Takes `released` addresses of `cidr` off the handle's count, retrying on conflicts.
-async fn decrement(
+/// Sets the handle's count for `cidr` to `held` (what the block holds for it), retrying on
+/// conflicts; an emptied handle is deleted.
+async fn recount(
     handles: &Api<IPAMHandle>,
     name: &str,
     cidr: &str,
-    released: i64,
+    held: i64,
 ) -> Result<(), CleanerError> {
     for _ in 0..ATTEMPTS {
         let Some(mut handle) = live(handles, name).await? else {
             return Ok(());
         };
-        let emptied = decrement_handle(&mut handle.spec, cidr, released)
-            .map_err(|e| failed(&format!("IPAMHandle {name}"), e))?;
-        let written = if emptied {
+        if handle.spec.block.get(cidr).copied().unwrap_or(0) == held {
+            return Ok(());
+        }
+        let written = if recount_handle(&mut handle.spec, cidr, held) {
             handle.spec.deleted = true;
             delete_in_two_steps(handles, name, handle).await
         } else {
@@ -224,10 +230,18 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let written = replace(api, name, &marked).await?;
+    finish_delete(api, name, &written).await
+}
+
+/// Deletes an object marked deleted, on its UID and version.
+async fn finish_delete<K>(api: &Api<K>, name: &str, marked: &K) -> Result<(), Conflict>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: written.meta().uid.clone(),
-            resource_version: None,
+            uid: marked.meta().uid.clone(),
+            resource_version: marked.meta().resource_version.clone(),
         }),
         ..DeleteParams::default()
     };

@@ -234,7 +234,7 @@ impl Freer {
             return Ok((reason, Outcome::WouldFree));
         }
         // Calico's addresses first: should that fail, the DanmEp stays for the next pass.
-        let calico_freed = match self.free_calico(&facts, calico).await {
+        let calico_freed = match self.free_calico(&facts, &ep.container_id, calico).await {
             Ok(freed) => freed,
             Err(e) => return Ok((reason, Outcome::Failed(e.to_string()))),
         };
@@ -250,7 +250,7 @@ impl Freer {
             return match api.delete(&ep.name, &precondition).await {
                 Ok(_) => Ok((reason, Outcome::Freed(calico_freed))),
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                    Ok((reason, Outcome::Gone))
+                    Ok((reason, gone_after(calico_freed)))
                 }
                 Err(source) => Err(CleanerError::Api {
                     what: format!("delete DanmEp {}/{}", ep.namespace, ep.name),
@@ -320,6 +320,7 @@ impl Freer {
     async fn free_calico(
         &self,
         facts: &EndpointFacts,
+        found_cid: &str,
         calico: &Result<CalicoHandles, String>,
     ) -> Result<Vec<String>, CleanerError> {
         if !self.calico || facts.network_type != calico::NETWORK_TYPE {
@@ -328,6 +329,13 @@ impl Freer {
         let handles = calico
             .as_ref()
             .map_err(|e| CleanerError::Calico(e.clone()))?;
+        // The handles were listed for the container id the survey read.
+        if facts.container_id != found_cid {
+            return Err(CleanerError::Calico(format!(
+                "the DanmEp's container id changed since the survey ({found_cid} to {}): the next pass looks again",
+                facts.container_id
+            )));
+        }
         let pod = PodOf {
             namespace: &facts.namespace,
             pod: &facts.pod,
@@ -380,6 +388,15 @@ impl Freer {
                 source,
             }),
         }
+    }
+}
+
+/// A DanmEp gone before its delete: `Gone`, unless Calico's addresses were freed for it.
+fn gone_after(calico_freed: Vec<String>) -> Outcome {
+    if calico_freed.is_empty() {
+        Outcome::Gone
+    } else {
+        Outcome::Freed(calico_freed)
     }
 }
 

@@ -10,8 +10,9 @@
 //! own release changes it: the allocation cleared, its ordinal appended to `unallocated`,
 //! its sequence-number entry dropped, an attribute no allocation uses any more removed (the
 //! others renumbered, in order), and `sequenceNumber` bumped once per write; then the
-//! handle's count for the block goes down ([`decrement_handle`]). [`check_block`] holds
-//! Calico's block invariants (those of `calicoctl ipam check`), checked before and after.
+//! handle's count for the block is what the block still holds for it ([`recount_handle`],
+//! [`handle_counts`]). [`check_block`] holds the block invariants of Calico's block checker
+//! (`validateBlock` of `calicoctl ipam check`), checked before and after.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -35,18 +36,6 @@ pub enum CalicoError {
         cidr: String,
         /// What is wrong.
         problems: Vec<String>,
-    },
-    /// The handle does not count the addresses released from a block.
-    #[error("IPAMHandle {handle} counts {have} addresses in {cidr}, {released} were released")]
-    HandleCount {
-        /// The handle id.
-        handle: String,
-        /// The block.
-        cidr: String,
-        /// What it counts.
-        have: i64,
-        /// What was released.
-        released: i64,
     },
 }
 
@@ -188,28 +177,17 @@ pub fn block_is_empty(block: &IPAMBlockSpec) -> bool {
         })
 }
 
-/// Takes `released` addresses of the block `cidr` off `handle`'s count. `Ok(true)`: the
-/// handle holds nothing any more (Calico deletes it).
-pub fn decrement_handle(
-    handle: &mut IPAMHandleSpec,
-    cidr: &str,
-    released: i64,
-) -> Result<bool, CalicoError> {
-    let have = handle.block.get(cidr).copied().unwrap_or(0);
-    if have < released {
-        return Err(CalicoError::HandleCount {
-            handle: handle.handle_id.clone(),
-            cidr: cidr.to_owned(),
-            have,
-            released,
-        });
-    }
-    if have == released {
-        handle.block.remove(cidr);
+/// Sets `handle`'s count for the block `cidr` to `held`, the addresses the block holds for
+/// it after a release (a release takes what it freed off the count; setting it to what the
+/// block holds does the same, and also heals a count a failed write left behind).
+/// `Ok(true)`: the handle holds nothing any more (Calico deletes it).
+pub fn recount_handle(handle: &mut IPAMHandleSpec, cidr: &str, held: i64) -> bool {
+    if held > 0 {
+        handle.block.insert(cidr.to_owned(), held);
     } else {
-        handle.block.insert(cidr.to_owned(), have - released);
+        handle.block.remove(cidr);
     }
-    Ok(handle.block.is_empty())
+    handle.block.is_empty()
 }
 
 /// How many addresses of the block each handle holds (the counts an IPAMHandle must have).
@@ -227,7 +205,7 @@ pub fn handle_counts(block: &IPAMBlockSpec) -> BTreeMap<String, i64> {
     counts
 }
 
-/// Calico's invariants of a block (`calicoctl ipam check`): one entry per address; every
+/// Calico's invariants of a block (its block checker, `validateBlock`): one entry per address; every
 /// allocation points at an attribute; every attribute is used; `unallocated` holds
 /// addresses of the block, each once, none of them allocated; and every address is either
 /// allocated or unallocated.

@@ -198,7 +198,7 @@ impl fmt::Display for LinkProblem {
         match self {
             LinkProblem::NameTooLong(name) => write!(
                 f,
-                "host link name {name:?} is longer than {MAX_NAME} characters: shorten the NetworkID"
+                "host link name {name:?} is longer than {MAX_NAME} characters: shorten the NetworkID (a NetworkAttachmentDefinition's: its configuration's name)"
             ),
             LinkProblem::BadId(why) | LinkProblem::BadAttachment(why) => f.write_str(why),
             // Another tenant's network is not named to this one's owner.

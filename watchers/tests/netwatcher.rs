@@ -448,10 +448,9 @@ async fn attachment_definitions_of_listed_namespaces_get_their_links() {
         assert!(Instant::now() < deadline, "master not rewritten: {config}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(
-        rewritten.0.metadata.annotations.unwrap_or_default()["danm.io/original-master"],
-        "ens-nw"
-    );
+    let annotations = rewritten.0.metadata.annotations.unwrap_or_default();
+    assert_eq!(annotations["danm.io/original-master"], "ens-nw");
+    assert_eq!(annotations["danm.io/rewritten-master"], "vx_nadsig");
     assert_eq!(rewritten.1["mode"], "bridge");
     assert_eq!(rewritten.1["vxlan"], 900);
     // The owner applies the original again: the link stays, master is rewritten again.

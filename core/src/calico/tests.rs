@@ -211,21 +211,17 @@ fn an_emptied_block_without_affinity_is_calicos_to_delete() {
 }
 
 #[test]
-fn a_handle_loses_what_was_released_and_goes_when_empty() {
+fn a_handle_counts_what_the_block_holds_and_goes_when_empty() {
     let mut h = IPAMHandleSpec {
         handle_id: "k8s-pod-network.dead".into(),
         block: BTreeMap::from([("10.0.0.0/26".into(), 3), ("10.0.1.0/26".into(), 1)]),
         ..Default::default()
     };
-    assert!(!decrement_handle(&mut h, "10.0.0.0/26", 2).unwrap());
+    assert!(!recount_handle(&mut h, "10.0.0.0/26", 1));
     assert_eq!(h.block["10.0.0.0/26"], 1);
-    assert!(!decrement_handle(&mut h, "10.0.0.0/26", 1).unwrap());
+    assert!(!recount_handle(&mut h, "10.0.0.0/26", 0));
     assert!(!h.block.contains_key("10.0.0.0/26"));
-    assert!(matches!(
-        decrement_handle(&mut h, "10.0.1.0/26", 2),
-        Err(CalicoError::HandleCount { have: 1, .. })
-    ));
-    assert!(decrement_handle(&mut h, "10.0.1.0/26", 1).unwrap());
+    assert!(recount_handle(&mut h, "10.0.1.0/26", 0));
 }
 
 #[test]
@@ -245,4 +241,27 @@ fn calicos_json_reads_and_writes_back_unchanged() {
     let spec: IPAMBlockSpec = serde_json::from_value(json.clone()).unwrap();
     check_block(&spec).unwrap();
     assert_eq!(serde_json::to_value(&spec).unwrap(), json);
+    // A nil Go map is written as null, an attribute may have no secondary, lists may be
+    // null: read as empty, written back as Calico writes them.
+    let json = serde_json::json!({
+        "cidr": "fd00::/126",
+        "allocations": [0, null, null, null],
+        "unallocated": [1, 2, 3],
+        "attributes": [{"handle_id": "k8s-pod-network.abc"}],
+        "sequenceNumber": 0,
+        "sequenceNumberForAllocation": null,
+        "deleted": false,
+        "strictAffinity": false
+    });
+    let spec: IPAMBlockSpec = serde_json::from_value(json.clone()).unwrap();
+    check_block(&spec).unwrap();
+    assert_eq!(serde_json::to_value(&spec).unwrap(), json);
+    let nulls: IPAMBlockSpec = serde_json::from_value(serde_json::json!({
+        "cidr": "10.0.0.0/30", "allocations": null, "unallocated": null, "attributes": null
+    }))
+    .unwrap();
+    assert!(nulls.allocations.is_empty() && nulls.attributes.is_empty());
+    let handle: IPAMHandleSpec =
+        serde_json::from_value(serde_json::json!({"handleID": "h", "block": null})).unwrap();
+    assert!(handle.block.is_empty());
 }

@@ -6,7 +6,10 @@
 //!
 //! For Multus' pods to use the link, `master` must name it: netwatcher rewrites it (the
 //! VxLAN link when both are asked, as DANM did) and keeps the device it named in the
-//! annotation [`ORIGINAL_MASTER`], from which the link is kept after the rewrite.
+//! annotation [`ORIGINAL_MASTER`] and the link it wrote in [`REWRITTEN_MASTER`]: while
+//! `master` is that link (or one of the links the configuration asks for), the device is
+//! the annotation's, so the links are kept after the rewrite and follow a change of id or
+//! name; a `master` the owner wrote is the device.
 //!
 //! Every string here comes from an object anyone allowed to write NetworkAttachmentDefinitions
 //! wrote: the name and the device become link names only as plain names
@@ -19,6 +22,18 @@ use super::{LinkProblem, LinkSpec, MAX_NAME, links_of};
 /// The annotation in which netwatcher keeps the device `master` named before it rewrote
 /// `master` to the link it made.
 pub const ORIGINAL_MASTER: &str = "danm.io/original-master";
+
+/// The annotation in which netwatcher keeps the link it wrote into `master`.
+pub const REWRITTEN_MASTER: &str = "danm.io/rewritten-master";
+
+/// The two annotations netwatcher writes, as read from the object.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Written<'a> {
+    /// [`ORIGINAL_MASTER`].
+    pub original: Option<&'a str>,
+    /// [`REWRITTEN_MASTER`].
+    pub rewritten: Option<&'a str>,
+}
 
 /// The host links one NetworkAttachmentDefinition asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,13 +48,9 @@ pub struct AttachmentLinks {
     pub rewritten: bool,
 }
 
-/// The links `config` (the object's `spec.config`) asks for; `original_master` is the
-/// value of its [`ORIGINAL_MASTER`] annotation. `None`: it asks for no link (no plugin has
-/// a non-zero `vlan` or `vxlan`).
-pub fn links(
-    config: &str,
-    original_master: Option<&str>,
-) -> Result<Option<AttachmentLinks>, LinkProblem> {
+/// The links `config` (the object's `spec.config`) asks for; `written`: its annotations.
+/// `None`: it asks for no link (no plugin has a non-zero `vlan` or `vxlan`).
+pub fn links(config: &str, written: Written<'_>) -> Result<Option<AttachmentLinks>, LinkProblem> {
     let root: Value =
         serde_json::from_str(config).map_err(|e| bad(format!("spec.config is not JSON: {e}")))?;
     let Some(at) = asking_plugin(&root)? else {
@@ -71,9 +82,9 @@ pub fn links(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let rewritten = names.iter().any(|n| n == master);
+    let rewritten = written.rewritten == Some(master) || names.iter().any(|n| n == master);
     let device = if rewritten {
-        let original = original_master.ok_or_else(|| {
+        let original = written.original.ok_or_else(|| {
             bad(format!(
                 "spec.config {}master names the link {master}, and the annotation {ORIGINAL_MASTER} that keeps its host device is missing",
                 field(at)

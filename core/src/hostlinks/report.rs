@@ -8,6 +8,23 @@ use danm_crds::{LinkFailure, LinkSummary, NodeLinkReportSpec};
 use super::{Action, LinkOwner, WantedLink};
 use crate::NetworkKey;
 
+/// The longest reason a report or an Event carries, in bytes (the NodeLinkReport schema's
+/// limit): a reason quoting what a NetworkAttachmentDefinition's owner wrote is cut there.
+pub const MAX_REASON: usize = 1024;
+
+/// `reason`, cut to at most [`MAX_REASON`] bytes (at a character boundary, with `...`).
+pub fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON - 3;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
+}
+
 /// The link a failed action was about (None for a host device brought up: it serves every
 /// link on it, and its failure shows as theirs at the next sync).
 pub fn action_link(action: &Action) -> Option<&str> {
@@ -27,16 +44,18 @@ pub fn report<'a>(
 ) -> NodeLinkReportSpec {
     let mut failing: BTreeMap<String, String> = BTreeMap::new();
     for (key, reason) in problems {
-        failing.entry(key.to_string()).or_insert(reason);
+        failing
+            .entry(key.to_string())
+            .or_insert_with(|| bounded(reason));
     }
     let mut ready = BTreeSet::new();
     for link in wanted.values() {
         for key in &link.networks {
             match failed_links.get(&link.name) {
                 Some(error) => {
-                    failing
-                        .entry(key.to_string())
-                        .or_insert_with(|| format!("NetlinkFailed: {}: {error}", link.name));
+                    failing.entry(key.to_string()).or_insert_with(|| {
+                        bounded(format!("NetlinkFailed: {}: {error}", link.name))
+                    });
                 }
                 None => {
                     ready.insert(key.to_string());
@@ -89,6 +108,17 @@ mod tests {
     use super::*;
     use crate::NetworkKind;
     use crate::hostlinks::LinkSpec;
+
+    #[test]
+    fn a_reason_is_cut_to_the_schemas_limit() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = bounded(format!("BadAttachmentConfig: {}", "é".repeat(2000)));
+        assert!(
+            long.len() <= MAX_REASON && long.ends_with("..."),
+            "{}",
+            long.len()
+        );
+    }
 
     fn key(name: &str) -> LinkOwner {
         NetworkKey::new(NetworkKind::DanmNet, "telco", name).into()

@@ -23,4 +23,7 @@ pub struct NetworkAttachmentDefinitionSpec {
     /// The CNI configuration (JSON, one plugin or a list), as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// Fields this suite does not use.
+    #[serde(flatten)]
+    pub rest: std::collections::BTreeMap<String, serde_json::Value>,
 }

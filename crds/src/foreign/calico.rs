@@ -11,6 +11,15 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// A field Calico may write as `null` (a nil Go slice or map), read as its default.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// One block of Calico's addresses.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "kube", derive(CustomResource))]
@@ -32,13 +41,13 @@ pub struct IPAMBlockSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
     /// Per ordinal: the index of its attribute, or null when free. One entry per address.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub allocations: Vec<Option<i64>>,
     /// Free ordinals, in the order they are handed out (front first).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub unallocated: Vec<i64>,
     /// Who holds allocations (several ordinals may share one).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub attributes: Vec<AllocationAttribute>,
     /// Bumped on every write of the block.
     #[serde(default)]
@@ -90,7 +99,7 @@ pub struct IPAMHandleSpec {
     #[serde(rename = "handleID")]
     pub handle_id: String,
     /// Per block CIDR (`10.0.0.0/26`): how many of its addresses the handle holds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub block: BTreeMap<String, i64>,
     /// Set before a delete (Calico's two-step delete): such a handle is gone.
     #[serde(default)]

@@ -6,13 +6,17 @@
 //!
 //! Off unless the operator lists namespaces (`--attachment-namespaces`): whoever may write
 //! NetworkAttachmentDefinitions there chooses VLAN and VxLAN ids on the nodes' devices, and no
-//! TenantConfig limits them. They come after the administrators' networks for a contested
-//! link name.
+//! TenantConfig limits them. A link not made yet goes to the administrators' networks
+//! before them; `master` is rewritten only by a node where the attachment is first by
+//! precedence for each of its links and none failed, so a node that keeps a contested link
+//! for it (the link was there first) never points Multus' pods at it cluster-wide.
 
 use std::fmt;
 use std::str::FromStr;
 
-use danm_core::hostlinks::attachment::{self, AttachmentLinks, ORIGINAL_MASTER};
+use danm_core::hostlinks::attachment::{
+    self, AttachmentLinks, ORIGINAL_MASTER, REWRITTEN_MASTER, Written,
+};
 use danm_core::hostlinks::{Claim, LinkOwner};
 use danm_crds::foreign::attachment::NetworkAttachmentDefinition;
 use futures::{Stream, StreamExt};
@@ -108,11 +112,11 @@ pub(super) fn follow_attachments(
 }
 
 impl Attachments {
-    /// Waits until each store has its first list.
-    pub(super) async fn wait_until_ready(&self) {
-        for store in &self.stores {
-            let _ = store.wait_until_ready().await;
-        }
+    /// Whether every store has its first list.
+    pub(super) fn ready(&self) -> bool {
+        self.stores.iter().all(|s| {
+            futures::FutureExt::now_or_never(s.wait_until_ready()).is_some_and(|r| r.is_ok())
+        })
     }
 
     /// The claims of every NetworkAttachmentDefinition that asks for a link (or whose
@@ -122,8 +126,11 @@ impl Attachments {
         for store in &self.stores {
             for nad in store.state() {
                 let config = nad.spec.config.as_deref().unwrap_or_default();
-                let original = nad.annotations().get(ORIGINAL_MASTER).map(String::as_str);
-                let links = match attachment::links(config, original) {
+                let written = Written {
+                    original: nad.annotations().get(ORIGINAL_MASTER).map(String::as_str),
+                    rewritten: nad.annotations().get(REWRITTEN_MASTER).map(String::as_str),
+                };
+                let links = match attachment::links(config, written) {
                     Ok(None) => continue,
                     Ok(Some(links)) => Ok(links),
                     Err(problem) => Err(problem),
@@ -179,6 +186,8 @@ impl Rewrite {
         nad.spec.config = Some(rewritten);
         nad.annotations_mut()
             .insert(ORIGINAL_MASTER.to_owned(), self.links.device.clone());
+        nad.annotations_mut()
+            .insert(REWRITTEN_MASTER.to_owned(), self.links.master.clone());
         nad.meta_mut().managed_fields = None;
         let api = Api::<NetworkAttachmentDefinition>::namespaced(client.clone(), &namespace);
         match api.replace(&name, &PostParams::default(), &nad).await {

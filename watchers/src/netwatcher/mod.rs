@@ -30,8 +30,11 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+use danm_core::hostlinks::report::bounded;
 use danm_core::hostlinks::report::{action_link, report};
-use danm_core::hostlinks::{Claim, LinkOwner, LinkProblem, network_links, plan, wanted_links};
+use danm_core::hostlinks::{
+    Action, Claim, LinkOwner, LinkProblem, network_links, plan, wanted_links,
+};
 use danm_core::{NetworkKey, NetworkKind};
 use danm_crds::{ClusterNetwork, DanmNet, NetworkSpec, NodeLinkReportSpec, TenantNetwork};
 use futures::{Stream, StreamExt};
@@ -210,7 +213,6 @@ pub async fn run(
         let _ = danmnets.wait_until_ready().await;
         let _ = tenantnets.wait_until_ready().await;
         let _ = clusternets.wait_until_ready().await;
-        attachments.wait_until_ready().await;
     };
     let drain = async {
         loop {
@@ -229,7 +231,18 @@ pub async fn run(
         networks.extend(snapshot(&tenantnets));
         networks.extend(snapshot(&clusternets));
         networks.extend(attachments.snapshot());
-        let outcome = sync(&networks, &links, &recorder, &metrics, &mut reported).await;
+        // Until every followed namespace's attachments are listed (their CRD missing, a
+        // RoleBinding missing), no link is removed: one of theirs would look unwanted.
+        let complete = attachments.ready();
+        let outcome = sync(
+            &networks,
+            &links,
+            &recorder,
+            &metrics,
+            &mut reported,
+            complete,
+        )
+        .await;
         let outcome = match outcome {
             Ok(Synced {
                 report,
@@ -296,10 +309,14 @@ async fn sync(
     recorder: &Recorder,
     metrics: &Metrics,
     reported: &mut Reported,
+    complete: bool,
 ) -> Result<Synced, LinkError> {
     let (wanted, network_problems) = wanted_links(networks.iter().map(|n| n.claim.clone()));
     let observed = links.observe().await?;
-    let (actions, link_problems) = plan(&wanted, &observed.devices, &observed.links);
+    let (mut actions, link_problems) = plan(&wanted, &observed.devices, &observed.links);
+    if !complete {
+        actions.retain(|a| !matches!(a, Action::Delete { recreate: None, .. }));
+    }
     let by_key: HashMap<&LinkOwner, &Claimant> =
         networks.iter().map(|n| (&n.claim.owner, n)).collect();
     let mut problems: Vec<(&Claimant, LinkProblem)> = network_problems
@@ -329,7 +346,7 @@ async fn sync(
         let event = Event {
             type_: EventType::Warning,
             reason: problem.reason().into(),
-            note: Some(problem.to_string()),
+            note: Some(bounded(problem.to_string())),
             action: "KeepHostLink".into(),
             secondary: None,
         };
@@ -358,18 +375,26 @@ async fn sync(
         }
     }
     metrics.managed(wanted.len());
-    // A NetworkAttachmentDefinition's master is rewritten once its link is its own: no
-    // problem with it here (another node's netwatcher may write it first).
+    // A NetworkAttachmentDefinition's master is rewritten only where it has no problem, is
+    // first by precedence for each of its links (not merely holding one the node had), and
+    // none of its links failed (another node's netwatcher may write it first).
+    let first_for_all = |owner: &LinkOwner| {
+        wanted.values().all(|w| {
+            !w.networks.contains(owner) && !w.rivals.iter().any(|r| r.networks.contains(owner))
+                || (w.networks.contains(owner) && !failed_links.contains_key(&w.name))
+        })
+    };
     let rewrites = networks
         .iter()
         .filter(|n| !problems.iter().any(|(p, _)| p.claim.owner == n.claim.owner))
+        .filter(|n| first_for_all(&n.claim.owner))
         .filter_map(|n| n.rewrite.clone())
         .collect();
     let report = report(
         &wanted,
         problems
             .iter()
-            .map(|(n, p)| (&n.claim.owner, format!("{}: {p}", p.reason()))),
+            .map(|(n, p)| (&n.claim.owner, bounded(format!("{}: {p}", p.reason())))),
         &failed_links,
     );
     Ok(Synced {

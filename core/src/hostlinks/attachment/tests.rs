@@ -10,7 +10,7 @@ fn vx(parent: &str, vni: u32) -> LinkSpec {
 #[test]
 fn a_plugin_with_master_and_ids_asks_for_danms_links() {
     let config = r#"{"cniVersion":"0.4.0","name":"sig","type":"macvlan","master":"ens4","vlan":100,"vxlan":700,"mode":"bridge"}"#;
-    let got = links(config, None).unwrap().unwrap();
+    let got = links(config, Written::default()).unwrap().unwrap();
     assert_eq!(
         got.links,
         vec![
@@ -32,11 +32,24 @@ fn a_plugin_with_master_and_ids_asks_for_danms_links() {
     let value: serde_json::Value = serde_json::from_str(&rewritten).unwrap();
     assert_eq!(value["master"], "vx_sig");
     assert_eq!(value["mode"], "bridge", "the rest is kept");
-    let again = links(&rewritten, Some("ens4")).unwrap().unwrap();
+    let annotations = Written {
+        original: Some("ens4"),
+        rewritten: Some("vx_sig"),
+    };
+    let again = links(&rewritten, annotations).unwrap().unwrap();
     assert_eq!(again.links, got.links);
     assert!(again.rewritten);
+    // The owner changes the VNI and the name after the rewrite: master still names the
+    // link netwatcher wrote, so the device is still the annotation's.
+    let changed = rewritten
+        .replace("700", "701")
+        .replace("\"sig\"", "\"sig2\"");
+    let moved = links(&changed, annotations).unwrap().unwrap();
+    assert_eq!(moved.device, "ens4");
+    assert_eq!(moved.master, "vx_sig2");
+    assert!(!moved.rewritten, "master must name the new link");
     // Without the annotation the device is unknown: refused, nothing guessed.
-    let e = links(&rewritten, None).unwrap_err();
+    let e = links(&rewritten, Written::default()).unwrap_err();
     assert!(e.to_string().contains(ORIGINAL_MASTER), "{e}");
     assert_eq!(e.reason(), "BadAttachmentConfig");
 }
@@ -48,21 +61,21 @@ fn a_configuration_without_ids_asks_for_nothing() {
         r#"{"name":"n","type":"macvlan","master":"ens4","vlan":0}"#,
         r#"{"name":"n","plugins":[{"type":"macvlan","master":"ens4"},{"type":"tuning"}]}"#,
     ] {
-        assert_eq!(links(config, None).unwrap(), None, "{config}");
+        assert_eq!(links(config, Written::default()).unwrap(), None, "{config}");
     }
 }
 
 #[test]
 fn in_a_plugin_list_the_one_plugin_that_asks_is_read_and_rewritten() {
     let config = r#"{"cniVersion":"1.0.0","name":"sig","plugins":[{"type":"macvlan","master":"ens4","vxlan":42},{"type":"tuning","sysctl":{}}]}"#;
-    let got = links(config, None).unwrap().unwrap();
+    let got = links(config, Written::default()).unwrap().unwrap();
     assert_eq!(got.links, vec![("vx_sig".to_owned(), vx("ens4", 42))]);
     let rewritten = rewrite(config, "vx_sig").unwrap();
     let value: serde_json::Value = serde_json::from_str(&rewritten).unwrap();
     assert_eq!(value["plugins"][0]["master"], "vx_sig");
     assert_eq!(value["plugins"][1]["type"], "tuning");
     let two = r#"{"name":"sig","plugins":[{"type":"macvlan","master":"ens4","vxlan":42},{"type":"macvlan","master":"ens5","vlan":7}]}"#;
-    let e = links(two, None).unwrap_err();
+    let e = links(two, Written::default()).unwrap_err();
     assert!(e.to_string().contains("only one may"), "{e}");
 }
 
@@ -114,20 +127,23 @@ fn hostile_configurations_are_refused_with_the_field_named() {
         (r#"{"name":"n","plugins":{"a":1}}"#, "plugins is not a list"),
     ];
     for (config, said) in cases {
-        let e = links(config, None).unwrap_err();
+        let e = links(config, Written::default()).unwrap_err();
         assert!(e.to_string().contains(said), "{config}: {e}");
     }
     // A name whose link would be longer than the kernel takes.
     let e = links(
         r#"{"name":"a-long-network-name","master":"ens4","vxlan":1}"#,
-        None,
+        Written::default(),
     )
     .unwrap_err();
     assert!(matches!(e, LinkProblem::NameTooLong(_)), "{e}");
     // The annotation is checked as the master is.
     let e = links(
         r#"{"name":"n","master":"vx_n","vxlan":1}"#,
-        Some("../../etc"),
+        Written {
+            original: Some("../../etc"),
+            rewritten: None,
+        },
     )
     .unwrap_err();
     assert!(e.to_string().contains(ORIGINAL_MASTER), "{e}");
