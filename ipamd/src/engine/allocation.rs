@@ -1,9 +1,12 @@
 //! Allocate, Release and Check: one owner on one network.
 //!
 //! * Allocate: under the owner's lock, read the owner's record (a retry returns what it
-//!   holds); else take the addresses in the shards, then create the record. If the record
-//!   exists by then (a concurrent retry won, or our own create's answer was lost), keep what
-//!   it names and give back what was just taken if it differs. A static address the owner
+//!   holds) unless the store knows without a request that there is none
+//!   ([`crate::store::Store::may_have_endpoint`]: the common path of a new pod reads
+//!   nothing); else take the addresses in the shards, then create the record. If the record
+//!   exists by then (a concurrent retry won, our own create's answer was lost, or the
+//!   store's hint lagged behind it), keep what it names and give back what was just taken if
+//!   it differs. A static address the owner
 //!   already held (an earlier attempt whose record was never written) is renewed once the
 //!   record names it, which fences off an orphan reclaim decided before (see
 //!   [`crate::worker::WorkerHandle::renew`]).
@@ -57,7 +60,9 @@ impl Engine {
         let namespace = Some(owner.pod_namespace.as_str()).filter(|n| !n.is_empty());
         let lock = self.owner_lock(key);
         let _guard = lock.lock().await;
-        if let Some(existing) = self.store.get_endpoint(key, namespace).await? {
+        if self.store.may_have_endpoint(key, namespace).await
+            && let Some(existing) = self.store.get_endpoint(key, namespace).await?
+        {
             same_pod(&existing, owner, key)?;
             return Ok((existing_addresses(&existing, &plan.key, key)?, false));
         }

@@ -178,6 +178,16 @@ pub trait Store: Send + Sync + 'static {
         owner: &OwnerKey,
         namespace: Option<&str>,
     ) -> StoreResult<Option<EndpointRecord>>;
+    /// Whether the owner may have an endpoint record, answered without a request where the
+    /// store can (the Kubernetes store, from its watch-fed cache): `false` spares the read
+    /// of a record that is not there on the common path of an Allocate. Only a hint: the
+    /// cache may lag behind a record just written, so a caller that acts on `false` still
+    /// creates the record with [`Store::create_endpoint`], whose `AlreadyExists` tells it
+    /// the truth. `true` when the store cannot tell without reading.
+    async fn may_have_endpoint(&self, owner: &OwnerKey, namespace: Option<&str>) -> bool {
+        let _ = (owner, namespace);
+        true
+    }
     /// Deletes an owner's endpoint record; false when there was none. `namespace` as for
     /// [`Store::get_endpoint`].
     async fn delete_endpoint(&self, owner: &OwnerKey, namespace: Option<&str>)

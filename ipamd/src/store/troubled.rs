@@ -44,6 +44,9 @@ pub(crate) struct TroubledStore {
     troubles: Mutex<Vec<Trouble>>,
     held_read: Mutex<Option<HeldRead>>,
     writes: AtomicU32,
+    /// Answer [`Store::may_have_endpoint`] with `false` whatever is stored: a watch-fed
+    /// cache that has not seen the records yet.
+    blind: std::sync::atomic::AtomicBool,
 }
 
 impl TroubledStore {
@@ -53,7 +56,13 @@ impl TroubledStore {
             troubles: Mutex::new(Vec::new()),
             held_read: Mutex::new(None),
             writes: AtomicU32::new(0),
+            blind: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// From now on, say that no owner has a record (a lagging cache's hint).
+    pub(crate) fn blind(&self) {
+        self.blind.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Queues trouble for a coming shard write.
@@ -180,6 +189,14 @@ impl Store for TroubledStore {
         namespace: Option<&str>,
     ) -> StoreResult<Option<EndpointRecord>> {
         self.inner.get_endpoint(owner, namespace).await
+    }
+    async fn may_have_endpoint(
+        &self,
+        owner: &danm_core::OwnerKey,
+        namespace: Option<&str>,
+    ) -> bool {
+        !self.blind.load(std::sync::atomic::Ordering::SeqCst)
+            && self.inner.may_have_endpoint(owner, namespace).await
     }
     async fn delete_endpoint(
         &self,

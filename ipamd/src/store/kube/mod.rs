@@ -415,6 +415,12 @@ impl Store for KubeStore {
             .transpose()
     }
 
+    /// From the DanmEp cache, once it has listed: no request. `namespace` is not needed (the
+    /// cache knows every namespace's records).
+    async fn may_have_endpoint(&self, owner: &OwnerKey, _namespace: Option<&str>) -> bool {
+        !self.endpoints.is_synced() || !self.endpoints.namespaces_of(owner).is_empty()
+    }
+
     /// One DELETE in the pod's namespace (given, or found in the cache).
     async fn delete_endpoint(
         &self,
