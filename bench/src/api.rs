@@ -94,6 +94,11 @@ impl Target {
         Ok(())
     }
 
+    /// `kubectl apply` of `yaml` as the administrator (straight to the API server).
+    pub fn kubectl_apply(&self, yaml: &str) -> Result<String, String> {
+        self.plane.kubectl_apply(yaml)
+    }
+
     /// The counters so far, from the API server itself.
     pub async fn counters(&self) -> anyhow::Result<Counters> {
         let request = http::Request::get("/metrics").body(Vec::new())?;

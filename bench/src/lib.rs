@@ -11,5 +11,6 @@
 
 pub mod api;
 pub mod load;
+pub mod peer;
 pub mod replicas;
 pub mod stats;

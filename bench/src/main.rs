@@ -59,6 +59,30 @@ struct Args {
     /// The ipamd binary (default: beside this one).
     #[arg(long)]
     ipamd: Option<PathBuf>,
+    /// Instead of DANM's algorithm, measure a peer beside danm-ipam (with one ipamd): each
+    /// plugin's CNI binary called as a runtime calls it, --peer-adds ADDs then DELs at each
+    /// of --peer-callers, a fresh API server per run (see danm_bench::peer).
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// ADDs (then DELs) per peer run.
+    #[arg(long, default_value_t = 1000)]
+    peer_adds: usize,
+    /// Concurrent callers of the peer runs, one run per plugin each.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    peer_callers: Vec<usize>,
+    /// ipamd replicas behind danm-ipam in the peer runs.
+    #[arg(long, default_value_t = 1)]
+    peer_replicas: usize,
+    /// The danm-ipam binary (default: beside this one).
+    #[arg(long)]
+    danm_ipam: Option<PathBuf>,
+}
+
+/// A peer `--peer` measures.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Peer {
+    /// Whereabouts' CNI binary (built from the Go module proxy, testkit/peers/whereabouts).
+    Whereabouts,
 }
 
 const NAMESPACE: &str = "default";
@@ -67,6 +91,24 @@ const NETWORK: &str = "bench";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Peer::Whereabouts) = args.peer {
+        if args.peer_adds == 0 || args.peer_callers.contains(&0) {
+            bail!("--peer-adds and every --peer-callers must be at least 1");
+        }
+        let config = danm_bench::peer::PeerConfig {
+            adds: args.peer_adds,
+            callers: args.peer_callers.clone(),
+            replicas: args.peer_replicas,
+            ipamd: replicas::locate_ipamd(args.ipamd.as_deref())?,
+            danm_ipam: match &args.danm_ipam {
+                Some(p) => p.clone(),
+                None => replicas::locate_ipamd(None)?.with_file_name("danm-ipam"),
+            },
+        };
+        let report = danm_bench::peer::run(&config).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     if args.clients == 0 || args.replicas == 0 {
         bail!("--clients and --replicas must be at least 1");
     }

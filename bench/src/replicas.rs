@@ -18,6 +18,7 @@ use crate::load::Ipam;
 pub struct Replica {
     child: Child,
     client: IpamClient<Channel>,
+    address: String,
 }
 
 impl Drop for Replica {
@@ -28,6 +29,11 @@ impl Drop for Replica {
 }
 
 impl Replica {
+    /// Its gRPC address (`127.0.0.1:port`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// A gRPC client of this replica.
     pub fn client(&self) -> IpamClient<Channel> {
         self.client.clone()
@@ -122,7 +128,11 @@ pub async fn start(
                 && let Ok(s) = c.status(pb::StatusRequest {}).await
                 && s.get_ref().networks == networks
             {
-                replica = Some(Replica { child, client: c });
+                replica = Some(Replica {
+                    child,
+                    client: c,
+                    address: addr.clone(),
+                });
                 break;
             }
             if Instant::now() > deadline {

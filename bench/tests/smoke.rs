@@ -164,6 +164,55 @@ fn scale_bench_requests_per_call_do_not_grow_with_the_cluster() {
     );
 }
 
+/// `bench --peer whereabouts`, small: both plugins' CNI binaries called as a runtime calls
+/// them (Whereabouts built from the Go module proxy by testkit/peers/whereabouts), no
+/// address given twice, nothing left after the DELs, and danm-ipam's ADD costing fewer API
+/// requests than Whereabouts' (which takes a Lease and writes its pool and a reservation).
+#[test]
+fn the_peer_bench_runs_both_plugins_as_a_runtime_would() {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--peer",
+            "whereabouts",
+            "--peer-adds",
+            "12",
+            "--peer-callers",
+            "1,3",
+        ])
+        .output()
+        .expect("bench runs");
+    assert!(
+        out.status.success(),
+        "bench --peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "{report}");
+    for run in runs {
+        assert_eq!(run["duplicates"], 0, "{run}");
+        assert_eq!(run["left_after_del"], 0, "{run}");
+        assert!(
+            run["allocations_per_second"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
+    }
+    let requests = |plugin: &str, callers: u64| {
+        runs.iter()
+            .find(|r| r["plugin"] == plugin && r["callers"] == callers)
+            .unwrap()["per_add"]["api_requests"]
+            .as_f64()
+            .unwrap()
+    };
+    for callers in [1, 3] {
+        assert!(
+            requests("danm-ipam", callers) < requests("whereabouts", callers),
+            "{report}"
+        );
+    }
+    assert_eq!(report["ratios"].as_array().unwrap().len(), 2);
+}
+
 /// `policer-bench` end to end, small (as root: it makes network namespaces): every pod's
 /// table applied, then the change's, with the figures docs/benchmarks.md documents.
 #[test]

@@ -222,7 +222,11 @@ async fn a_retried_allocate_with_a_lagging_hint_returns_the_recorded_address() {
     let first = a.allocate(&key(), &owner(), "dynamic", "").await.unwrap();
     let again = a.allocate(&key(), &owner(), "dynamic", "").await.unwrap();
     assert_eq!(again.ip, first.ip);
-    assert_eq!(held_by(&store, fingerprint).await.len(), 1, "the retry's pick is given back");
+    assert_eq!(
+        held_by(&store, fingerprint).await.len(),
+        1,
+        "the retry's pick is given back"
+    );
     // Two replicas racing for a new owner: one record, one address.
     let racer = OwnerInfo {
         container_id: "racer".into(),
