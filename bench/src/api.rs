@@ -190,7 +190,8 @@ pub async fn namespaces_and_danmnet(
     Ok(())
 }
 
-/// Creates `count` DanmEps (one interface each, owner `other-<i>`) on DanmNet `network` of
+/// Creates `count` DanmEps (one interface each, shaped as a runtime's: a container id of 64
+/// hex digits, a node, a netns path, a MAC) on DanmNet `network` of
 /// `namespace`, `concurrency` at a time. Each names pod `other-<i>`, or, with `pods`, one of
 /// the pods `pod-0` .. `pod-<pods-1>` with its UID (as a pod with many interfaces would).
 pub async fn preload_danmeps(
@@ -216,7 +217,7 @@ pub async fn preload_danmeps(
                 if i >= count {
                     return Ok::<(), kube::Error>(());
                 }
-                let owner = danm_core::OwnerKey::new(&format!("other-{i}"), "eth0").expect("valid");
+                let owner = danm_core::OwnerKey::new(&container_id_of(i), "eth0").expect("valid");
                 let ep = DanmEp {
                     metadata: ObjectMeta {
                         name: Some(owner.endpoint_name()),
@@ -226,7 +227,8 @@ pub async fn preload_danmeps(
                             (names::NETWORK_NAME_LABEL.to_owned(), network.clone()),
                             (
                                 names::CONTAINER_ID_LABEL.to_owned(),
-                                owner.container_id.clone(),
+                                // As ipamd labels them: a label value holds 63 characters.
+                                owner.container_id.chars().take(63).collect(),
                             ),
                             (
                                 names::OWNER_FINGERPRINT_LABEL.to_owned(),
@@ -247,6 +249,12 @@ pub async fn preload_danmeps(
                                 (i >> 8) & 255,
                                 i & 255
                             ),
+                            mac_address: format!(
+                                "0a:58:0a:{:02x}:{:02x}:{:02x}",
+                                (i >> 16) & 255,
+                                (i >> 8) & 255,
+                                i & 255
+                            ),
                             ..Default::default()
                         },
                         pod: pods
@@ -254,11 +262,17 @@ pub async fn preload_danmeps(
                             .map_or_else(|| format!("other-{i}"), |p| p.0.clone()),
                         pod_uid: pods
                             .get(i % pods.len().max(1))
-                            .map(|p| p.1.clone())
-                            .unwrap_or_default(),
+                            .map_or_else(|| uuid_of(i), |p| p.1.clone()),
+                        // Spread on 100 nodes, unless they name real pods (whose node is
+                        // left to the caller's checks, as before).
+                        host: if pods.is_empty() {
+                            format!("node-{:03}", i % 100)
+                        } else {
+                            String::new()
+                        },
+                        netns: format!("/var/run/netns/cni-{}", uuid_of(i + count)),
                         cid: owner.container_id.clone(),
                         api_type: "DanmNet".into(),
-                        ..Default::default()
                     },
                 };
                 api.create(&PostParams::default(), &ep).await?;
@@ -271,9 +285,48 @@ pub async fn preload_danmeps(
     Ok(())
 }
 
+/// A container id as runtimes write them (64 hex digits), different for every `i`.
+fn container_id_of(i: usize) -> String {
+    let mix = |x: u64| x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29) ^ x;
+    let i = i as u64;
+    format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        mix(i),
+        mix(i ^ 0xa5a5),
+        mix(i ^ 0x5a5a_0000),
+        mix(!i)
+    )
+}
+
+/// A UUID-shaped text, different for every `i`.
+fn uuid_of(i: usize) -> String {
+    let hex = container_id_of(i);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preloaded_owners_look_like_a_runtimes_and_differ() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(container_id_of).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| {
+            id.len() == 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }));
+        assert_eq!(uuid_of(7).len(), 36);
+    }
 
     #[test]
     fn request_counters_sum_the_api_servers_metric() {

@@ -1,7 +1,7 @@
 //! The `danm.ipam.v1.Ipam` gRPC service: request decoding, authorization, engine calls.
 //! Conversions to and from the wire and the status codes are in [`crate::wire`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -204,15 +204,27 @@ impl Ipam for IpamService {
         let caller = self.policy.caller(&request).await?;
         let r = request.into_inner();
         let namespace = Some(r.pod_namespace.as_str()).filter(|n| !n.is_empty());
-        if caller.node().is_some() {
-            let records = self
-                .engine
-                .store()
-                .endpoints_of_container(&r.container_id, namespace)
+        if let Some(node) = caller.node() {
+            // Only the records attached elsewhere need their pod's name and UID checked.
+            let store = self.engine.store();
+            let mut elsewhere = Vec::new();
+            for summary in store
+                .summaries_of_container(&r.container_id, namespace)
                 .await
-                .map_err(|e| fail(e.into()))?;
-            let held: Vec<&EndpointRecord> = records.iter().collect();
-            authz::confine(self.engine.store().as_ref(), &caller, "Detach", &held).await?;
+                .map_err(|e| fail(e.into()))?
+                .into_iter()
+                .filter(|s| s.host() != node)
+            {
+                if let Some(record) = store
+                    .get_endpoint(&summary.owner(), Some(summary.namespace()))
+                    .await
+                    .map_err(|e| fail(e.into()))?
+                {
+                    elsewhere.push(record);
+                }
+            }
+            let held: Vec<&EndpointRecord> = elsewhere.iter().collect();
+            authz::confine(store.as_ref(), &caller, "Detach", &held).await?;
         }
         let released = self
             .engine
@@ -431,15 +443,30 @@ impl Ipam for IpamService {
             .list_allocations(network.as_ref())
             .await
             .map_err(fail)?;
-        let items = listed.into_iter().map(|l| {
-            let owner = l.endpoint.map(|e| pb::Owner {
-                container_id: e.owner.container_id,
-                ifname: e.owner.ifname,
-                pod_namespace: e.namespace,
-                pod_name: e.spec.pod,
-                pod_uid: e.spec.pod_uid,
-                netns: e.spec.netns,
-                host: e.spec.host,
+        // The pods' names, UIDs and netns are not kept in memory: read the records once.
+        let records: HashMap<(String, OwnerKey), EndpointRecord> = self
+            .engine
+            .store()
+            .read_endpoints(network.as_ref())
+            .await
+            .map_err(|e| fail(e.into()))?
+            .into_iter()
+            .map(|r| ((r.namespace.clone(), r.owner.clone()), r))
+            .collect();
+        let items = listed.into_iter().map(move |l| {
+            let owner = l.endpoint.map(|e| {
+                let key = e.owner();
+                let read = records.get(&(e.namespace().to_owned(), key.clone()));
+                let spec = read.map(|r| r.spec.clone()).unwrap_or_default();
+                pb::Owner {
+                    container_id: key.container_id,
+                    ifname: key.ifname,
+                    pod_namespace: e.namespace().to_owned(),
+                    pod_name: spec.pod,
+                    pod_uid: spec.pod_uid,
+                    netns: spec.netns,
+                    host: e.host().to_owned(),
+                }
             });
             Ok(pb::Allocation {
                 network: Some(pb::NetworkRef::from(&l.network)),

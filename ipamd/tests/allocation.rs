@@ -570,7 +570,7 @@ async fn gc_frees_only_the_named_hosts_attachments() {
         .await
         .unwrap()
         .into_iter()
-        .filter_map(|l| l.endpoint.map(|e| e.owner.container_id))
+        .filter_map(|l| l.endpoint.map(|e| e.owner().container_id))
         .collect();
     let left: HashSet<String> = left.into_iter().collect();
     assert_eq!(

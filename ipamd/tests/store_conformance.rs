@@ -62,7 +62,7 @@ async fn networks_in(store: &dyn Store, ns: &str) -> Vec<NetworkObject> {
 /// How many endpoint records namespace `ns` holds.
 async fn endpoints_in(store: &dyn Store, ns: &str) -> usize {
     let all = store.list_endpoints().await.unwrap();
-    all.iter().filter(|e| e.namespace == ns).count()
+    all.iter().filter(|e| e.namespace() == ns).count()
 }
 
 /// The next change event about namespace `ns` (a store on a shared API server also sees
@@ -266,6 +266,105 @@ async fn endpoints(store: &dyn Store, ns: &str) {
     assert_eq!(endpoints_in(store, ns).await, 1);
 }
 
+/// What is kept of every record, a container's whole records, a fingerprint's and a
+/// network's: each answer names exactly the records written.
+async fn endpoint_reads(store: &dyn Store, ns: &str) {
+    let cid = "0123456789abcdef".repeat(4);
+    let first = endpoint(ns, &cid, "a");
+    let mut second = endpoint(ns, &cid, "b");
+    second.owner = OwnerKey::new(&cid, "net1").unwrap();
+    second.spec.interface.name = "net1".into();
+    second.spec.interface.address = "10.0.1.7/24".into();
+    second.spec.interface.address_ipv6 = "fd00::7/64".into();
+    let other = endpoint(ns, &format!("{ns}-other"), "a");
+    for record in [&first, &second, &other] {
+        store.create_endpoint(record.clone()).await.unwrap();
+    }
+
+    let mut summaries = store.summaries_of_container(&cid, Some(ns)).await.unwrap();
+    summaries.sort_by_key(|s| s.owner().ifname);
+    let kept: Vec<_> = summaries
+        .iter()
+        .map(|s| {
+            let addresses: Vec<String> = s.addresses().map(|a| a.to_string()).collect();
+            (
+                s.owner(),
+                s.network().name.clone(),
+                s.namespace().to_owned(),
+                addresses,
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (
+                first.owner.clone(),
+                "a".into(),
+                ns.to_owned(),
+                vec!["10.0.0.1".to_owned()]
+            ),
+            (
+                second.owner.clone(),
+                "b".into(),
+                ns.to_owned(),
+                vec!["10.0.1.7".to_owned(), "fd00::7".to_owned()]
+            ),
+        ]
+    );
+
+    let mut whole = store.endpoints_of_container(&cid, Some(ns)).await.unwrap();
+    whole.sort_by(|a, b| a.owner.ifname.cmp(&b.owner.ifname));
+    assert_eq!(
+        whole,
+        [first.clone(), second.clone()],
+        "whole records, pod included"
+    );
+    assert_eq!(
+        store
+            .endpoints_of_container(&cid, None)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "found without the namespace too"
+    );
+
+    let by_fingerprint = store
+        .endpoints_with_fingerprint(second.owner.fingerprint())
+        .await
+        .unwrap();
+    assert_eq!(by_fingerprint.len(), 1);
+    assert!(by_fingerprint[0].is_owned_by(&second.owner));
+    assert!(by_fingerprint[0].names("fd00::7".parse().unwrap()));
+
+    let mut of_a: Vec<_> = store
+        .read_endpoints(Some(&net(ns, "a")))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.owner)
+        .collect();
+    of_a.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+    assert_eq!(of_a, [first.owner.clone(), other.owner.clone()]);
+    let everything = store.read_endpoints(None).await.unwrap();
+    assert_eq!(everything.iter().filter(|r| r.namespace == ns).count(), 3);
+
+    store
+        .delete_endpoint(&second.owner, Some(ns))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .summaries_of_container(&cid, Some(ns))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a deleted record is forgotten"
+    );
+}
+
 /// Runs every check, each on a fresh store and namespace from `make`.
 async fn suite<F, Fut>(make: F)
 where
@@ -282,6 +381,8 @@ where
     shards_listed_per_network(store.as_ref(), &ns).await;
     let (store, ns) = make().await;
     endpoints(store.as_ref(), &ns).await;
+    let (store, ns) = make().await;
+    endpoint_reads(store.as_ref(), &ns).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use danm_runtime::index::{Change, Synced, follow_map};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::Api;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use tokio::sync::Notify;
 
 use crate::gate::{Gate, Rounds, SandboxKey, SandboxState, ServeError};
@@ -75,13 +75,10 @@ pub async fn run(
     });
     let synced = Arc::new(Synced::new(4));
     let networks_synced = Arc::new(Synced::new(3));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "danm-policer".into(),
-            instance: Some(config.node.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: "danm-policer".into(),
+        instance: Some(config.node.clone()),
+    };
     let tasks = [
         follow_kind(
             Api::<Namespace>::all(client.clone()),
@@ -140,7 +137,7 @@ pub async fn run(
             Index::on_network::<TenantNetwork>,
         ),
         follow_kind(
-            Api::<ClusterNetwork>::all(client),
+            Api::<ClusterNetwork>::all(client.clone()),
             "ClusterNetwork",
             &networks_synced,
             &index,
@@ -163,7 +160,7 @@ pub async fn run(
         }
     };
     let outcome = tokio::select! {
-        _ = reconcile(&config, &index, &changed, &synced, &rounds, &metrics, &recorder) => Ok(()),
+        _ = reconcile(&config, &index, &changed, &synced, &rounds, &metrics, (&client, &reporter)) => Ok(()),
         _ = shutdown => Ok(()),
         e = gate_failed => Err(e),
     };
@@ -209,7 +206,7 @@ async fn reconcile(
     synced: &Synced,
     rounds: &Rounds,
     metrics: &Metrics,
-    recorder: &Recorder,
+    (client, reporter): (&kube::Client, &Reporter),
 ) {
     synced.listed().await;
     let mut sandboxes = Sandboxes::default();
@@ -311,7 +308,7 @@ async fn reconcile(
         metrics.round(sandbox_count, sandboxes.isolated, sandboxes.rules, failing);
         let notes =
             crate::events::warnings(&sandboxes.failed, &index.lock().expect("the index lock"));
-        crate::events::publish(recorder, notes, &mut reported);
+        crate::events::publish(client, reporter, notes, &mut reported);
         // A failed apply is retried after the settle time even with no change.
         if failing > 0 {
             tokio::select! {

@@ -1,11 +1,17 @@
 //! The policer's Warning Events: on a pod whose table could not be applied, on the
 //! policies that select it, and on a policy that names a network that does not exist. Each
 //! is published once, again when its note changes or it comes back, from a task of its own.
+//!
+//! Each publication is an Event object of its own. kube-runtime's [`Recorder`] folds what
+//! it publishes for the same object, reason and action within six minutes into one series
+//! that keeps its first note: a cause that changed would show the old one. Since nothing is
+//! published twice with the same note here, there is no repeat to fold: a fresh recorder
+//! publishes each.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::gate::SandboxKey;
 use crate::index::{Index, PodKey};
@@ -54,7 +60,7 @@ pub fn warnings(failures: &BTreeMap<SandboxKey, String>, index: &Index) -> Repor
         notes.insert((NOT_APPLIED, "DanmNetworkPolicy", namespace, policy), note);
     }
     // No count of the pods in the note: a note that changed with every pod would publish
-    // again and again (and the recorder shows the first note of a series anyway).
+    // again and again.
     for ((namespace, policy), missing) in index.missing_networks() {
         let named: Vec<String> = missing
             .iter()
@@ -76,7 +82,12 @@ pub fn warnings(failures: &BTreeMap<SandboxKey, String>, index: &Index) -> Repor
 /// Publishes each Warning Event once (again when its note changes, or when it comes back
 /// after the failure went away), from a task of its own: a slow API server never holds a
 /// round (nor the gate, which waits for rounds) back.
-pub fn publish(recorder: &Recorder, notes: Reported, reported: &mut Reported) {
+pub fn publish(
+    client: &kube::Client,
+    reporter: &Reporter,
+    notes: Reported,
+    reported: &mut Reported,
+) {
     let new: Vec<(Regarding, String)> = notes
         .iter()
         .filter(|(regarding, note)| reported.get(*regarding) != Some(*note))
@@ -86,11 +97,11 @@ pub fn publish(recorder: &Recorder, notes: Reported, reported: &mut Reported) {
     if new.is_empty() {
         return;
     }
-    let recorder = recorder.clone();
-    tokio::spawn(async move { send(&recorder, new).await });
+    let (client, reporter) = (client.clone(), reporter.clone());
+    tokio::spawn(async move { send(client, reporter, new).await });
 }
 
-async fn send(recorder: &Recorder, events: Vec<(Regarding, String)>) {
+async fn send(client: kube::Client, reporter: Reporter, events: Vec<(Regarding, String)>) {
     for ((reason, kind, namespace, name), note) in &events {
         let api_version = if *kind == "Pod" { "v1" } else { "danm.io/v1" };
         let reference = ObjectReference {
@@ -107,6 +118,7 @@ async fn send(recorder: &Recorder, events: Vec<(Regarding, String)>) {
             action: "ApplyNetworkPolicy".into(),
             secondary: None,
         };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         if let Err(e) = recorder.publish(&event, &reference).await {
             tracing::warn!(kind, namespace, name, error = %e, "cannot publish an Event");
         }

@@ -360,7 +360,8 @@ async fn policy_changes_reach_the_pods_table_and_a_restart_converges() {
 
 /// A policy naming networks that do not exist selects no interface on them: the policer of
 /// a node where the policy selects a pod says so with a Warning Event on the policy, naming
-/// each field (as its ServiceAccount, which may watch the three network kinds).
+/// each field (as its ServiceAccount, which may watch the three network kinds), and names
+/// the new ones when they change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_naming_networks_that_do_not_exist_gets_an_event_naming_the_fields() {
     let plane = ControlPlane::shared().await;
@@ -434,6 +435,39 @@ async fn a_policy_naming_networks_that_do_not_exist_gets_an_event_naming_the_fie
         "spec.ingress[0].from[0].networkSelector[0]: ClusterNetwork ghost",
     ] {
         assert!(note.contains(expected), "{expected:?} not in {note}");
+    }
+    // The cause changes within seconds: the new note is shown, not folded into the first
+    // Event's series (which keeps its first note).
+    Api::<DanmNetworkPolicy>::namespaced(client.clone(), &ns)
+        .patch(
+            "ghosts",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "spec": {"networkSelector": [{"name": "signal"}, {"name": "phantom"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = events.list(&Default::default()).await.unwrap();
+        let notes: Vec<String> = listed
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("NetworkNotFound"))
+            .filter_map(|e| e.note)
+            .collect();
+        if notes
+            .iter()
+            .any(|n| n.contains(&format!("spec.networkSelector[1]: DanmNet {ns}/phantom")))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed cause was never shown; notes: {notes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     controller.stop().await;
 }

@@ -3,7 +3,8 @@
 //! namespace, the hardest place for them), one `ipamd --store kube` starts on it, and
 //! `--pods` pods are attached, looked up and detached one at a time, as kubelet's ADD, CHECK
 //! and DEL would: Attach, Interfaces, Detach. Prints one JSON object: per N, each call's
-//! latency (p50/p99/max) and the API requests and response bytes it cost.
+//! latency (p50/p99/max) and the API requests and response bytes it cost, ipamd's memory,
+//! and what that memory grows by per DanmEp (`cache_bytes_per_danmep`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let report = json!({
+        "cache_bytes_per_danmep": cache_bytes_per_danmep(&runs),
         "setup": {
             "api": "real kube-apiserver and etcd (fsync on)",
             "pods": args.pods,
@@ -170,11 +172,32 @@ async fn run(args: &Args, ipamd: &std::path::Path, endpoints: usize) -> anyhow::
     Ok(json!({
         "danmeps_of_other_pods": endpoints,
         "preload_seconds": round2(preload_seconds),
+        "ipamd_rss_bytes_when_ready": rss_ready,
         "ipamd_rss_mib_when_ready": round2(rss_ready as f64 / 1_048_576.0),
         "ipamd_peak_rss_mib": round2(replica[0].peak_rss_bytes()? as f64 / 1_048_576.0),
         "calls": calls,
         "api_server_alone_ms": baseline,
     }))
+}
+
+/// What ipamd's memory grows by per DanmEp of other pods, from the smallest run to the
+/// largest (its DanmEp cache; the rest of ipamd does not grow with them). Null with fewer
+/// than two sizes.
+fn cache_bytes_per_danmep(runs: &[Value]) -> Value {
+    let point = |run: &Value| {
+        Some((
+            run["danmeps_of_other_pods"].as_f64()?,
+            run["ipamd_rss_bytes_when_ready"].as_f64()?,
+        ))
+    };
+    let mut points: Vec<(f64, f64)> = runs.iter().filter_map(point).collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    match (points.first(), points.last()) {
+        (Some(small), Some(large)) if large.0 > small.0 => {
+            json!(((large.1 - small.1) / (large.0 - small.0)).round())
+        }
+        _ => Value::Null,
+    }
 }
 
 /// What the API server alone takes, at this size, for the kinds of request ipamd makes: a

@@ -186,7 +186,10 @@ impl Engine {
         match self.serving(&record.network) {
             Ok((plan, worker)) => {
                 let done = worker
-                    .release(record.owner.fingerprint(), offsets_in(&plan, record))
+                    .release(
+                        record.owner.fingerprint(),
+                        offsets_in(&plan, record.addresses()),
+                    )
                     .await?;
                 freed = done
                     .into_iter()
@@ -232,7 +235,7 @@ impl Engine {
                 )));
             }
         }
-        for (family, offset) in offsets_in(&plan, &record) {
+        for (family, offset) in offsets_in(&plan, record.addresses()) {
             let fp = plan.family(family).expect("recorded family exists");
             let key = ShardKey {
                 network: network.clone(),

@@ -220,11 +220,11 @@ impl Engine {
         let mut freed = Vec::new();
         for record in self
             .store
-            .endpoints_of_container(container_id, namespace)
+            .summaries_of_container(container_id, namespace)
             .await?
         {
             freed.extend(
-                self.release(&record.network, &record.owner, Some(&record.namespace))
+                self.release(record.network(), &record.owner(), Some(record.namespace()))
                     .await?,
             );
         }
@@ -243,14 +243,15 @@ impl Engine {
     ) -> Result<Vec<String>, EngineError> {
         let mut freed = Vec::new();
         for record in self.store.list_endpoints().await? {
-            if valid.contains(&record.owner)
-                || network.is_some_and(|n| *n != record.network)
-                || host.is_some_and(|h| h != record.spec.host)
+            let owner = record.owner();
+            if valid.contains(&owner)
+                || network.is_some_and(|n| n != record.network())
+                || host.is_some_and(|h| h != record.host())
             {
                 continue;
             }
             freed.extend(
-                self.release(&record.network, &record.owner, Some(&record.namespace))
+                self.release(record.network(), &owner, Some(record.namespace()))
                     .await?,
             );
         }

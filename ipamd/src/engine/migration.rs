@@ -39,9 +39,9 @@ impl Engine {
         let legacy = danm_core::migrate::legacy_allocations(plan)?;
         let mut owners: HashMap<(Family, u128), u64> = HashMap::new();
         for record in self.store.list_endpoints().await? {
-            if record.network == plan.key {
-                for at in offsets_in(plan, &record) {
-                    owners.insert(at, record.owner.fingerprint());
+            if *record.network() == plan.key {
+                for at in offsets_in(plan, record.addresses()) {
+                    owners.insert(at, record.owner().fingerprint());
                 }
             }
         }

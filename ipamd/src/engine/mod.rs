@@ -31,7 +31,7 @@ use danm_core::{Family, NetworkKey, NetworkPlan, OwnerKey};
 
 pub use crate::error::EngineError;
 pub use crate::metrics::Metrics;
-use crate::store::{EndpointRecord, NetworkObject, Store, StoreEvent};
+use crate::store::{EndpointSummary, NetworkObject, Store, StoreEvent};
 use crate::worker::{WorkerConfig, WorkerHandle};
 
 /// Who asks: the owner key plus what is recorded about the pod.
@@ -113,8 +113,8 @@ pub struct ListedAllocation {
     pub address: IpAddr,
     /// Owner fingerprint stored in the shard.
     pub fingerprint: u64,
-    /// The endpoint record naming this address, when there is one.
-    pub endpoint: Option<EndpointRecord>,
+    /// What the store knows of the endpoint record naming this address, when there is one.
+    pub endpoint: Option<Arc<EndpointSummary>>,
 }
 
 /// What the engine knows of one network.

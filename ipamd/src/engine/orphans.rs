@@ -16,10 +16,9 @@ use std::sync::Arc;
 use danm_core::layout::{local_offset, shard_first, shard_index};
 use danm_core::{Family, NetworkKey, NetworkPlan};
 
-use super::records::names_address;
 use super::{Engine, ListedAllocation};
 use crate::error::EngineError;
-use crate::store::{EndpointRecord, ShardKey};
+use crate::store::{EndpointSummary, ShardKey};
 use crate::worker::decode_shard;
 
 /// Reads and checks of one orphan before giving up on a busy shard.
@@ -180,7 +179,7 @@ impl Engine {
             .endpoints_with_fingerprint(fingerprint)
             .await?
             .iter()
-            .any(|r| &r.network == network && names_address(r, address));
+            .any(|r| r.network() == network && r.names(address));
         if named {
             return Ok(Attempt::NotAnOrphan);
         }
@@ -219,10 +218,10 @@ impl Engine {
             Some(key) => vec![self.network(key)?],
             None => self.networks(),
         };
-        let mut by_owner: HashMap<(NetworkKey, u64), Vec<Arc<EndpointRecord>>> = HashMap::new();
+        let mut by_owner: HashMap<(NetworkKey, u64), Vec<Arc<EndpointSummary>>> = HashMap::new();
         for record in self.store.list_endpoints().await? {
             by_owner
-                .entry((record.network.clone(), record.owner.fingerprint()))
+                .entry((record.network().clone(), record.owner().fingerprint()))
                 .or_default()
                 .push(record);
         }
@@ -246,8 +245,8 @@ impl Engine {
                     };
                     let endpoint = by_owner
                         .get(&(plan.key.clone(), fingerprint))
-                        .and_then(|records| records.iter().find(|r| names_address(r, address)))
-                        .map(|r| (**r).clone());
+                        .and_then(|records| records.iter().find(|r| r.names(address)))
+                        .cloned();
                     out.push(ListedAllocation {
                         network: plan.key.clone(),
                         address,

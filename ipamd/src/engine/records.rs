@@ -123,30 +123,18 @@ pub(super) fn existing_addresses(
     })
 }
 
-/// Whether a record names `address`.
-pub(super) fn names_address(record: &EndpointRecord, address: IpAddr) -> bool {
-    [
-        &record.spec.interface.address,
-        &record.spec.interface.address_ipv6,
-    ]
-    .into_iter()
-    .filter_map(|a| danm_core::addr::parse_addr_lenient(a).ok())
-    .any(|a| a == address)
-}
-
-/// The offsets a record names in `plan`.
-pub(super) fn offsets_in(plan: &NetworkPlan, record: &EndpointRecord) -> Vec<(Family, u128)> {
-    [
-        (Family::V4, &record.spec.interface.address),
-        (Family::V6, &record.spec.interface.address_ipv6),
-    ]
-    .into_iter()
-    .filter_map(|(family, text)| {
-        let ip = danm_core::addr::parse_addr_lenient(text).ok()?;
-        let offset = plan.family(family)?.cidr.offset_of(ip)?;
-        Some((family, offset))
-    })
-    .collect()
+/// The offsets `addresses` (a record's) have in `plan`.
+pub(super) fn offsets_in(
+    plan: &NetworkPlan,
+    addresses: impl IntoIterator<Item = IpAddr>,
+) -> Vec<(Family, u128)> {
+    addresses
+        .into_iter()
+        .filter_map(|ip| {
+            let family = Family::of(&ip);
+            Some((family, plan.family(family)?.cidr.offset_of(ip)?))
+        })
+        .collect()
 }
 
 /// The offsets in `held` with their families.

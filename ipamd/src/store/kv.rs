@@ -13,9 +13,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+use super::summary::Interner;
 use super::{
-    EndpointRecord, NetworkObject, ShardKey, Store, StoreError, StoreEvent, StoreResult,
-    StoredShard, Version, network_storage_key, parse_shard_storage_key, shard_storage_key,
+    EndpointRecord, EndpointSummary, NetworkObject, ShardKey, Store, StoreError, StoreEvent,
+    StoreResult, StoredShard, Version, network_storage_key, parse_shard_storage_key,
+    shard_storage_key,
 };
 
 /// The tables of a key-value backend.
@@ -301,14 +303,40 @@ impl<B: KvBackend> Store for KvStore<B> {
         Ok(existed)
     }
 
-    async fn list_endpoints(&self) -> StoreResult<Vec<std::sync::Arc<EndpointRecord>>> {
+    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointSummary>>> {
+        let mut interner = Interner::default();
+        Ok(self
+            .read_endpoints(None)
+            .await?
+            .iter()
+            .map(|record| Arc::new(EndpointSummary::of(record, &mut interner)))
+            .collect())
+    }
+
+    async fn endpoints_of_container(
+        &self,
+        container_id: &str,
+        _namespace: Option<&str>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        let mut records = self.read_endpoints(None).await?;
+        records.retain(|r| r.owner.container_id == container_id);
+        Ok(records)
+    }
+
+    async fn read_endpoints(
+        &self,
+        network: Option<&NetworkKey>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
         let rows = self
             .run(|b| b.scan(Table::Endpoints, ""))
             .await
             .map_err(map_err(|| "endpoints".into()))?;
-        rows.iter()
-            .map(|(k, _, v)| decode(k, v).map(std::sync::Arc::new))
-            .collect()
+        let mut records = rows
+            .iter()
+            .map(|(k, _, v)| decode::<EndpointRecord>(k, v))
+            .collect::<StoreResult<Vec<_>>>()?;
+        records.retain(|r| network.is_none_or(|n| *n == r.network));
+        Ok(records)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {

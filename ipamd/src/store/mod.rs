@@ -11,6 +11,7 @@ pub mod kube;
 pub mod kv;
 pub mod memory;
 pub mod select;
+pub mod summary;
 #[cfg(test)]
 pub(crate) mod troubled;
 
@@ -23,6 +24,8 @@ use danm_core::{Family, NetworkKey, NetworkKind, OwnerKey};
 use danm_crds::{AllocationShardSpec, DanmEpSpec, NetworkSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+pub use summary::EndpointSummary;
 
 /// Opaque version of a stored object (a resourceVersion).
 pub type Version = String;
@@ -116,6 +119,19 @@ pub struct EndpointRecord {
     pub spec: DanmEpSpec,
 }
 
+impl EndpointRecord {
+    /// The addresses the record names (`Interface.Address`, then `AddressIPv6`), without
+    /// their prefix lengths; text that is no address is skipped.
+    pub fn addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        [
+            &self.spec.interface.address,
+            &self.spec.interface.address_ipv6,
+        ]
+        .into_iter()
+        .filter_map(|text| danm_core::addr::parse_addr_lenient(text).ok())
+    }
+}
+
 /// What the API says of a pod: its UID, node and `danm.io/interfaces` annotation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
@@ -192,39 +208,48 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::get_endpoint`].
     async fn delete_endpoint(&self, owner: &OwnerKey, namespace: Option<&str>)
     -> StoreResult<bool>;
-    /// Every endpoint record. A store may answer from a watch-fed cache that lags behind
-    /// other writers (the Kubernetes store does): use it to find candidates, and read a
-    /// record afresh ([`Store::get_endpoint`]) before deciding anything on it.
-    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointRecord>>>;
-    /// The endpoint records of one container. `namespace` is the pod's namespace when the
-    /// caller knows it. May come from a cache, as [`Store::list_endpoints`]; this replica's
-    /// own writes are always in it.
+    /// What the store knows of every endpoint record: keys, node and addresses. A store may
+    /// answer from a watch-fed cache that lags behind other writers (the Kubernetes store
+    /// does): use it to find candidates, and read a record afresh ([`Store::get_endpoint`])
+    /// before deciding anything on it.
+    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointSummary>>>;
+    /// What the store knows of the records of one container, as [`Store::list_endpoints`]
+    /// (this replica's own writes are always in it). `namespace` is the pod's namespace
+    /// when the caller knows it.
+    async fn summaries_of_container(
+        &self,
+        container_id: &str,
+        namespace: Option<&str>,
+    ) -> StoreResult<Vec<Arc<EndpointSummary>>> {
+        let _ = namespace;
+        let mut all = self.list_endpoints().await?;
+        all.retain(|s| s.is_of_container(container_id));
+        Ok(all)
+    }
+    /// The whole endpoint records of one container, read from the store; found as
+    /// [`Store::summaries_of_container`] finds them.
     async fn endpoints_of_container(
         &self,
         container_id: &str,
         namespace: Option<&str>,
-    ) -> StoreResult<Vec<EndpointRecord>> {
-        let _ = namespace;
-        let all = self.list_endpoints().await?;
-        Ok(all
-            .iter()
-            .filter(|r| r.owner.container_id == container_id)
-            .map(|r| (**r).clone())
-            .collect())
-    }
-    /// The endpoint records whose owner has `fingerprint`, read afresh: every record
-    /// written before the call is in the answer (what the orphan reclaimer decides on).
+    ) -> StoreResult<Vec<EndpointRecord>>;
+    /// What the store knows of the records whose owner has `fingerprint`, read afresh:
+    /// every record written before the call is in the answer (what the orphan reclaimer
+    /// decides on).
     async fn endpoints_with_fingerprint(
         &self,
         fingerprint: u64,
-    ) -> StoreResult<Vec<EndpointRecord>> {
-        let all = self.list_endpoints().await?;
-        Ok(all
-            .iter()
-            .filter(|r| r.owner.fingerprint() == fingerprint)
-            .map(|r| (**r).clone())
-            .collect())
+    ) -> StoreResult<Vec<Arc<EndpointSummary>>> {
+        let mut all = self.list_endpoints().await?;
+        all.retain(|s| s.owner().fingerprint() == fingerprint);
+        Ok(all)
     }
+    /// Every whole endpoint record (of `network`, if given), read from the store: the
+    /// operator's listing (ListAllocations), never a request's path.
+    async fn read_endpoints(
+        &self,
+        network: Option<&NetworkKey>,
+    ) -> StoreResult<Vec<EndpointRecord>>;
 
     /// Whether the store can serve now (reachable, caches filled).
     async fn ready(&self) -> StoreResult<()> {

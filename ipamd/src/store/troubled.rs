@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    EndpointRecord, NetworkObject, ShardKey, Store, StoreError, StoreEvent, StoreResult,
-    StoredShard, Version,
+    EndpointRecord, EndpointSummary, NetworkObject, ShardKey, Store, StoreError, StoreEvent,
+    StoreResult, StoredShard, Version,
 };
 
 /// What happens to the next shard write.
@@ -205,8 +205,38 @@ impl Store for TroubledStore {
     ) -> StoreResult<bool> {
         self.inner.delete_endpoint(owner, namespace).await
     }
-    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointRecord>>> {
+    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointSummary>>> {
         self.inner.list_endpoints().await
+    }
+    async fn summaries_of_container(
+        &self,
+        container_id: &str,
+        namespace: Option<&str>,
+    ) -> StoreResult<Vec<Arc<EndpointSummary>>> {
+        self.inner
+            .summaries_of_container(container_id, namespace)
+            .await
+    }
+    async fn endpoints_of_container(
+        &self,
+        container_id: &str,
+        namespace: Option<&str>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        self.inner
+            .endpoints_of_container(container_id, namespace)
+            .await
+    }
+    async fn endpoints_with_fingerprint(
+        &self,
+        fingerprint: u64,
+    ) -> StoreResult<Vec<Arc<EndpointSummary>>> {
+        self.inner.endpoints_with_fingerprint(fingerprint).await
+    }
+    async fn read_endpoints(
+        &self,
+        network: Option<&danm_core::NetworkKey>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        self.inner.read_endpoints(network).await
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
         self.inner.subscribe()

@@ -10,12 +10,14 @@
 //!   compare-and-swap version is `metadata.resourceVersion`: a write with a stale one is the
 //!   API server's 409 Conflict.
 //! * Endpoint records are `DanmEp` objects in the pod's namespace, named after the owner
-//!   key and labelled with its container id and fingerprint. A watch-fed cache of them
-//!   ([`endpoints`]) answers every "which records" question, so that no request lists
-//!   DanmEps cluster-wide on a hot path: reading or deleting one owner's record is one
-//!   request in its namespace (given by the caller, or known to the cache), a container's
-//!   records come from the cache, and only the orphan reclaimer's fresh check is a
-//!   cluster-wide list, of one fingerprint label.
+//!   key and labelled with its container id and fingerprint. A watch-fed cache of their
+//!   keys and addresses ([`endpoints`], about 300 bytes each) answers every "which
+//!   records" question, so that no request lists DanmEps cluster-wide on a hot path:
+//!   reading or deleting one owner's record is one request in its namespace (given by the
+//!   caller, or known to the cache), a container's records are found in the cache (and
+//!   read by name when the whole record is wanted: Interfaces), and only the orphan
+//!   reclaimer's fresh check and the operator's ListAllocations list DanmEps
+//!   cluster-wide.
 
 mod endpoints;
 mod networks;
@@ -32,9 +34,10 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::{Client, ResourceExt};
 use tokio::sync::broadcast;
 
+use super::summary::Interner;
 use super::{
-    EndpointRecord, NetworkObject, PodInfo, ShardKey, Store, StoreError, StoreEvent, StoreResult,
-    StoredShard, Version,
+    EndpointRecord, EndpointSummary, NetworkObject, PodInfo, ShardKey, Store, StoreError,
+    StoreEvent, StoreResult, StoredShard, Version,
 };
 use endpoints::EndpointCache;
 use objects::{
@@ -202,6 +205,32 @@ impl KubeStore {
             }
         }
         Ok(None)
+    }
+
+    /// The records of a container in the pod's namespace (none without it): one list by
+    /// container-id label.
+    async fn listed_of_container(
+        &self,
+        container_id: &str,
+        namespace: Option<&str>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        let Some(ns) = namespace.filter(|n| !n.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let listed = self
+            .danmeps(ns)
+            .list(&ListParams::default().labels(&format!(
+                "{CONTAINER_ID_LABEL}={}",
+                label_value(container_id)
+            )))
+            .await
+            .map_err(map_err(|| format!("endpoints of container {container_id}")))?;
+        Ok(listed
+            .items
+            .into_iter()
+            .filter_map(|ep| to_record(ep).ok())
+            .filter(|r| r.owner.container_id == container_id)
+            .collect())
     }
 
     async fn network_uid(&self, key: &NetworkKey) -> Option<String> {
@@ -400,7 +429,7 @@ impl Store for KubeStore {
             .create(&PostParams::default(), &ep)
             .await
             .map_err(map_err(|| format!("endpoint of owner {owner}")))?;
-        self.endpoints.insert(record);
+        self.endpoints.insert(&record);
         Ok(())
     }
 
@@ -445,7 +474,7 @@ impl Store for KubeStore {
     }
 
     /// From the DanmEp cache (it may lag behind other replicas' writes).
-    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointRecord>>> {
+    async fn list_endpoints(&self) -> StoreResult<Vec<Arc<EndpointSummary>>> {
         self.endpoints.synced().await?;
         Ok(self.endpoints.all())
     }
@@ -453,6 +482,28 @@ impl Store for KubeStore {
     /// From the DanmEp cache; when it knows none and the pod's namespace is given, one
     /// list of that namespace by container-id label (another replica may have written them
     /// a moment ago).
+    async fn summaries_of_container(
+        &self,
+        container_id: &str,
+        namespace: Option<&str>,
+    ) -> StoreResult<Vec<Arc<EndpointSummary>>> {
+        self.endpoints.synced().await?;
+        let cached = self.endpoints.of_container(container_id);
+        if !cached.is_empty() || namespace.is_none_or(str::is_empty) {
+            return Ok(cached.into_iter().map(|(summary, _)| summary).collect());
+        }
+        let mut interner = Interner::default();
+        Ok(self
+            .listed_of_container(container_id, namespace)
+            .await?
+            .iter()
+            .map(|r| Arc::new(EndpointSummary::of(r, &mut interner)))
+            .collect())
+    }
+
+    /// One GET of each DanmEp the cache knows of the container, in parallel; when it knows
+    /// none and the pod's namespace is given, one list of that namespace by container-id
+    /// label, as [`Store::summaries_of_container`].
     async fn endpoints_of_container(
         &self,
         container_id: &str,
@@ -460,23 +511,24 @@ impl Store for KubeStore {
     ) -> StoreResult<Vec<EndpointRecord>> {
         self.endpoints.synced().await?;
         let cached = self.endpoints.of_container(container_id);
-        let Some(ns) = namespace.filter(|n| !n.is_empty() && cached.is_empty()) else {
-            return Ok(cached);
-        };
-        let listed = self
-            .danmeps(ns)
-            .list(&ListParams::default().labels(&format!(
-                "{CONTAINER_ID_LABEL}={}",
-                label_value(container_id)
-            )))
-            .await
-            .map_err(map_err(|| format!("endpoints of container {container_id}")))?;
-        Ok(listed
-            .items
-            .into_iter()
-            .filter_map(|ep| to_record(ep).ok())
-            .filter(|r| r.owner.container_id == container_id)
-            .collect())
+        if cached.is_empty() {
+            return self.listed_of_container(container_id, namespace).await;
+        }
+        let reads = cached.iter().map(|(summary, name)| async move {
+            self.danmeps(summary.namespace())
+                .get_opt(name)
+                .await
+                .map_err(map_err(|| format!("DanmEp {}/{name}", summary.namespace())))
+        });
+        let mut records = Vec::new();
+        for read in futures::future::join_all(reads).await {
+            if let Some(record) = read?.and_then(|ep| to_record(ep).ok())
+                && record.owner.container_id == container_id
+            {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     /// A fresh list by fingerprint label, with what the cache holds of DanmEps written
@@ -484,7 +536,7 @@ impl Store for KubeStore {
     async fn endpoints_with_fingerprint(
         &self,
         fingerprint: u64,
-    ) -> StoreResult<Vec<EndpointRecord>> {
+    ) -> StoreResult<Vec<Arc<EndpointSummary>>> {
         self.endpoints.synced().await?;
         let listed = Api::<DanmEp>::all(self.client.clone())
             .list(&ListParams::default().labels(&format!(
@@ -495,20 +547,48 @@ impl Store for KubeStore {
             .map_err(map_err(|| {
                 format!("endpoints of fingerprint {fingerprint:016x}")
             }))?;
-        let mut records: Vec<EndpointRecord> = listed
+        let mut interner = Interner::default();
+        let mut summaries: Vec<Arc<EndpointSummary>> = listed
             .items
             .into_iter()
             .filter_map(|ep| to_record(ep).ok())
+            .map(|r| Arc::new(EndpointSummary::of(&r, &mut interner)))
             .collect();
         for cached in self.endpoints.with_fingerprint(fingerprint) {
-            if !records
+            if !summaries
                 .iter()
-                .any(|r| r.namespace == cached.namespace && r.owner == cached.owner)
+                .any(|s| s.namespace() == cached.namespace() && s.is_owned_by(&cached.owner()))
             {
-                records.push(cached);
+                summaries.push(cached);
             }
         }
-        records.retain(|r| r.owner.fingerprint() == fingerprint);
+        summaries.retain(|s| s.owner().fingerprint() == fingerprint);
+        Ok(summaries)
+    }
+
+    /// A paginated list of every DanmEp (of `network`: by its labels), read from the API.
+    async fn read_endpoints(
+        &self,
+        network: Option<&NetworkKey>,
+    ) -> StoreResult<Vec<EndpointRecord>> {
+        let mut params = ListParams::default().limit(500);
+        if let Some(key) = network {
+            params = params.labels(&network_selector(key));
+        }
+        let api = Api::<DanmEp>::all(self.client.clone());
+        let mut records = Vec::new();
+        loop {
+            let page = api
+                .list(&params)
+                .await
+                .map_err(map_err(|| "DanmEps".to_owned()))?;
+            records.extend(page.items.into_iter().filter_map(|ep| to_record(ep).ok()));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
+        records.retain(|r| network.is_none_or(|n| *n == r.network));
         Ok(records)
     }
 
