@@ -443,28 +443,42 @@ impl Ipam for IpamService {
             .list_allocations(network.as_ref())
             .await
             .map_err(fail)?;
-        // The pods' names, UIDs and netns are not kept in memory: read the records once.
-        let records: HashMap<(String, OwnerKey), EndpointRecord> = self
+        // The pods' names, UIDs and netns are not kept in memory: read the records once,
+        // keeping of each only those and the addresses it names.
+        let mut details: HashMap<(String, OwnerKey), Vec<PodDetails>> = HashMap::new();
+        for record in self
             .engine
             .store()
             .read_endpoints(network.as_ref())
             .await
             .map_err(|e| fail(e.into()))?
-            .into_iter()
-            .map(|r| ((r.namespace.clone(), r.owner.clone()), r))
-            .collect();
+        {
+            details
+                .entry((record.namespace.clone(), record.owner.clone()))
+                .or_default()
+                .push(PodDetails {
+                    addresses: record.addresses().collect(),
+                    pod: record.spec.pod,
+                    pod_uid: record.spec.pod_uid,
+                    netns: record.spec.netns,
+                });
+        }
         let items = listed.into_iter().map(move |l| {
             let owner = l.endpoint.map(|e| {
                 let key = e.owner();
-                let read = records.get(&(e.namespace().to_owned(), key.clone()));
-                let spec = read.map(|r| r.spec.clone()).unwrap_or_default();
+                // The record that names this address (an owner may have two DanmEps, one
+                // named as DANM names them and one as ipamd does).
+                let read = details
+                    .get(&(e.namespace().to_owned(), key.clone()))
+                    .and_then(|all| all.iter().find(|d| d.addresses.contains(&l.address)));
+                let read = read.cloned().unwrap_or_default();
                 pb::Owner {
                     container_id: key.container_id,
                     ifname: key.ifname,
                     pod_namespace: e.namespace().to_owned(),
-                    pod_name: spec.pod,
-                    pod_uid: spec.pod_uid,
-                    netns: spec.netns,
+                    pod_name: read.pod,
+                    pod_uid: read.pod_uid,
+                    netns: read.netns,
                     host: e.host().to_owned(),
                 }
             });
@@ -498,4 +512,13 @@ fn pod_namespace(owner: Option<&pb::Owner>) -> Option<&str> {
     owner
         .map(|o| o.pod_namespace.as_str())
         .filter(|n| !n.is_empty())
+}
+
+/// What ListAllocations shows of a DanmEp beyond ipamd's cache.
+#[derive(Clone, Debug, Default)]
+struct PodDetails {
+    addresses: Vec<std::net::IpAddr>,
+    pod: String,
+    pod_uid: String,
+    netns: String,
 }

@@ -1,5 +1,5 @@
 //! What ipamd keeps in memory of each endpoint record: its keys, its node and its
-//! addresses, in 120 bytes ([`EndpointSummary`]). The rest of a DanmEp (pod, UID,
+//! addresses, in 136 bytes ([`EndpointSummary`]). The rest of a DanmEp (pod, UID,
 //! netns, MAC, routes) is read from the store when a caller needs it.
 //!
 //! Strings that many records share (namespaces, node names, interface names, networks) are
@@ -7,7 +7,7 @@
 //! writes) is held as its 32 bytes.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use danm_core::{NetworkKey, OwnerKey};
@@ -76,31 +76,27 @@ pub struct EndpointSummary {
     namespace: Arc<str>,
     network: Arc<NetworkKey>,
     host: Arc<str>,
-    /// The IPv4 and IPv6 addresses of `Interface.Address` and `Interface.AddressIPv6`,
-    /// without their prefix lengths (each field holds its family's, as ipamd and DANM
-    /// write them).
-    ipv4: Option<Ipv4Addr>,
-    ipv6: Option<Ipv6Addr>,
+    /// `Interface.Address` and `Interface.AddressIPv6`, without their prefix lengths, each
+    /// as written (a record whose fields hold the wrong family still names both: the orphan
+    /// reclaimer must never free an address a record names).
+    addresses: [Option<IpAddr>; 2],
 }
 
 impl EndpointSummary {
     /// The summary of a record, its shared strings taken from `interner`.
     pub fn of(record: &EndpointRecord, interner: &mut Interner) -> EndpointSummary {
-        let (mut ipv4, mut ipv6) = (None, None);
-        for address in record.addresses() {
-            match address {
-                IpAddr::V4(v4) => ipv4 = ipv4.or(Some(v4)),
-                IpAddr::V6(v6) => ipv6 = ipv6.or(Some(v6)),
-            }
-        }
+        let interface = &record.spec.interface;
+        let address = |text: &str| danm_core::addr::parse_addr_lenient(text).ok();
         EndpointSummary {
             container: ContainerId::new(&record.owner.container_id),
             ifname: interner.text(&record.owner.ifname),
             namespace: interner.text(&record.namespace),
             network: interner.network(&record.network),
             host: interner.text(&record.spec.host),
-            ipv4,
-            ipv6,
+            addresses: [
+                address(&interface.address),
+                address(&interface.address_ipv6),
+            ],
         }
     }
 
@@ -142,10 +138,9 @@ impl EndpointSummary {
         &self.host
     }
 
-    /// The addresses the record names (IPv4 first).
+    /// The addresses the record names (`Interface.Address` first).
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        let ipv4 = self.ipv4.map(IpAddr::V4);
-        ipv4.into_iter().chain(self.ipv6.map(IpAddr::V6))
+        self.addresses.iter().flatten().copied()
     }
 
     /// Whether the record names `address`.
@@ -253,6 +248,13 @@ mod tests {
         assert_eq!(kept, ["10.0.0.5", "fd00::7"]);
         assert!(summary.names("10.0.0.5".parse().unwrap()));
         assert!(!summary.names("10.0.0.6".parse().unwrap()));
+        // Both fields are named even when they hold one family: nothing they name may be
+        // taken for an orphan.
+        let odd = EndpointSummary::of(
+            &record("c", "fd00::1", "fd00::2/64"),
+            &mut Interner::default(),
+        );
+        assert!(odd.names("fd00::1".parse().unwrap()) && odd.names("fd00::2".parse().unwrap()));
         let none = EndpointSummary::of(&record("c", "none", ""), &mut Interner::default());
         assert_eq!(none.addresses().count(), 0);
     }
@@ -266,6 +268,16 @@ mod tests {
         assert!(Arc::ptr_eq(&a.host, &b.host));
         assert!(Arc::ptr_eq(&a.ifname, &b.ifname));
         assert!(Arc::ptr_eq(&a.network, &b.network));
-        assert!(std::mem::size_of::<EndpointSummary>() <= 120);
+        assert!(std::mem::size_of::<EndpointSummary>() <= 136);
+        drop(b);
+        interner.prune();
+        assert_eq!(
+            interner.texts.len(),
+            3,
+            "held by a: namespace, node, interface"
+        );
+        drop(a);
+        interner.prune();
+        assert!(interner.texts.is_empty() && interner.networks.is_empty());
     }
 }

@@ -246,7 +246,13 @@ pub(super) struct EndpointCache {
     index: RwLock<Index>,
     interner: Arc<Mutex<Interner>>,
     synced: Arc<Synced>,
+    /// Removals since the interner was last pruned.
+    removals: std::sync::atomic::AtomicUsize,
 }
+
+/// Removals after which the interner forgets the texts no record holds any more (the
+/// namespaces, nodes and networks that went), besides every relist.
+const PRUNE_EVERY: usize = 4096;
 
 /// How long a read waits for the first full list before the store is called unavailable.
 const SYNC_WAIT: Duration = Duration::from_secs(30);
@@ -259,6 +265,7 @@ impl EndpointCache {
             index: RwLock::default(),
             interner: Arc::default(),
             synced: Arc::new(Synced::new(1)),
+            removals: Default::default(),
         });
         let fed = Arc::clone(&cache);
         let interner = Arc::clone(&cache.interner);
@@ -338,6 +345,12 @@ impl EndpointCache {
     /// Forgets what this replica just deleted.
     pub(super) fn remove(&self, namespace: &str, name: &str) {
         self.index.write().expect("lock").remove(namespace, name);
+        let removals = self
+            .removals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if (removals + 1).is_multiple_of(PRUNE_EVERY) {
+            self.interner.lock().expect("lock").prune();
+        }
     }
 
     /// Every record.
@@ -520,6 +533,7 @@ mod tests {
             index: RwLock::default(),
             interner: Arc::default(),
             synced: Arc::new(Synced::new(1)),
+            removals: Default::default(),
         };
         let s = summary("ns", "c1", "eth0");
         let name = s.owner().endpoint_name();

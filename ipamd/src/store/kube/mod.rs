@@ -566,15 +566,14 @@ impl Store for KubeStore {
         Ok(summaries)
     }
 
-    /// A paginated list of every DanmEp (of `network`: by its labels), read from the API.
+    /// A paginated list of every DanmEp, read from the API (those of `network` kept). No
+    /// label selector: DANM's own DanmEps name their network in `apiType` and
+    /// `NetworkName`, not in ipamd's labels.
     async fn read_endpoints(
         &self,
         network: Option<&NetworkKey>,
     ) -> StoreResult<Vec<EndpointRecord>> {
         let mut params = ListParams::default().limit(500);
-        if let Some(key) = network {
-            params = params.labels(&network_selector(key));
-        }
         let api = Api::<DanmEp>::all(self.client.clone());
         let mut records = Vec::new();
         loop {
